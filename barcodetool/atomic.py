@@ -1,0 +1,79 @@
+"""Outputs that appear whole or not at all.
+
+Every file barcodetool writes goes to a temporary file beside its destination and is renamed into place only
+when complete. Temporary files still open when SIGINT/SIGTERM arrives are removed by the CLI's handler
+(`remove_pending`), so an interrupted run leaves no partial output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import threading
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from .errors import OutputError
+
+_pending: set[str] = set()
+_pending_lock = threading.Lock()
+
+
+def remove_pending() -> None:
+    """Delete every temporary output still being written (called on interruption)."""
+    with _pending_lock:
+        paths = list(_pending)
+        _pending.clear()
+    for path in paths:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+@contextlib.contextmanager
+def atomic_path(destination: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path in the destination's folder; rename it to `destination` on success."""
+    destination = Path(destination)
+    folder = destination.parent if str(destination.parent) else Path(".")
+    if not folder.is_dir():
+        raise OutputError(f"{destination}: folder {folder} does not exist (create it first)")
+    handle, temporary = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".part", dir=folder)
+    os.close(handle)
+    with _pending_lock:
+        _pending.add(temporary)
+    try:
+        yield Path(temporary)
+        os.replace(temporary, destination)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    finally:
+        with _pending_lock:
+            _pending.discard(temporary)
+
+
+@contextlib.contextmanager
+def atomic_text(destination: str | os.PathLike, newline: str | None = None):
+    """A text file handle whose content replaces `destination` only once the block ends without error."""
+    with atomic_path(destination) as temporary:
+        with open(temporary, "w", encoding="utf-8", newline=newline) as handle:
+            yield handle
+
+
+def check_outputs_distinct(outputs: Iterable[str | os.PathLike | None],
+                           inputs: Iterable[str | os.PathLike | None]) -> None:
+    """Refuse an output path that names one of the inputs (never overwrite an input file)."""
+    input_paths = {}
+    for item in inputs:
+        if item is None or str(item) == "-":
+            continue
+        with contextlib.suppress(OSError):
+            input_paths[os.path.realpath(item)] = item
+    for output in outputs:
+        if output is None or str(output) == "-":
+            continue
+        real = os.path.realpath(output)
+        if real in input_paths:
+            raise OutputError(f"{output}: output would overwrite the input file {input_paths[real]} "
+                              "(choose another output path)")

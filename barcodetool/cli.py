@@ -1,0 +1,342 @@
+"""The `barcodetool` command line: parses and validates options, calls the library, maps errors to exit codes.
+
+Exit status: 0 success; 1 a problem with the input, a model or an output (one line on stderr); 2 a usage error;
+130 / 143 interrupted by SIGINT / SIGTERM (no partial outputs are left). `--debug` shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from ._version import __version__
+from .errors import BarcodeToolError, Interrupted
+
+log = logging.getLogger("barcodetool")
+
+CITATION = (
+    "If you use barcodetool, please cite BarcodeMAE: Safari et al., 'Enhancing DNA Foundation Models to Address "
+    "Masking Inefficiencies', arXiv:2502.18405 (2025), and BOLD (Ratnasingham & Hebert 2007, Mol. Ecol. Notes "
+    "7:355) for the reference data."
+)
+READ_FORMATS = ["auto", "fasta", "bioscan", "bold-v3", "bold-bcdm", "table"]
+
+
+# ============================================================================================ plumbing
+class Context:
+    def __init__(self, debug: bool, quiet: bool):
+        self.debug = debug
+        self.quiet = quiet
+
+    def progress(self, total: int | None, unit: str, desc: str):
+        """A tqdm bar on a terminal, otherwise nothing."""
+        from tqdm import tqdm
+
+        disable = self.quiet or not sys.stderr.isatty()
+        return tqdm(total=total, unit=unit, desc=desc, disable=disable, file=sys.stderr, dynamic_ncols=True,
+                    leave=False)
+
+
+def _raise_interrupt(signal_number, frame):
+    raise Interrupted(signal_number)
+
+
+def handle_errors(function):
+    """Run a command: BarcodeToolError -> one line + its exit status; interrupts -> 130/143."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        ctx = click.get_current_context()
+        state: Context = ctx.find_object(Context) or Context(False, False)
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None
+        try:
+            return function(*args, **kwargs)
+        except KeyboardInterrupt:
+            _cleanup()
+            click.echo("barcodetool: interrupted (SIGINT); no partial output was left", err=True)
+            ctx.exit(130)
+        except Interrupted as error:
+            _cleanup()
+            click.echo(f"barcodetool: {error}", err=True)
+            ctx.exit(error.exit_code)
+        except BarcodeToolError as error:
+            _cleanup()
+            if state.debug:
+                raise
+            click.echo(f"barcodetool: error: {error}", err=True)
+            ctx.exit(error.exit_code)
+        except BrokenPipeError:
+            _cleanup()
+            ctx.exit(1)
+        except (OSError, MemoryError) as error:
+            _cleanup()
+            if state.debug:
+                raise
+            click.echo(f"barcodetool: error: {error.__class__.__name__}: {error}", err=True)
+            ctx.exit(1)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+    return wrapper
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _cleanup():
+    from .atomic import remove_pending
+
+    remove_pending()
+
+
+def read_options(function):
+    """Options shared by every command that reads barcodes."""
+    options = [
+        click.option("--format", "read_format", type=click.Choice(READ_FORMATS), default="auto", show_default=True,
+                     help="Input format; auto detects FASTA and BIOSCAN-5M / BOLD tables from the content."),
+        click.option("--id-column", help="Column holding record ids (any CSV/TSV)."),
+        click.option("--sequence-column", help="Column holding sequences (any CSV/TSV)."),
+        click.option("--skip-empty", is_flag=True, help="Skip empty (or shorter than k) sequences instead of failing."),
+        click.option("--allow-duplicates", is_flag=True, help="Accept repeated record ids instead of failing."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def gather_read_options(kwargs: dict) -> dict:
+    return {"format": kwargs.pop("read_format"), "id_column": kwargs.pop("id_column"),
+            "sequence_column": kwargs.pop("sequence_column"), "skip_empty": kwargs.pop("skip_empty"),
+            "allow_duplicates": kwargs.pop("allow_duplicates")}
+
+
+def device_options(function):
+    function = click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
+                            help="CPU threads (0 = all cores).")(function)
+    function = click.option("--device", default="auto", show_default=True,
+                            help="auto, cpu, cuda or cuda:N.")(function)
+    return function
+
+
+def model_option(function):
+    return click.option("--model", "-m", "model_name", default="auto", show_default=True,
+                        help="Bundled model name (see `barcodetool models`) or a model folder; auto = "
+                             "barcodemae-base on a GPU, barcodemae-fast on a CPU.")(function)
+
+
+def _print_version(ctx, param, value):
+    if not value or ctx.resilient_parsing:
+        return
+    click.echo(__version__)
+    click.echo(CITATION)
+    ctx.exit()
+
+
+# ============================================================================================ group
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--version", is_flag=True, callback=_print_version, expose_value=False, is_eager=True,
+              help="Print the version (first line) and the citation, then exit.")
+@click.option("--debug", is_flag=True, help="Show Python tracebacks for errors.")
+@click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors on stderr; no progress bars.")
+@click.pass_context
+def main(ctx, debug, quiet):
+    """barcodetool: BarcodeMAE embeddings for DNA barcodes: train, embed, classify and cluster."""
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="barcodetool: %(message)s",
+                        stream=sys.stderr)
+    logging.getLogger("barcodetool").setLevel(logging.WARNING if quiet else logging.INFO)
+    ctx.obj = Context(debug=debug, quiet=quiet)
+
+
+@main.command("models")
+@handle_errors
+def models_command():
+    """List the named models (bundled, then user-trained)."""
+    from .weights import available_models, read_card
+
+    for name, path in available_models().items():
+        card = read_card(path)
+        config = card.get("model_config", {})
+        accuracy = card.get("metrics", {}).get("val_masked_token_accuracy")
+        extra = f"\tmasked-token accuracy {accuracy:.3f}" if isinstance(accuracy, float) else ""
+        click.echo(f"{name}\t{config.get('encoder_layers')}x{config.get('encoder_width')}\t{path}{extra}")
+
+
+# ============================================================================================ train
+def _train_config(kwargs: dict):
+    from .train import TrainConfig
+
+    return TrainConfig(
+        preset=kwargs.get("preset") or "small", epochs=kwargs["epochs"], max_steps=kwargs["max_steps"],
+        max_minutes=kwargs["max_minutes"], batch_size=kwargs["batch_size"], lr=kwargs["lr"],
+        mask_ratio=kwargs["mask_ratio"], val_fraction=kwargs["val_fraction"], seed=kwargs["seed"],
+        checkpoint_every=kwargs["checkpoint_every"], log_every=kwargs["log_every"],
+        compile=kwargs["compile"], device=kwargs["device"])
+
+
+def training_options(function):
+    options = [
+        click.option("--output", "-o", type=click.Path(file_okay=False), help="Model folder to write "
+                     "(default: the user data folder's models/NAME)."),
+        click.option("--name", help="Model name (default: the output folder's name)."),
+        click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True),
+        click.option("--max-steps", type=click.IntRange(min=1), help="Optimizer steps (overrides --epochs)."),
+        click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True),
+                     help="Stop (and save) after this long even if steps remain."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True,
+                     help="Barcodes per step and process."),
+        click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=5e-4, show_default=True,
+                     help="Peak learning rate (AdamW, linear warm-up then cosine decay)."),
+        click.option("--mask-ratio", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.5,
+                     show_default=True),
+        click.option("--val-fraction", type=click.FloatRange(0, 0.5), default=0.02, show_default=True,
+                     help="Unique barcodes held out to report masked-token accuracy."),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--resume", is_flag=True, help="Continue the run in --output from its last checkpoint."),
+        click.option("--checkpoint-every", type=click.IntRange(min=1), default=1000, show_default=True),
+        click.option("--log-every", type=click.IntRange(min=1), default=50, show_default=True),
+        click.option("--compile/--no-compile", default=False, show_default=True,
+                     help="torch.compile the training step (CUDA)."),
+        click.option("--include-splits", help="Comma list: keep only table rows whose `split` is listed "
+                     "(e.g. train,val,pretrain)."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def _run_training(ctx_obj: Context, kind: str, data, kwargs, read_opts, base=None):
+    from .runtime import set_threads
+    from .tokenizer import KmerTokenizer, TokenizerConfig
+    from .train import FINETUNE_RANKS, finetune, pretrain, read_corpus
+
+    set_threads(kwargs.pop("threads"))
+    config = _train_config(kwargs)
+    splits = [s.strip() for s in kwargs["include_splits"].split(",")] if kwargs.get("include_splits") else None
+    if kind == "pretrain":
+        tokenizer = KmerTokenizer(TokenizerConfig(k=kwargs["k"], stride=kwargs["stride"],
+                                                  max_length=kwargs["max_length"]))
+        label_ranks = ()
+    else:
+        from .weights import load_model
+
+        base = load_model(base, device="cpu")
+        tokenizer = base.tokenizer
+        label_ranks = FINETUNE_RANKS
+    stats = []
+    corpus = read_corpus(list(data), tokenizer, include_splits=splits, read_options=read_opts,
+                         label_ranks=label_ranks, stats_out=stats)
+    for item in stats:
+        log.info(item.summary())
+    summary = corpus.summary
+    log.info(f"{summary['unique_barcodes']} unique barcodes from {summary['records']} records "
+             f"({summary['duplicates_removed']} duplicates removed, {summary['truncated']} truncated to "
+             f"{tokenizer.config.max_length} nt)")
+    bar = ctx_obj.progress(None, "step", kind)
+
+    def progress(step, total, entry):
+        bar.total = total
+        bar.n = step
+        shown = {k: entry[k] for k in ("loss", "masked_token_accuracy", "barcodes_per_s") if k in entry}
+        bar.set_postfix(shown, refresh=True)
+
+    try:
+        if kind == "pretrain":
+            result = pretrain(corpus, config=config, output=kwargs["output"], name=kwargs["name"],
+                              tokenizer_config=tokenizer.config, resume=kwargs["resume"], log=log.info,
+                              progress=progress)
+        else:
+            result = finetune(corpus, base, config=config, output=kwargs["output"], name=kwargs["name"],
+                              resume=kwargs["resume"], log=log.info, progress=progress)
+    finally:
+        bar.close()
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
+    log.info(f"{result.steps} steps, {result.barcodes_seen} barcodes in {result.seconds:.0f} s; {metrics}")
+    click.echo(str(result.output))
+
+
+@main.command("train")
+@click.argument("data", nargs=-1, required=True)
+@training_options
+@click.option("--preset", type=click.Choice(["base", "small", "fast", "tiny"]), default="small", show_default=True,
+              help="Model shape: base = the paper's 6+6 layers, width 768.")
+@click.option("--k", type=click.IntRange(1, 8), default=6, show_default=True, help="k-mer size.")
+@click.option("--stride", type=click.IntRange(min=1), default=None, help="k-mer stride (default: k).")
+@click.option("--max-length", type=click.IntRange(min=1), default=660, show_default=True,
+              help="Longest sequence in nucleotides; longer ones are truncated.")
+@device_options
+@read_options
+@click.pass_obj
+@handle_errors
+def train_command(obj, data, **kwargs):
+    """Pretrain a BarcodeMAE model on DATA (FASTA or tables). Under `torchrun --nproc_per_node N` it trains with
+    DistributedDataParallel."""
+    read_opts = gather_read_options(kwargs)
+    kwargs["stride"] = kwargs["stride"] or kwargs["k"]
+    from .atomic import check_outputs_distinct
+
+    check_outputs_distinct([kwargs["output"]], data)
+    _run_training(obj, "pretrain", data, kwargs, read_opts)
+
+
+@main.command("finetune")
+@click.argument("data", nargs=-1, required=True)
+@model_option
+@training_options
+@device_options
+@read_options
+@click.pass_obj
+@handle_errors
+def finetune_command(obj, data, model_name, **kwargs):
+    """Fine-tune a model on the taxonomy and BINs of labelled barcodes (tables or SINTAX FASTA): cosine
+    classifiers per rank plus the MAE loss. Never fine-tune on the barcodes you will test on."""
+    read_opts = gather_read_options(kwargs)
+    _run_training(obj, "finetune", data, kwargs, read_opts, base=model_name)
+
+
+# ============================================================================================ embed
+@main.command("embed")
+@click.argument("input_path", metavar="INPUT")
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="HDF5 file to write.")
+@model_option
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True)
+@device_options
+@read_options
+@click.pass_obj
+@handle_errors
+def embed_command(obj, input_path, output, model_name, batch_size, dtype, device, threads, **kwargs):
+    """Embed barcodes from INPUT (FASTA, tables; `-` = stdin) into an HDF5 file, in input order."""
+    from .embed import embed_file
+    from .io import ReadStats
+    from .runtime import resolve_device, set_threads
+    from .weights import load_model
+
+    read_opts = gather_read_options(kwargs)
+    set_threads(threads)
+    torch_device = resolve_device(device)
+    pretrained = load_model(model_name, device=torch_device)
+    log.info(f"model {pretrained.name} ({pretrained.config.encoder_layers} layers, width "
+             f"{pretrained.embedding_dim}) on {torch_device}")
+    stats = ReadStats(path=input_path)
+    with obj.progress(None, "barcode", "embed") as bar:
+        summary = embed_file(input_path, output, pretrained, batch_size=batch_size, dtype=dtype,
+                             read_options=read_opts, stats=stats, progress=bar.update)
+    log.info(stats.summary())
+    if summary.truncated:
+        log.info(f"{summary.truncated} sequences longer than {pretrained.tokenizer.config.max_length} nt were "
+                 "truncated")
+    log.info(f"wrote {summary.count} embeddings of dimension {summary.dim} to {output}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

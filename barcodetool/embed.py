@@ -1,0 +1,231 @@
+"""Barcodes -> embeddings, in memory or streamed into a self-describing HDF5 file.
+
+HDF5 layout (format `barcodetool-embeddings`, version 1; see docs/file-formats.md):
+
+    /ids                 UTF-8 strings [n], input order
+    /embeddings          float32 (or float16) [n, dim], chunked
+    /lengths             int32 [n], cleaned sequence length in nucleotides
+    /taxonomy/<rank>     UTF-8 strings [n] for each rank any input record carries ("" = unknown)
+    /bin                 UTF-8 strings [n] when any record carries a BIN
+    root attributes      format, format_version, barcodetool_version, model_name, model_sha256, pooling,
+                         embedding_dim, dtype, count, source, created, tokenizer (JSON)
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from ._version import __version__
+from .atomic import atomic_path, check_outputs_distinct
+from .errors import InputError, UsageError
+from .runtime import autocast
+from .weights import PretrainedModel
+
+EMBEDDINGS_FORMAT = "barcodetool-embeddings"
+EMBEDDINGS_FORMAT_VERSION = 1
+RANKS = ("phylum", "class", "order", "family", "subfamily", "genus", "species")
+Progress = Callable[[int], None]
+
+
+def model_device(pretrained: PretrainedModel) -> torch.device:
+    return next(pretrained.model.parameters()).device
+
+
+@torch.inference_mode()
+def embed_sequences(pretrained: PretrainedModel, sequences: Sequence[str], *, batch_size: int = 256,
+                    progress: Progress | None = None) -> np.ndarray:
+    """Embeddings [n, dim] float32 of cleaned sequences, in input order.
+
+    Batches are formed over sequences sorted by length and padded only to their own longest member, so little
+    work is spent on padding; the result does not depend on batch composition.
+    """
+    if batch_size < 1:
+        raise UsageError(f"batch size must be at least 1, got {batch_size}")
+    model, tokenizer = pretrained.model, pretrained.tokenizer
+    device = model_device(pretrained)
+    n = len(sequences)
+    out = np.empty((n, pretrained.embedding_dim), dtype=np.float32)
+    if n == 0:
+        return out
+    order = np.argsort([-len(s) for s in sequences], kind="stable")
+    model.eval()
+    for start in range(0, n, batch_size):
+        index = order[start:start + batch_size]
+        ids, lengths = tokenizer.encode_batch([sequences[i] for i in index])
+        if ids.shape[1] == 0:  # every sequence shorter than k
+            ids, lengths = np.zeros((len(index), 1), dtype=np.int64), np.zeros(len(index), dtype=np.int64)
+        ids_t = torch.from_numpy(ids).to(device, non_blocking=True)
+        lengths_t = torch.from_numpy(lengths).to(device, non_blocking=True)
+        with autocast(device):
+            vectors = model.embed(ids_t, lengths_t)
+        out[index] = vectors.float().cpu().numpy()
+        if progress is not None:
+            progress(len(index))
+    return out
+
+
+@dataclass
+class EmbeddingSet:
+    """An embeddings file read back into memory."""
+
+    ids: list[str]
+    embeddings: np.ndarray
+    lengths: np.ndarray
+    taxonomy: dict[str, list[str]] = field(default_factory=dict)
+    bins: list[str] | None = None
+    attrs: dict = field(default_factory=dict)
+
+
+class EmbeddingWriter:
+    """Appends batches of embeddings to an HDF5 file in input order (resizable, chunked datasets)."""
+
+    def __init__(self, handle, *, dim: int, dtype: str, chunk_rows: int = 4096):
+        import h5py
+
+        self.h5 = handle
+        self.dtype = np.float16 if dtype == "float16" else np.float32
+        self.count = 0
+        strings = h5py.string_dtype("utf-8")
+        self._strings = strings
+        self.ids = handle.create_dataset("ids", shape=(0,), maxshape=(None,), dtype=strings, chunks=(chunk_rows,))
+        self.embeddings = handle.create_dataset("embeddings", shape=(0, dim), maxshape=(None, dim),
+                                                dtype=self.dtype, chunks=(min(chunk_rows, 1024), dim))
+        self.lengths = handle.create_dataset("lengths", shape=(0,), maxshape=(None,), dtype=np.int32,
+                                             chunks=(chunk_rows,))
+        self.labels: dict[str, object] = {}
+        self.chunk_rows = chunk_rows
+
+    def _label_dataset(self, name: str):
+        if name not in self.labels:
+            dataset = self.h5.create_dataset(name, shape=(self.count,), maxshape=(None,), dtype=self._strings,
+                                             chunks=(self.chunk_rows,))
+            if self.count:
+                dataset[:] = [""] * self.count
+            self.labels[name] = dataset
+        return self.labels[name]
+
+    def append(self, records: Sequence, vectors: np.ndarray) -> None:
+        n = len(records)
+        start, end = self.count, self.count + n
+        for dataset in (self.ids, self.embeddings, self.lengths, *self.labels.values()):
+            dataset.resize(end, axis=0)
+        self.ids[start:end] = [r.id for r in records]
+        self.embeddings[start:end] = vectors.astype(self.dtype, copy=False)
+        self.lengths[start:end] = [len(r.sequence) for r in records]
+        names = {f"taxonomy/{rank}" for r in records for rank in r.taxonomy}
+        if any(r.bin for r in records):
+            names.add("bin")
+        for name in sorted(names):
+            self._label_dataset(name).resize(end, axis=0)
+        for name, dataset in self.labels.items():
+            if name == "bin":
+                dataset[start:end] = [r.bin or "" for r in records]
+            else:
+                rank = name.split("/", 1)[1]
+                dataset[start:end] = [r.taxonomy.get(rank, "") for r in records]
+        self.count = end
+
+
+def write_attributes(handle, pretrained: PretrainedModel, *, source: str, dtype: str, count: int) -> None:
+    handle.attrs.update({
+        "format": EMBEDDINGS_FORMAT,
+        "format_version": EMBEDDINGS_FORMAT_VERSION,
+        "barcodetool_version": __version__,
+        "model_name": pretrained.name,
+        "model_sha256": pretrained.sha256,
+        "pooling": pretrained.pooling,
+        "embedding_dim": pretrained.embedding_dim,
+        "dtype": dtype,
+        "count": count,
+        "source": source,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "tokenizer": json.dumps(pretrained.tokenizer.config.to_dict()),
+    })
+
+
+def chunked(iterable: Iterable, size: int) -> Iterator[list]:
+    iterator = iter(iterable)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
+@dataclass
+class EmbedSummary:
+    count: int
+    dim: int
+    output: str
+    model_name: str
+    truncated: int = 0
+
+
+def embed_records_to_h5(records: Iterable, output: str | os.PathLike, pretrained: PretrainedModel, *,
+                        source: str = "", batch_size: int = 256, dtype: str = "float32",
+                        chunk_records: int = 16384, progress: Progress | None = None) -> EmbedSummary:
+    """Stream records (objects with .id, .sequence, .taxonomy, .bin) into an HDF5 file, atomically."""
+    import h5py
+
+    if dtype not in {"float32", "float16"}:
+        raise UsageError(f"--dtype must be float32 or float16, got {dtype!r}")
+    max_length = pretrained.tokenizer.config.max_length
+    truncated = 0
+    with atomic_path(output) as temporary:
+        with h5py.File(temporary, "w") as handle:
+            writer = EmbeddingWriter(handle, dim=pretrained.embedding_dim, dtype=dtype)
+            for chunk in chunked(records, chunk_records):
+                truncated += sum(len(r.sequence) > max_length for r in chunk)
+                vectors = embed_sequences(pretrained, [r.sequence for r in chunk], batch_size=batch_size,
+                                          progress=progress)
+                writer.append(chunk, vectors)
+            if writer.count == 0:
+                raise InputError("no records to embed", path=source or None)
+            write_attributes(handle, pretrained, source=source, dtype=dtype, count=writer.count)
+            handle.attrs["truncated"] = truncated
+    return EmbedSummary(count=writer.count, dim=pretrained.embedding_dim, output=str(output),
+                        model_name=pretrained.name, truncated=truncated)
+
+
+def embed_file(input_path: str | os.PathLike, output: str | os.PathLike, pretrained: PretrainedModel, *,
+               batch_size: int = 256, dtype: str = "float32", read_options: dict | None = None,
+               stats=None, progress: Progress | None = None) -> EmbedSummary:
+    """Read barcodes from FASTA or a table and write their embeddings to HDF5."""
+    from .io import read_barcodes
+
+    check_outputs_distinct([output], [input_path])
+    records = read_barcodes(input_path, stats=stats, **(read_options or {}))
+    return embed_records_to_h5(records, output, pretrained, source=os.path.basename(str(input_path)),
+                               batch_size=batch_size, dtype=dtype, progress=progress)
+
+
+def read_embeddings(path: str | os.PathLike) -> EmbeddingSet:
+    import h5py
+
+    path = Path(path)
+    try:
+        handle = h5py.File(path, "r")
+    except (OSError, ValueError) as error:
+        raise InputError(f"cannot open as HDF5 ({error})", path=str(path)) from None
+    with handle:
+        attrs = dict(handle.attrs)
+        if attrs.get("format") != EMBEDDINGS_FORMAT:
+            raise InputError(f"not a barcodetool embeddings file (format {attrs.get('format')!r})",
+                             path=str(path))
+        if int(attrs.get("format_version", 0)) > EMBEDDINGS_FORMAT_VERSION:
+            raise InputError(f"embeddings format version {attrs['format_version']} is newer than this "
+                             "barcodetool reads", path=str(path), fix="upgrade barcodetool")
+        ids = [x.decode("utf-8") if isinstance(x, bytes) else x for x in handle["ids"][:]]
+        taxonomy = {}
+        if "taxonomy" in handle:
+            for rank in handle["taxonomy"]:
+                taxonomy[rank] = [x.decode("utf-8") for x in handle["taxonomy"][rank][:]]
+        bins = [x.decode("utf-8") for x in handle["bin"][:]] if "bin" in handle else None
+        return EmbeddingSet(ids=ids, embeddings=handle["embeddings"][:].astype(np.float32),
+                            lengths=handle["lengths"][:], taxonomy=taxonomy, bins=bins, attrs=attrs)

@@ -1,0 +1,659 @@
+"""Pretraining (MAE) and taxonomy fine-tuning of BarcodeMAE, on one device or under torchrun (DDP).
+
+Reproducibility: every random draw of a step (data order, offsets, mask noise, dropout) derives from
+(seed, step, rank) alone, and checkpoints hold the full optimizer state, so a run resumed from a checkpoint ends
+with the same weights as an uninterrupted one on the same device and number of processes.
+
+Data: barcodes are read with `barcodetool.io`, cleaned, deduplicated (identical sequences once) and tokenized up
+front for every start offset 0..k-1 (the paper's random-offset augmentation drops 0..k-1 leading bases), so the
+training loop only gathers rows of a uint16 array that can sit on the GPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ._version import __version__
+from .atomic import atomic_path
+from .errors import ModelError, UsageError
+from .model import BarcodeMAE, BarcodeMAEConfig, preset as model_preset
+from .runtime import autocast, resolve_device
+from .tokenizer import KmerTokenizer, TokenizerConfig
+from .weights import PretrainedModel, load_model, load_model_folder, save_model, sha256_file
+
+CHECKPOINT_DIR = "checkpoint"
+OPTIMIZER_FILE = "optimizer.safetensors"
+STATE_FILE = "training_state.json"
+METRICS_FILE = "metrics.jsonl"
+FINETUNE_RANKS = ("species", "genus", "family", "bin")
+
+
+# ============================================================================================ configuration
+@dataclass
+class TrainConfig:
+    preset: str = "small"
+    epochs: float = 1.0
+    max_steps: int | None = None  # overrides epochs
+    max_minutes: float | None = None  # safety stop; the run still saves its weights
+    batch_size: int = 256  # per process
+    lr: float = 5e-4
+    min_lr_ratio: float = 0.1
+    warmup_steps: int | None = None  # default: 5% of the steps, at most 1000
+    weight_decay: float = 0.05
+    grad_clip: float = 1.0
+    mask_ratio: float = 0.5
+    val_fraction: float = 0.02
+    seed: int = 0
+    checkpoint_every: int = 1000
+    log_every: int = 50
+    compile: bool = False
+    device: str = "auto"
+    offset_augmentation: bool = True
+    # fine-tuning only
+    rank_weights: dict = field(default_factory=lambda: {"species": 1.0, "genus": 1.0, "family": 0.5, "bin": 1.0})
+    mae_weight: float = 0.25
+    cosine_scale: float = 16.0
+    cosine_margin: float = 0.1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+# ============================================================================================ data
+@dataclass
+class Corpus:
+    """Unique cleaned barcodes, tokenized at every offset, with optional integer labels per rank."""
+
+    sequences: list[str]
+    tokens: np.ndarray  # uint16 [offsets, N, L]
+    lengths: np.ndarray  # int16 [offsets, N]
+    labels: dict[str, np.ndarray] = field(default_factory=dict)  # rank -> int64 [N], -1 = unknown
+    label_names: dict[str, list[str]] = field(default_factory=dict)
+    summary: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.sequences)
+
+    @property
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256()
+        for sequence in self.sequences:
+            digest.update(sequence.encode("ascii", "replace"))
+            digest.update(b"\n")
+        return digest.hexdigest()
+
+    def subset(self, index: np.ndarray) -> "Corpus":
+        return Corpus(sequences=[self.sequences[i] for i in index], tokens=self.tokens[:, index],
+                      lengths=self.lengths[:, index], labels={r: v[index] for r, v in self.labels.items()},
+                      label_names=self.label_names, summary=self.summary)
+
+
+def tokenize_corpus(sequences: Sequence[str], tokenizer: KmerTokenizer, offsets: bool = True,
+                    chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    k = tokenizer.config.k if offsets else 1
+    n, L = len(sequences), tokenizer.max_tokens
+    tokens = np.zeros((k, n, L), dtype=np.uint16)
+    lengths = np.zeros((k, n), dtype=np.int16)
+    for offset in range(k):
+        for start in range(0, n, chunk):
+            ids, lens = tokenizer.encode_batch(sequences[start:start + chunk], offset=offset, pad_to=L)
+            tokens[offset, start:start + chunk] = ids
+            lengths[offset, start:start + chunk] = lens
+    return tokens, lengths
+
+
+def build_corpus(records: Iterable, tokenizer: KmerTokenizer, *, label_ranks: Sequence[str] = (),
+                 offsets: bool = True, sources: Sequence[str] = ()) -> Corpus:
+    """Deduplicate identical barcodes (first record's labels win; a rank whose labels conflict becomes
+    unknown), drop sequences shorter than k, and tokenize."""
+    index_of: dict[str, int] = {}
+    sequences: list[str] = []
+    labels: dict[str, list[str | None]] = {rank: [] for rank in label_ranks}
+    records_seen = too_short = truncated = 0
+    k, max_length = tokenizer.config.k, tokenizer.config.max_length
+    for record in records:
+        records_seen += 1
+        sequence = record.sequence
+        if len(sequence) < k:
+            too_short += 1
+            continue
+        truncated += len(sequence) > max_length
+        values = {rank: (record.bin if rank == "bin" else record.taxonomy.get(rank)) or None
+                  for rank in label_ranks}
+        row = index_of.get(sequence)
+        if row is None:
+            index_of[sequence] = len(sequences)
+            sequences.append(sequence)
+            for rank in label_ranks:
+                labels[rank].append(values[rank])
+        else:
+            for rank in label_ranks:
+                if labels[rank][row] != values[rank]:
+                    labels[rank][row] = None
+    if not sequences:
+        raise UsageError("no usable barcodes to train on (all empty or shorter than k)")
+    tokens, lengths = tokenize_corpus(sequences, tokenizer, offsets=offsets)
+    label_arrays, label_names = {}, {}
+    for rank in label_ranks:
+        names = sorted({v for v in labels[rank] if v})
+        lookup = {name: i for i, name in enumerate(names)}
+        label_arrays[rank] = np.array([lookup[v] if v else -1 for v in labels[rank]], dtype=np.int64)
+        label_names[rank] = names
+    summary = {"files": [os.path.basename(str(s)) for s in sources], "records": records_seen,
+               "unique_barcodes": len(sequences), "duplicates_removed": records_seen - too_short - len(sequences),
+               "shorter_than_k": too_short, "truncated": int(truncated)}
+    for rank in label_ranks:
+        summary[f"{rank}_labels"] = len(label_names[rank])
+    return Corpus(sequences, tokens, lengths, label_arrays, label_names, summary)
+
+
+def read_corpus(paths: Sequence[str], tokenizer: KmerTokenizer, *, include_splits: Sequence[str] | None = None,
+                read_options: dict | None = None, label_ranks: Sequence[str] = (), stats_out: list | None = None
+                ) -> Corpus:
+    """Read training files (FASTA or tables). `include_splits` keeps table rows whose `split` is listed
+    (rows without a split value are kept)."""
+    from .io import ReadStats, read_barcodes
+
+    def records():
+        for path in paths:
+            stats = ReadStats(path=str(path))
+            for record in read_barcodes(path, stats=stats, **(read_options or {})):
+                if include_splits is not None and record.split and record.split not in include_splits:
+                    continue
+                yield record
+            if stats_out is not None:
+                stats_out.append(stats)
+
+    corpus = build_corpus(records(), tokenizer, label_ranks=label_ranks, sources=paths)
+    if include_splits is not None:
+        corpus.summary["splits"] = list(include_splits)
+    return corpus
+
+
+# ============================================================================================ distributed
+@dataclass
+class Distributed:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_name: str) -> tuple[Distributed, torch.device]:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1): NCCL on CUDA, gloo on CPU."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    dist = Distributed(rank=int(os.environ.get("RANK", "0")), world_size=world_size,
+                       local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+    device = resolve_device(device_name)
+    if dist.enabled and not torch.distributed.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return dist, device
+
+
+def _all_reduce_sum(values: torch.Tensor, dist: Distributed) -> torch.Tensor:
+    if dist.enabled:
+        torch.distributed.all_reduce(values)
+    return values
+
+
+# ============================================================================================ schedule/optim
+def lr_at(step: int, total_steps: int, config: TrainConfig) -> float:
+    warmup = config.warmup_steps if config.warmup_steps is not None else min(1000, max(1, total_steps // 20))
+    if step < warmup:
+        return config.lr * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+    floor = config.lr * config.min_lr_ratio
+    return floor + 0.5 * (config.lr - floor) * (1.0 + math.cos(math.pi * progress))
+
+
+def make_optimizer(module: nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, parameter in module.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        (decay if parameter.ndim >= 2 and "position" not in name else no_decay).append(parameter)
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    extra = {"fused": True} if device.type == "cuda" else {}
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.95), **extra)
+
+
+def _step_seed(seed: int, step: int, rank: int, salt: int = 0) -> int:
+    return (seed * 1_000_003 + step * 7_919 + rank * 104_729 + salt * 15_485_863) % (2 ** 63 - 1)
+
+
+# ============================================================================================ tasks
+class MAETask(nn.Module):
+    """Pretraining objective; forward returns (loss, stats) where stats = [correct, hidden, rows]."""
+
+    def __init__(self, model: BarcodeMAE, mask_ratio: float):
+        super().__init__()
+        self.model = model
+        self.mask_ratio = mask_ratio
+
+    def forward(self, ids, lengths, noise, labels=None):
+        loss, correct, count = self.model(ids, lengths, self.mask_ratio, noise)
+        stats = torch.stack([correct.float(), count.float(), torch.tensor(float(ids.shape[0]), device=ids.device)])
+        return loss, stats
+
+
+class TaxonomyHeads(nn.Module):
+    """Cosine-softmax classifiers (CosFace margin) on the pooled embedding, one per rank."""
+
+    def __init__(self, dim: int, classes: dict[str, int], scale: float, margin: float):
+        super().__init__()
+        self.ranks = list(classes)
+        self.scale, self.margin = scale, margin
+        self.proxies = nn.ParameterDict({r: nn.Parameter(torch.randn(n, dim) * 0.02) for r, n in classes.items()})
+
+    def forward(self, embedding: torch.Tensor, labels: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        # embedding [B, D]; labels [B, ranks] (-1 = unknown)
+        normed = F.normalize(embedding.float(), dim=-1)
+        out = []
+        for i, rank in enumerate(self.ranks):
+            target = labels[:, i]
+            cosine = normed @ F.normalize(self.proxies[rank].float(), dim=-1).T  # [B, C]
+            margin = F.one_hot(target.clamp(min=0), cosine.shape[1]).to(cosine.dtype) * self.margin
+            logits = self.scale * (cosine - margin)
+            loss_sum = F.cross_entropy(logits, target, ignore_index=-1, reduction="sum")
+            known = (target >= 0).sum()
+            out.append((loss_sum / known.clamp(min=1), ((logits.argmax(1) == target) & (target >= 0)).sum()))
+        return out
+
+
+class FinetuneTask(nn.Module):
+    """Taxonomy fine-tuning: cosine classifiers on the whole-sequence embedding, plus the MAE loss (if the
+    model still has its decoder) so the embedding keeps sequence detail for unseen taxa and new BINs."""
+
+    def __init__(self, model: BarcodeMAE, classes: dict[str, int], config: TrainConfig):
+        super().__init__()
+        self.model = model
+        self.heads = TaxonomyHeads(model.config.embedding_dim, classes, config.cosine_scale, config.cosine_margin)
+        self.weights = [float(config.rank_weights.get(rank, 1.0)) for rank in classes]
+        self.mae_weight = config.mae_weight if model.include_decoder else 0.0
+        self.mask_ratio = config.mask_ratio
+
+    def forward(self, ids, lengths, noise, labels):
+        embedding = self.model.embed(ids, lengths)
+        losses = self.heads(embedding, labels)
+        loss = sum(w * l for w, (l, _) in zip(self.weights, losses))
+        correct = [c.float() for _, c in losses]
+        known = [(labels[:, i] >= 0).sum().float() for i in range(labels.shape[1])]
+        if self.mae_weight > 0:
+            mae_loss, mae_correct, mae_count = self.model(ids, lengths, self.mask_ratio, noise)
+            loss = loss + self.mae_weight * mae_loss
+        else:
+            mae_correct = mae_count = torch.zeros((), device=ids.device)
+        rows = torch.tensor(float(ids.shape[0]), device=ids.device)
+        stats = torch.stack([mae_correct.float(), mae_count.float(), rows, *correct, *known])
+        return loss, stats
+
+
+# ============================================================================================ loop
+@dataclass
+class TrainResult:
+    output: Path
+    steps: int
+    barcodes_seen: int
+    seconds: float
+    metrics: dict
+    stopped_early: bool = False
+
+
+class Trainer:
+    """Runs a task over a corpus; owns batching, schedule, logging, checkpoints and resume."""
+
+    def __init__(self, task: nn.Module, model: BarcodeMAE, corpus: Corpus, val: Corpus | None,
+                 config: TrainConfig, tokenizer_config: TokenizerConfig, output: Path, *, kind: str,
+                 dist: Distributed, device: torch.device, label_ranks: Sequence[str] = (),
+                 log: Callable[[str], None] | None = None, progress: Callable[[int, int, dict], None] | None = None,
+                 model_name: str | None = None, base_card: dict | None = None):
+        self.task, self.model, self.corpus, self.val = task, model, corpus, val
+        self.config, self.tokenizer_config, self.output = config, tokenizer_config, Path(output)
+        self.kind, self.dist, self.device = kind, dist, device
+        self.label_ranks = list(label_ranks)
+        self.log = log or (lambda message: None)
+        self.progress = progress
+        self.model_name = model_name or self.output.name
+        self.base_card = base_card or {}
+        n = len(corpus)
+        self.global_batch = min(config.batch_size * dist.world_size, n)
+        self.local_batch = self.global_batch // dist.world_size
+        if self.local_batch < 1:
+            raise UsageError(f"{n} training barcodes cannot feed {dist.world_size} processes")
+        self.steps_per_epoch = max(1, n // self.global_batch)
+        self.total_steps = config.max_steps or max(1, math.ceil(config.epochs * self.steps_per_epoch))
+        self.tokens = torch.from_numpy(corpus.tokens.astype(np.int32)).to(device)  # [offsets, N, L]
+        self.lengths = torch.from_numpy(corpus.lengths.astype(np.int64)).to(device)  # [offsets, N]
+        if self.label_ranks:
+            self.labels = torch.from_numpy(np.stack([corpus.labels[r] for r in self.label_ranks], 1)).to(device)
+        else:
+            self.labels = None
+        self._perm_epoch, self._perm = -1, None
+        self.optimizer = make_optimizer(task, config, device)
+        self.step = 0
+        self.runner = task
+        if dist.enabled:
+            ddp_kwargs = {"device_ids": [device.index]} if device.type == "cuda" else {}
+            self.runner = nn.parallel.DistributedDataParallel(task, **ddp_kwargs)
+        if config.compile:
+            self.runner = torch.compile(self.runner)
+
+    # ----------------------------------------------------------------- batches
+    def batch(self, step: int):
+        epoch, within = divmod(step, self.steps_per_epoch)
+        if epoch != self._perm_epoch:
+            g = torch.Generator().manual_seed(_step_seed(self.config.seed, epoch, 0, salt=1))
+            self._perm, self._perm_epoch = torch.randperm(len(self.corpus), generator=g), epoch
+        rows = self._perm[within * self.global_batch:(within + 1) * self.global_batch]
+        rows = rows[self.dist.rank::self.dist.world_size][:self.local_batch]
+        g = torch.Generator().manual_seed(_step_seed(self.config.seed, step, self.dist.rank))
+        k = self.tokens.shape[0]
+        offsets = torch.randint(0, k, (len(rows),), generator=g) if (self.config.offset_augmentation and k > 1) \
+            else torch.zeros(len(rows), dtype=torch.long)
+        noise = torch.rand(len(rows), self.tokens.shape[2], generator=g)
+        rows_d, offsets_d = rows.to(self.device), offsets.to(self.device)
+        ids = self.tokens[offsets_d, rows_d].long()
+        lengths = self.lengths[offsets_d, rows_d]
+        labels = self.labels[rows_d] if self.labels is not None else None
+        return ids, lengths, noise.to(self.device, non_blocking=True), labels
+
+    # ----------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        if self.val is None or len(self.val) == 0:
+            return {}
+        self.task.eval()
+        tokens = torch.from_numpy(self.val.tokens[0].astype(np.int64))
+        lengths = torch.from_numpy(self.val.lengths[0].astype(np.int64))
+        g = torch.Generator().manual_seed(_step_seed(self.config.seed, 0, 0, salt=2))
+        noise = torch.rand(tokens.shape, generator=g)
+        labels = (torch.from_numpy(np.stack([self.val.labels[r] for r in self.label_ranks], 1))
+                  if self.label_ranks else None)
+        totals, loss_sum, batches = None, 0.0, 0
+        step = max(1, self.config.batch_size)
+        for start in range(0, len(tokens), step):
+            part = slice(start, start + step)
+            with autocast(self.device):
+                loss, stats = self.task(tokens[part].to(self.device), lengths[part].to(self.device),
+                                        noise[part].to(self.device),
+                                        labels[part].to(self.device) if labels is not None else None)
+            totals = stats.float() if totals is None else totals + stats.float()
+            loss_sum += float(loss) * int(tokens[part].shape[0])
+            batches += int(tokens[part].shape[0])
+        self.task.train()
+        return self._stats_dict(totals, prefix="val_") | {"val_loss": loss_sum / max(1, batches)}
+
+    def _stats_dict(self, stats: torch.Tensor, prefix: str = "") -> dict:
+        values = stats.tolist()
+        out = {}
+        if values[1] > 0:
+            out[prefix + "masked_token_accuracy"] = values[0] / values[1]
+        if self.label_ranks:
+            n = len(self.label_ranks)
+            for i, rank in enumerate(self.label_ranks):
+                known = values[3 + n + i]
+                if known > 0:
+                    out[prefix + f"{rank}_accuracy"] = values[3 + i] / known
+        return out
+
+    # ----------------------------------------------------------------- checkpoints
+    def _card_training(self, seconds: float) -> dict:
+        return {"kind": self.kind, "steps": self.step, "total_steps": self.total_steps,
+                "barcodes_seen": self.step * self.global_batch, "batch_size": self.global_batch,
+                "processes": self.dist.world_size, "device": str(self.device.type),
+                "seconds": round(seconds, 1), "config": self.config.to_dict(), "data": self.corpus.summary,
+                "corpus_sha256": self.corpus.fingerprint, "labels": {r: len(self.corpus.label_names.get(r, []))
+                                                                     for r in self.label_ranks},
+                "base_model": self.base_card.get("name")}
+
+    def save_checkpoint(self, seconds: float) -> None:
+        if not self.dist.is_main:
+            return
+        from safetensors.torch import save_file
+
+        folder = self.output / CHECKPOINT_DIR
+        save_model(self.model, self.tokenizer_config, folder, name=self.model_name,
+                   training=self._card_training(seconds))
+        tensors, groups = _flatten_optimizer(self.optimizer.state_dict())
+        if self.kind == "finetune":
+            tensors.update({f"heads.{k}": v for k, v in self.task.heads.state_dict().items()})
+        with atomic_path(folder / OPTIMIZER_FILE) as temporary:
+            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(temporary))
+        state = {"format": "barcodetool-training-state", "format_version": 1, "kind": self.kind,
+                 "step": self.step, "total_steps": self.total_steps, "seconds": seconds,
+                 "world_size": self.dist.world_size, "config": self.config.to_dict(),
+                 "corpus_sha256": self.corpus.fingerprint, "param_groups": groups,
+                 "label_names": self.corpus.label_names if self.kind == "finetune" else {},
+                 "optimizer_sha256": sha256_file(folder / OPTIMIZER_FILE),
+                 "model_sha256": sha256_file(folder / "model.safetensors")}
+        with atomic_path(folder / STATE_FILE) as temporary:
+            temporary.write_text(json.dumps(state, indent=1), encoding="utf-8")
+
+    def restore(self, folder: Path) -> float:
+        """Load a checkpoint written by save_checkpoint; returns the seconds already spent."""
+        from safetensors.torch import load_file
+
+        state = read_training_state(folder)
+        if state["kind"] != self.kind:
+            raise ModelError(f"{folder}: checkpoint is from a {state['kind']} run, not {self.kind}")
+        if state["corpus_sha256"] != self.corpus.fingerprint:
+            raise ModelError(f"{folder}: checkpoint was trained on other data (the barcodes differ); resume "
+                             "with the same input files and options")
+        if state["world_size"] != self.dist.world_size:
+            raise ModelError(f"{folder}: checkpoint used {state['world_size']} processes, this run "
+                             f"{self.dist.world_size}; resume with the same number")
+        if sha256_file(folder / OPTIMIZER_FILE) != state["optimizer_sha256"] or \
+                sha256_file(folder / "model.safetensors") != state["model_sha256"]:
+            raise ModelError(f"{folder}: checkpoint files do not match their recorded sha256 (corrupt); "
+                             "delete the checkpoint folder to start over")
+        loaded = load_model_folder(folder, device=self.device)
+        self.model.load_state_dict(loaded.model.state_dict(), strict=True)
+        tensors = load_file(str(folder / OPTIMIZER_FILE))
+        if self.kind == "finetune":
+            heads = {k[len("heads."):]: v for k, v in tensors.items() if k.startswith("heads.")}
+            self.task.heads.load_state_dict(heads, strict=True)
+            tensors = {k: v for k, v in tensors.items() if not k.startswith("heads.")}
+        self.optimizer.load_state_dict(_unflatten_optimizer(tensors, state["param_groups"]))
+        self.step = int(state["step"])
+        return float(state.get("seconds", 0.0))
+
+    # ----------------------------------------------------------------- main loop
+    def train_step(self) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """One optimizer step at self.step; returns (loss, stats, rows) without synchronizing the device."""
+        step = self.step
+        torch.manual_seed(_step_seed(self.config.seed, step, self.dist.rank, salt=3))  # dropout
+        ids, lengths, noise, labels = self.batch(step)
+        lr = lr_at(step, self.total_steps, self.config)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        with autocast(self.device):
+            loss, stats = self.runner(ids, lengths, noise, labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.task.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        self.step += 1
+        return loss, stats, ids.shape[0]
+
+    def run(self, resume: bool = False) -> TrainResult:
+        config = self.config
+        spent = 0.0
+        if resume:
+            folder = self.output / CHECKPOINT_DIR
+            if not (folder / STATE_FILE).is_file():
+                raise UsageError(f"--resume: no checkpoint in {folder}")
+            spent = self.restore(folder)
+            self.log(f"resumed from step {self.step} of {self.total_steps}")
+        metrics_path = self.output / METRICS_FILE
+        log_handle = open(metrics_path, "a", encoding="utf-8") if self.dist.is_main else None
+        start_time, window_start, window_rows = time.perf_counter(), time.perf_counter(), 0
+        running, running_loss, running_n = None, 0.0, 0
+        stopped_early = False
+        self.task.train()
+        try:
+            while self.step < self.total_steps:
+                lr = lr_at(self.step, self.total_steps, config)
+                loss, stats, rows = self.train_step()
+                window_rows += rows
+                running = stats.detach() if running is None else running + stats.detach()
+                running_loss += loss.detach()
+                running_n += 1
+                last = self.step == self.total_steps
+                if self.step % config.log_every == 0 or last:
+                    totals = _all_reduce_sum(running.float().clone(), self.dist)
+                    mean_loss = float(_all_reduce_sum(running_loss.float().reshape(1).clone(), self.dist)) / (
+                        running_n * self.dist.world_size)
+                    now = time.perf_counter()
+                    rate = window_rows * self.dist.world_size / max(1e-9, now - window_start)
+                    entry = {"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 3),
+                             "loss": round(mean_loss, 5), "lr": lr, "barcodes_per_s": round(rate, 1),
+                             "elapsed_s": round(spent + now - start_time, 2)} | {
+                        k: round(v, 5) for k, v in self._stats_dict(totals).items()}
+                    if log_handle:
+                        log_handle.write(json.dumps(entry) + "\n")
+                        log_handle.flush()
+                    if self.progress:
+                        self.progress(self.step, self.total_steps, entry)
+                    running, running_loss, running_n = None, 0.0, 0
+                    window_start, window_rows = now, 0
+                if self.step % config.checkpoint_every == 0 and not last:
+                    self.save_checkpoint(spent + time.perf_counter() - start_time)
+                if config.max_minutes and (spent + time.perf_counter() - start_time) > config.max_minutes * 60:
+                    stopped_early = not last
+                    if stopped_early:
+                        self.log(f"stopped at step {self.step} of {self.total_steps}: --max-minutes reached")
+                    break
+            seconds = spent + time.perf_counter() - start_time
+            evaluation = self.evaluate()
+            if evaluation and log_handle:
+                log_handle.write(json.dumps({"step": self.step} | evaluation) + "\n")
+            if self.dist.is_main:
+                self.save_checkpoint(seconds)
+                save_model(self.model, self.tokenizer_config, self.output, name=self.model_name,
+                           training=self._card_training(seconds) | {"stopped_early": stopped_early},
+                           metrics=evaluation)
+        finally:
+            if log_handle:
+                log_handle.close()
+        return TrainResult(output=self.output, steps=self.step, barcodes_seen=self.step * self.global_batch,
+                           seconds=seconds, metrics=evaluation, stopped_early=stopped_early)
+
+
+def read_training_state(folder: Path) -> dict:
+    try:
+        state = json.loads((Path(folder) / STATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise ModelError(f"{folder}: unreadable training state ({error}); delete the checkpoint folder "
+                         "to start over") from None
+    if state.get("format") != "barcodetool-training-state" or int(state.get("format_version", 0)) > 1:
+        raise ModelError(f"{folder}: not a training checkpoint this barcodetool can resume")
+    return state
+
+
+def _flatten_optimizer(state_dict: dict) -> tuple[dict[str, torch.Tensor], list]:
+    tensors = {}
+    for index, values in state_dict["state"].items():
+        for key, value in values.items():
+            tensors[f"state.{index}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
+    return tensors, state_dict["param_groups"]
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], param_groups: list) -> dict:
+    state: dict[int, dict] = {}
+    for name, value in tensors.items():
+        _, index, key = name.split(".", 2)
+        state.setdefault(int(index), {})[key] = value
+    return {"state": state, "param_groups": param_groups}
+
+
+# ============================================================================================ entry points
+def split_validation(corpus: Corpus, fraction: float, seed: int) -> tuple[Corpus, Corpus | None]:
+    if fraction <= 0 or len(corpus) < 10:
+        return corpus, None
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(corpus))
+    n_val = max(1, int(round(fraction * len(corpus))))
+    return corpus.subset(np.sort(order[n_val:])), corpus.subset(np.sort(order[:n_val]))
+
+
+def _prepare_output(output: str | os.PathLike | None, name: str | None, resume: bool) -> Path:
+    if output is None:
+        from .weights import user_models_dir
+
+        output = user_models_dir() / (name or time.strftime("model-%Y%m%d-%H%M%S"))
+    output = Path(output)
+    if output.exists() and not resume and (output / CHECKPOINT_DIR / STATE_FILE).exists():
+        raise UsageError(f"{output} already holds a training run; use --resume to continue it or choose "
+                         "another -o")
+    output.mkdir(parents=True, exist_ok=True)
+    return output
+
+
+def pretrain(corpus: Corpus, *, config: TrainConfig, output: str | os.PathLike | None = None,
+             name: str | None = None, model_config: BarcodeMAEConfig | None = None,
+             tokenizer_config: TokenizerConfig | None = None, resume: bool = False,
+             log: Callable[[str], None] | None = None, progress=None) -> TrainResult:
+    """Pretrain a BarcodeMAE model with the masked-autoencoder objective."""
+    dist, device = init_distributed(config.device)
+    tokenizer_config = tokenizer_config or TokenizerConfig()
+    model_config = model_config or model_preset(config.preset, mask_ratio=config.mask_ratio,
+                                                k=tokenizer_config.k, max_tokens=tokenizer_config.max_tokens)
+    output = _prepare_output(output, name, resume)
+    torch.manual_seed(config.seed)
+    model = BarcodeMAE(model_config).to(device)
+    train_part, val_part = split_validation(corpus, config.val_fraction, config.seed)
+    trainer = Trainer(MAETask(model, config.mask_ratio), model, train_part, val_part, config, tokenizer_config,
+                      output, kind="pretrain", dist=dist, device=device, log=log, progress=progress,
+                      model_name=name or output.name)
+    return trainer.run(resume=resume)
+
+
+def finetune(corpus: Corpus, base: PretrainedModel | str | os.PathLike, *, config: TrainConfig,
+             output: str | os.PathLike | None = None, name: str | None = None, resume: bool = False,
+             log: Callable[[str], None] | None = None, progress=None) -> TrainResult:
+    """Fine-tune a pretrained model on the taxonomy (and BINs) of labelled barcodes."""
+    dist, device = init_distributed(config.device)
+    if not isinstance(base, PretrainedModel):
+        base = load_model(base, device="cpu")
+    ranks = [r for r in corpus.labels if corpus.label_names.get(r)]
+    if not ranks:
+        raise UsageError("fine-tuning needs labelled barcodes (species, genus, family or BIN columns)")
+    output = _prepare_output(output, name, resume)
+    model = BarcodeMAE(base.config, include_decoder=base.model.include_decoder)
+    model.load_state_dict(base.model.state_dict(), strict=True)
+    model.to(device)
+    torch.manual_seed(config.seed)
+    task = FinetuneTask(model, {r: len(corpus.label_names[r]) for r in ranks}, config).to(device)
+    train_part, val_part = split_validation(corpus, config.val_fraction, config.seed)
+    trainer = Trainer(task, model, train_part, val_part, config, base.tokenizer.config, output, kind="finetune",
+                      dist=dist, device=device, label_ranks=ranks, log=log, progress=progress,
+                      model_name=name or output.name, base_card=base.card)
+    return trainer.run(resume=resume)

@@ -1,0 +1,291 @@
+"""Model checkpoints: safetensors tensors + a JSON card; a registry of named weights.
+
+A model is a folder:
+
+    model.safetensors   tensors only (never pickle); float32, float16, or int8 rows + float16 scales
+    barcodetool.json    format name and version, barcodetool version, model and tokenizer settings, which parts
+                        are present (encoder, decoder), pooling, sha256 of model.safetensors, training summary,
+                        metrics
+
+Loading checks the format version, the sha256 and the exact tensor names and shapes (strict), and never runs code
+from the file. Names resolve in this order: an existing path, a bundled model in the package's `weights/`, a
+model trained into the user data folder (platformdirs).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ._version import __version__
+from .atomic import atomic_path
+from .errors import ModelError, TokenizerError
+from .model import BarcodeMAE, BarcodeMAEConfig
+from .tokenizer import KmerTokenizer, TokenizerConfig
+
+MODEL_FORMAT = "barcodetool-model"
+MODEL_FORMAT_VERSION = 1
+TENSORS_FILE = "model.safetensors"
+CARD_FILE = "barcodetool.json"
+CARD_KEYS = {"format", "format_version", "barcodetool_version", "name", "created", "parts", "model_config",
+             "tokenizer_config", "pooling", "dtype", "tensors_sha256", "training", "metrics", "description"}
+QUANTIZED_SUFFIX = ".int8"
+SCALE_SUFFIX = ".scale"
+DEFAULT_CPU_MODEL = "barcodemae-fast"
+DEFAULT_GPU_MODEL = "barcodemae-base"
+
+
+def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk_size):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class PretrainedModel:
+    """A loaded model: the network, its tokenizer and the card it was saved with."""
+
+    model: BarcodeMAE
+    tokenizer: KmerTokenizer
+    name: str
+    sha256: str
+    card: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+    @property
+    def config(self) -> BarcodeMAEConfig:
+        return self.model.config
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.model.config.embedding_dim
+
+    @property
+    def pooling(self) -> str:
+        return self.card.get("pooling", "mean")
+
+    @property
+    def fingerprint(self) -> dict[str, str]:
+        return {"model_name": self.name, "model_sha256": self.sha256}
+
+
+# ---------------------------------------------------------------------------------------------- saving
+def _quantize_int8(tensors: dict[str, torch.Tensor], min_elements: int) -> dict[str, torch.Tensor]:
+    """Symmetric per-row int8 for large matrices; everything else float16."""
+    out = {}
+    for name, tensor in tensors.items():
+        tensor = tensor.detach().float().cpu()
+        if tensor.ndim == 2 and tensor.numel() >= min_elements:
+            scale = tensor.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127.0  # [rows, 1]
+            out[name + QUANTIZED_SUFFIX] = torch.round(tensor / scale).clamp(-127, 127).to(torch.int8)
+            out[name + SCALE_SUFFIX] = scale.to(torch.float16)
+        else:
+            out[name] = tensor.to(torch.float16)
+    return out
+
+
+def _dequantize(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, tensor in tensors.items():
+        if name.endswith(SCALE_SUFFIX):
+            continue
+        if name.endswith(QUANTIZED_SUFFIX):
+            base = name[: -len(QUANTIZED_SUFFIX)]
+            scale = tensors.get(base + SCALE_SUFFIX)
+            if scale is None:
+                raise ModelError(f"quantized tensor {base} has no scale")
+            out[base] = tensor.float() * scale.float()
+        else:
+            out[name] = tensor.float()
+    return out
+
+
+def save_model(model: BarcodeMAE, tokenizer_config: TokenizerConfig, directory: str | os.PathLike, *,
+               name: str | None = None, dtype: str = "float32", include_decoder: bool | None = None,
+               training: dict | None = None, metrics: dict | None = None, pooling: str = "mean",
+               description: str | None = None) -> Path:
+    """Write model.safetensors then barcodetool.json (each atomically; the card holds the tensors' sha256)."""
+    if dtype not in {"float32", "float16", "int8"}:
+        raise ModelError(f"unknown weight dtype {dtype!r}; choose float32, float16 or int8")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if include_decoder is None:
+        include_decoder = model.include_decoder
+    if include_decoder and not model.include_decoder:
+        raise ModelError("cannot save a decoder: this model holds only the encoder")
+    state = model.state_dict() if include_decoder else model.encoder_state_dict()
+    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    if dtype == "float16":
+        state = {k: v.to(torch.float16) for k, v in state.items()}
+    elif dtype == "int8":
+        state = _quantize_int8(state, min_elements=16384)
+    else:
+        state = {k: v.float() for k, v in state.items()}
+    with atomic_path(directory / TENSORS_FILE) as temporary:
+        save_file(state, str(temporary), metadata={"format": MODEL_FORMAT})
+        digest = sha256_file(temporary)
+    card = {
+        "format": MODEL_FORMAT,
+        "format_version": MODEL_FORMAT_VERSION,
+        "barcodetool_version": __version__,
+        "name": name or directory.name,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "parts": ["encoder", "decoder"] if include_decoder else ["encoder"],
+        "model_config": model.config.to_dict(),
+        "tokenizer_config": tokenizer_config.to_dict(),
+        "pooling": pooling,
+        "dtype": dtype,
+        "tensors_sha256": digest,
+        "training": training or {},
+        "metrics": metrics or {},
+    }
+    if description:
+        card["description"] = description
+    with atomic_path(directory / CARD_FILE) as temporary:
+        temporary.write_text(json.dumps(card, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    return directory
+
+
+# ---------------------------------------------------------------------------------------------- loading
+def read_card(directory: str | os.PathLike) -> dict:
+    path = Path(directory) / CARD_FILE
+    try:
+        card = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(f"{directory}: not a barcodetool model folder (no {CARD_FILE})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelError(f"{path}: the model card is not valid JSON ({error}); the file is corrupt, "
+                         "re-copy or retrain the model") from None
+    if not isinstance(card, dict) or card.get("format") != MODEL_FORMAT:
+        raise ModelError(f"{path}: not a barcodetool model card (format is not {MODEL_FORMAT!r})")
+    version = card.get("format_version")
+    if not isinstance(version, int):
+        raise ModelError(f"{path}: format_version is missing or not an integer")
+    if version > MODEL_FORMAT_VERSION:
+        raise ModelError(f"{path}: model format version {version} is newer than this barcodetool reads "
+                         f"({MODEL_FORMAT_VERSION}); upgrade barcodetool")
+    unknown = set(card) - CARD_KEYS
+    if unknown:
+        raise ModelError(f"{path}: unknown keys {', '.join(sorted(unknown))} in the model card "
+                         "(written by a newer barcodetool? upgrade barcodetool)")
+    return card
+
+
+def load_model_folder(directory: str | os.PathLike, *, device: str | torch.device = "cpu",
+                      name: str | None = None, verify: bool = True) -> PretrainedModel:
+    directory = Path(directory)
+    card = read_card(directory)
+    tensors_path = directory / TENSORS_FILE
+    if not tensors_path.is_file():
+        raise ModelError(f"{directory}: {TENSORS_FILE} is missing")
+    digest = sha256_file(tensors_path)
+    if verify and digest != card.get("tensors_sha256"):
+        raise ModelError(f"{tensors_path}: sha256 does not match the model card; the weight file is corrupt "
+                         "or truncated (re-copy or retrain it)")
+    try:
+        config = BarcodeMAEConfig.from_dict(card["model_config"])
+        tokenizer_config = TokenizerConfig.from_dict(card["tokenizer_config"])
+    except KeyError as error:
+        raise ModelError(f"{directory / CARD_FILE}: missing {error.args[0]}") from None
+    except (TypeError, TokenizerError) as error:
+        raise ModelError(f"{directory / CARD_FILE}: invalid settings ({error})") from None
+    if tokenizer_config.k != config.k or tokenizer_config.max_tokens != config.max_tokens:
+        raise ModelError(f"{directory}: tokenizer settings (k={tokenizer_config.k}, "
+                         f"{tokenizer_config.max_tokens} tokens) do not fit the model (k={config.k}, "
+                         f"{config.max_tokens} tokens)")
+    parts = card.get("parts", ["encoder"])
+    try:
+        tensors = load_file(str(tensors_path))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ModelError(f"{tensors_path}: cannot read weights ({error}); the file is corrupt") from None
+    state = _dequantize(tensors)
+    model = BarcodeMAE(config, include_decoder="decoder" in parts)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ModelError(f"{tensors_path}: tensors do not match the model settings "
+                         f"(missing: {missing[:3]}, unexpected: {unexpected[:3]})")
+    for key, tensor in expected.items():
+        if state[key].shape != tensor.shape:
+            raise ModelError(f"{tensors_path}: tensor {key} has shape {tuple(state[key].shape)}, "
+                             f"the settings need {tuple(tensor.shape)}")
+    model.load_state_dict(state, strict=True)
+    model.to(device).eval()
+    return PretrainedModel(model=model, tokenizer=KmerTokenizer(tokenizer_config),
+                           name=name or card.get("name") or directory.name, sha256=digest, card=card,
+                           path=directory)
+
+
+def bundled_root() -> Path:
+    """The folder of bundled weights: the installed package data, or weights/ beside the source tree."""
+    try:
+        root = resources.files("barcodetool.bundled_weights")
+        path = Path(str(root))
+        if path.is_dir():
+            return path
+    except ModuleNotFoundError:
+        pass
+    return Path(__file__).resolve().parent.parent / "weights"
+
+
+def user_models_dir() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("barcodetool", appauthor=False)) / "models"
+
+
+def _models_in(root: Path) -> dict[str, Path]:
+    if not root.is_dir():
+        return {}
+    return {p.name: p for p in sorted(root.iterdir()) if (p / CARD_FILE).is_file()}
+
+
+def available_models() -> dict[str, Path]:
+    """Named models: bundled ones first, then those in the user data folder."""
+    found = _models_in(user_models_dir())
+    found.update(_models_in(bundled_root()))  # a bundled name cannot be shadowed
+    return found
+
+
+def default_model_name(device: str | torch.device = "cpu") -> str:
+    is_cuda = str(device).startswith("cuda")
+    names = available_models()
+    if is_cuda and DEFAULT_GPU_MODEL in names:
+        return DEFAULT_GPU_MODEL
+    return DEFAULT_CPU_MODEL
+
+
+def resolve_model(name_or_path: str | os.PathLike | None, device: str | torch.device = "cpu") -> Path:
+    if name_or_path is None or str(name_or_path) in {"", "auto"}:
+        name_or_path = default_model_name(device)
+    candidate = Path(name_or_path)
+    if candidate.is_dir():
+        return candidate
+    names = available_models()
+    if str(name_or_path) in names:
+        return names[str(name_or_path)]
+    if os.sep in str(name_or_path) or candidate.suffix:
+        raise ModelError(f"{name_or_path}: no such model folder")
+    listing = ", ".join(names) or "none installed"
+    raise ModelError(f"unknown model {str(name_or_path)!r}; available: {listing} (or give a model folder path)")
+
+
+def load_model(name_or_path: str | os.PathLike | None = None, *, device: str | torch.device = "cpu",
+               verify: bool = True) -> PretrainedModel:
+    """Load a model by registry name (`barcodemae-fast`, `barcodemae-base`, ...) or folder path."""
+    path = resolve_model(name_or_path, device)
+    is_named = not Path(str(name_or_path or "")).is_dir()
+    return load_model_folder(path, device=device, verify=verify, name=path.name if is_named else None)
