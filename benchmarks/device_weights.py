@@ -1,0 +1,291 @@
+"""One-shot GPU job: measure training speed, train the default weights, evaluate them, measure embedding speed.
+
+Made for a single short lease of one H100 (about 9 minutes of wall time), so every phase has a time budget
+and results are written under --out as soon as they exist:
+
+    1. data        pretraining corpus: bold_insects splits train, val, pretrain + all of coi_extra (unique
+                   barcodes); fine-tuning corpus: bold_insects train + val, and coi_extra records whose species
+                   is not one of the held-out (`key_unseen`/`test_unseen`) species. `test`, `test_unseen` and
+                   `key_unseen` barcodes are never trained on.
+    2. bench       training throughput of --preset base (benchmarks/gpu_train.py's measurement)
+    3. base        MAE pretraining (torch.compile, bf16, fused AdamW), then taxonomy fine-tuning
+    4. fast        the same for the CPU default preset
+    5. package     barcodemae-base (encoder, int8 rows) and barcodemae-fast (fp16) model folders
+    6. eval        benchmarks/quick_eval.py on the shared split for every stage and weight format
+    7. embed       benchmarks/gpu_embed.py: model-only and end-to-end embedding throughput
+
+    python benchmarks/device_weights.py --data-dir .devdata --out "$OUT"            # on the GPU
+    python benchmarks/device_weights.py --data-dir .devdata --out /tmp/dry --dry-run  # CPU rehearsal, tiny presets
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tarfile
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+T0 = time.perf_counter()
+LOG_HANDLE = None
+
+
+def log(message: str) -> None:
+    line = f"[{time.perf_counter() - T0:7.1f}s] {message}"
+    print(line, flush=True)
+    if LOG_HANDLE:
+        LOG_HANDLE.write(line + "\n")
+        LOG_HANDLE.flush()
+
+
+def elapsed() -> float:
+    return time.perf_counter() - T0
+
+
+class Results(dict):
+    def __init__(self, path: Path):
+        super().__init__()
+        self.path = path
+
+    def save(self):
+        self.path.write_text(json.dumps(self, indent=1, default=str))
+
+
+def phase(results: Results, name: str):
+    """Decorator-free guard: run fn, record its result or its traceback, never stop the job."""
+
+    def run(fn, *args, **kwargs):
+        start = time.perf_counter()
+        log(f"--- {name}")
+        try:
+            value = fn(*args, **kwargs)
+            results[name] = value if value is not None else "ok"
+            return value
+        except Exception as error:  # a failed phase must not lose the phases after it
+            results[name] = {"error": f"{error.__class__.__name__}: {error}", "traceback": traceback.format_exc()}
+            log(f"!!! {name} failed: {error}\n{traceback.format_exc()}")
+            return None
+        finally:
+            results.setdefault("phase_seconds", {})[name] = round(time.perf_counter() - start, 1)
+            results.save()
+
+    return run
+
+
+def main():
+    global LOG_HANDLE
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", default=".devdata")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--work", default="/tmp/barcodetool-work")
+    parser.add_argument("--dry-run", action="store_true")
+    parser.add_argument("--budget", type=float, default=530.0, help="seconds for the whole job")
+    args = parser.parse_args()
+
+    out, work = Path(args.out), Path(args.work)
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    LOG_HANDLE = open(out / "log.txt", "w")
+    results = Results(out / "results.json")
+    dry = args.dry_run
+    device = "cpu" if dry else "cuda"
+    big, small = ("tiny", "tiny") if dry else ("base", "fast")
+    scale = 0.08 if dry else 1.0  # phase budgets in the dry run
+
+    from barcodetool.io import read_barcodes
+    from barcodetool.tokenizer import KmerTokenizer
+    from barcodetool.train import FINETUNE_RANKS, TrainConfig, build_corpus, finetune, pretrain
+    from barcodetool.weights import load_model, save_model
+
+    results["env"] = {"torch": torch.__version__, "cuda": torch.cuda.is_available(),
+                      "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+                      "dry_run": dry}
+    if not dry:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    tokenizer = KmerTokenizer()
+    data = Path(args.data_dir)
+
+    # ------------------------------------------------------------------ 1. data
+    def load_data():
+        limit = 4000 if dry else None
+        insects = [r for i, r in enumerate(read_barcodes(data / "bold_insects.csv.gz")) if limit is None or i < limit]
+        extra = [r for i, r in enumerate(read_barcodes(data / "coi_extra.csv.gz")) if limit is None or i < limit]
+        held_out = {r.taxonomy.get("species") for r in insects if r.split in ("test_unseen", "key_unseen")}
+        held_out.discard(None)
+        pre = [r for r in insects if r.split in ("train", "val", "pretrain")] + extra
+        tune = [r for r in insects if r.split in ("train", "val")] + [
+            r for r in extra if r.taxonomy.get("species") not in held_out]
+        corpora["pretrain"] = build_corpus(pre, tokenizer, sources=["bold_insects.csv.gz", "coi_extra.csv.gz"])
+        corpora["pretrain"].summary["splits"] = ["bold_insects: train, val, pretrain", "coi_extra: all"]
+        corpora["finetune"] = build_corpus(tune, tokenizer, label_ranks=FINETUNE_RANKS,
+                                           sources=["bold_insects.csv.gz", "coi_extra.csv.gz"])
+        corpora["finetune"].summary["splits"] = [
+            "bold_insects: train, val", "coi_extra: records whose species is not held out"]
+        from quick_eval import load_split
+
+        corpora["splits"] = load_split(str(data / "bold_insects.csv.gz"))
+        return {"pretrain": corpora["pretrain"].summary, "finetune": corpora["finetune"].summary,
+                "eval_unique": {k: len(v["seq"]) for k, v in corpora["splits"].items()}}
+
+    corpora: dict = {}
+    phase(results, "data")(load_data)
+
+    # ------------------------------------------------------------------ 2. training throughput
+    def bench_train(compile_: bool, batch: int):
+        from gpu_train import measure_training
+
+        return measure_training(corpora["pretrain"], preset=big, batch_size=batch, steps=8 if dry else 30,
+                                warmup=3 if dry else 10, compile=compile_, device=device)
+
+    base_batch = 64 if dry else 1024
+    bench = phase(results, "bench_train_base_compiled")(bench_train, not dry, base_batch)
+    compiled_ok = bool(bench) and not dry
+    if not bench and not dry:
+        bench = phase(results, "bench_train_base_eager")(bench_train, False, base_batch)
+    base_rate = (bench or {}).get("barcodes_per_s", 3000.0)
+
+    # ------------------------------------------------------------------ 3-4. train
+    def train_pair(label: str, preset_name: str, batch: int, pre_seconds: float, tune_seconds: float,
+                   pre_rate: float, lr: float, tune_lr: float, compile_: bool):
+        pre_dir, tune_dir = work / f"{label}-pretrained", work / f"{label}"
+        steps = max(20, int(pre_seconds * pre_rate / batch))
+        log(f"{label}: pretraining {steps} steps of {batch} (planned {pre_seconds:.0f} s at {pre_rate:.0f}/s)")
+        config = TrainConfig(preset=preset_name, max_steps=steps, batch_size=batch, lr=lr, device=device,
+                             compile=compile_, checkpoint_every=10 ** 9, log_every=25, val_fraction=0.02,
+                             max_minutes=pre_seconds * 1.3 / 60, seed=0)
+        result = pretrain(corpora["pretrain"], config=config, output=pre_dir, name=f"barcodemae-{label}",
+                          log=log, progress=lambda s, t, e: log(json.dumps(e)) if s % 200 == 0 else None)
+        summary = {"pretrain": {"steps": result.steps, "seconds": round(result.seconds, 1),
+                                "barcodes_seen": result.barcodes_seen, "metrics": result.metrics}}
+        log(f"{label}: pretrained {summary}")
+        rate = result.barcodes_seen / max(result.seconds, 1e-6)
+        tune_rate = rate * 0.35  # whole-sequence encoder + MAE pass, eager
+        tune_steps = max(20, int(tune_seconds * tune_rate / batch))
+        config = TrainConfig(preset=preset_name, max_steps=tune_steps, batch_size=batch, lr=tune_lr, device=device,
+                             compile=False, checkpoint_every=10 ** 9, log_every=25, val_fraction=0.02,
+                             max_minutes=tune_seconds * 1.25 / 60, seed=1, mae_weight=0.25)
+        result = finetune(corpora["finetune"], str(pre_dir), config=config, output=tune_dir,
+                          name=f"barcodemae-{label}", log=log,
+                          progress=lambda s, t, e: log(json.dumps(e)) if s % 100 == 0 else None)
+        summary["finetune"] = {"steps": result.steps, "seconds": round(result.seconds, 1),
+                               "barcodes_seen": result.barcodes_seen, "metrics": result.metrics}
+        log(f"{label}: fine-tuned {summary['finetune']}")
+        return summary
+
+    if dry:
+        base_pre, base_tune = 6.0, 4.0
+    else:  # reserve fast 75 s, package 10 s, eval 55 s, embed bench 35 s; base gets the rest, 72% pretraining
+        base_total = max(60.0, args.budget - elapsed() - 175.0)
+        base_pre, base_tune = 0.72 * base_total, 0.28 * base_total
+    phase(results, "train_base")(train_pair, "base", big, base_batch, base_pre, base_tune, base_rate, 6e-4, 2e-4,
+                                 compiled_ok)
+    fast_batch = 64 if dry else 2048
+    fast_rate = 2000.0 if dry else 60000.0
+    phase(results, "train_fast")(train_pair, "fast", small, fast_batch, 45 * scale, 30 * scale, fast_rate,
+                                 2e-3, 5e-4, False)
+
+    # ------------------------------------------------------------------ 5. package
+    def package():
+        folder = work / "weights"
+        folder.mkdir(exist_ok=True)
+        made = {}
+        for label, dtype, decoder in (("base", "int8", False), ("fast", "float16", True)):
+            source = work / label
+            if not (source / "barcodetool.json").exists():
+                continue
+            trained = load_model(source, device="cpu")
+            target = folder / f"barcodemae-{label}"
+            save_model(trained.model, trained.tokenizer.config, target, name=f"barcodemae-{label}", dtype=dtype,
+                       include_decoder=decoder, training=trained.card.get("training"),
+                       metrics=trained.card.get("metrics"))
+            for stage in ("pretrained", ""):
+                metrics_file = work / (f"{label}-{stage}" if stage else label) / "metrics.jsonl"
+                if metrics_file.exists():
+                    shutil.copy(metrics_file, folder / f"{label}{'-' + stage if stage else ''}-metrics.jsonl")
+            made[label] = {"bytes": (target / "model.safetensors").stat().st_size}
+        pre_fast = work / "fast-pretrained"
+        if (pre_fast / "barcodetool.json").exists():
+            trained = load_model(pre_fast, device="cpu")
+            save_model(trained.model, trained.tokenizer.config, folder / "fast-pretrained", dtype="float16",
+                       include_decoder=True, training=trained.card.get("training"),
+                       metrics=trained.card.get("metrics"))
+        archive = work / "weights.tar"
+        with tarfile.open(archive, "w") as tar:
+            tar.add(folder, arcname="weights")
+        # The device returns files of at most 16 MiB: split the archive.
+        part_size, index = 15 * 2 ** 20, 0
+        with open(archive, "rb") as handle:
+            while chunk := handle.read(part_size):
+                (out / f"weights.tar.part{index}").write_bytes(chunk)
+                index += 1
+        made["parts"] = index
+        return made
+
+    phase(results, "package")(package)
+
+    # ------------------------------------------------------------------ 6. evaluation
+    def evaluate():
+        from barcodetool.embed import embed_sequences
+        from quick_eval import evaluate_embeddings
+
+        splits = corpora["splits"]
+        found = {}
+        variants = [("base", work / "base", True), ("base_int8", work / "weights" / "barcodemae-base", False),
+                    ("base_pretrained", work / "base-pretrained", False), ("fast", work / "fast", True),
+                    ("fast_pretrained", work / "fast-pretrained", False)]
+        for label, path, ami in variants:
+            if not (path / "barcodetool.json").exists() or elapsed() > args.budget - 25:
+                continue
+            model = load_model(path, device=device)
+            start = time.perf_counter()
+            emb = {s: embed_sequences(model, splits[s]["seq"], batch_size=1024)
+                   for s in ("train", "test", "test_unseen")}
+            seconds = time.perf_counter() - start
+            found[label] = evaluate_embeddings(emb, splits, ami=ami) | {"embed_seconds": round(seconds, 2)}
+            log(f"eval {label}: {json.dumps(found[label])}")
+            results["eval_partial"] = found
+            results.save()
+        return found
+
+    phase(results, "eval")(evaluate)
+
+    # ------------------------------------------------------------------ 7. embedding throughput
+    def bench_embed():
+        from gpu_embed import measure_end_to_end, measure_model
+
+        path = work / "weights" / "barcodemae-base"
+        if not path.exists():
+            path = work / "base"
+        model = load_model(path, device=device)
+        found = {"model_only_eager": measure_model(model, batch_size=256 if dry else 2048,
+                                                   batches=3 if dry else 20)}
+        log(f"embed {found}")
+        found["end_to_end"] = measure_end_to_end(model, str(data / "bold_insects.csv.gz"),
+                                                 batch_size=256 if dry else 2048)
+        log(f"embed {found}")
+        if not dry and elapsed() < args.budget - 40:
+            found["model_only_compiled"] = measure_model(model, batch_size=2048, batches=20, compile=True)
+            log(f"embed {found}")
+        return found
+
+    if elapsed() < args.budget - 15:
+        phase(results, "bench_embed")(bench_embed)
+    if not dry and elapsed() < args.budget - 40:
+        phase(results, "bench_train_base_eager")(bench_train, False, base_batch)
+    results["total_seconds"] = round(elapsed(), 1)
+    results.save()
+    log("done")
+
+
+if __name__ == "__main__":
+    main()

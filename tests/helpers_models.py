@@ -1,0 +1,27 @@
+"""Tiny random-initialised models for the reference/classify/cluster/benchmark tests (no bundled weights needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from barcodetool.model import BarcodeMAE, preset
+from barcodetool.tokenizer import TokenizerConfig
+from barcodetool.weights import load_model, save_model
+
+DATA = Path(__file__).resolve().parent / "data"
+SAMPLE = DATA / "bioscan_sample.csv"
+SINTAX_REFERENCE = DATA / "sintax_reference.fasta"
+
+
+def make_tiny_model(folder: Path, *, seed: int = 0, name: str | None = None) -> Path:
+    """Save a random-initialised `tiny` BarcodeMAE encoder (deterministic for a seed) into `folder`."""
+    torch.manual_seed(seed)
+    model = BarcodeMAE(preset("tiny"), include_decoder=False)
+    save_model(model, TokenizerConfig(), folder, name=name or folder.name)
+    return folder
+
+
+def load_tiny(folder: Path):
+    return load_model(folder, device="cpu")

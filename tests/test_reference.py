@@ -1,0 +1,294 @@
+"""Reference index: blocked exact k-NN, threshold calibration, HDF5 round trip, model mismatch, cache, CLI."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from barcodetool.cli import main
+from barcodetool.errors import IndexMismatchError, InputError
+from barcodetool.io import read_barcodes
+from barcodetool.reference import (ReferenceIndex, Thresholds, build_reference, calibrate_ranks, knn_search,
+                                   normalize, open_reference, precision_threshold, resolve_model_for_reference,
+                                   vote)
+from helpers_models import SAMPLE, SINTAX_REFERENCE, load_tiny, make_tiny_model
+
+
+# ============================================================================================ fixtures
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-a", seed=0)
+    return folder, load_tiny(folder)
+
+
+@pytest.fixture(scope="module")
+def other_tiny(tmp_path_factory):
+    folder = make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-b", seed=1)
+    return folder, load_tiny(folder)
+
+
+@pytest.fixture(scope="module")
+def train_records():
+    return [r for r in read_barcodes(SAMPLE, skip_empty=True) if r.split in ("train", "val")]
+
+
+@pytest.fixture(scope="module")
+def sample_index(tiny, train_records):
+    return build_reference(train_records, tiny[1], source="bioscan_sample.csv")
+
+
+def synthetic_index(seed: int = 0, dim: int = 24, genera: int = 4, species: int = 3, per_species: int = 12,
+                    genus_spread: float = 0.35, species_spread: float = 0.06):
+    """Unit vectors with known structure: genus centroids, species offsets, small per-barcode noise."""
+    rng = np.random.default_rng(seed)
+    vectors, genus_labels, species_labels = [], [], []
+    for g in range(genera):
+        centre = rng.normal(size=dim)
+        centre /= np.linalg.norm(centre)
+        for s in range(species):
+            offset = rng.normal(size=dim)
+            species_centre = centre + genus_spread * offset / np.linalg.norm(offset)
+            for _ in range(per_species):
+                vectors.append(species_centre + species_spread * rng.normal(size=dim) / math.sqrt(dim))
+                genus_labels.append(f"G{g}")
+                species_labels.append(f"G{g} s{s}")
+    embeddings = normalize(np.array(vectors))
+    n = len(embeddings)
+    from barcodetool.reference import encode_labels
+
+    codes, names = {}, {}
+    for rank, values in (("phylum", ["Arthropoda"] * n), ("genus", genus_labels), ("species", species_labels)):
+        codes[rank], names[rank] = encode_labels(values)
+    index = ReferenceIndex(ids=[f"r{i}" for i in range(n)], embeddings=embeddings, codes=codes, label_names=names,
+                           groups=np.arange(n, dtype=np.int32), model_name="synthetic", model_sha256="0" * 64)
+    return index, rng
+
+
+# ============================================================================================ search
+def brute_force(queries, reference, k, exclude=None):
+    sims = normalize(queries) @ normalize(reference).T
+    if exclude is not None:
+        sims[exclude] = -np.inf
+    order = np.lexsort((np.broadcast_to(np.arange(sims.shape[1]), sims.shape), -sims), axis=1)[:, :k]
+    return np.take_along_axis(sims, order, axis=1), order
+
+
+def test_blocked_knn_equals_brute_force():
+    rng = np.random.default_rng(1)
+    reference = normalize(rng.normal(size=(503, 16)))
+    queries = normalize(rng.normal(size=(37, 16)))
+    sims, idx = knn_search(queries, reference, 7, query_block=8, reference_block=50)
+    expected_sims, expected_idx = brute_force(queries, reference, 7)
+    np.testing.assert_array_equal(idx, expected_idx)
+    np.testing.assert_allclose(sims, expected_sims, rtol=0, atol=1e-5)
+    # one block each way gives the same answer
+    sims1, idx1 = knn_search(queries, reference, 7, query_block=1000, reference_block=10_000)
+    np.testing.assert_array_equal(idx1, expected_idx)
+
+
+def test_blocked_knn_excludes_groups():
+    rng = np.random.default_rng(2)
+    reference = normalize(rng.normal(size=(120, 8)))
+    groups = rng.integers(0, 40, size=120).astype(np.int32)
+    queries = np.arange(0, 120, 7)
+    other = rng.integers(0, 10, size=120).astype(np.int32)
+    sims, idx = knn_search(reference[queries], reference, 5, exclude=[(groups[queries], groups),
+                                                                      (other[queries], other)],
+                           query_block=4, reference_block=32)
+    exclude = (groups[queries][:, None] == groups[None, :]) | (other[queries][:, None] == other[None, :])
+    expected_sims, expected_idx = brute_force(reference[queries], reference, 5, exclude)
+    np.testing.assert_array_equal(idx, expected_idx)
+    assert all(q not in row for q, row in zip(queries, idx))
+
+
+def test_knn_pads_when_reference_is_small_and_reads_float16():
+    rng = np.random.default_rng(3)
+    reference = normalize(rng.normal(size=(3, 8)))
+    sims, idx = knn_search(reference, reference.astype(np.float16), 5)
+    assert (idx[:, 3:] == -1).all() and np.isinf(sims[:, 3:]).all()
+    assert (idx[:, 0] == np.arange(3)).all()
+    np.testing.assert_allclose(sims[:, 0], 1.0, atol=2e-3)
+
+
+# ============================================================================================ calibration
+def test_precision_threshold_is_lowest_meeting_target():
+    rng = np.random.default_rng(4)
+    scores = rng.uniform(0, 1, 2000)
+    correct = rng.uniform(0, 1, 2000) < scores  # P(right) = score
+    for target in (0.8, 0.9, 0.95):
+        t = precision_threshold(scores, correct, target)
+        called = scores >= t
+        assert correct[called].mean() >= target
+        # the next lower score would miss the target (minimality)
+        lower = scores[scores < t]
+        if len(lower):
+            assert correct[scores >= lower.max()].mean() < target or lower.max() < t
+    assert precision_threshold(np.array([0.9, 0.8]), np.array([False, True]), 0.95) == math.inf
+    assert math.isnan(precision_threshold(np.array([]), np.array([], dtype=bool), 0.95))
+    # everything right: the lowest observed score
+    assert precision_threshold(np.array([0.9, 0.5, 0.7]), np.array([True, True, True]), 0.95) == 0.5
+
+
+@pytest.mark.parametrize("precision", [0.8, 0.95])
+def test_calibrated_thresholds_reach_precision_on_calibration_set(precision):
+    index, _ = synthetic_index(species_spread=0.25, genus_spread=0.3)
+    thresholds = index.calibrate(precision=precision, k=5, cluster=False)
+    codes = index.rank_codes()
+    levels = {level: index.calibration_neighbours(level, 5) for level in ("sequence", "species", "genus")}
+    for rank, level in (("genus", "species"), ("species", "sequence")):
+        queries, sims, idx = levels[level]
+        votes = vote(sims[:, :5], idx[:, :5], codes, thresholds=thresholds.ranks, min_confidence=0.5)
+        called = votes.assigned[rank]
+        truth = codes[rank][queries]
+        assert called.any()
+        assert (votes.label[rank][called] == truth[called]).mean() >= precision
+        assert thresholds.details[rank]["precision"] >= precision
+        # queries whose own taxon is absent get a label at most 1 - precision of the time
+        novel_queries, novel_sims, novel_idx = levels[rank]
+        novel = vote(novel_sims[:, :5], novel_idx[:, :5], codes, thresholds=thresholds.ranks, min_confidence=0.5)
+        assert novel.assigned[rank].mean() <= 1 - precision + 1e-9
+    # the function used by calibrate gives the same thresholds
+    again, _ = calibrate_ranks(levels, codes, precision=precision, k=5, min_confidence=0.5)
+    assert again == thresholds.ranks
+
+
+def test_open_world_synthetic_species_empty_genus_assigned():
+    index, rng = synthetic_index(species_spread=0.05, genus_spread=0.3)
+    thresholds = index.calibrate(precision=0.95, k=5, cluster=False)
+    # a query of a new species of genus G1: near the genus, far from its known species
+    members = [i for i, g in enumerate(index.codes["genus"]) if index.label_names["genus"][g] == "G1"]
+    centre = index.embeddings[members].mean(axis=0)
+    known = [index.embeddings[[i for i in members if index.codes["species"][i] == s]].mean(axis=0)
+             for s in np.unique(index.codes["species"][members])]
+    new = centre - 0.3 * (sum(known) / len(known) - centre) + 0.15 * normalize(rng.normal(size=(1, 24)))[0]
+    sims, idx = knn_search(normalize(new[None, :]), index.embeddings, 5)
+    votes = vote(sims, idx, index.rank_codes(), thresholds=thresholds.ranks, min_confidence=0.5)
+    assert votes.assigned["genus"][0]
+    assert index.label_names["genus"][votes.label["genus"][0]] == "G1"
+    assert not votes.assigned["species"][0]
+    assert sims[0, 0] < thresholds.ranks["species"]
+
+
+def test_vote_hierarchy_blocks_lower_ranks_and_subfamily_is_optional():
+    # 3 neighbours: genus vote fails its threshold -> species empty even with a high species threshold met
+    codes = {"family": np.array([0, 0, 0]), "subfamily": np.array([0, 1, -1]), "genus": np.array([0, 0, 1]),
+             "species": np.array([0, 0, 1])}
+    sims = np.array([[0.99, 0.98, 0.97]], dtype=np.float32)
+    idx = np.array([[0, 1, 2]])
+    thresholds = {"family": 0.5, "subfamily": 0.999, "genus": 0.5, "species": 0.5}
+    v = vote(sims, idx, codes, thresholds=thresholds, min_confidence=0.5)
+    assert v.assigned["family"][0] and not v.assigned["subfamily"][0]
+    assert v.assigned["genus"][0] and v.assigned["species"][0]  # subfamily blocks nothing
+    thresholds["genus"] = 0.995
+    v = vote(sims, idx, codes, thresholds=thresholds, min_confidence=0.5)
+    assert not v.assigned["genus"][0] and not v.assigned["species"][0]
+    assert v.label["species"][0] == 0  # the candidate is still reported
+
+
+# ============================================================================================ index
+def test_build_save_load_round_trip(tmp_path, sample_index, train_records):
+    path = sample_index.save(tmp_path / "ref.h5")
+    loaded = ReferenceIndex.load(path)
+    assert loaded.ids == sample_index.ids
+    np.testing.assert_array_equal(loaded.embeddings, sample_index.embeddings)
+    np.testing.assert_allclose(np.linalg.norm(loaded.embeddings, axis=1), 1.0, atol=1e-5)
+    assert loaded.ranks == sample_index.ranks
+    for name in sample_index.codes:
+        np.testing.assert_array_equal(loaded.codes[name], sample_index.codes[name])
+    assert loaded.thresholds.ranks.keys() == sample_index.thresholds.ranks.keys()
+    for rank, value in sample_index.thresholds.ranks.items():
+        assert loaded.thresholds.ranks[rank] == pytest.approx(value, nan_ok=True)
+    assert loaded.thresholds.cluster_distance == pytest.approx(sample_index.thresholds.cluster_distance)
+    assert loaded.sequences == [r.sequence for r in train_records]
+    assert loaded.attrs["format"] == "barcodetool-reference" and loaded.attrs["model_sha256"]
+    assert loaded.label_names["bin"][loaded.codes["bin"][0]] == train_records[0].bin
+
+
+def test_float16_index(tmp_path, tiny, train_records):
+    index = build_reference(train_records[:40], tiny[1], dtype="float16", calibrate=False)
+    assert index.embeddings.dtype == np.float16
+    loaded = ReferenceIndex.load(index.save(tmp_path / "half.h5"))
+    assert loaded.embeddings.dtype == np.float16
+    sims, idx = loaded.search(np.asarray(loaded.embeddings[:5], dtype=np.float32), 1)
+    assert (idx[:, 0] >= 0).all() and (sims[:, 0] > 0.99).all()
+
+
+def test_sintax_fasta_reference(tiny):
+    index = build_reference(read_barcodes(SINTAX_REFERENCE), tiny[1])
+    assert "species" in index.ranks and "subfamily" in index.ranks and index.bin_codes is not None
+    assert all(" " in name for name in index.label_names["species"])
+
+
+def test_reference_without_labels_is_refused(tiny):
+    from barcodetool.io import BarcodeRecord
+
+    with pytest.raises(InputError, match="no taxonomy"):
+        build_reference([BarcodeRecord("a", "ACGTACGTACGT", {})], tiny[1])
+
+
+def test_index_model_mismatch(tmp_path, sample_index, other_tiny):
+    path = sample_index.save(tmp_path / "ref.h5")
+    with pytest.raises(IndexMismatchError) as error:
+        open_reference(path, other_tiny[1])
+    message = str(error.value)
+    assert "tiny-a" in message and "tiny-b" in message and "rebuild" in message and "--model" in message
+
+
+def test_table_reference_is_cached(tmp_path, monkeypatch, tiny):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    first = open_reference(SAMPLE, tiny[1])
+    cached = list((tmp_path / "cache").rglob("*.h5"))
+    assert len(cached) == 1
+    import barcodetool.reference as reference_module
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the cached index should have been reused")
+
+    monkeypatch.setattr(reference_module, "build_reference", fail)
+    second = open_reference(SAMPLE, tiny[1])
+    assert second.path == cached[0]
+    assert second.ids == first.ids
+    np.testing.assert_array_equal(second.embeddings, first.embeddings)
+
+
+def test_auto_model_follows_a_named_index(tmp_path, monkeypatch, sample_index):
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    models = tmp_path / "data" / "barcodetool" / "models"
+    make_tiny_model(models / "tiny-named", seed=0)
+    index = ReferenceIndex(ids=sample_index.ids, embeddings=sample_index.embeddings, codes=sample_index.codes,
+                           label_names=sample_index.label_names, groups=sample_index.groups,
+                           model_name="tiny-named", model_sha256=sample_index.model_sha256,
+                           thresholds=sample_index.thresholds)
+    path = index.save(tmp_path / "named.h5")
+    assert resolve_model_for_reference("auto", str(path)) == "tiny-named"
+    assert resolve_model_for_reference("other", str(path)) == "other"
+    assert resolve_model_for_reference("auto", str(SAMPLE)) == "auto"
+
+
+def test_thresholds_for_recalibrates_only_when_settings_change(sample_index):
+    stored = sample_index.thresholds
+    assert sample_index.thresholds_for() is stored
+    stricter = sample_index.thresholds_for(precision=0.99)
+    assert isinstance(stricter, Thresholds) and stricter.precision == 0.99
+    for rank in sample_index.ranks:
+        a, b = stricter.ranks[rank], stored.ranks[rank]
+        assert math.isnan(a) or a >= b or math.isnan(b)
+    sample_index.calibrate()  # restore the defaults for the other tests
+
+
+# ============================================================================================ CLI
+def test_cli_reference_build_and_info(tmp_path, tiny):
+    runner = CliRunner()
+    out = tmp_path / "ref.h5"
+    result = runner.invoke(main, ["reference", "build", str(SAMPLE), "-o", str(out), "--model", str(tiny[0]),
+                                  "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    assert ReferenceIndex.load(out).model_name == "tiny-a"
+    info = runner.invoke(main, ["reference", "info", str(out)])
+    assert info.exit_code == 0, info.output
+    assert "threshold\tspecies" in info.output and "cluster_distance" in info.output
+    bad = runner.invoke(main, ["reference", "info", str(SAMPLE)])
+    assert bad.exit_code == 1 and "not a barcodetool reference index" in bad.output
