@@ -14,6 +14,10 @@ from .model import PRESETS, BarcodeMAE, BarcodeMAEConfig
 from .tokenizer import KmerTokenizer, TokenizerConfig
 from .weights import PretrainedModel, available_models, load_model
 
+# Import the submodule `barcodetool.embed` now: importing a submodule binds its name on the package, so this must
+# happen before the function below takes the name `barcodetool.embed`.
+from . import embed as _embed_module  # noqa: E402,F401
+
 
 def embed(sequences, model=None, *, batch_size: int = 256, device: str = "auto"):
     """Embed cleaned sequences (strings) with a model (name, folder or PretrainedModel): numpy [n, dim]."""

@@ -151,10 +151,33 @@ def _print_version(ctx, param, value):
 @click.pass_context
 def main(ctx, debug, quiet):
     """barcodetool: BarcodeMAE embeddings for DNA barcodes: train, embed, classify and cluster."""
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="barcodetool: %(message)s",
-                        stream=sys.stderr)
-    logging.getLogger("barcodetool").setLevel(logging.WARNING if quiet else logging.INFO)
+    # Under torchrun only rank 0 talks; the other ranks keep warnings and errors.
+    quiet = quiet or int(os.environ.get("RANK", "0")) != 0
+    _configure_logging(quiet)
     ctx.obj = Context(debug=debug, quiet=quiet)
+
+
+def _configure_logging(quiet: bool) -> None:
+    """Log lines on stderr through barcodetool's own logger only (other libraries' loggers are left alone)."""
+    logger = logging.getLogger("barcodetool")
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    logger.propagate = False
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("barcodetool: %(message)s"))
+        logger.addHandler(handler)
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time of each record (test runners swap it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
 
 
 @main.command("models")
@@ -231,6 +254,7 @@ def _run_training(ctx_obj: Context, kind: str, data, kwargs, read_opts, base=Non
 
         base = load_model(base, device="cpu")
         tokenizer = base.tokenizer
+        read_opts["min_length"] = tokenizer.config.k
         label_ranks = FINETUNE_RANKS
     stats = []
     corpus = read_corpus(list(data), tokenizer, include_splits=splits, read_options=read_opts,
@@ -261,7 +285,8 @@ def _run_training(ctx_obj: Context, kind: str, data, kwargs, read_opts, base=Non
         bar.close()
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
     log.info(f"{result.steps} steps, {result.barcodes_seen} barcodes in {result.seconds:.0f} s; {metrics}")
-    click.echo(str(result.output))
+    if int(os.environ.get("RANK", "0")) == 0:
+        click.echo(str(result.output))
 
 
 @main.command("train")
@@ -282,6 +307,7 @@ def train_command(obj, data, **kwargs):
     DistributedDataParallel."""
     read_opts = gather_read_options(kwargs)
     kwargs["stride"] = kwargs["stride"] or kwargs["k"]
+    read_opts["min_length"] = kwargs["k"]
     from .atomic import check_outputs_distinct
 
     check_outputs_distinct([kwargs["output"]], data)
@@ -308,8 +334,10 @@ def finetune_command(obj, data, model_name, **kwargs):
 @click.argument("input_path", metavar="INPUT")
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="HDF5 file to write.")
 @model_option
-@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
-@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Barcodes per forward pass (larger is faster on a GPU, needs more memory).")
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+              help="Storage type of the embeddings in the HDF5 file.")
 @device_options
 @read_options
 @click.pass_obj
@@ -325,6 +353,7 @@ def embed_command(obj, input_path, output, model_name, batch_size, dtype, device
     set_threads(threads)
     torch_device = resolve_device(device)
     pretrained = load_model(model_name, device=torch_device)
+    read_opts["min_length"] = pretrained.tokenizer.config.k
     log.info(f"model {pretrained.name} ({pretrained.config.encoder_layers} layers, width "
              f"{pretrained.embedding_dim}) on {torch_device}")
     stats = ReadStats(path=input_path)
@@ -337,6 +366,9 @@ def embed_command(obj, input_path, output, model_name, batch_size, dtype, device
                  "truncated")
     log.info(f"wrote {summary.count} embeddings of dimension {summary.dim} to {output}")
 
+
+from .cli_reference import register; register(main)  # noqa: E402, E702
+from .cli_plot import register as register_plot; register_plot(main)  # noqa: E402, E702
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -56,13 +56,16 @@ def embed_sequences(pretrained: PretrainedModel, sequences: Sequence[str], *, ba
     out = np.empty((n, pretrained.embedding_dim), dtype=np.float32)
     if n == 0:
         return out
+    k = tokenizer.config.k
+    for i, sequence in enumerate(sequences):
+        if len(sequence) < k:
+            raise InputError(f"sequence {i} has {len(sequence)} nucleotides, fewer than k={k}; it has no k-mer "
+                             "to embed", fix="remove it, or use --skip-empty")
     order = np.argsort([-len(s) for s in sequences], kind="stable")
     model.eval()
     for start in range(0, n, batch_size):
         index = order[start:start + batch_size]
         ids, lengths = tokenizer.encode_batch([sequences[i] for i in index])
-        if ids.shape[1] == 0:  # every sequence shorter than k
-            ids, lengths = np.zeros((len(index), 1), dtype=np.int64), np.zeros(len(index), dtype=np.int64)
         ids_t = torch.from_numpy(ids).to(device, non_blocking=True)
         lengths_t = torch.from_numpy(lengths).to(device, non_blocking=True)
         with autocast(device):

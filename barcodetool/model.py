@@ -191,7 +191,7 @@ class BarcodeMAE(nn.Module):
         # ids [B, L] token ids (PAD beyond each length), lengths [B], noise [B, L] or None
         B, L = ids.shape
         ids_shuffle, ids_restore, n_visible = random_masking(lengths, L, mask_ratio, noise)
-        capacity = self.config.visible_capacity(mask_ratio)
+        capacity = min(self.config.visible_capacity(mask_ratio), L)  # a batch may be narrower than max_tokens
         x = self.token_embedding(ids) + self.encoder_position[:, :L]  # [B, L, D]
         keep = ids_shuffle[:, :capacity]  # [B, V]
         x = torch.gather(x, 1, keep[:, :, None].expand(-1, -1, x.shape[-1]))  # [B, V, D] visible only

@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -438,7 +439,11 @@ class Trainer:
             return
         from safetensors.torch import save_file
 
-        folder = self.output / CHECKPOINT_DIR
+        # Written whole into a staging folder, then swapped in: a crash (even kill -9) while saving never
+        # leaves a checkpoint whose files disagree with each other.
+        final = self.output / CHECKPOINT_DIR
+        folder = self.output / (CHECKPOINT_DIR + ".partial")
+        shutil.rmtree(folder, ignore_errors=True)
         save_model(self.model, self.tokenizer_config, folder, name=self.model_name,
                    training=self._card_training(seconds))
         tensors, groups = _flatten_optimizer(self.optimizer.state_dict())
@@ -455,6 +460,7 @@ class Trainer:
                  "model_sha256": sha256_file(folder / "model.safetensors")}
         with atomic_path(folder / STATE_FILE) as temporary:
             temporary.write_text(json.dumps(state, indent=1), encoding="utf-8")
+        _replace_folder(folder, final)
 
     def restore(self, folder: Path) -> float:
         """Load a checkpoint written by save_checkpoint; returns the seconds already spent."""
@@ -507,9 +513,9 @@ class Trainer:
         config = self.config
         spent = 0.0
         if resume:
-            folder = self.output / CHECKPOINT_DIR
-            if not (folder / STATE_FILE).is_file():
-                raise UsageError(f"--resume: no checkpoint in {folder}")
+            folder = checkpoint_folder(self.output)
+            if folder is None:
+                raise UsageError(f"--resume: no checkpoint in {self.output / CHECKPOINT_DIR}")
             spent = self.restore(folder)
             self.log(f"resumed from step {self.step} of {self.total_steps}")
         metrics_path = self.output / METRICS_FILE
@@ -567,6 +573,26 @@ class Trainer:
                            seconds=seconds, metrics=evaluation, stopped_early=stopped_early)
 
 
+def _replace_folder(new: Path, folder: Path) -> None:
+    """Put the complete folder `new` in place of `folder` by renames. A crash at any point leaves a complete
+    checkpoint in `folder` or, between the two renames, in `folder.old` (checkpoint_folder finds either)."""
+    old = folder.with_name(folder.name + ".old")
+    if folder.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(folder, old)
+    os.replace(new, folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def checkpoint_folder(output: str | os.PathLike) -> Path | None:
+    """The complete checkpoint of the run in `output`, or None when it has none."""
+    for name in (CHECKPOINT_DIR, CHECKPOINT_DIR + ".old"):
+        folder = Path(output) / name
+        if (folder / STATE_FILE).is_file():
+            return folder
+    return None
+
+
 def read_training_state(folder: Path) -> dict:
     try:
         state = json.loads((Path(folder) / STATE_FILE).read_text(encoding="utf-8"))
@@ -610,18 +636,18 @@ def _prepare_output(output: str | os.PathLike | None, name: str | None, resume: 
 
         output = user_models_dir() / (name or time.strftime("model-%Y%m%d-%H%M%S"))
     output = Path(output)
-    if output.exists() and not resume and (output / CHECKPOINT_DIR / STATE_FILE).exists():
+    if output.exists() and not resume and checkpoint_folder(output) is not None:
         raise UsageError(f"{output} already holds a training run; use --resume to continue it or choose "
                          "another -o")
     output.mkdir(parents=True, exist_ok=True)
     return output
 
 
-def pretrain(corpus: Corpus, *, config: TrainConfig, output: str | os.PathLike | None = None,
-             name: str | None = None, model_config: BarcodeMAEConfig | None = None,
-             tokenizer_config: TokenizerConfig | None = None, resume: bool = False,
-             log: Callable[[str], None] | None = None, progress=None) -> TrainResult:
-    """Pretrain a BarcodeMAE model with the masked-autoencoder objective."""
+def pretrain_trainer(corpus: Corpus, *, config: TrainConfig, output: str | os.PathLike | None = None,
+                     name: str | None = None, model_config: BarcodeMAEConfig | None = None,
+                     tokenizer_config: TokenizerConfig | None = None, resume: bool = False,
+                     log: Callable[[str], None] | None = None, progress=None) -> Trainer:
+    """A Trainer for MAE pretraining, ready to `run()` (or to be stepped by a benchmark)."""
     dist, device = init_distributed(config.device)
     tokenizer_config = tokenizer_config or TokenizerConfig()
     model_config = model_config or model_preset(config.preset, mask_ratio=config.mask_ratio,
@@ -630,16 +656,20 @@ def pretrain(corpus: Corpus, *, config: TrainConfig, output: str | os.PathLike |
     torch.manual_seed(config.seed)
     model = BarcodeMAE(model_config).to(device)
     train_part, val_part = split_validation(corpus, config.val_fraction, config.seed)
-    trainer = Trainer(MAETask(model, config.mask_ratio), model, train_part, val_part, config, tokenizer_config,
-                      output, kind="pretrain", dist=dist, device=device, log=log, progress=progress,
-                      model_name=name or output.name)
-    return trainer.run(resume=resume)
+    return Trainer(MAETask(model, config.mask_ratio), model, train_part, val_part, config, tokenizer_config,
+                   output, kind="pretrain", dist=dist, device=device, log=log, progress=progress,
+                   model_name=name or output.name)
 
 
-def finetune(corpus: Corpus, base: PretrainedModel | str | os.PathLike, *, config: TrainConfig,
-             output: str | os.PathLike | None = None, name: str | None = None, resume: bool = False,
-             log: Callable[[str], None] | None = None, progress=None) -> TrainResult:
-    """Fine-tune a pretrained model on the taxonomy (and BINs) of labelled barcodes."""
+def pretrain(corpus: Corpus, *, resume: bool = False, **options) -> TrainResult:
+    """Pretrain a BarcodeMAE model with the masked-autoencoder objective (options: see pretrain_trainer)."""
+    return pretrain_trainer(corpus, resume=resume, **options).run(resume=resume)
+
+
+def finetune_trainer(corpus: Corpus, base: PretrainedModel | str | os.PathLike, *, config: TrainConfig,
+                     output: str | os.PathLike | None = None, name: str | None = None, resume: bool = False,
+                     log: Callable[[str], None] | None = None, progress=None) -> Trainer:
+    """A Trainer for taxonomy fine-tuning of a pretrained model, ready to `run()`."""
     dist, device = init_distributed(config.device)
     if not isinstance(base, PretrainedModel):
         base = load_model(base, device="cpu")
@@ -647,13 +677,19 @@ def finetune(corpus: Corpus, base: PretrainedModel | str | os.PathLike, *, confi
     if not ranks:
         raise UsageError("fine-tuning needs labelled barcodes (species, genus, family or BIN columns)")
     output = _prepare_output(output, name, resume)
-    model = BarcodeMAE(base.config, include_decoder=base.model.include_decoder)
-    model.load_state_dict(base.model.state_dict(), strict=True)
+    keep_decoder = base.model.include_decoder and config.mae_weight > 0
+    model = BarcodeMAE(base.config, include_decoder=keep_decoder)
+    model.load_state_dict(base.model.state_dict() if keep_decoder else base.model.encoder_state_dict(), strict=True)
     model.to(device)
     torch.manual_seed(config.seed)
     task = FinetuneTask(model, {r: len(corpus.label_names[r]) for r in ranks}, config).to(device)
     train_part, val_part = split_validation(corpus, config.val_fraction, config.seed)
-    trainer = Trainer(task, model, train_part, val_part, config, base.tokenizer.config, output, kind="finetune",
-                      dist=dist, device=device, label_ranks=ranks, log=log, progress=progress,
-                      model_name=name or output.name, base_card=base.card)
-    return trainer.run(resume=resume)
+    return Trainer(task, model, train_part, val_part, config, base.tokenizer.config, output, kind="finetune",
+                   dist=dist, device=device, label_ranks=ranks, log=log, progress=progress,
+                   model_name=name or output.name, base_card=base.card)
+
+
+def finetune(corpus: Corpus, base: PretrainedModel | str | os.PathLike, *, resume: bool = False,
+             **options) -> TrainResult:
+    """Fine-tune a pretrained model on the taxonomy (and BINs) of labelled barcodes."""
+    return finetune_trainer(corpus, base, resume=resume, **options).run(resume=resume)

@@ -7,12 +7,13 @@ and results are written under --out as soon as they exist:
                    barcodes); fine-tuning corpus: bold_insects train + val, and coi_extra records whose species
                    is not one of the held-out (`key_unseen`/`test_unseen`) species. `test`, `test_unseen` and
                    `key_unseen` barcodes are never trained on.
-    2. bench       training throughput of --preset base (benchmarks/gpu_train.py's measurement)
-    3. base        MAE pretraining (torch.compile, bf16, fused AdamW), then taxonomy fine-tuning
+    2-3. base      MAE pretraining (torch.compile, bf16, fused AdamW; its throughput measured over 30 steps after
+                   warm-up and compilation, then the run sized to its time budget), then taxonomy fine-tuning
     4. fast        the same for the CPU default preset
     5. package     barcodemae-base (encoder, int8 rows) and barcodemae-fast (fp16) model folders
     6. eval        benchmarks/quick_eval.py on the shared split for every stage and weight format
-    7. embed       benchmarks/gpu_embed.py: model-only and end-to-end embedding throughput
+    7. embed       benchmarks/gpu_embed.py: model-only and end-to-end embedding throughput; then, time allowing,
+                   benchmarks/gpu_train.py's eager (uncompiled) training throughput for comparison
 
     python benchmarks/device_weights.py --data-dir .devdata --out "$OUT"            # on the GPU
     python benchmarks/device_weights.py --data-dir .devdata --out /tmp/dry --dry-run  # CPU rehearsal, tiny presets
@@ -134,65 +135,98 @@ def main():
         from quick_eval import load_split
 
         corpora["splits"] = load_split(str(data / "bold_insects.csv.gz"))
+        if dry:  # a few hundred barcodes per split keep the CPU rehearsal short
+            corpora["splits"] = {name: {key: values[:300] for key, values in part.items()}
+                                 for name, part in corpora["splits"].items()}
         return {"pretrain": corpora["pretrain"].summary, "finetune": corpora["finetune"].summary,
                 "eval_unique": {k: len(v["seq"]) for k, v in corpora["splits"].items()}}
 
     corpora: dict = {}
     phase(results, "data")(load_data)
 
-    # ------------------------------------------------------------------ 2. training throughput
-    def bench_train(compile_: bool, batch: int):
-        from gpu_train import measure_training
+    # ------------------------------------------------------------------ 2-4. train (throughput measured in-run)
+    def measured_run(trainer, planned_seconds: float, measure_steps: int, warm_steps: int):
+        """Step a fresh trainer through warm-up (compile) and a timed window, size the run from the measured
+        rate, then let it finish. Warm-up uses a fixed number of LR warm-up steps, so sizing the run afterwards
+        changes nothing already done."""
+        batch = trainer.global_batch
+        start = time.perf_counter()
+        for _ in range(warm_steps):
+            loss, _, _ = trainer.train_step()
+        float(loss.detach())
+        warm_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        for _ in range(measure_steps):
+            loss, _, _ = trainer.train_step()
+        float(loss.detach())
+        seconds = time.perf_counter() - start
+        rate = measure_steps * batch / seconds
+        remaining = planned_seconds - warm_seconds - seconds
+        trainer.total_steps = max(trainer.step + 10, trainer.step + int(remaining * rate / batch))
+        log(f"measured {rate:.0f} barcodes/s (warm-up {warm_seconds:.1f} s); running to step {trainer.total_steps}")
+        result = trainer.run()
+        return result, {"barcodes_per_s": round(rate, 1), "warmup_seconds": round(warm_seconds, 1),
+                        "batch_size": batch, "steps_timed": measure_steps}
 
-        return measure_training(corpora["pretrain"], preset=big, batch_size=batch, steps=8 if dry else 30,
-                                warmup=3 if dry else 10, compile=compile_, device=device)
-
-    base_batch = 64 if dry else 1024
-    bench = phase(results, "bench_train_base_compiled")(bench_train, not dry, base_batch)
-    compiled_ok = bool(bench) and not dry
-    if not bench and not dry:
-        bench = phase(results, "bench_train_base_eager")(bench_train, False, base_batch)
-    base_rate = (bench or {}).get("barcodes_per_s", 3000.0)
-
-    # ------------------------------------------------------------------ 3-4. train
     def train_pair(label: str, preset_name: str, batch: int, pre_seconds: float, tune_seconds: float,
-                   pre_rate: float, lr: float, tune_lr: float, compile_: bool):
+                   lr: float, tune_lr: float, compile_: bool):
+        from barcodetool.model import preset as model_preset, training_flops_per_barcode
+        from barcodetool.train import finetune_trainer, pretrain_trainer
+
         pre_dir, tune_dir = work / f"{label}-pretrained", work / f"{label}"
-        steps = max(20, int(pre_seconds * pre_rate / batch))
-        log(f"{label}: pretraining {steps} steps of {batch} (planned {pre_seconds:.0f} s at {pre_rate:.0f}/s)")
-        config = TrainConfig(preset=preset_name, max_steps=steps, batch_size=batch, lr=lr, device=device,
+        config = TrainConfig(preset=preset_name, max_steps=10 ** 6, batch_size=batch, lr=lr, device=device,
                              compile=compile_, checkpoint_every=10 ** 9, log_every=25, val_fraction=0.02,
-                             max_minutes=pre_seconds * 1.3 / 60, seed=0)
-        result = pretrain(corpora["pretrain"], config=config, output=pre_dir, name=f"barcodemae-{label}",
-                          log=log, progress=lambda s, t, e: log(json.dumps(e)) if s % 200 == 0 else None)
+                             warmup_steps=100, max_minutes=pre_seconds * 1.2 / 60, seed=0)
+        def attempt(config):
+            trainer = pretrain_trainer(corpora["pretrain"], config=config, output=pre_dir,
+                                       name=f"barcodemae-{label}", log=log,
+                                       progress=lambda s, t, e: log(json.dumps(e)) if s % 200 == 0 else None)
+            return measured_run(trainer, pre_seconds, 8 if dry else 30, 3 if dry else 10)
+
+        try:
+            result, speed = attempt(config)
+        except Exception as error:
+            if not compile_:
+                raise
+            log(f"!!! compiled pretraining failed ({error.__class__.__name__}: {error}); retrying eager\n"
+                f"{traceback.format_exc()}")
+            results[f"train_{label}_compile_error"] = traceback.format_exc()
+            shutil.rmtree(pre_dir, ignore_errors=True)
+            torch._dynamo.reset()
+            compile_ = False
+            config.compile = False
+            result, speed = attempt(config)
+        speed["model_tflops"] = round(speed["barcodes_per_s"] * training_flops_per_barcode(
+            model_preset(preset_name)) / 1e12, 1)
+        speed["compile"] = compile_
         summary = {"pretrain": {"steps": result.steps, "seconds": round(result.seconds, 1),
-                                "barcodes_seen": result.barcodes_seen, "metrics": result.metrics}}
+                                "barcodes_seen": result.barcodes_seen, "metrics": result.metrics,
+                                "throughput": speed, "stopped_early": result.stopped_early}}
         log(f"{label}: pretrained {summary}")
-        rate = result.barcodes_seen / max(result.seconds, 1e-6)
-        tune_rate = rate * 0.35  # whole-sequence encoder + MAE pass, eager
-        tune_steps = max(20, int(tune_seconds * tune_rate / batch))
-        config = TrainConfig(preset=preset_name, max_steps=tune_steps, batch_size=batch, lr=tune_lr, device=device,
+        results[f"train_{label}_partial"] = summary
+        results.save()
+        config = TrainConfig(preset=preset_name, max_steps=10 ** 6, batch_size=batch, lr=tune_lr, device=device,
                              compile=False, checkpoint_every=10 ** 9, log_every=25, val_fraction=0.02,
-                             max_minutes=tune_seconds * 1.25 / 60, seed=1, mae_weight=0.25)
-        result = finetune(corpora["finetune"], str(pre_dir), config=config, output=tune_dir,
-                          name=f"barcodemae-{label}", log=log,
-                          progress=lambda s, t, e: log(json.dumps(e)) if s % 100 == 0 else None)
+                             warmup_steps=50, max_minutes=tune_seconds * 1.2 / 60, seed=1, mae_weight=0.25)
+        trainer = finetune_trainer(corpora["finetune"], str(pre_dir), config=config, output=tune_dir,
+                                   name=f"barcodemae-{label}", log=log,
+                                   progress=lambda s, t, e: log(json.dumps(e)) if s % 100 == 0 else None)
+        result, speed = measured_run(trainer, tune_seconds, 5 if dry else 15, 2 if dry else 5)
         summary["finetune"] = {"steps": result.steps, "seconds": round(result.seconds, 1),
-                               "barcodes_seen": result.barcodes_seen, "metrics": result.metrics}
+                               "barcodes_seen": result.barcodes_seen, "metrics": result.metrics,
+                               "throughput": speed, "stopped_early": result.stopped_early}
         log(f"{label}: fine-tuned {summary['finetune']}")
         return summary
 
     if dry:
-        base_pre, base_tune = 6.0, 4.0
-    else:  # reserve fast 75 s, package 10 s, eval 55 s, embed bench 35 s; base gets the rest, 72% pretraining
-        base_total = max(60.0, args.budget - elapsed() - 175.0)
+        base_pre, base_tune = 8.0, 5.0
+    else:  # reserve fast 80 s, package 10 s, eval 55 s, benchmarks 45 s; base gets the rest, 72% pretraining
+        base_total = max(60.0, args.budget - elapsed() - 190.0)
         base_pre, base_tune = 0.72 * base_total, 0.28 * base_total
-    phase(results, "train_base")(train_pair, "base", big, base_batch, base_pre, base_tune, base_rate, 6e-4, 2e-4,
-                                 compiled_ok)
-    fast_batch = 64 if dry else 2048
-    fast_rate = 2000.0 if dry else 60000.0
-    phase(results, "train_fast")(train_pair, "fast", small, fast_batch, 45 * scale, 30 * scale, fast_rate,
-                                 2e-3, 5e-4, False)
+    phase(results, "train_base")(train_pair, "base", big, 64 if dry else 1024, base_pre, base_tune, 6e-4, 2e-4,
+                                 not dry)
+    phase(results, "train_fast")(train_pair, "fast", small, 64 if dry else 2048, 6.0 if dry else 48.0,
+                                 4.0 if dry else 32.0, 2e-3, 5e-4, False)
 
     # ------------------------------------------------------------------ 5. package
     def package():
@@ -270,7 +304,7 @@ def main():
         found = {"model_only_eager": measure_model(model, batch_size=256 if dry else 2048,
                                                    batches=3 if dry else 20)}
         log(f"embed {found}")
-        found["end_to_end"] = measure_end_to_end(model, str(data / "bold_insects.csv.gz"),
+        found["end_to_end"] = measure_end_to_end(model, str(data / ("example.fasta" if dry else "bold_insects.csv.gz")),
                                                  batch_size=256 if dry else 2048)
         log(f"embed {found}")
         if not dry and elapsed() < args.budget - 40:
@@ -280,8 +314,14 @@ def main():
 
     if elapsed() < args.budget - 15:
         phase(results, "bench_embed")(bench_embed)
-    if not dry and elapsed() < args.budget - 40:
-        phase(results, "bench_train_base_eager")(bench_train, False, base_batch)
+    def bench_train(compile_: bool):
+        from gpu_train import measure_training
+
+        return measure_training(corpora["pretrain"], preset=big, batch_size=64 if dry else 1024,
+                                steps=5 if dry else 20, warmup=2 if dry else 5, compile=compile_, device=device)
+
+    if elapsed() < args.budget - 30:
+        phase(results, "bench_train_base_eager")(bench_train, False)
     results["total_seconds"] = round(elapsed(), 1)
     results.save()
     log("done")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from barcodetool.model import BarcodeMAE, preset
@@ -25,3 +26,11 @@ def make_tiny_model(folder: Path, *, seed: int = 0, name: str | None = None) -> 
 
 def load_tiny(folder: Path):
     return load_model(folder, device="cpu")
+
+
+@pytest.fixture(autouse=True)
+def restore_torch_threads():
+    """CLI commands set PyTorch's thread count (--threads 0 = all cores); put back the suite's setting after."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

@@ -1,0 +1,328 @@
+"""Taxonomic classification of query barcodes against a reference index.
+
+Method (docs/classify-and-cluster.md): the k nearest reference barcodes by cosine similarity vote, weighted by
+similarity, rank by rank from phylum down (each rank votes only among neighbours consistent with the candidates
+above). A rank is assigned when its candidate's nearest supporting reference is at least the rank's calibrated
+similarity threshold and its weighted vote share reaches the minimum confidence; ranks below an unassigned rank
+stay empty (subfamily is optional and blocks nothing). `method="probe"` replaces the vote by a linear classifier
+per rank fitted on the reference embeddings (the papers' linear probe), gated by the same thresholds.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import IO, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from .errors import UsageError
+from .reference import (DEFAULT_K, OPTIONAL_RANKS, RANKS, ReferenceIndex, Thresholds, knn_search, normalize,
+                        sequence_groups, vote)
+
+log = logging.getLogger("barcodetool")
+
+METHODS = ("knn", "probe")
+FORMATS = ("tsv", "sintax")
+CHUNK_RECORDS = 16384
+TSV_COLUMNS = (["id"] + [c for r in RANKS for c in (r, f"{r}_confidence")]
+               + ["rank", "nearest_id", "similarity", "bin"])
+# SINTAX rank letters, as barcodetool.io reads them (t = subfamily, a local extension).
+SINTAX_LETTERS = {"phylum": "p", "class": "c", "order": "o", "family": "f", "subfamily": "t", "genus": "g",
+                  "species": "s"}
+
+
+@dataclass
+class Assignment:
+    """The classification of one query."""
+
+    id: str
+    labels: dict[str, str] = field(default_factory=dict)                 # assigned ranks only
+    confidence: dict[str, float] = field(default_factory=dict)           # assigned ranks only
+    candidates: dict[str, tuple[str, float]] = field(default_factory=dict)  # best label and share, every rank
+    rank: str = ""                       # deepest assigned rank ("" = nothing assigned)
+    nearest_id: str = ""
+    similarity: float = math.nan         # cosine similarity to the nearest reference barcode
+    bin: str = ""                        # the nearest BIN-labelled reference's BIN, within the BIN threshold
+
+    def label(self, rank: str) -> str:
+        return self.labels.get(rank, "")
+
+
+# ============================================================================================ linear probe
+class LinearProbe:
+    """Per-rank logistic regression on reference embeddings, fitted lazily and kept in this process only."""
+
+    _cache: dict = {}
+
+    def __init__(self, index: ReferenceIndex, *, max_samples: int = 50_000, seed: int = 0):
+        self.index = index
+        self.max_samples = max_samples
+        self.seed = seed
+        self.models: dict[str, object] = {}
+        self.parents = self._parent_maps()
+
+    @classmethod
+    def for_index(cls, index: ReferenceIndex) -> "LinearProbe":
+        key = (id(index), index.model_sha256, len(index))
+        probe = cls._cache.get(key)
+        if probe is None or probe.index is not index:
+            probe = cls._cache[key] = cls(index)
+        return probe
+
+    def _parent_maps(self) -> dict[str, dict[str, np.ndarray]]:
+        """rank -> higher rank -> int [classes]: the most common higher-rank label of each class (-1 unknown)."""
+        codes = self.index.codes
+        out: dict[str, dict[str, np.ndarray]] = {}
+        ranks = self.index.ranks
+        for i, rank in enumerate(ranks):
+            out[rank] = {}
+            n_classes = len(self.index.label_names[rank])
+            for higher in ranks[:i]:
+                known = (codes[rank] >= 0) & (codes[higher] >= 0)
+                mapping = np.full(n_classes, -1, dtype=np.int64)
+                if known.any():
+                    pairs = np.stack([codes[rank][known], codes[higher][known]], axis=1)
+                    unique, counts = np.unique(pairs, axis=0, return_counts=True)
+                    order = np.lexsort((-counts, unique[:, 0]))
+                    seen = set()
+                    for row in order:
+                        c = int(unique[row, 0])
+                        if c not in seen:
+                            seen.add(c)
+                            mapping[c] = unique[row, 1]
+                out[rank][higher] = mapping
+        return out
+
+    def model(self, rank: str):
+        if rank not in self.models:
+            from sklearn.linear_model import LogisticRegression
+            from sklearn.pipeline import make_pipeline
+            from sklearn.preprocessing import StandardScaler
+
+            codes = self.index.codes[rank]
+            rows = np.nonzero(codes >= 0)[0]
+            if len(rows) > self.max_samples:
+                rows = np.sort(np.random.default_rng(self.seed).choice(rows, self.max_samples, replace=False))
+            y = codes[rows]
+            if len(np.unique(y)) < 2:
+                self.models[rank] = int(y[0]) if len(y) else None
+            else:
+                log.info(f"fitting the linear probe for {rank} ({len(rows):,} barcodes, "
+                         f"{len(np.unique(y)):,} labels)")
+                pipeline = make_pipeline(StandardScaler(), LogisticRegression(max_iter=300, C=1.0))
+                pipeline.fit(np.asarray(self.index.embeddings[rows], dtype=np.float32), y)
+                self.models[rank] = pipeline
+        return self.models[rank]
+
+    def predict(self, vectors: np.ndarray, sims: np.ndarray, thresholds: dict[str, float],
+                min_confidence: float):
+        """(labels, confidences, assigned) per rank, hierarchically consistent."""
+        n = len(vectors)
+        labels, confidences, assigned = {}, {}, {}
+        blocked = np.zeros(n, dtype=bool)
+        chosen: dict[str, np.ndarray] = {}
+        top = sims[:, 0] if sims.shape[1] else np.full(n, -np.inf)
+        for rank in self.index.ranks:
+            model = self.model(rank)
+            n_classes = len(self.index.label_names[rank])
+            if model is None:
+                continue
+            if isinstance(model, int):
+                proba = np.zeros((n, n_classes), dtype=np.float64)
+                proba[:, model] = 1.0
+            else:
+                proba = np.zeros((n, n_classes), dtype=np.float64)
+                proba[:, model.classes_] = model.predict_proba(vectors)
+            allowed = np.ones_like(proba, dtype=bool)
+            for higher, choice in chosen.items():
+                parent = self.parents[rank][higher]  # [classes]
+                ok = (parent[None, :] == choice[:, None]) | (parent[None, :] < 0) | (choice[:, None] < 0)
+                allowed &= ok
+            masked = np.where(allowed, proba, -1.0)
+            best = np.argmax(masked, axis=1)
+            share = masked[np.arange(n), best]
+            has = share >= 0
+            choice = np.where(has, best, -1)
+            threshold = thresholds.get(rank, math.nan)
+            if math.isnan(threshold):
+                ok_rank = np.zeros(n, dtype=bool)
+            else:
+                ok_rank = has & (top >= threshold) & (share >= min_confidence - 1e-6) & ~blocked
+                if rank not in OPTIONAL_RANKS:
+                    blocked |= has & ~ok_rank
+            labels[rank], confidences[rank], assigned[rank] = choice, np.clip(share, 0, 1), ok_rank
+            chosen[rank] = choice
+        return labels, confidences, assigned
+
+
+# ============================================================================================ classification
+def _chunks(iterable: Iterable, size: int) -> Iterator[list]:
+    iterator = iter(iterable)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
+def classify_embeddings(vectors: np.ndarray, ids: Sequence[str], index: ReferenceIndex, thresholds: Thresholds,
+                        *, k: int = DEFAULT_K, method: str = "knn", min_confidence: float | None = None,
+                        device=None) -> list[Assignment]:
+    """Assignments for query embeddings (rows in `ids` order)."""
+    if method not in METHODS:
+        raise UsageError(f"unknown method {method!r}; choose {' or '.join(METHODS)}")
+    if min_confidence is None:
+        min_confidence = thresholds.min_confidence
+    vectors = normalize(vectors)
+    sims, idx = knn_search(vectors, index.embeddings, max(1, k), device=device)
+    codes = index.rank_codes()
+    if method == "knn":
+        votes = vote(sims, idx, codes, thresholds=thresholds.ranks, min_confidence=min_confidence)
+        labels, shares, assigned = votes.label, votes.confidence, votes.assigned
+    else:
+        probe = LinearProbe.for_index(index)
+        labels, shares, assigned = probe.predict(vectors, sims, thresholds.ranks, min_confidence)
+    bins = nearest_bins(index, sims, idx, thresholds.bin)
+    out = []
+    names = index.label_names
+    ranks = [r for r in RANKS if r in labels]
+    label_lists = {r: labels[r].tolist() for r in ranks}
+    share_lists = {r: shares[r].tolist() for r in ranks}
+    assigned_lists = {r: assigned[r].tolist() for r in ranks}
+    nearest = idx[:, 0].tolist()
+    top = sims[:, 0].tolist()
+    for row, query_id in enumerate(ids):
+        a = Assignment(id=query_id)
+        for rank in ranks:
+            code = label_lists[rank][row]
+            if code < 0:
+                continue
+            name = names[rank][code]
+            a.candidates[rank] = (name, share_lists[rank][row])
+            if assigned_lists[rank][row]:
+                a.labels[rank] = name
+                a.confidence[rank] = share_lists[rank][row]
+                a.rank = rank
+        j = nearest[row]
+        if j >= 0:
+            a.nearest_id = index.ids[j]
+            a.similarity = top[row]
+        a.bin = bins[row]
+        out.append(a)
+    return out
+
+
+def nearest_bins(index: ReferenceIndex, sims: np.ndarray, idx: np.ndarray, threshold: float) -> list[str]:
+    """Per query: the BIN of the nearest BIN-labelled neighbour when its similarity >= threshold, else ""."""
+    n = len(idx)
+    codes = index.bin_codes
+    if codes is None or math.isnan(threshold) or n == 0:
+        return [""] * n
+    labels = np.where(idx >= 0, codes[np.where(idx >= 0, idx, 0)], -1)
+    has = (labels >= 0).any(axis=1)
+    first = np.argmax(labels >= 0, axis=1)
+    rows = np.arange(n)
+    ok = has & (sims[rows, first] >= threshold)
+    chosen = labels[rows, first]
+    names = index.label_names["bin"]
+    return [names[c] if good else "" for c, good in zip(chosen.tolist(), ok.tolist())]
+
+
+def nearest_labels(index: ReferenceIndex, idx: np.ndarray, rank: str) -> list[str]:
+    """The 1-NN label at `rank` (the papers' protocol: no threshold): "" where the neighbour has none."""
+    codes = index.codes.get(rank)
+    if codes is None:
+        return [""] * len(idx)
+    names = index.label_names[rank]
+    first = idx[:, 0]
+    return [names[codes[j]] if j >= 0 and codes[j] >= 0 else "" for j in first.tolist()]
+
+
+def classify_records(records: Iterable, index: ReferenceIndex, pretrained, *, k: int | None = None,
+                     method: str = "knn", precision: float | None = None, min_confidence: float | None = None,
+                     chunk_size: int = CHUNK_RECORDS, batch_size: int = 256, device=None,
+                     progress=None) -> Iterator[Assignment]:
+    """Stream assignments for query records (objects with .id and .sequence), one per record, in input order.
+
+    Records are processed `chunk_size` at a time (identical sequences of a chunk embedded once), so memory does
+    not grow with the number of queries. The index must have been built with `pretrained`.
+    """
+    from .embed import embed_sequences
+
+    if method not in METHODS:
+        raise UsageError(f"unknown method {method!r}; choose {' or '.join(METHODS)}")
+    if k is not None and k < 1:
+        raise UsageError(f"--k must be at least 1, got {k}")
+    if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:
+        raise UsageError(f"--min-confidence must be between 0 and 1, got {min_confidence}")
+    index.check_model(pretrained)
+    thresholds = index.thresholds_for(precision=precision, k=k, min_confidence=min_confidence)
+    k = thresholds.k if k is None else k
+    for chunk in _chunks(records, chunk_size):
+        groups = sequence_groups([r.sequence for r in chunk])
+        _, first = np.unique(groups, return_index=True)
+        unique = [chunk[i].sequence for i in first]
+        vectors = embed_sequences(pretrained, unique, batch_size=batch_size)
+        assignments = classify_embeddings(vectors, [chunk[i].id for i in first], index, thresholds, k=k,
+                                          method=method, min_confidence=min_confidence, device=device)
+        for record, group in zip(chunk, groups.tolist()):
+            template = assignments[group]
+            yield Assignment(id=record.id, labels=template.labels, confidence=template.confidence,
+                             candidates=template.candidates, rank=template.rank,
+                             nearest_id=template.nearest_id, similarity=template.similarity, bin=template.bin)
+        if progress is not None:
+            progress(len(chunk))
+
+
+def classify(query_records: Iterable, index: ReferenceIndex, pretrained, **options) -> list[Assignment]:
+    """All assignments as a list (see classify_records for the options)."""
+    return list(classify_records(query_records, index, pretrained, **options))
+
+
+# ============================================================================================ writing
+def _number(value: float | None, digits: int) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return f"{value:.{digits}f}"
+
+
+def tsv_header() -> str:
+    return "\t".join(TSV_COLUMNS) + "\n"
+
+
+def tsv_row(a: Assignment) -> str:
+    cells = [a.id]
+    for rank in RANKS:
+        label = a.labels.get(rank, "")
+        cells.append(label)
+        cells.append(_number(a.confidence.get(rank), 3) if label else "")
+    cells += [a.rank, a.nearest_id, _number(a.similarity, 4), a.bin]
+    return "\t".join(cell.replace("\t", " ") for cell in cells) + "\n"
+
+
+def sintax_row(a: Assignment) -> str:
+    """vsearch --sintax tabbed output: label, prediction with confidences, strand, prediction cut at the cutoff."""
+    full, cut = [], []
+    for rank in RANKS:
+        if rank not in a.candidates:
+            continue
+        label, share = a.candidates[rank]
+        name = label.replace(" ", "_").replace(",", "_")
+        full.append(f"{SINTAX_LETTERS[rank]}:{name}({share:.2f})")
+        if rank in a.labels:
+            cut.append(f"{SINTAX_LETTERS[rank]}:{name}")
+    return f"{a.id}\t{','.join(full)}\t+\t{','.join(cut)}\n"
+
+
+def write_classification(assignments: Iterable[Assignment], handle: IO[str], fmt: str = "tsv") -> int:
+    """Write assignments as TSV (with a header) or SINTAX lines; returns the number of rows written."""
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown output format {fmt!r}; choose {' or '.join(FORMATS)}")
+    row = tsv_row if fmt == "tsv" else sintax_row
+    if fmt == "tsv":
+        handle.write(tsv_header())
+    count = 0
+    for assignment in assignments:
+        handle.write(row(assignment))
+        count += 1
+    return count

@@ -1,0 +1,308 @@
+"""Commands `reference build`, `reference info`, `classify`, `cluster` and `benchmark` (added by `register`)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import sys
+
+import click
+
+from .cli import device_options, gather_read_options, handle_errors, log, model_option, read_options
+
+
+def _load_model_for(model_name: str, reference: str | None, device: str, threads: int):
+    from .reference import resolve_model_for_reference
+    from .runtime import resolve_device, set_threads
+    from .weights import load_model
+
+    set_threads(threads)
+    torch_device = resolve_device(device)
+    pretrained = load_model(resolve_model_for_reference(model_name, reference), device=torch_device)
+    log.info(f"model {pretrained.name} ({pretrained.config.encoder_layers} layers, width "
+             f"{pretrained.embedding_dim}) on {torch_device}")
+    return pretrained, torch_device
+
+
+@contextlib.contextmanager
+def _output(path: str):
+    """A text handle: stdout for `-`, else an atomic file."""
+    if path == "-":
+        yield sys.stdout
+        sys.stdout.flush()
+    else:
+        from .atomic import atomic_text
+
+        with atomic_text(path) as handle:
+            yield handle
+
+
+def _open_reference(obj, reference: str, pretrained, batch_size: int, reference_format: str):
+    from .reference import open_reference
+
+    options = None if reference_format == "auto" else {"format": reference_format}
+    with obj.progress(None, "barcode", "reference") as bar:
+        index = open_reference(reference, pretrained, read_options=options, batch_size=batch_size,
+                               progress=bar.update)
+    log.info(f"reference: {len(index):,} barcodes, ranks {', '.join(index.ranks) or 'none'}"
+             f"{', BINs' if index.bin_codes is not None else ''}")
+    return index
+
+
+def _json_default(value):
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+def _clean_json(value):
+    if isinstance(value, dict):
+        return {str(k): _clean_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean_json(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return value
+
+
+def _write_json(path: str, data: dict) -> None:
+    with _output(path) as handle:
+        json.dump(_clean_json(data), handle, indent=2, default=_json_default)
+        handle.write("\n")
+
+
+def _threshold_text(value: float) -> str:
+    if math.isnan(value):
+        return "none"
+    if math.isinf(value):
+        return "never"
+    return f"{value:.4f}"
+
+
+reference_format_option = click.option(
+    "--reference-format", type=click.Choice(["auto", "fasta", "bioscan", "bold-v3", "bold-bcdm"]), default="auto",
+    show_default=True, help="Format of a --reference that is a table or FASTA (a built index is recognised).")
+
+
+def register(main: click.Group) -> None:
+    """Add the reference, classify, cluster and benchmark commands to the main group."""
+
+    # ======================================================================================== reference
+    @main.group("reference")
+    def reference_group():
+        """Build and inspect reference indexes for `classify` and `cluster`."""
+
+    @reference_group.command("build")
+    @click.argument("ref", metavar="REF")
+    @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Index file (HDF5).")
+    @model_option
+    @click.option("--precision", type=click.FloatRange(0, 1, min_open=True), default=0.95, show_default=True,
+                  help="Calibrate each rank's similarity threshold so calls are right this often.")
+    @click.option("--k", type=click.IntRange(min=1), default=10, show_default=True,
+                  help="Neighbours that vote (calibrated for this k).")
+    @click.option("--min-confidence", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+                  help="Vote share a label needs (calibrated with this value).")
+    @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+                  help="Stored embeddings; float16 halves the size of very large references.")
+    @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+    @device_options
+    @read_options
+    @click.pass_obj
+    @handle_errors
+    def reference_build(obj, ref, output, model_name, precision, k, min_confidence, dtype, batch_size, device,
+                        threads, **kwargs):
+        """Embed REF (a table with taxonomy and/or BINs, or FASTA with SINTAX headers) into a calibrated index."""
+        from .atomic import check_outputs_distinct
+        from .io import ReadStats, read_barcodes
+        from .reference import build_reference
+
+        read_opts = gather_read_options(kwargs)
+        check_outputs_distinct([output], [ref])
+        pretrained, torch_device = _load_model_for(model_name, None, device, threads)
+        read_opts["min_length"] = pretrained.tokenizer.config.k
+        stats = ReadStats(path=ref)
+        with obj.progress(None, "barcode", "embed") as bar:
+            index = build_reference(read_barcodes(ref, stats=stats, **read_opts), pretrained, precision=precision,
+                                    k=k, min_confidence=min_confidence, dtype=dtype, batch_size=batch_size,
+                                    source=os.path.basename(ref), progress=bar.update)
+        log.info(stats.summary())
+        index.save(output, source=os.path.basename(ref))
+        t = index.thresholds
+        ranks = ", ".join(f"{r} {_threshold_text(t.ranks[r])}" for r in index.ranks)
+        log.info(f"thresholds (cosine similarity, precision {precision}): {ranks}; BIN {_threshold_text(t.bin)}; "
+                 f"cluster distance {_threshold_text(t.cluster_distance)}")
+        log.info(f"wrote {len(index):,} reference barcodes to {output}")
+
+    @reference_group.command("info")
+    @click.argument("index_path", metavar="INDEX")
+    @handle_errors
+    def reference_info(index_path):
+        """Print an index's model, size, labels and calibrated thresholds."""
+        from .reference import RANKS, ReferenceIndex
+
+        index = ReferenceIndex.load(index_path)
+        attrs = index.attrs
+        click.echo(f"format\t{attrs.get('format')} v{attrs.get('format_version')}")
+        click.echo(f"model\t{index.model_name}\t{index.model_sha256}")
+        click.echo(f"barcodes\t{len(index)}\tdim {index.embedding_dim}\t{attrs.get('dtype')}")
+        click.echo(f"source\t{attrs.get('source', '')}\tcreated {attrs.get('created', '')}")
+        for name in list(RANKS) + ["bin"]:
+            if name in index.codes:
+                click.echo(f"labels\t{name}\t{len(index.label_names[name])}")
+        t = index.thresholds
+        if t is not None:
+            click.echo(f"calibration\tprecision {t.precision}\tk {t.k}\tmin confidence {t.min_confidence}")
+            for rank in index.ranks:
+                click.echo(f"threshold\t{rank}\t{_threshold_text(t.ranks.get(rank, math.nan))}")
+            click.echo(f"threshold\tbin\t{_threshold_text(t.bin)}")
+            click.echo(f"threshold\tcluster_distance\t{_threshold_text(t.cluster_distance)}")
+
+    # ======================================================================================== classify
+    @main.command("classify")
+    @click.argument("queries", metavar="QUERIES")
+    @click.option("--reference", "-r", required=True,
+                  help="A built index (`reference build`), or a table/FASTA with taxonomy (indexed once, cached).")
+    @click.option("--output", "-o", required=True, help="Output file; `-` = standard output.")
+    @model_option
+    @click.option("--k", type=click.IntRange(min=1), default=None, help="Neighbours that vote [default: the "
+                  "index's calibration k, 10]; --k 1 is 1-NN.")
+    @click.option("--method", type=click.Choice(["knn", "probe"]), default="knn", show_default=True,
+                  help="knn: similarity-weighted vote; probe: a linear classifier per rank on the reference.")
+    @click.option("--precision", type=click.FloatRange(0, 1, min_open=True), default=None,
+                  help="Target precision of the similarity thresholds [default: the index's, 0.95].")
+    @click.option("--min-confidence", type=click.FloatRange(0, 1), default=None,
+                  help="Vote share (probe: probability) a label needs [default: the index's, 0.5].")
+    @click.option("--output-format", type=click.Choice(["tsv", "sintax"]), default="tsv", show_default=True,
+                  help="tsv: one row per query with a header; sintax: VSEARCH --sintax tabbed lines.")
+    @reference_format_option
+    @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+    @click.option("--chunk-size", type=click.IntRange(min=1), default=16384, show_default=True,
+                  help="Queries read, embedded and written at a time.")
+    @device_options
+    @read_options
+    @click.pass_obj
+    @handle_errors
+    def classify_command(obj, queries, reference, output, model_name, k, method, precision, min_confidence,
+                         output_format, reference_format, batch_size, chunk_size, device, threads, **kwargs):
+        """Assign taxonomy (and BINs) to QUERIES (FASTA or table; `-` = stdin): one row per query, in order."""
+        from .atomic import check_outputs_distinct
+        from .classify import classify_records, write_classification
+        from .io import ReadStats, read_barcodes
+
+        read_opts = gather_read_options(kwargs)
+        check_outputs_distinct([output], [queries, reference])
+        pretrained, torch_device = _load_model_for(model_name, reference, device, threads)
+        index = _open_reference(obj, reference, pretrained, batch_size, reference_format)
+        read_opts["min_length"] = pretrained.tokenizer.config.k
+        stats = ReadStats(path=queries)
+        records = read_barcodes(queries, stats=stats, **read_opts)
+        with obj.progress(None, "query", "classify") as bar, _output(output) as handle:
+            count = write_classification(
+                classify_records(records, index, pretrained, k=k, method=method, precision=precision,
+                                 min_confidence=min_confidence, chunk_size=chunk_size, batch_size=batch_size,
+                                 device=torch_device, progress=bar.update), handle, output_format)
+        log.info(stats.summary())
+        log.info(f"classified {count:,} queries" + (f" into {output}" if output != "-" else ""))
+
+    # ======================================================================================== cluster
+    @main.command("cluster")
+    @click.argument("input_path", metavar="INPUT")
+    @click.option("--output", "-o", required=True, help="Output TSV; `-` = standard output.")
+    @click.option("--reference", "-r", help="Index or table/FASTA with BINs: calibrates the threshold and names "
+                  "each cluster's reference BIN.")
+    @click.option("--threshold", type=click.FloatRange(min=0), help="Cosine distance cut (overrides the "
+                  "calibrated or default one).")
+    @click.option("--n-clusters", type=click.IntRange(min=1), help="Cut into exactly this many clusters "
+                  "(the papers' protocol with the true number of BINs).")
+    @click.option("--metrics", "metrics_path", help="Write AMI, ARI and match ratio (JSON) when INPUT has BINs "
+                  "or species.")
+    @model_option
+    @reference_format_option
+    @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+    @device_options
+    @read_options
+    @click.pass_obj
+    @handle_errors
+    def cluster_command(obj, input_path, output, reference, threshold, n_clusters, metrics_path, model_name,
+                        reference_format, batch_size, device, threads, **kwargs):
+        """Group barcodes of INPUT into BIN-like clusters (average linkage on cosine distance)."""
+        from .atomic import check_outputs_distinct
+        from .cluster import FULL_LINKAGE_LIMIT, cluster_records
+        from .errors import UsageError
+        from .io import ReadStats, read_barcodes
+
+        if threshold is not None and n_clusters is not None:
+            raise UsageError("give --threshold or --n-clusters, not both")
+        read_opts = gather_read_options(kwargs)
+        check_outputs_distinct([output, metrics_path], [input_path, reference])
+        if output != "-" and metrics_path and os.path.realpath(output) == os.path.realpath(metrics_path):
+            raise UsageError("--output and --metrics name the same file")
+        pretrained, torch_device = _load_model_for(model_name, reference, device, threads)
+        index = _open_reference(obj, reference, pretrained, batch_size, reference_format) if reference else None
+        read_opts["min_length"] = pretrained.tokenizer.config.k
+        stats = ReadStats(path=input_path)
+        records = list(read_barcodes(input_path, stats=stats, **read_opts))
+        log.info(stats.summary())
+        with obj.progress(None, "barcode", "embed") as bar:
+            result = cluster_records(records, pretrained, reference=index, threshold=threshold,
+                                     n_clusters=n_clusters, batch_size=batch_size, device=torch_device,
+                                     progress=bar.update)
+        how = (f"{n_clusters} clusters asked" if n_clusters is not None
+               else f"cosine distance threshold {result.threshold:.4g}")
+        unique = len(set(r.sequence for r in records))
+        method = "full average linkage" if unique <= FULL_LINKAGE_LIMIT else "k-NN graph + average linkage"
+        log.info(f"{result.n_clusters:,} clusters from {len(records):,} barcodes ({unique:,} distinct), {how}, "
+                 f"{method}")
+        with _output(output) as handle:
+            handle.write("id\tcluster\treference_bin\tsimilarity\n")
+            for row, record_id in enumerate(result.ids):
+                ref_bin = result.reference_bin[row] if result.reference_bin is not None else ""
+                sim = f"{result.similarity[row]:.4f}" if result.similarity is not None else ""
+                handle.write(f"{record_id}\t{int(result.clusters[row]) + 1}\t{ref_bin}\t{sim}\n")
+        if result.reference_bin is not None:
+            matched = {c for c, b in zip(result.clusters.tolist(), result.reference_bin) if b != "new"}
+            log.info(f"{len(matched):,} clusters matched to reference BINs, {result.n_clusters - len(matched):,} new")
+        for name, m in result.metrics.items():
+            log.info(f"against the input's {name} labels ({m['n']:,} barcodes, {m['true_groups']:,} groups): "
+                     f"AMI {m['ami']:.4f}, ARI {m['ari']:.4f}, match ratio {m['match_ratio']:.4f}")
+        if metrics_path:
+            _write_json(metrics_path, {"threshold": result.threshold, "n_clusters": result.n_clusters,
+                                       "barcodes": len(records), "distinct_sequences": unique,
+                                       "metrics": result.metrics, "model": pretrained.fingerprint})
+
+    # ======================================================================================== benchmark
+    @main.command("benchmark")
+    @click.argument("split_file", metavar="SPLIT_FILE")
+    @model_option
+    @click.option("--compare", is_flag=True, help="Also run VSEARCH and BLAST (where installed) on the same tasks.")
+    @click.option("--sample", type=click.IntRange(min=1), help="Draw this many queries per task (fixed seed).")
+    @click.option("--seed", type=int, default=0, show_default=True, help="Seed of --sample.")
+    @click.option("--k", type=click.IntRange(min=1), default=10, show_default=True,
+                  help="Neighbours of the default classifier.")
+    @click.option("--precision", type=click.FloatRange(0, 1, min_open=True), default=0.95, show_default=True)
+    @click.option("--json", "json_path", help="Write every figure as JSON.")
+    @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+    @device_options
+    @read_options
+    @click.pass_obj
+    @handle_errors
+    def benchmark_command(obj, split_file, model_name, compare, sample, seed, k, precision, json_path, batch_size,
+                          device, threads, **kwargs):
+        """The papers' protocol on SPLIT_FILE (a BIOSCAN-5M-style table with a `split` column): species
+        (closed world), genus (open world), BIN reconstruction, optionally against VSEARCH and BLAST."""
+        from .atomic import check_outputs_distinct
+        from .benchmark import format_table, run_benchmark
+
+        read_opts = gather_read_options(kwargs)
+        check_outputs_distinct([json_path], [split_file])
+        pretrained, torch_device = _load_model_for(model_name, None, device, threads)
+        result = run_benchmark(split_file, pretrained, compare=compare, sample=sample, threads=threads, k=k,
+                               precision=precision, seed=seed, batch_size=batch_size, device=torch_device,
+                               read_options=read_opts)
+        click.echo(format_table(result))
+        if json_path:
+            _write_json(json_path, result)

@@ -1,0 +1,311 @@
+"""Cluster barcode embeddings into BIN-like groups, match clusters to reference BINs, score clusterings.
+
+Method (docs/classify-and-cluster.md): average-linkage agglomerative clustering on cosine distance, cut at a
+distance threshold (or at a given number of clusters). Up to FULL_LINKAGE_LIMIT points the full distance matrix
+is used (exact). Larger inputs use a k-nearest-neighbour graph from the blocked exact search: edges with cosine
+distance <= threshold, connected components, then exact average linkage inside each component. Average linkage
+never merges two groups whose every cross pair is farther than the threshold, so this equals the full method
+whenever each point's within-threshold neighbours are reachable through its k nearest neighbours.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from .errors import UsageError
+from .reference import knn_search, normalize
+
+log = logging.getLogger("barcodetool")
+
+FULL_LINKAGE_LIMIT = 20_000     # points clustered with the full distance matrix (20k: 1.6 GB of float64 distances)
+GRAPH_NEIGHBOURS = 30           # neighbours per point in the k-NN graph of large inputs
+# Used when neither --threshold, nor a calibrated reference, nor the model card gives one. Cosine distance;
+# it depends on the model, so calibrate on a reference (`--reference`) whenever one is at hand.
+DEFAULT_DISTANCE_THRESHOLD = 0.02
+
+
+# ============================================================================================ metrics
+def cluster_metrics(true: Sequence, predicted: Sequence) -> dict:
+    """AMI, ARI and match ratio of a clustering against true labels (items with an empty/None label ignored).
+
+    match_ratio: the fraction of true groups recovered exactly, i.e. whose members form one predicted cluster
+    that holds nothing else.
+    """
+    from sklearn.metrics import adjusted_mutual_info_score, adjusted_rand_score
+
+    true = np.asarray([("" if t is None else str(t)) for t in true], dtype=object)
+    predicted = np.asarray([str(p) for p in predicted], dtype=object)
+    if len(true) != len(predicted):
+        raise UsageError(f"{len(true)} true labels but {len(predicted)} predicted ones")
+    keep = true != ""
+    true, predicted = true[keep], predicted[keep]
+    n = int(len(true))
+    if n == 0:
+        return {"n": 0, "true_groups": 0, "clusters": 0, "ami": math.nan, "ari": math.nan, "match_ratio": math.nan}
+    _, t = np.unique(true, return_inverse=True)
+    _, p = np.unique(predicted, return_inverse=True)
+    pairs = {}
+    for a, b in zip(t.tolist(), p.tolist()):
+        pairs.setdefault(a, set()).add(b)
+    true_sizes = np.bincount(t)
+    pred_sizes = np.bincount(p)
+    exact = sum(1 for a, members in pairs.items()
+                if len(members) == 1 and pred_sizes[next(iter(members))] == true_sizes[a])
+    return {"n": n, "true_groups": int(len(true_sizes)), "clusters": int(len(pred_sizes)),
+            "ami": float(adjusted_mutual_info_score(t, p)), "ari": float(adjusted_rand_score(t, p)),
+            "match_ratio": exact / len(true_sizes)}
+
+
+# ============================================================================================ clustering
+def _condensed_cosine(x: np.ndarray) -> np.ndarray:
+    """Condensed (scipy pdist order) cosine distances of unit rows, float64, clipped to [0, 2]."""
+    n = len(x)
+    out = np.empty(n * (n - 1) // 2, dtype=np.float64)
+    position = 0
+    block = max(1, (1 << 24) // max(1, n))
+    for i0 in range(0, n, block):
+        i1 = min(n, i0 + block)
+        sims = x[i0:i1] @ x[i0:].T  # only the columns from i0 on are needed
+        for i in range(i0, i1):
+            row = sims[i - i0, i - i0 + 1:]
+            out[position:position + len(row)] = 1.0 - row
+            position += len(row)
+    np.clip(out, 0.0, 2.0, out=out)
+    return out
+
+
+def _linkage(x: np.ndarray) -> np.ndarray:
+    from scipy.cluster.hierarchy import linkage
+
+    return linkage(_condensed_cosine(x), method="average")
+
+
+def _cut(z: np.ndarray, n: int, *, threshold: float | None = None, n_clusters: int | None = None) -> np.ndarray:
+    from scipy.cluster.hierarchy import fcluster
+
+    if n == 1:
+        return np.zeros(1, dtype=np.int64)
+    if n_clusters is not None:
+        return fcluster(z, t=n_clusters, criterion="maxclust").astype(np.int64) - 1
+    return fcluster(z, t=threshold, criterion="distance").astype(np.int64) - 1
+
+
+def renumber(labels: np.ndarray) -> np.ndarray:
+    """Cluster numbers 0, 1, 2 ... in order of first appearance."""
+    _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
+    order = np.argsort(np.argsort(first))
+    return order[inverse].astype(np.int64)
+
+
+def cluster(embeddings: np.ndarray, *, threshold: float | None = None, n_clusters: int | None = None,
+            neighbours: int = GRAPH_NEIGHBOURS, full_limit: int = FULL_LINKAGE_LIMIT, device=None) -> np.ndarray:
+    """Average-linkage clusters of embeddings (cosine distance): int labels numbered by first appearance.
+
+    Give `threshold` (cosine distance cut) or `n_clusters` (the number of clusters; needs at most `full_limit`
+    points). Inputs larger than `full_limit` use the k-NN graph method (module docstring).
+    """
+    if (threshold is None) == (n_clusters is None):
+        raise UsageError("give either a distance threshold or a number of clusters")
+    x = normalize(embeddings)
+    n = len(x)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    if n_clusters is not None:
+        if n_clusters < 1:
+            raise UsageError(f"the number of clusters must be at least 1, got {n_clusters}")
+        if n > full_limit:
+            raise UsageError(f"--n-clusters needs the full distance matrix, which is limited to {full_limit:,} "
+                             f"barcodes (got {n:,} unique ones); use a distance threshold instead")
+        return renumber(_cut(_linkage(x), n, n_clusters=min(n_clusters, n)))
+    if threshold < 0:
+        raise UsageError(f"the distance threshold must be >= 0, got {threshold}")
+    if n <= full_limit:
+        return renumber(_cut(_linkage(x), n, threshold=threshold))
+    return renumber(_graph_cluster(x, threshold, neighbours=neighbours, full_limit=full_limit, device=device))
+
+
+def _graph_cluster(x: np.ndarray, threshold: float, *, neighbours: int, full_limit: int, device=None) -> np.ndarray:
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n = len(x)
+    k = min(neighbours + 1, n)
+    sims, idx = knn_search(x, x, k, device=device)
+    rows = np.repeat(np.arange(n), k)
+    cols = idx.ravel()
+    dist = 1.0 - sims.ravel()
+    keep = (cols >= 0) & (cols != rows) & (dist <= threshold)
+    graph = coo_matrix((np.ones(int(keep.sum()), dtype=np.int8), (rows[keep], cols[keep])), shape=(n, n))
+    count, component = connected_components(graph, directed=True, connection="weak")
+    labels = np.empty(n, dtype=np.int64)
+    order = np.argsort(component, kind="stable")
+    bounds = np.r_[0, np.cumsum(np.bincount(component, minlength=count))]
+    next_label = 0
+    large = 0
+    for c in range(count):
+        members = order[bounds[c]:bounds[c + 1]]
+        size = len(members)
+        if size <= 2:  # one point, or two joined by an edge within the threshold
+            labels[members] = next_label
+            next_label += 1
+            continue
+        if size <= full_limit:
+            sub = _cut(_linkage(x[members]), size, threshold=threshold)
+        else:
+            large += 1
+            sub = _sparse_average(x[members], threshold, neighbours)
+        labels[members] = sub + next_label
+        next_label += int(sub.max()) + 1
+    if large:
+        log.info(f"{large} connected group(s) larger than {full_limit:,} were clustered with graph-restricted "
+                 "average linkage (approximate)")
+    return labels
+
+
+def _sparse_average(x: np.ndarray, threshold: float, neighbours: int) -> np.ndarray:
+    """Average linkage restricted to a connected k-NN graph (scikit-learn); for very large components only."""
+    from sklearn.cluster import AgglomerativeClustering
+    from sklearn.neighbors import kneighbors_graph
+
+    graph = kneighbors_graph(x, n_neighbors=min(neighbours, len(x) - 1), metric="cosine", include_self=False)
+    model = AgglomerativeClustering(n_clusters=None, distance_threshold=threshold, metric="cosine",
+                                    linkage="average", connectivity=graph)
+    return model.fit_predict(x).astype(np.int64)
+
+
+# ============================================================================================ calibration
+def calibrate_cluster_threshold(embeddings: np.ndarray, bin_codes: np.ndarray, groups: np.ndarray, *,
+                                max_size: int = 4000, seed: int = 0) -> tuple[float, dict]:
+    """The cosine-distance cut maximising AMI with the reference's own BINs on a subsample of its distinct
+    BIN-labelled sequences (one record per sequence, at most `max_size`)."""
+    from sklearn.metrics import adjusted_mutual_info_score
+
+    labelled = np.nonzero(bin_codes >= 0)[0]
+    _, first = np.unique(groups[labelled], return_index=True)
+    rows = np.sort(labelled[first])
+    if len(rows) > max_size:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, size=max_size, replace=False))
+    if len(rows) < 3 or len(np.unique(bin_codes[rows])) < 2:
+        return math.nan, {"sequences": int(len(rows)), "note": "too few BIN-labelled sequences to calibrate"}
+    x = normalize(np.asarray(embeddings[rows], dtype=np.float32))
+    truth = bin_codes[rows]
+    z = _linkage(x)
+    heights = np.unique(z[:, 2])
+    scores: dict[float, float] = {}
+
+    def score(t: float) -> float:
+        if t not in scores:
+            scores[t] = float(adjusted_mutual_info_score(truth, _cut(z, len(x), threshold=t)))
+        return scores[t]
+
+    grid = np.unique(np.quantile(heights, np.linspace(0.0, 0.98, 21)))
+    values = [score(float(t)) for t in grid]
+    best = int(np.argmax(values))
+    low = grid[max(0, best - 1)]
+    high = grid[min(len(grid) - 1, best + 1)]
+    inside = heights[(heights >= low) & (heights <= high)]
+    if len(inside) > 2:
+        for t in np.unique(np.quantile(inside, np.linspace(0, 1, 11))):
+            score(float(t))
+    threshold = max(scores, key=lambda t: (scores[t], -t))
+    # cut half-way to the next merge height, so the threshold is not on a merge
+    above = heights[heights > threshold]
+    if len(above):
+        threshold = (threshold + float(above[0])) / 2.0
+    return float(threshold), {"sequences": int(len(rows)), "bins": int(len(np.unique(truth))),
+                              "ami": scores[max(scores, key=lambda t: (scores[t], -t))]}
+
+
+# ============================================================================================ records
+@dataclass
+class ClusterResult:
+    ids: list[str]
+    clusters: np.ndarray                        # int [n], numbered from 0 by first appearance
+    threshold: float | None
+    n_clusters: int
+    reference_bin: list[str] | None = None      # per record: matched reference BIN, "new", or None
+    similarity: np.ndarray | None = None        # per record: similarity to the nearest reference barcode
+    metrics: dict = field(default_factory=dict)
+
+
+def match_reference_bins(clusters: np.ndarray, nearest_bins: Sequence[str]) -> dict[int, str]:
+    """For each cluster, the reference BIN that a strict majority of its members are matched to, else `new`."""
+    out: dict[int, str] = {}
+    tallies: dict[int, dict[str, int]] = {}
+    sizes = np.bincount(clusters) if len(clusters) else np.zeros(0, dtype=int)
+    for c, b in zip(clusters.tolist(), nearest_bins):
+        if b:
+            tally = tallies.setdefault(c, {})
+            tally[b] = tally.get(b, 0) + 1
+    for c in range(len(sizes)):
+        tally = tallies.get(c)
+        if tally:
+            name, count = max(tally.items(), key=lambda item: (item[1], item[0] == "", item[0]))
+            if 2 * count > sizes[c]:
+                out[c] = name
+                continue
+        out[c] = "new"
+    return out
+
+
+def cluster_records(records: Sequence, pretrained, *, reference=None, threshold: float | None = None,
+                    n_clusters: int | None = None, batch_size: int = 256, neighbours: int = GRAPH_NEIGHBOURS,
+                    full_limit: int = FULL_LINKAGE_LIMIT, device=None, progress=None) -> ClusterResult:
+    """Embed records, cluster their distinct sequences, and (with a ReferenceIndex) match clusters to BINs.
+
+    The threshold is, in order: `threshold`, the reference's calibrated one, the model card's
+    `metrics.cluster_distance_threshold`, DEFAULT_DISTANCE_THRESHOLD.
+    """
+    from .embed import embed_sequences
+    from .reference import sequence_groups
+
+    records = list(records)
+    ids = [r.id for r in records]
+    sequences = [r.sequence for r in records]
+    groups = sequence_groups(sequences)
+    _, first = np.unique(groups, return_index=True)
+    unique = [sequences[i] for i in first]  # groups are numbered by first occurrence, so this is group order
+    vectors = normalize(embed_sequences(pretrained, unique, batch_size=batch_size, progress=progress))
+    if n_clusters is None and threshold is None:
+        threshold = default_threshold(pretrained, reference)
+    labels_unique = cluster(vectors, threshold=threshold, n_clusters=n_clusters, neighbours=neighbours,
+                            full_limit=full_limit, device=device)
+    clusters = renumber(labels_unique[groups])
+    result = ClusterResult(ids=ids, clusters=clusters, threshold=threshold, n_clusters=int(clusters.max()) + 1
+                           if len(clusters) else 0)
+    if reference is not None:
+        from .classify import nearest_bins as nearest_reference_bins
+
+        reference.check_model(pretrained)
+        sims, idx = reference.search(vectors, 10, device=device)
+        nearest_sim = sims[:, 0]
+        bin_threshold = reference.thresholds.bin if reference.thresholds else math.nan
+        # the nearest reference barcode carrying a BIN (among the 10 nearest), within the BIN threshold
+        nearest_bins = nearest_reference_bins(reference, sims, idx, bin_threshold)
+        member_bins = [nearest_bins[g] for g in groups]
+        matched = match_reference_bins(clusters, member_bins)
+        result.reference_bin = [matched[c] for c in clusters.tolist()]
+        result.similarity = nearest_sim[groups]
+    truth_bins = [r.bin or "" for r in records]
+    truth_species = [r.taxonomy.get("species", "") for r in records]
+    for name, truth in (("bin", truth_bins), ("species", truth_species)):
+        if any(truth):
+            result.metrics[name] = cluster_metrics(truth, clusters)
+    return result
+
+
+def default_threshold(pretrained, reference=None) -> float:
+    if reference is not None and reference.thresholds is not None \
+            and not math.isnan(reference.thresholds.cluster_distance):
+        return float(reference.thresholds.cluster_distance)
+    value = (getattr(pretrained, "card", {}) or {}).get("metrics", {}).get("cluster_distance_threshold")
+    if isinstance(value, (int, float)) and value >= 0:
+        return float(value)
+    log.warning(f"no calibrated cluster threshold for model {pretrained.name}: using the default cosine distance "
+                f"{DEFAULT_DISTANCE_THRESHOLD} (pass --reference with BINs to calibrate, or --threshold)")
+    return DEFAULT_DISTANCE_THRESHOLD

@@ -1,0 +1,881 @@
+"""Reference index: embedded, labelled barcodes; exact blocked cosine k-NN search; threshold calibration.
+
+HDF5 layout (format `barcodetool-reference`, version 1; see docs/classify-and-cluster.md):
+
+    /ids                    UTF-8 strings [n], reference order
+    /sequences              UTF-8 strings [n], cleaned sequences (for alignment re-ranking; read lazily)
+    /sequence_group         int32 [n]; records with identical cleaned sequences share a number
+    /embeddings             float32 or float16 [n, dim], every row L2-normalised (cosine = dot product)
+    /labels/<name>          int32 [n] codes into /label_names/<name>, -1 = unknown; name = a rank or `bin`
+    /label_names/<name>     UTF-8 strings
+    /calibration/<level>/queries       int32 [m], reference rows used as leave-out calibration queries
+    /calibration/<level>/neighbours    int32 [m, K], their nearest references outside the left-out group
+    /calibration/<level>/similarities  float32 [m, K]   (level: sequence, species, genus)
+    root attributes         format, format_version, barcodetool_version, model_name, model_sha256, pooling,
+                            embedding_dim, dtype, count, source, created, tokenizer (JSON),
+                            threshold_<rank> and threshold_bin (similarity; inf = never assigned, nan = the
+                            reference has no such labels), cluster_distance_threshold, calibration_precision,
+                            calibration_k, calibration_min_confidence, calibration (JSON details)
+
+Search is exact: queries and references are unit vectors, similarities are matrix products of a block of
+queries with a block of references, and only the running top k of each query is kept, so memory is bounded by
+the block sizes whatever the reference size.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from ._version import __version__
+from .atomic import atomic_path
+from .errors import IndexMismatchError, InputError, UsageError
+
+log = logging.getLogger("barcodetool")
+
+REFERENCE_FORMAT = "barcodetool-reference"
+REFERENCE_FORMAT_VERSION = 1
+RANKS = ("phylum", "class", "order", "family", "subfamily", "genus", "species")
+LABELS = RANKS + ("bin",)
+# Ranks that never block the ranks below them when left unassigned (many references leave subfamily empty).
+OPTIONAL_RANKS = frozenset({"subfamily"})
+
+DEFAULT_K = 10
+DEFAULT_PRECISION = 0.95
+DEFAULT_MIN_CONFIDENCE = 0.5
+CALIBRATION_QUERIES = 10_000      # leave-out queries (distinct sequences) per calibration level
+CALIBRATION_NEIGHBOURS = 50       # neighbours stored per calibration query (recalibration for k <= this)
+CLUSTER_CALIBRATION_SIZE = 4_000  # unique BIN-labelled sequences clustered to calibrate the cluster threshold
+SEARCH_BLOCK_ELEMENTS = 1 << 25   # query block x reference block similarities held at once (128 MiB float32)
+VOTE_BLOCK_ELEMENTS = 1 << 22     # queries x k x k label comparisons held at once while voting
+
+Progress = Callable[[int], None]
+
+
+# ============================================================================================ search
+def normalize(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (float32); all-zero (or non-finite) rows become zero."""
+    vectors = np.nan_to_num(np.asarray(vectors, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    return vectors / norms
+
+
+def knn_search(queries: np.ndarray, reference: np.ndarray, k: int, *,
+               exclude: Sequence[tuple[np.ndarray, np.ndarray]] = (), query_block: int = 2048,
+               reference_block: int | None = None, device=None,
+               progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k cosine neighbours of unit-vector `queries` among unit-vector `reference` rows.
+
+    Returns (similarities float32 [nq, k], indices int64 [nq, k]), each row sorted by decreasing similarity
+    (equal similarities by increasing index); slots beyond the number of eligible references hold -inf and -1.
+    `exclude` holds (query_groups [nq], reference_groups [nr]) int pairs: a reference row is skipped for a query
+    when, in any pair, its group equals the query's (leave-one-out calibration). The reference may be float16;
+    on CPU blocks are computed in float32.
+    """
+    import torch
+
+    nq, nr = len(queries), len(reference)
+    if k < 1:
+        raise UsageError(f"k must be at least 1, got {k}")
+    sims_out = np.full((nq, k), -np.inf, dtype=np.float32)
+    idx_out = np.full((nq, k), -1, dtype=np.int64)
+    if nq == 0 or nr == 0:
+        return sims_out, idx_out
+    device = torch.device(device or "cpu")
+    compute = torch.float16 if (device.type == "cuda" and reference.dtype == np.float16) else torch.float32
+    if reference_block is None:
+        reference_block = max(1024, SEARCH_BLOCK_ELEMENTS // max(1, query_block))
+    reference_block = min(reference_block, nr)
+    exclude = [(np.asarray(qg), np.asarray(rg)) for qg, rg in exclude]
+    # On a GPU the whole reference goes over once; on CPU float32 rows are used in place.
+    on_device = None
+    if device.type != "cpu":
+        on_device = torch.from_numpy(np.ascontiguousarray(reference)).to(device, compute)
+        ref_groups_t = [torch.from_numpy(rg).to(device) for _, rg in exclude]
+    kk = min(k, nr)
+    for q0 in range(0, nq, query_block):
+        q1 = min(nq, q0 + query_block)
+        q = torch.from_numpy(np.ascontiguousarray(queries[q0:q1], dtype=np.float32)).to(device, compute)
+        qgs = [torch.from_numpy(qg[q0:q1]).to(device) for qg, _ in exclude]
+        best_s = None
+        best_i = None
+        for r0 in range(0, nr, reference_block):
+            r1 = min(nr, r0 + reference_block)
+            if on_device is not None:
+                block = on_device[r0:r1]
+                rgs = [rg[r0:r1] for rg in ref_groups_t]
+            else:
+                block = torch.from_numpy(np.ascontiguousarray(reference[r0:r1])).to(torch.float32)
+                rgs = [torch.from_numpy(rg[r0:r1]) for _, rg in exclude]
+            s = q @ block.T
+            for qg, rg in zip(qgs, rgs):
+                s.masked_fill_(qg[:, None] == rg[None, :], -math.inf)
+            top = min(kk, r1 - r0)
+            bs, bi = torch.topk(s, top, dim=1, largest=True, sorted=False)
+            bi = bi + r0
+            if best_s is None:
+                best_s, best_i = bs, bi
+            else:
+                cs = torch.cat([best_s, bs], dim=1)
+                ci = torch.cat([best_i, bi], dim=1)
+                if cs.shape[1] > kk:
+                    cs, pos = torch.topk(cs, kk, dim=1, largest=True, sorted=False)
+                    ci = torch.gather(ci, 1, pos)
+                best_s, best_i = cs, ci
+        s_np = best_s.float().cpu().numpy()
+        i_np = best_i.cpu().numpy().astype(np.int64)
+        order = np.lexsort((i_np, -s_np), axis=1) if s_np.shape[1] > 1 else np.zeros_like(i_np)
+        s_np = np.take_along_axis(s_np, order, axis=1)
+        i_np = np.take_along_axis(i_np, order, axis=1)
+        i_np[~np.isfinite(s_np)] = -1
+        s_np[i_np < 0] = -np.inf
+        sims_out[q0:q1, :s_np.shape[1]] = s_np
+        idx_out[q0:q1, :i_np.shape[1]] = i_np
+        if progress is not None:
+            progress(q1 - q0)
+    return sims_out, idx_out
+
+
+# ============================================================================================ labels
+def encode_labels(values: Sequence[str | None]) -> tuple[np.ndarray, list[str]]:
+    """Strings (""/None = unknown) -> (int32 codes, -1 = unknown; sorted names)."""
+    names = sorted({v for v in values if v})
+    lookup = {name: i for i, name in enumerate(names)}
+    codes = np.fromiter((lookup.get(v, -1) if v else -1 for v in values), dtype=np.int32, count=len(values))
+    return codes, names
+
+
+def sequence_groups(sequences: Sequence[str]) -> np.ndarray:
+    """int32 [n]: equal numbers for identical sequences, numbered by first occurrence."""
+    seen: dict[str, int] = {}
+    return np.fromiter((seen.setdefault(s, len(seen)) for s in sequences), dtype=np.int32, count=len(sequences))
+
+
+# ============================================================================================ voting
+@dataclass
+class Votes:
+    """Hierarchical k-NN votes for a batch of queries (codes index `ReferenceIndex.label_names[rank]`)."""
+
+    label: dict[str, np.ndarray]       # rank -> int32 [n] candidate label, -1 = no neighbour labelled
+    confidence: dict[str, np.ndarray]  # rank -> float32 [n] weighted vote share of the candidate
+    support: dict[str, np.ndarray]     # rank -> float32 [n] similarity of the nearest neighbour with it
+    assigned: dict[str, np.ndarray]    # rank -> bool [n]
+
+
+def neighbour_weights(sims: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Vote weights: cosine similarity, clipped at 0; nothing for empty slots."""
+    weights = np.where(idx >= 0, np.clip(sims, 0.0, None), 0.0).astype(np.float32)
+    return weights
+
+
+def vote(sims: np.ndarray, idx: np.ndarray, codes: dict[str, np.ndarray], *,
+         thresholds: dict[str, float] | None = None, min_confidence: float = DEFAULT_MIN_CONFIDENCE,
+         ranks: Sequence[str] = RANKS) -> Votes:
+    """Similarity-weighted k-NN vote, rank by rank from phylum down.
+
+    At each rank only neighbours that agree with every candidate above (or are unlabelled there) vote, so the
+    candidates form one consistent lineage. A candidate's confidence is its vote weight over the weight of all
+    neighbours labelled at that rank; its support is the similarity of its nearest neighbour. A rank is
+    assigned when support >= the rank's threshold, confidence >= `min_confidence`, and no rank above has a
+    candidate left unassigned (optional ranks such as subfamily never block; a rank with no labelled
+    neighbour blocks nothing). Without `thresholds` nothing is assigned.
+    """
+    n = len(idx)
+    rows_per_block = max(1, VOTE_BLOCK_ELEMENTS // max(1, idx.shape[1] ** 2))
+    if n > rows_per_block:  # bound the [rows, k, k] comparison arrays
+        parts = [vote(sims[i:i + rows_per_block], idx[i:i + rows_per_block], codes, thresholds=thresholds,
+                      min_confidence=min_confidence, ranks=ranks) for i in range(0, n, rows_per_block)]
+        return Votes(*({rank: np.concatenate([getattr(p, name)[rank] for p in parts])
+                        for rank in parts[0].label} for name in ("label", "confidence", "support", "assigned")))
+    valid = idx >= 0
+    weights = neighbour_weights(sims, idx)
+    safe_idx = np.where(valid, idx, 0)
+    out = Votes({}, {}, {}, {})
+    consistent = valid.copy()   # [n, k] neighbour agrees with every candidate so far (or is unlabelled there)
+    blocked = np.zeros(n, dtype=bool)
+    rows = np.arange(n)
+    for rank in ranks:
+        if rank not in codes:
+            continue
+        labels = np.where(valid, codes[rank][safe_idx], -1)
+        known = labels >= 0
+        total = (weights * known).sum(axis=1)
+        eligible = known & consistent
+        has = eligible.any(axis=1)
+        # total weight of each neighbour's label among the eligible neighbours: [n, k]
+        same = labels[:, :, None] == labels[:, None, :]
+        label_weight = (same * (weights * eligible)[:, None, :]).sum(axis=2)
+        label_weight = np.where(eligible, label_weight, -1.0)
+        best = np.argmax(label_weight, axis=1)  # first maximum = the nearest neighbour of the heaviest label
+        choice = np.where(has, labels[rows, best], -1).astype(np.int32)
+        won = label_weight[rows, best]
+        share = np.where(total > 0, won / np.where(total > 0, total, 1.0), 1.0)
+        share = np.where(has, share, 0.0)
+        # rows are sorted by similarity, so `best` is already the nearest neighbour carrying the candidate
+        support = np.where(has, sims[rows, best], -np.inf).astype(np.float32)
+        out.label[rank] = choice
+        out.confidence[rank] = share.astype(np.float32)
+        out.support[rank] = support
+        if thresholds is not None:
+            threshold = thresholds.get(rank, math.nan)
+            if math.isnan(threshold):  # not calibrated (no labelled calibration query): never assigned,
+                assigned = np.zeros(n, dtype=bool)  # and blocks nothing
+            else:
+                passes = has & (support >= threshold) & (share >= min_confidence - 1e-6)
+                assigned = passes & ~blocked
+                if rank not in OPTIONAL_RANKS:
+                    # a rank with a candidate that fails blocks everything below; one without does not
+                    blocked = blocked | (has & ~assigned)
+            out.assigned[rank] = assigned
+        else:
+            out.assigned[rank] = np.zeros(n, dtype=bool)
+        agrees = (labels == choice[:, None]) | ~known | ~has[:, None]
+        if rank in OPTIONAL_RANKS:  # an optional rank constrains the ranks below only where it is assigned
+            agrees |= ~out.assigned[rank][:, None]
+        consistent &= agrees
+    return out
+
+
+# ============================================================================================ calibration
+# Leave-out levels of the calibration searches: each calibration query is a distinct reference sequence searched
+# against the reference without every record of the same sequence ("sequence"), of the same species ("species")
+# or of the same genus ("genus").
+LEVELS = ("sequence", "species", "genus")
+# A rank's precision is calibrated on queries whose species is absent from the reference (species: only their
+# own sequence is left out), the open-world condition in which a call at a rank above species matters.
+PRECISION_LEVEL = {"phylum": "species", "class": "species", "order": "species", "family": "species",
+                   "subfamily": "species", "genus": "species", "species": "sequence"}
+# ... and the threshold is raised until at most 1 - precision of the queries whose own taxon at that rank is
+# absent get a (necessarily wrong) label there.
+NOVEL_LEVEL = {"genus": "genus", "species": "species"}
+
+
+def precision_threshold(scores: np.ndarray, correct: np.ndarray, precision: float,
+                        minimum: float = -math.inf) -> float:
+    """The lowest score t >= `minimum` such that calls with score >= t are right at least `precision` of the time.
+
+    inf when no such t exists (never assign), nan when there is nothing to calibrate.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    correct = np.asarray(correct, dtype=bool)
+    ok = np.isfinite(scores)
+    scores, correct = scores[ok], correct[ok]
+    if len(scores) == 0:
+        return math.nan
+    order = np.argsort(-scores, kind="stable")
+    s, c = scores[order], correct[order]
+    # calls are made for whole groups of equal scores: evaluate only at the last position of each score
+    last = np.r_[s[1:] != s[:-1], True]
+    hits = np.cumsum(c)[last]
+    counts = np.arange(1, len(s) + 1)[last]
+    achieved = hits / counts
+    values = s[last]
+    good = np.nonzero((achieved >= precision - 1e-12) & (values >= minimum))[0]
+    if len(good) == 0:
+        return math.inf
+    return float(values[good[-1]])
+
+
+def rejection_threshold(scores: np.ndarray, total: int, rate: float) -> float:
+    """The lowest t such that at most `rate` x `total` of the scores are >= t (-inf when all may pass)."""
+    scores = np.sort(np.asarray(scores, dtype=np.float64)[np.isfinite(scores)])[::-1]
+    allowed = int(math.floor(rate * total + 1e-9))
+    if len(scores) <= allowed:
+        return -math.inf
+    return float(np.nextafter(scores[allowed], math.inf))
+
+
+@dataclass
+class Thresholds:
+    """Calibrated decision thresholds of a reference (similarities are cosine similarities)."""
+
+    ranks: dict[str, float]                 # rank -> similarity threshold (inf: never; nan: no labels)
+    bin: float = math.nan                   # similarity within which the nearest reference's BIN is reported
+    cluster_distance: float = math.nan      # cosine distance cut of average-linkage clustering
+    precision: float = DEFAULT_PRECISION
+    k: int = DEFAULT_K
+    min_confidence: float = DEFAULT_MIN_CONFIDENCE
+    details: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"ranks": self.ranks, "bin": self.bin, "cluster_distance": self.cluster_distance,
+                "precision": self.precision, "k": self.k, "min_confidence": self.min_confidence,
+                "details": self.details}
+
+
+def calibration_queries(groups: np.ndarray, labelled: np.ndarray | None, max_queries: int,
+                        seed: int = 0) -> np.ndarray:
+    """One reference row per distinct sequence (its first record; with `labelled`, only labelled rows), a
+    random subsample of at most max_queries, in reference order."""
+    rows = np.arange(len(groups)) if labelled is None else np.nonzero(labelled)[0]
+    _, first = np.unique(groups[rows], return_index=True)
+    first = np.sort(rows[first])
+    if len(first) > max_queries:
+        rng = np.random.default_rng(seed)
+        first = np.sort(rng.choice(first, size=max_queries, replace=False))
+    return first.astype(np.int64)
+
+
+def _rank_calls(level, codes, ranks, thresholds, rank, k, min_confidence):
+    queries, sims, idx = level
+    trial = dict(thresholds)
+    trial[rank] = -math.inf
+    position = ranks.index(rank)
+    votes = vote(sims[:, :k], idx[:, :k], codes, thresholds=trial, min_confidence=min_confidence,
+                 ranks=ranks[:position + 1])
+    truth = codes[rank][queries]
+    return votes, truth
+
+
+def calibrate_ranks(levels: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], codes: dict[str, np.ndarray],
+                    *, precision: float, k: int, min_confidence: float) -> tuple[dict[str, float], dict]:
+    """Per-rank similarity thresholds, top-down (each rank on the classifier's own output given the thresholds
+    above it). `levels` maps a leave-out level to (queries, similarities, neighbours)."""
+    thresholds: dict[str, float] = {}
+    details: dict = {}
+    ranks = [r for r in RANKS if r in codes]
+    for rank in ranks:
+        level_name = PRECISION_LEVEL[rank] if PRECISION_LEVEL[rank] in levels else "sequence"
+        votes, truth = _rank_calls(levels[level_name], codes, ranks, thresholds, rank, k, min_confidence)
+        candidate = votes.assigned[rank] & (truth >= 0)
+        correct = votes.label[rank][candidate] == truth[candidate]
+        scores = votes.support[rank][candidate]
+        novel_floor = -math.inf
+        novel_name = NOVEL_LEVEL.get(rank)
+        novel_info = None
+        if novel_name in levels and len(scores):
+            novel_votes, novel_truth = _rank_calls(levels[novel_name], codes, ranks, thresholds, rank, k,
+                                                   min_confidence)
+            known = novel_truth >= 0
+            calls = novel_votes.assigned[rank] & known  # the query's own taxon is absent: every call is wrong
+            novel_floor = rejection_threshold(novel_votes.support[rank][calls], int(known.sum()), 1.0 - precision)
+            novel_info = (novel_votes.support[rank][calls], int(known.sum()))
+        threshold = precision_threshold(scores, correct, precision, minimum=novel_floor)
+        if math.isnan(threshold) and (truth >= 0).any():
+            threshold = math.inf  # labelled queries, but none reaches this rank (a rank above is never assigned)
+        thresholds[rank] = threshold
+        called = scores >= threshold if not math.isnan(threshold) else np.zeros(len(scores), dtype=bool)
+        info = {"level": level_name, "queries": int((truth >= 0).sum()), "called": int(called.sum()),
+                "precision": float(correct[called].mean()) if called.any() else None,
+                "recall": float(correct[called].sum() / max(1, (truth >= 0).sum())),
+                "precision_only_threshold": precision_threshold(scores, correct, precision)}
+        if novel_info is not None:
+            supports, total = novel_info
+            info.update({"novel_level": novel_name, "novel_queries": total, "novel_floor": novel_floor,
+                         "novel_called": float((supports >= threshold).sum() / max(1, total))})
+        details[rank] = info
+    return thresholds, details
+
+
+def _nearest_bin(level, bin_codes):
+    queries, sims, idx = level
+    labels = np.where(idx >= 0, bin_codes[np.where(idx >= 0, idx, 0)], -1)
+    has = (labels >= 0).any(axis=1)
+    first = np.argmax(labels >= 0, axis=1)
+    rows = np.arange(len(idx))
+    nearest = np.where(has, labels[rows, first], -1)
+    score = np.where(has, sims[rows, first], -np.inf)
+    return queries, nearest, score, has
+
+
+def calibrate_bin(levels: dict, bin_codes: np.ndarray | None, species_codes: np.ndarray | None, *,
+                  precision: float) -> tuple[float, dict]:
+    """Similarity within which the nearest BIN-labelled reference's BIN is right with `precision` (sequence
+    level), raised until at most 1 - precision of queries whose BIN is absent (species level, BINs held by one
+    species only) get one."""
+    if bin_codes is None or not (bin_codes >= 0).any():
+        return math.nan, {}
+    queries, nearest, score, has = _nearest_bin(levels["sequence"], bin_codes)
+    truth = bin_codes[queries]
+    use = (truth >= 0) & has
+    correct = nearest[use] == truth[use]
+    floor = -math.inf
+    info: dict = {}
+    if "species" in levels and species_codes is not None:
+        # BINs whose every record carries one and the same species vanish when that species is left out
+        n_bins = int(bin_codes.max()) + 1
+        labelled = bin_codes >= 0
+        pairs = np.unique(np.stack([bin_codes[labelled], species_codes[labelled]], axis=1), axis=0)
+        species_per_bin = np.bincount(pairs[:, 0], minlength=n_bins)
+        private = species_per_bin == 1
+        private &= np.isin(np.arange(n_bins), pairs[pairs[:, 1] >= 0, 0])
+        q, _, s, h = _nearest_bin(levels["species"], bin_codes)
+        qb = bin_codes[q]
+        novel = (qb >= 0) & private[np.where(qb >= 0, qb, 0)]
+        floor = rejection_threshold(s[novel & h], int(novel.sum()), 1.0 - precision)
+        info = {"novel_queries": int(novel.sum()), "novel_floor": floor}
+    threshold = precision_threshold(score[use], correct, precision, minimum=floor)
+    called = score[use] >= threshold if not math.isnan(threshold) else np.zeros(int(use.sum()), dtype=bool)
+    info.update({"queries": int((truth >= 0).sum()), "called": int(called.sum()),
+                 "precision": float(correct[called].mean()) if called.any() else None})
+    return threshold, info
+
+
+# ============================================================================================ the index
+@dataclass
+class ReferenceIndex:
+    """Embedded reference barcodes with their labels and calibrated thresholds."""
+
+    ids: list[str]
+    embeddings: np.ndarray                       # [n, dim] unit rows, float32 or float16
+    codes: dict[str, np.ndarray]                 # label name (rank or "bin") -> int32 [n], -1 unknown
+    label_names: dict[str, list[str]]
+    groups: np.ndarray                           # int32 [n] identical-sequence groups
+    model_name: str
+    model_sha256: str
+    thresholds: Thresholds | None = None
+    attrs: dict = field(default_factory=dict)
+    path: Path | None = None
+    _sequences: list[str] | None = None
+    calibration: dict | None = None              # level -> {"queries", "neighbours", "similarities"} arrays
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.embeddings.shape[1])
+
+    @property
+    def sequences(self) -> list[str]:
+        """The cleaned reference sequences (read from the file on first use)."""
+        if self._sequences is None:
+            if self.path is None:
+                raise InputError("this index holds no sequences")
+            import h5py
+
+            with h5py.File(self.path, "r") as handle:
+                self._sequences = handle["sequences"].asstr()[:].tolist()
+        return self._sequences
+
+    @property
+    def ranks(self) -> list[str]:
+        """Ranks at which at least one reference record is labelled."""
+        return [r for r in RANKS if r in self.codes and (self.codes[r] >= 0).any()]
+
+    @property
+    def bin_codes(self) -> np.ndarray | None:
+        return self.codes.get("bin")
+
+    def label(self, name: str, code: int) -> str:
+        return self.label_names[name][code] if code >= 0 else ""
+
+    def rank_codes(self) -> dict[str, np.ndarray]:
+        return {r: self.codes[r] for r in self.ranks}
+
+    # ------------------------------------------------------------------------------------ search
+    def search(self, queries: np.ndarray, k: int, *, device=None, progress: Progress | None = None):
+        """Top-k neighbours of query embeddings (normalised here): (similarities, indices)."""
+        return knn_search(normalize(queries), self.embeddings, k, device=device, progress=progress)
+
+    def check_model(self, pretrained, *, source: str | None = None) -> None:
+        """Raise IndexMismatchError unless `pretrained` is the model the index was built with."""
+        if pretrained.sha256 == self.model_sha256:
+            return
+        where = source or (str(self.path) if self.path else "the reference index")
+        raise IndexMismatchError(
+            f"{where} was built with model {self.model_name!r} (sha256 {self.model_sha256[:12]}), but model "
+            f"{pretrained.name!r} (sha256 {pretrained.sha256[:12]}) is in use; embeddings of different models "
+            f"cannot be compared (rebuild the index with `barcodetool reference build ... --model "
+            f"{pretrained.name}` or pass --model {self.model_name})")
+
+    # ------------------------------------------------------------------------------------ calibration
+    def level_exclusions(self, level: str, queries: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(query groups, reference groups) pairs that leave out the query's sequence and, above the
+        "sequence" level, every record of its species or genus."""
+        pairs = [(self.groups[queries], self.groups)]
+        if level != "sequence":
+            codes = self.codes[level]
+            pairs.append((codes[queries], codes))  # queries are labelled; -1 rows never match
+        return pairs
+
+    def calibration_neighbours(self, level: str = "sequence", k: int = DEFAULT_K, *,
+                               max_queries: int = CALIBRATION_QUERIES, seed: int = 0, device=None,
+                               progress: Progress | None = None):
+        """(queries, similarities, neighbours) of one leave-out level, searched once and reused for k <= stored."""
+        if level not in LEVELS:
+            raise UsageError(f"unknown calibration level {level!r}")
+        self.calibration = self.calibration or {}
+        stored = self.calibration.get(level)
+        if stored is not None and stored["neighbours"].shape[1] >= k:
+            return stored["queries"], stored["similarities"], stored["neighbours"]
+        labelled = None
+        if level != "sequence":
+            if level not in self.codes or not (self.codes[level] >= 0).any():
+                return None
+            labelled = self.codes[level] >= 0
+        queries = calibration_queries(self.groups, labelled, max_queries, seed)
+        width = max(k, CALIBRATION_NEIGHBOURS)
+        query_vectors = np.asarray(self.embeddings[queries], dtype=np.float32)
+        sims, idx = knn_search(query_vectors, self.embeddings, width, exclude=self.level_exclusions(level, queries),
+                               device=device, progress=progress)
+        self.calibration[level] = {"queries": queries, "similarities": sims, "neighbours": idx}
+        return queries, sims, idx
+
+    def calibrate(self, *, precision: float = DEFAULT_PRECISION, k: int = DEFAULT_K,
+                  min_confidence: float = DEFAULT_MIN_CONFIDENCE, cluster: bool = True,
+                  max_queries: int = CALIBRATION_QUERIES, cluster_size: int = CLUSTER_CALIBRATION_SIZE,
+                  seed: int = 0, device=None) -> Thresholds:
+        """Calibrate (and store in `self.thresholds`) the per-rank, BIN and cluster thresholds.
+
+        Leave-out searches at three levels (LEVELS): each calibration query is a distinct reference sequence
+        searched without every record of that same sequence, species, or genus. A rank's threshold is the lowest
+        similarity at which its calls are right with `precision` when the next lower taxon is unknown to the
+        reference, raised until at most 1 - precision of queries whose own taxon is absent get a label
+        (species and genus); see docs/classify-and-cluster.md.
+        """
+        if not 0.0 < precision <= 1.0:
+            raise UsageError(f"precision must be in (0, 1], got {precision}")
+        if k < 1:
+            raise UsageError(f"k must be at least 1, got {k}")
+        levels = {}
+        for level in LEVELS:
+            found = self.calibration_neighbours(level, k, max_queries=max_queries, seed=seed, device=device)
+            if found is not None:
+                levels[level] = found
+        ranks, details = calibrate_ranks(levels, self.rank_codes(), precision=precision, k=k,
+                                         min_confidence=min_confidence)
+        bin_threshold, bin_details = calibrate_bin(levels, self.bin_codes, self.codes.get("species"),
+                                                   precision=precision)
+        cluster_distance = math.nan
+        if cluster and self.thresholds is not None and not math.isnan(self.thresholds.cluster_distance):
+            cluster_distance = self.thresholds.cluster_distance
+            details["cluster"] = self.thresholds.details.get("cluster", {})
+        elif cluster and self.bin_codes is not None and (self.bin_codes >= 0).any():
+            from .cluster import calibrate_cluster_threshold
+
+            cluster_distance, cluster_details = calibrate_cluster_threshold(
+                self.embeddings, self.bin_codes, self.groups, max_size=cluster_size, seed=seed)
+            details["cluster"] = cluster_details
+        details["bin"] = bin_details
+        details["calibration_queries"] = {name: int(len(level[0])) for name, level in levels.items()}
+        self.thresholds = Thresholds(ranks=ranks, bin=bin_threshold, cluster_distance=cluster_distance,
+                                     precision=precision, k=k, min_confidence=min_confidence, details=details)
+        return self.thresholds
+
+    def thresholds_for(self, *, precision: float | None = None, k: int | None = None,
+                       min_confidence: float | None = None) -> Thresholds:
+        """Thresholds for these settings: the stored ones when they match, else recalibrated (kept in memory)."""
+        current = self.thresholds
+        precision = current.precision if precision is None and current else (precision or DEFAULT_PRECISION)
+        k = current.k if k is None and current else (k or DEFAULT_K)
+        if min_confidence is None:
+            min_confidence = current.min_confidence if current else DEFAULT_MIN_CONFIDENCE
+        if (current is not None and math.isclose(current.precision, precision)
+                and current.k == k and math.isclose(current.min_confidence, min_confidence)):
+            return current
+        log.info(f"calibrating thresholds for precision {precision}, k {k}, vote share {min_confidence}")
+        return self.calibrate(precision=precision, k=k, min_confidence=min_confidence)
+
+    # ------------------------------------------------------------------------------------ saving
+    def save(self, path: str | os.PathLike, *, source: str | None = None) -> Path:
+        """Write the index to one HDF5 file, atomically."""
+        import h5py
+
+        path = Path(path)
+        strings = h5py.string_dtype("utf-8")
+        sequences = self._sequences if self._sequences is not None else (
+            self.sequences if self.path is not None else None)
+        dtype = "float16" if self.embeddings.dtype == np.float16 else "float32"
+        with atomic_path(path) as temporary:
+            with h5py.File(temporary, "w") as handle:
+                n = len(self.ids)
+                chunk = (min(max(n, 1), 65536),)
+                handle.create_dataset("ids", data=np.array(self.ids, dtype=object), dtype=strings,
+                                      chunks=chunk if n else None)
+                if sequences is not None:
+                    handle.create_dataset("sequences", data=np.array(sequences, dtype=object), dtype=strings,
+                                          chunks=chunk if n else None, compression="gzip", compression_opts=4)
+                handle.create_dataset("sequence_group", data=self.groups.astype(np.int32))
+                rows = max(1, min(n, max(1, (1 << 20) // max(1, 4 * self.embedding_dim))))
+                handle.create_dataset("embeddings", data=self.embeddings, chunks=(rows, self.embedding_dim)
+                                      if n else None)
+                for name, codes in self.codes.items():
+                    handle.create_dataset(f"labels/{name}", data=codes.astype(np.int32))
+                    handle.create_dataset(f"label_names/{name}",
+                                          data=np.array(self.label_names[name], dtype=object), dtype=strings)
+                for level, stored in (self.calibration or {}).items():
+                    handle.create_dataset(f"calibration/{level}/queries", data=stored["queries"].astype(np.int32))
+                    handle.create_dataset(f"calibration/{level}/neighbours",
+                                          data=stored["neighbours"].astype(np.int32))
+                    handle.create_dataset(f"calibration/{level}/similarities",
+                                          data=stored["similarities"].astype(np.float32))
+                attrs = {
+                    "format": REFERENCE_FORMAT,
+                    "format_version": REFERENCE_FORMAT_VERSION,
+                    "barcodetool_version": __version__,
+                    "model_name": self.model_name,
+                    "model_sha256": self.model_sha256,
+                    "pooling": self.attrs.get("pooling", "mean"),
+                    "embedding_dim": self.embedding_dim,
+                    "dtype": dtype,
+                    "count": n,
+                    "source": source if source is not None else self.attrs.get("source", ""),
+                    "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                    "tokenizer": self.attrs.get("tokenizer", ""),
+                }
+                t = self.thresholds
+                if t is not None:
+                    for rank in RANKS:
+                        attrs[f"threshold_{rank}"] = float(t.ranks.get(rank, math.nan))
+                    attrs.update({"threshold_bin": float(t.bin), "cluster_distance_threshold":
+                                  float(t.cluster_distance), "calibration_precision": float(t.precision),
+                                  "calibration_k": int(t.k), "calibration_min_confidence": float(t.min_confidence),
+                                  "calibration": json.dumps(_jsonable(t.details))})
+                handle.attrs.update(attrs)
+        self.path = path
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "ReferenceIndex":
+        """Read an index written by `save` (sequences are read lazily)."""
+        import h5py
+
+        path = Path(path)
+        try:
+            handle = h5py.File(path, "r")
+        except FileNotFoundError:
+            raise InputError("file not found", path=str(path), fix="check the path") from None
+        except (OSError, ValueError) as error:
+            raise InputError(f"cannot open as HDF5 ({error})", path=str(path)) from None
+        with handle:
+            attrs = dict(handle.attrs)
+            if attrs.get("format") != REFERENCE_FORMAT:
+                raise InputError(f"not a barcodetool reference index (format {attrs.get('format')!r})",
+                                 path=str(path), fix="build one with `barcodetool reference build`")
+            if int(attrs.get("format_version", 0)) > REFERENCE_FORMAT_VERSION:
+                raise InputError(f"reference format version {attrs['format_version']} is newer than this "
+                                 "barcodetool reads", path=str(path), fix="upgrade barcodetool")
+            try:
+                ids = handle["ids"].asstr()[:].tolist()
+                embeddings = handle["embeddings"][:]
+                groups = handle["sequence_group"][:].astype(np.int32)
+                codes, names = {}, {}
+                for name in handle.get("labels", {}):
+                    codes[name] = handle["labels"][name][:].astype(np.int32)
+                    names[name] = handle["label_names"][name].asstr()[:].tolist()
+                calibration = {}
+                for level in handle.get("calibration", {}):
+                    group = handle["calibration"][level]
+                    calibration[level] = {"queries": group["queries"][:].astype(np.int64),
+                                          "neighbours": group["neighbours"][:].astype(np.int64),
+                                          "similarities": group["similarities"][:].astype(np.float32)}
+            except KeyError as error:
+                raise InputError(f"the reference index is incomplete ({error})", path=str(path),
+                                 fix="rebuild it with `barcodetool reference build`") from None
+        thresholds = None
+        if "calibration_precision" in attrs:
+            thresholds = Thresholds(
+                ranks={r: float(attrs.get(f"threshold_{r}", math.nan)) for r in RANKS},
+                bin=float(attrs.get("threshold_bin", math.nan)),
+                cluster_distance=float(attrs.get("cluster_distance_threshold", math.nan)),
+                precision=float(attrs["calibration_precision"]), k=int(attrs.get("calibration_k", DEFAULT_K)),
+                min_confidence=float(attrs.get("calibration_min_confidence", DEFAULT_MIN_CONFIDENCE)),
+                details=json.loads(attrs.get("calibration", "{}") or "{}"))
+        return cls(ids=ids, embeddings=embeddings, codes=codes, label_names=names, groups=groups,
+                   model_name=str(attrs.get("model_name", "")), model_sha256=str(attrs.get("model_sha256", "")),
+                   thresholds=thresholds, attrs=attrs, path=path, calibration=calibration)
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        value = float(value)
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def is_reference_file(path: str | os.PathLike) -> bool:
+    """True when `path` is an HDF5 file (a prebuilt index, or something else that load() will refuse)."""
+    if str(path) == "-":
+        return False
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(8) == b"\x89HDF\r\n\x1a\n"
+    except OSError:
+        return False
+
+
+# ============================================================================================ building
+def build_reference(records: Iterable, pretrained, *, precision: float = DEFAULT_PRECISION, k: int = DEFAULT_K,
+                    min_confidence: float = DEFAULT_MIN_CONFIDENCE, dtype: str = "float32",
+                    batch_size: int = 256, calibrate: bool = True, source: str = "",
+                    progress: Progress | None = None, chunk_records: int = 16384) -> ReferenceIndex:
+    """Embed reference records (objects with .id, .sequence, .taxonomy, .bin) into a calibrated index.
+
+    Identical sequences are embedded once. Embeddings are stored L2-normalised in `dtype` (float32 default;
+    float16 halves the memory of very large references).
+    """
+    from .embed import embed_sequences
+
+    if dtype not in {"float32", "float16"}:
+        raise UsageError(f"index dtype must be float32 or float16, got {dtype!r}")
+    ids: list[str] = []
+    sequences: list[str] = []
+    labels: dict[str, list[str]] = {name: [] for name in LABELS}
+    group_of: dict[str, int] = {}
+    groups: list[int] = []
+    unique: list[str] = []
+    for record in records:
+        ids.append(record.id)
+        sequences.append(record.sequence)
+        for rank in RANKS:
+            labels[rank].append(record.taxonomy.get(rank) or "")
+        labels["bin"].append(record.bin or "")
+        group = group_of.get(record.sequence)
+        if group is None:
+            group = group_of[record.sequence] = len(unique)
+            unique.append(record.sequence)
+        groups.append(group)
+    if not ids:
+        raise InputError("the reference holds no records", path=source or None)
+    if not any(labels[name][i] for name in LABELS for i in range(len(ids))):
+        raise InputError("the reference records carry no taxonomy and no BIN", path=source or None,
+                         fix="give a table with taxonomy or BIN columns, or a FASTA with SINTAX headers "
+                             "(>id;tax=p:...,g:...,s:...;)")
+    vectors = np.empty((len(unique), pretrained.embedding_dim), dtype=np.float32)
+    for start in range(0, len(unique), chunk_records):
+        part = unique[start:start + chunk_records]
+        vectors[start:start + len(part)] = embed_sequences(pretrained, part, batch_size=batch_size,
+                                                           progress=progress)
+    vectors = normalize(vectors)
+    group_array = np.asarray(groups, dtype=np.int32)
+    embeddings = vectors[group_array]
+    del vectors
+    if dtype == "float16":
+        embeddings = embeddings.astype(np.float16)
+    codes, names = {}, {}
+    for name in LABELS:
+        if any(labels[name]):
+            codes[name], names[name] = encode_labels(labels[name])
+    index = ReferenceIndex(ids=ids, embeddings=embeddings, codes=codes, label_names=names, groups=group_array,
+                           model_name=pretrained.name, model_sha256=pretrained.sha256,
+                           attrs={"pooling": pretrained.pooling, "source": source,
+                                  "tokenizer": json.dumps(pretrained.tokenizer.config.to_dict())},
+                           _sequences=sequences)
+    if calibrate:
+        index.calibrate(precision=precision, k=k, min_confidence=min_confidence)
+    return index
+
+
+# ============================================================================================ loading/caching
+def reference_cache_dir() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("barcodetool", appauthor=False)) / "references"
+
+
+def file_sha256(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk_size):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def cache_key(path: str | os.PathLike, pretrained, read_options: dict | None = None) -> str:
+    digest = hashlib.sha256()
+    digest.update(file_sha256(path).encode())
+    digest.update(pretrained.sha256.encode())
+    digest.update(json.dumps(read_options or {}, sort_keys=True, default=str).encode())
+    digest.update(f"{REFERENCE_FORMAT}-{REFERENCE_FORMAT_VERSION}".encode())
+    return digest.hexdigest()[:32]
+
+
+def read_reference_records(path: str | os.PathLike, read_options: dict | None = None, stats=None,
+                           min_length: int = 1):
+    """Records of a reference table/FASTA; empty or too-short sequences (under `min_length`) are skipped."""
+    from .io import read_barcodes
+
+    options = {"skip_empty": True, "min_length": min_length}
+    options.update(read_options or {})
+    return read_barcodes(path, stats=stats, **options)
+
+
+def open_reference(path: str | os.PathLike, pretrained, *, read_options: dict | None = None,
+                   use_cache: bool = True, batch_size: int = 256, progress: Progress | None = None,
+                   ) -> ReferenceIndex:
+    """A prebuilt index (checked against `pretrained`), or a table/FASTA built once and cached.
+
+    Cached indexes live in the user cache folder (platformdirs), keyed by the file's content hash, the model's
+    sha256 and the read options; a second call with the same file and model reuses the cached index.
+    """
+    if is_reference_file(path):
+        index = ReferenceIndex.load(path)
+        index.check_model(pretrained, source=str(path))
+        return index
+    if str(path) == "-":
+        raise UsageError("the reference cannot be standard input (give a file)")
+    if not os.path.exists(path):
+        raise InputError("file not found", path=str(path), fix="check the path")
+    read_options = dict(read_options or {})
+    read_options.setdefault("min_length", pretrained.tokenizer.config.k)
+    cached = None
+    if use_cache:
+        cached = reference_cache_dir() / f"{cache_key(path, pretrained, read_options)}.h5"
+        if cached.is_file():
+            try:
+                index = ReferenceIndex.load(cached)
+                index.check_model(pretrained)
+                log.info(f"using the cached reference index {cached}")
+                return index
+            except (InputError, IndexMismatchError):
+                log.info(f"rebuilding the unreadable cached index {cached}")
+    from .io import ReadStats
+
+    stats = ReadStats(path=str(path))
+    log.info(f"building a reference index from {path} (cached for next time)")
+    index = build_reference(read_reference_records(path, read_options, stats), pretrained, batch_size=batch_size,
+                            source=os.path.basename(str(path)), progress=progress)
+    log.info(stats.summary())
+    if cached is not None:
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            index.save(cached, source=os.path.basename(str(path)))
+            index._sequences = None  # re-read lazily from the cache when needed
+        except OSError as error:  # a read-only cache must not stop classification
+            log.warning(f"could not cache the reference index in {cached} ({error})")
+    return index
+
+
+def index_model_name(path: str | os.PathLike) -> str | None:
+    """The model name recorded in a prebuilt index (None for tables/FASTA or unreadable files)."""
+    if not is_reference_file(path):
+        return None
+    try:
+        import h5py
+
+        with h5py.File(path, "r") as handle:
+            if handle.attrs.get("format") != REFERENCE_FORMAT:
+                return None
+            return str(handle.attrs.get("model_name", "")) or None
+    except (OSError, ValueError):
+        return None
+
+
+def resolve_model_for_reference(model_name: str | None, reference: str | os.PathLike | None) -> str | None:
+    """With `--model auto` and a prebuilt index made with a known named model, use that model."""
+    if model_name not in (None, "", "auto") or reference is None:
+        return model_name
+    name = index_model_name(reference)
+    if name:
+        from .weights import available_models
+
+        if name in available_models():
+            return name
+    return model_name

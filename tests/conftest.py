@@ -1,0 +1,45 @@
+"""Shared fixtures: a small CPU budget, a subprocess environment and a tiny random-initialised model.
+
+Everything here is deterministic (fixed seeds) and CPU-only, so the suite runs the same on a laptop and in CI.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from barcodetool.model import BarcodeMAE, preset
+from barcodetool.tokenizer import TokenizerConfig
+from barcodetool.weights import load_model_folder, save_model
+
+# The test machine has few cores shared with other jobs: one intra-op thread keeps timings stable and makes
+# CPU results reproducible bit for bit between runs (and between this process and the subprocesses below).
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def subprocess_env() -> dict[str, str]:
+    """Environment for `python -m barcodetool` subprocesses: one thread each, no GPU, quiet warnings."""
+    env = dict(os.environ)
+    env.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
+                "PYTHONWARNINGS": "ignore"})
+    return env
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A random-initialised `tiny` BarcodeMAE (encoder + decoder, seed 0) saved with save_model (float32)."""
+    folder = tmp_path_factory.mktemp("models") / "tiny-test"
+    torch.manual_seed(0)
+    model = BarcodeMAE(preset("tiny"))
+    save_model(model, TokenizerConfig(), folder, name="tiny-test")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_pretrained(tiny_model_dir):
+    """The tiny model loaded back (eval mode, CPU). Shared: tests must not modify its weights."""
+    return load_model_folder(tiny_model_dir)

@@ -1,0 +1,274 @@
+"""Classification: one row per query in order, open world, hierarchy, SINTAX output, probe, CLI."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from barcodetool.classify import (TSV_COLUMNS, Assignment, classify, classify_records, sintax_row,
+                                  write_classification)
+from barcodetool.cli import main
+from barcodetool.errors import IndexMismatchError, UsageError
+from barcodetool.io import BarcodeRecord, parse_sintax_taxonomy, read_barcodes
+from barcodetool.reference import OPTIONAL_RANKS, RANKS, ReferenceIndex, build_reference
+from helpers_models import SAMPLE, load_tiny, make_tiny_model, restore_torch_threads  # noqa: F401
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-a", seed=0)
+    return folder, load_tiny(folder)
+
+
+@pytest.fixture(scope="module")
+def records():
+    return list(read_barcodes(SAMPLE, skip_empty=True))
+
+
+@pytest.fixture(scope="module")
+def index(tiny, records):
+    """The reference: the sample's train and val records (test and test_unseen are the queries)."""
+    return build_reference([r for r in records if r.split in ("train", "val")], tiny[1])
+
+
+@pytest.fixture(scope="module")
+def index_path(tmp_path_factory, index):
+    return index.save(tmp_path_factory.mktemp("index") / "ref.h5")
+
+
+def assert_hierarchical(assignment: Assignment):
+    """Assigned ranks form a prefix of the lineage (optional ranks may be skipped)."""
+    gap = False
+    for rank in RANKS:
+        if rank in assignment.labels:
+            assert not gap, f"{assignment.id}: {rank} assigned below an unassigned rank"
+        elif rank in assignment.candidates and rank not in OPTIONAL_RANKS:
+            gap = True
+
+
+# ============================================================================================ library
+def test_one_row_per_query_in_input_order_with_duplicates(index, tiny, records):
+    queries = [r for r in records if r.split == "test"][:12]
+    # repeat sequences under new ids, and a duplicate id
+    queries = queries + [BarcodeRecord(f"dup{i}", q.sequence, {}) for i, q in enumerate(queries[:4])]
+    queries.append(BarcodeRecord(queries[0].id, queries[0].sequence, {}))
+    result = classify(queries, index, tiny[1], chunk_size=5)
+    assert [a.id for a in result] == [q.id for q in queries]
+    for i in range(4):
+        original, copy = result[i], result[12 + i]
+        assert (copy.labels, copy.nearest_id, copy.similarity) == (original.labels, original.nearest_id,
+                                                                     original.similarity)
+    # chunking does not change answers
+    whole = classify(queries, index, tiny[1], chunk_size=1000)
+    assert [(a.labels, a.nearest_id) for a in whole] == [(a.labels, a.nearest_id) for a in result]
+
+
+def test_assignments_are_hierarchical_and_consistent(index, tiny, records):
+    queries = [r for r in records if r.split in ("test", "test_unseen")]
+    result = classify(queries, index, tiny[1])
+    lineage = {}
+    for r in records:
+        lineage[r.taxonomy.get("species")] = r.taxonomy
+    for a in result:
+        assert_hierarchical(a)
+        assert a.rank == ([r for r in RANKS if r in a.labels] or [""])[-1]
+        if "species" in a.labels:  # the genus shown is the assigned species' genus
+            assert lineage[a.labels["species"]]["genus"] == a.labels["genus"]
+        assert 0 <= a.similarity <= 1.0001 and a.nearest_id in index.ids
+        for rank, share in a.confidence.items():
+            assert share >= 0.5 - 1e-6 and share <= 1 + 1e-6
+
+
+def test_open_world_species_absent_genus_kept(index, tiny, records):
+    """test_unseen species are absent from the reference but their genera are present: species must stay empty
+    and the genus is the deepest rank assigned where anything is."""
+    unseen = [r for r in records if r.split == "test_unseen"]
+    reference_species = {index.label_names["species"][c] for c in index.codes["species"] if c >= 0}
+    assert unseen and not {r.taxonomy["species"] for r in unseen} & reference_species
+    result = classify(unseen, index, tiny[1])
+    assert all(a.label("species") == "" for a in result)
+    assigned = [(a, r) for a, r in zip(result, unseen) if a.label("genus")]
+    assert assigned, "some unseen-species queries should keep their genus"
+    right = sum(a.label("genus") == r.taxonomy["genus"] for a, r in assigned)
+    assert right / len(assigned) >= 0.8
+    for a, _ in assigned:
+        assert a.rank == "genus"
+
+
+def test_k1_is_nearest_neighbour(index, tiny, records):
+    queries = [r for r in records if r.split == "test"][:10]
+    result = classify(queries, index, tiny[1], k=1)
+    for a in result:
+        j = index.ids.index(a.nearest_id)
+        for rank, label in a.labels.items():
+            assert label == index.label(rank, index.codes[rank][j])
+            assert a.confidence[rank] == pytest.approx(1.0)
+
+
+def test_min_confidence_one_and_strict_precision_assign_less(index, tiny, records):
+    queries = [r for r in records if r.split == "test"]
+    default = classify(queries, index, tiny[1])
+    strict = classify(queries, index, tiny[1], min_confidence=1.0, precision=0.999)
+    assert sum(len(a.labels) for a in strict) <= sum(len(a.labels) for a in default)
+    index.calibrate()  # back to the stored defaults for the other tests
+
+
+def test_probe_method(index, tiny, records):
+    queries = [r for r in records if r.split in ("test", "test_unseen")][:20]
+    result = classify(queries, index, tiny[1], method="probe")
+    assert len(result) == 20
+    for a in result:
+        assert_hierarchical(a)
+    with pytest.raises(UsageError):
+        classify(queries, index, tiny[1], method="blast")
+
+
+def test_mismatched_model_is_refused(index, tmp_path, records):
+    other = load_tiny(make_tiny_model(tmp_path / "tiny-b", seed=1))
+    with pytest.raises(IndexMismatchError, match="tiny-a.*tiny-b"):
+        classify(records[:2], index, other)
+
+
+# ============================================================================================ output formats
+def test_tsv_columns(index, tiny, records):
+    result = classify([r for r in records if r.split == "test"][:5], index, tiny[1])
+    buffer = io.StringIO()
+    assert write_classification(result, buffer, "tsv") == 5
+    rows = list(csv.reader(io.StringIO(buffer.getvalue()), delimiter="\t"))
+    assert rows[0] == TSV_COLUMNS
+    assert rows[0][:3] == ["id", "phylum", "phylum_confidence"]
+    assert rows[0][-4:] == ["rank", "nearest_id", "similarity", "bin"]
+    for row, a in zip(rows[1:], result):
+        assert len(row) == len(TSV_COLUMNS) and row[0] == a.id
+        for rank in RANKS:
+            label = row[TSV_COLUMNS.index(rank)]
+            conf = row[TSV_COLUMNS.index(f"{rank}_confidence")]
+            assert label == a.label(rank)
+            assert (conf == "") == (label == "")
+
+
+def test_sintax_format():
+    a = Assignment(id="q1", labels={"phylum": "Arthropoda", "genus": "Aedes"},
+                   confidence={"phylum": 1.0, "genus": 0.8},
+                   candidates={"phylum": ("Arthropoda", 1.0), "genus": ("Aedes", 0.8),
+                               "species": ("Aedes aegypti", 0.4)}, rank="genus")
+    line = sintax_row(a)
+    assert line == ("q1\tp:Arthropoda(1.00),g:Aedes(0.80),s:Aedes_aegypti(0.40)\t+\tp:Arthropoda,g:Aedes\n")
+    fields = line.rstrip("\n").split("\t")
+    assert len(fields) == 4 and fields[2] == "+"
+    # every prediction entry is letter:label(confidence); the cut column parses back with the SINTAX reader
+    assert all(re.fullmatch(r"[pcoftgs]:[^,()]+\(\d\.\d\d\)", item) for item in fields[1].split(","))
+    assert parse_sintax_taxonomy(fields[3]) == {"phylum": "Arthropoda", "genus": "Aedes"}
+    empty = sintax_row(Assignment(id="q2"))
+    assert empty == "q2\t\t+\t\n"
+
+
+def test_sintax_lines_from_classification(index, tiny, records):
+    result = classify([r for r in records if r.split == "test_unseen"][:6], index, tiny[1])
+    buffer = io.StringIO()
+    write_classification(result, buffer, "sintax")
+    lines = buffer.getvalue().splitlines()
+    assert len(lines) == 6
+    for line, a in zip(lines, result):
+        query, full, strand, cut = line.split("\t")
+        assert query == a.id and strand == "+"
+        stripped = ",".join(re.sub(r"\(\d\.\d\d\)$", "", item) for item in full.split(",") if item)
+        assert stripped.startswith(cut) or not cut
+        assert "s:" not in cut  # unseen species: the species is never in the cut prediction
+
+
+# ============================================================================================ CLI
+def write_queries(path, records):
+    with open(path, "w") as handle:
+        for r in records:
+            handle.write(f">{r.id}\n{r.sequence}\n")
+
+
+def test_cli_classify_tsv_and_sintax(tmp_path, tiny, index_path, records):
+    queries = [r for r in records if r.split in ("test", "test_unseen")]
+    fasta = tmp_path / "queries.fasta"
+    write_queries(fasta, queries)
+    out = tmp_path / "out.tsv"
+    runner = CliRunner()
+    result = runner.invoke(main, ["classify", str(fasta), "--reference", str(index_path), "-o", str(out),
+                                  "--model", str(tiny[0])])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(open(out), delimiter="\t"))
+    assert [row["id"] for row in rows] == [q.id for q in queries]
+    assert list(rows[0]) == TSV_COLUMNS
+    stdout = runner.invoke(main, ["-q", "classify", str(fasta), "-r", str(index_path), "-o", "-", "--model",
+                                  str(tiny[0]), "--output-format", "sintax", "--k", "1"])
+    assert stdout.exit_code == 0, stdout.output
+    lines = stdout.stdout.splitlines()
+    assert len(lines) == len(queries) and lines[0].startswith(queries[0].id + "\t")
+
+
+def test_cli_classify_with_table_reference_builds_and_caches(tmp_path, monkeypatch, caplog, tiny, records):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    fasta = tmp_path / "queries.fasta"
+    write_queries(fasta, records[:5])
+    runner = CliRunner()
+    args = ["classify", str(fasta), "-r", str(SAMPLE), "-o", str(tmp_path / "a.tsv"), "--model", str(tiny[0])]
+    first = runner.invoke(main, args)
+    assert first.exit_code == 0, first.output
+    assert len(list((tmp_path / "cache").rglob("*.h5"))) == 1
+    caplog.clear()
+    with caplog.at_level("INFO", logger="barcodetool"):
+        second = runner.invoke(main, args[:-4] + ["-o", str(tmp_path / "b.tsv"), "--model", str(tiny[0])])
+    assert second.exit_code == 0, second.output
+    assert "using the cached reference index" in caplog.text
+    assert (tmp_path / "a.tsv").read_text() == (tmp_path / "b.tsv").read_text()
+
+
+def test_cli_classify_mismatch_is_one_line_error(tmp_path, index_path, records):
+    other = make_tiny_model(tmp_path / "tiny-b", seed=1)
+    fasta = tmp_path / "queries.fasta"
+    write_queries(fasta, records[:3])
+    out = tmp_path / "out.tsv"
+    result = CliRunner().invoke(main, ["-q", "classify", str(fasta), "-r", str(index_path), "-o", str(out),
+                                       "--model", str(other)])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("barcodetool: error:")
+    assert "tiny-a" in lines[0] and "tiny-b" in lines[0] and "rebuild" in lines[0]
+    assert not out.exists() and not list(tmp_path.glob(".out.tsv.*"))
+
+
+def test_cli_classify_refuses_to_overwrite_input(tmp_path, tiny, index_path):
+    result = CliRunner().invoke(main, ["classify", str(SAMPLE), "-r", str(index_path), "-o", str(SAMPLE),
+                                       "--model", str(tiny[0])])
+    assert result.exit_code == 1 and "overwrite" in result.output
+
+
+def test_classify_records_streams(index, tiny, records):
+    """classify_records is lazy: it yields before the whole input is consumed."""
+    consumed = []
+
+    def source():
+        for r in records:
+            consumed.append(r.id)
+            yield r
+
+    stream = classify_records(source(), index, tiny[1], chunk_size=10)
+    first = next(stream)
+    assert first.id == records[0].id and len(consumed) == 10
+    assert isinstance(index, ReferenceIndex) and np.isfinite(first.similarity)
+
+
+def test_cli_classify_short_sequences(tmp_path, tiny, index_path):
+    fasta = tmp_path / "short.fasta"
+    fasta.write_text(">ok\nACGTACGTACGTACGTACGTAAAT\n>short\nACG\n")
+    out = tmp_path / "out.tsv"
+    runner = CliRunner()
+    refused = runner.invoke(main, ["-q", "classify", str(fasta), "-r", str(index_path), "-o", str(out),
+                                   "--model", str(tiny[0])])
+    assert refused.exit_code == 1 and "short" in refused.output and "--skip-empty" in refused.output
+    kept = runner.invoke(main, ["-q", "classify", str(fasta), "-r", str(index_path), "-o", str(out),
+                                "--model", str(tiny[0]), "--skip-empty"])
+    assert kept.exit_code == 0, kept.output
+    assert [row["id"] for row in csv.DictReader(open(out), delimiter="\t")] == ["ok"]

@@ -1,0 +1,188 @@
+"""Clustering: metrics against hand-computed values, full vs k-NN-graph paths, calibration, reference BINs, CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from math import factorial, log
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from barcodetool.cli import main
+from barcodetool.cluster import (calibrate_cluster_threshold, cluster, cluster_metrics, cluster_records,
+                                 match_reference_bins, renumber)
+from barcodetool.errors import UsageError
+from barcodetool.io import read_barcodes
+from barcodetool.reference import build_reference, normalize
+from helpers_models import SAMPLE, load_tiny, make_tiny_model, restore_torch_threads  # noqa: F401
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-a", seed=0)
+    return folder, load_tiny(folder)
+
+
+def blobs(n_blobs=6, per_blob=20, dim=16, spread=0.02, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = normalize(rng.normal(size=(n_blobs, dim)))
+    points = np.repeat(centres, per_blob, axis=0) + spread * rng.normal(size=(n_blobs * per_blob, dim))
+    labels = np.repeat(np.arange(n_blobs), per_blob)
+    order = rng.permutation(len(points))
+    return normalize(points[order]), labels[order]
+
+
+# ============================================================================================ metrics
+def ami_by_hand(true, pred):
+    """Adjusted mutual information (arithmetic normalisation), straight from the definitions."""
+    n = len(true)
+    a_labels, b_labels = sorted(set(true)), sorted(set(pred))
+    table = [[sum(1 for t, p in zip(true, pred) if t == a and p == b) for b in b_labels] for a in a_labels]
+    a = [sum(row) for row in table]
+    b = [sum(table[i][j] for i in range(len(a))) for j in range(len(b_labels))]
+    mi = sum(nij / n * log(n * nij / (a[i] * b[j])) for i, row in enumerate(table) for j, nij in enumerate(row)
+             if nij)
+    h = lambda sizes: -sum(s / n * log(s / n) for s in sizes)  # noqa: E731
+    emi = 0.0
+    for ai in a:
+        for bj in b:
+            for nij in range(max(1, ai + bj - n), min(ai, bj) + 1):
+                p = (factorial(ai) * factorial(bj) * factorial(n - ai) * factorial(n - bj)
+                     / (factorial(n) * factorial(nij) * factorial(ai - nij) * factorial(bj - nij)
+                        * factorial(n - ai - bj + nij)))
+                emi += nij / n * log(n * nij / (ai * bj)) * p
+    return (mi - emi) / ((h(a) + h(b)) / 2 - emi)
+
+
+def test_metrics_of_a_tiny_labelling_match_hand_computation():
+    true = ["A", "A", "B", "B", "C", "C", ""]   # the unlabelled last item is ignored
+    pred = [1, 1, 2, 3, 4, 4, 9]
+    m = cluster_metrics(true, pred)
+    # ARI by hand: pairs together in both = C(2,2) + C(2,2) = 2; in true: 3; in pred: 2; all pairs C(6,2) = 15
+    expected_index = 3 * 2 / 15
+    ari = (2 - expected_index) / ((3 + 2) / 2 - expected_index)
+    assert ari == pytest.approx(16 / 21)  # (2 - 0.4) / (2.5 - 0.4)
+    assert m["ari"] == pytest.approx(ari, abs=1e-12)
+    # AMI from the definitions (a literal too, to catch a change in either)
+    by_hand = ami_by_hand(true[:6], pred[:6])
+    assert by_hand == pytest.approx(0.7619048, abs=1e-6)
+    assert m["ami"] == pytest.approx(by_hand, abs=1e-9)
+    # match ratio: A and C are recovered exactly as one cluster each; B is split
+    assert m["match_ratio"] == pytest.approx(2 / 3)
+    assert (m["n"], m["true_groups"], m["clusters"]) == (6, 3, 4)
+
+
+def test_metrics_perfect_and_merged():
+    perfect = cluster_metrics(["x", "x", "y", "z"], [5, 5, 0, 2])
+    assert perfect["ami"] == pytest.approx(1.0) and perfect["ari"] == pytest.approx(1.0)
+    assert perfect["match_ratio"] == 1.0
+    merged = cluster_metrics(["x", "x", "y", "y"], [0, 0, 0, 0])
+    assert merged["match_ratio"] == 0.0 and merged["ari"] == pytest.approx(0.0)
+    assert math.isnan(cluster_metrics(["", ""], [0, 1])["ami"])
+
+
+# ============================================================================================ clustering
+def test_threshold_and_n_clusters_recover_blobs():
+    x, labels = blobs()
+    by_threshold = cluster(x, threshold=0.2)
+    assert cluster_metrics(labels, by_threshold)["ari"] == pytest.approx(1.0)
+    by_k = cluster(x, n_clusters=6)
+    assert len(set(by_k)) == 6 and cluster_metrics(labels, by_k)["ami"] == pytest.approx(1.0)
+    assert len(set(cluster(x, threshold=0.0))) == len(x)
+    assert len(set(cluster(x, threshold=2.0))) == 1
+    # labels are numbered by first appearance
+    assert by_threshold[0] == 0 and list(renumber(np.array([7, 7, 3, 9, 3]))) == [0, 0, 1, 2, 1]
+
+
+def test_graph_method_equals_full_linkage():
+    x, labels = blobs(n_blobs=12, per_blob=40, spread=0.08, seed=3)
+    for threshold in (0.05, 0.2, 0.4):
+        full = cluster(x, threshold=threshold)
+        graph = cluster(x, threshold=threshold, full_limit=100, neighbours=30)
+        assert cluster_metrics(full, graph)["ari"] == pytest.approx(1.0), threshold
+
+
+def test_graph_method_with_oversized_component_runs():
+    x, labels = blobs(n_blobs=4, per_blob=30, spread=0.03, seed=5)
+    result = cluster(x, threshold=0.2, full_limit=10, neighbours=8)
+    assert cluster_metrics(labels, result)["ami"] > 0.9
+
+
+def test_n_clusters_limit_and_argument_errors():
+    x, _ = blobs(n_blobs=3, per_blob=10)
+    with pytest.raises(UsageError, match="n-clusters"):
+        cluster(x, n_clusters=3, full_limit=20)
+    with pytest.raises(UsageError):
+        cluster(x)
+    with pytest.raises(UsageError):
+        cluster(x, threshold=0.1, n_clusters=3)
+
+
+def test_calibrated_threshold_maximises_ami():
+    x, labels = blobs(n_blobs=10, per_blob=8, spread=0.03, seed=7)
+    threshold, details = calibrate_cluster_threshold(x, labels.astype(np.int32), np.arange(len(x), dtype=np.int32))
+    assert details["ami"] == pytest.approx(1.0)
+    assert cluster_metrics(labels, cluster(x, threshold=threshold))["ami"] == pytest.approx(1.0)
+
+
+def test_match_reference_bins_majority_or_new():
+    clusters = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2])
+    nearest = ["B1", "B1", "", "B2", "", "B3", "B3", "B4", "B4"]
+    assert match_reference_bins(clusters, nearest) == {0: "B1", 1: "new", 2: "new"}
+
+
+def test_cluster_records_with_reference(tiny):
+    records = list(read_barcodes(SAMPLE, skip_empty=True))
+    reference = build_reference([r for r in records if r.split in ("train", "val")], tiny[1])
+    queries = [r for r in records if r.split in ("test", "test_unseen")]
+    result = cluster_records(queries, tiny[1], reference=reference)
+    assert len(result.clusters) == len(queries) and result.threshold == reference.thresholds.cluster_distance
+    assert set(result.reference_bin) <= set(reference.label_names["bin"]) | {"new"}
+    assert "bin" in result.metrics and "species" in result.metrics
+    # members of one cluster share its reference BIN
+    for c in set(result.clusters.tolist()):
+        assert len({b for b, cc in zip(result.reference_bin, result.clusters) if cc == c}) == 1
+
+
+# ============================================================================================ CLI
+def test_cli_cluster(tmp_path, tiny):
+    out = tmp_path / "clusters.tsv"
+    metrics = tmp_path / "metrics.json"
+    runner = CliRunner()
+    result = runner.invoke(main, ["cluster", str(SAMPLE), "-o", str(out), "--metrics", str(metrics),
+                                  "--model", str(tiny[0]), "--threshold", "0.05"])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(open(out), delimiter="\t"))
+    ids = [r.id for r in read_barcodes(SAMPLE, skip_empty=True)]
+    assert [row["id"] for row in rows] == ids
+    assert list(rows[0]) == ["id", "cluster", "reference_bin", "similarity"]
+    assert rows[0]["cluster"] == "1" and rows[0]["reference_bin"] == ""
+    data = json.loads(metrics.read_text())
+    assert data["threshold"] == 0.05 and 0 <= data["metrics"]["bin"]["ami"] <= 1
+    assert set(data["metrics"]["bin"]) >= {"ami", "ari", "match_ratio"}
+    # the papers' protocol: the true number of clusters
+    result = runner.invoke(main, ["cluster", str(SAMPLE), "-o", str(out), "--model", str(tiny[0]),
+                                  "--n-clusters", "7"])
+    assert result.exit_code == 0, result.output
+    assert len({row["cluster"] for row in csv.DictReader(open(out), delimiter="\t")}) == 7
+    both = runner.invoke(main, ["cluster", str(SAMPLE), "-o", str(out), "--model", str(tiny[0]),
+                                "--n-clusters", "7", "--threshold", "0.1"])
+    assert both.exit_code == 2
+
+
+def test_cli_cluster_with_reference(tmp_path, tiny):
+    index = tmp_path / "ref.h5"
+    runner = CliRunner()
+    built = runner.invoke(main, ["reference", "build", str(SAMPLE), "-o", str(index), "--model", str(tiny[0])])
+    assert built.exit_code == 0, built.output
+    out = tmp_path / "clusters.tsv"
+    result = runner.invoke(main, ["cluster", str(SAMPLE), "-o", str(out), "--reference", str(index),
+                                  "--model", str(tiny[0])])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(open(out), delimiter="\t"))
+    assert all(row["reference_bin"] for row in rows)
+    assert any(row["reference_bin"].startswith("BOLD:") for row in rows)
+    assert all(0 <= float(row["similarity"]) <= 1.0001 for row in rows)

@@ -1,0 +1,181 @@
+"""Embedding barcodes: input order, the HDF5 file (round trip, dtype, labels, attributes), atomic output."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from barcodetool._version import __version__
+from barcodetool.embed import (EMBEDDINGS_FORMAT, EMBEDDINGS_FORMAT_VERSION, embed_file, embed_sequences,
+                               read_embeddings)
+from barcodetool.errors import InputError, OutputError, UsageError
+from barcodetool.io import read_barcodes
+
+embed_module = importlib.import_module("barcodetool.embed")  # `barcodetool.embed` the attribute is a function
+
+DATA = Path(__file__).resolve().parent / "data"
+BIOSCAN = DATA / "bioscan_sample.csv"
+EXAMPLE_FASTA = DATA / "example.fasta"
+
+
+@pytest.fixture(scope="module")
+def bioscan_records():
+    return list(read_barcodes(BIOSCAN))
+
+
+def test_embed_sequences_keeps_input_order(tiny_pretrained, bioscan_records):
+    rng = np.random.default_rng(0)
+    sequences = [r.sequence for r in bioscan_records[:40]]
+    sequences = [sequences[i] for i in rng.permutation(len(sequences))]
+    sequences[3] = sequences[3][:100]  # varied lengths so that sorting by length really reorders
+    together = embed_sequences(tiny_pretrained, sequences, batch_size=7)
+    assert together.shape == (40, 32) and together.dtype == np.float32
+    alone = np.stack([embed_sequences(tiny_pretrained, [s])[0] for s in sequences])
+    np.testing.assert_allclose(together, alone, rtol=0, atol=1e-5)
+    shuffled = rng.permutation(len(sequences))
+    again = embed_sequences(tiny_pretrained, [sequences[i] for i in shuffled], batch_size=16)
+    np.testing.assert_allclose(again, together[shuffled], rtol=0, atol=1e-5)
+    assert len({tuple(np.round(v, 4)) for v in together}) > 30  # distinct sequences, distinct vectors
+
+
+def test_embed_sequences_edge_cases(tiny_pretrained):
+    assert embed_sequences(tiny_pretrained, []).shape == (0, 32)
+    with pytest.raises(UsageError):
+        embed_sequences(tiny_pretrained, ["ACGTACGT"], batch_size=0)
+
+
+def test_sequence_shorter_than_k_is_an_input_error(tiny_pretrained, tmp_path):
+    with pytest.raises(InputError, match="fewer than k"):
+        embed_sequences(tiny_pretrained, ["ACGTACGTAC", "ACGT"])
+    fasta = tmp_path / "short.fasta"
+    fasta.write_text(">ok\nACGTACGTACGTACGT\n>tiny\nACG\n")
+    output = tmp_path / "out.h5"
+    with pytest.raises(InputError):
+        embed_file(fasta, output, tiny_pretrained)
+    assert not output.exists()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_hdf5_round_trip(tiny_pretrained, bioscan_records, tmp_path, dtype):
+    output = tmp_path / f"emb-{dtype}.h5"
+    summary = embed_file(BIOSCAN, output, tiny_pretrained, batch_size=64, dtype=dtype)
+    n = len(bioscan_records)
+    assert summary.count == n and summary.dim == 32 and summary.model_name == "tiny-test"
+    assert summary.truncated == sum(len(r.sequence) > 660 for r in bioscan_records) > 0
+    result = read_embeddings(output)
+    assert result.ids == [r.id for r in bioscan_records]
+    assert result.embeddings.shape == (n, 32) and result.embeddings.dtype == np.float32
+    assert result.lengths.tolist() == [len(r.sequence) for r in bioscan_records]
+    expected = embed_sequences(tiny_pretrained, [r.sequence for r in bioscan_records])
+    if dtype == "float32":
+        np.testing.assert_allclose(result.embeddings, expected, rtol=0, atol=1e-5)
+    else:
+        np.testing.assert_allclose(result.embeddings, expected, rtol=2e-3, atol=2e-3)
+    with h5py.File(output, "r") as handle:
+        assert handle["embeddings"].dtype == np.dtype(dtype)
+        attrs = dict(handle.attrs)
+    # labels from the BIOSCAN table travel with the vectors
+    for rank in ("phylum", "class", "order", "family", "subfamily", "genus", "species"):
+        assert rank in result.taxonomy
+        assert result.taxonomy[rank] == [r.taxonomy.get(rank, "") for r in bioscan_records]
+    assert result.taxonomy["species"][0] == "Crambus agitatellus"
+    assert result.bins == [r.bin or "" for r in bioscan_records]
+    assert result.bins[0] == "BOLD:AAA4505"
+    assert attrs["format"] == EMBEDDINGS_FORMAT and attrs["format_version"] == EMBEDDINGS_FORMAT_VERSION
+    assert attrs["barcodetool_version"] == __version__
+    assert attrs["model_name"] == "tiny-test"
+    assert attrs["model_sha256"] == tiny_pretrained.sha256 and len(attrs["model_sha256"]) == 64
+    assert attrs["pooling"] == "mean"
+    assert attrs["dtype"] == dtype and attrs["count"] == n and attrs["embedding_dim"] == 32
+    assert str(attrs["created"]).startswith("20")
+    assert attrs["source"] == "bioscan_sample.csv"
+
+
+def test_fasta_without_labels(tiny_pretrained, tmp_path):
+    output = tmp_path / "example.h5"
+    embed_file(EXAMPLE_FASTA, output, tiny_pretrained)
+    result = read_embeddings(output)
+    records = list(read_barcodes(EXAMPLE_FASTA))
+    assert result.ids == [r.id for r in records]
+    assert result.taxonomy == {} and result.bins is None
+
+
+def test_labels_appearing_late_are_backfilled(tiny_pretrained, tmp_path):
+    """A rank first seen in a later chunk gets "" for the rows written before it."""
+    fasta = tmp_path / "mixed.fasta"
+    fasta.write_text(">a\n" + "ACGT" * 30 + "\n>b\n" + "TTGA" * 30 + "\n"
+                     ">c;tax=g:Aedes,s:Aedes_aegypti\n" + "GGCA" * 30 + "\n")
+    output = tmp_path / "mixed.h5"
+    embed_file(fasta, output, tiny_pretrained)
+    embed_module.embed_records_to_h5(read_barcodes(fasta), tmp_path / "mixed1.h5", tiny_pretrained,
+                                     chunk_records=1)
+    for path in (output, tmp_path / "mixed1.h5"):
+        result = read_embeddings(path)
+        assert result.ids == ["a", "b", "c"]
+        assert result.taxonomy["genus"] == ["", "", "Aedes"]
+
+
+def test_output_is_atomic_on_failure(tiny_pretrained, tmp_path, monkeypatch):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    output = folder / "emb.h5"
+    calls = []
+    real = embed_module.embed_sequences
+
+    def failing(pretrained, sequences, **kwargs):
+        calls.append(len(sequences))
+        if len(calls) == 2:
+            raise RuntimeError("simulated failure in the second chunk")
+        return real(pretrained, sequences, **kwargs)
+
+    monkeypatch.setattr(embed_module, "embed_sequences", failing)
+    records = list(read_barcodes(BIOSCAN))
+    with pytest.raises(RuntimeError, match="second chunk"):
+        embed_module.embed_records_to_h5(records, output, tiny_pretrained, chunk_records=50)
+    assert calls == [50, 50]
+    assert os.listdir(folder) == []  # neither the output nor a temporary file
+
+    # an existing output survives a failed rewrite untouched
+    output.write_bytes(b"previous content")
+    calls.clear()
+    with pytest.raises(RuntimeError):
+        embed_module.embed_records_to_h5(records, output, tiny_pretrained, chunk_records=50)
+    assert os.listdir(folder) == ["emb.h5"] and output.read_bytes() == b"previous content"
+
+
+def test_output_equal_to_input_refused(tiny_pretrained, tmp_path):
+    source = tmp_path / "input.fasta"
+    original = EXAMPLE_FASTA.read_bytes()
+    source.write_bytes(original)
+    with pytest.raises(OutputError):
+        embed_file(source, source, tiny_pretrained)
+    with pytest.raises(OutputError):
+        embed_file(source, tmp_path / "." / "input.fasta", tiny_pretrained)
+    assert source.read_bytes() == original
+
+
+def test_bad_dtype_and_missing_folder(tiny_pretrained, tmp_path):
+    with pytest.raises(UsageError):
+        embed_file(EXAMPLE_FASTA, tmp_path / "x.h5", tiny_pretrained, dtype="int8")
+    with pytest.raises(OutputError, match="does not exist"):
+        embed_file(EXAMPLE_FASTA, tmp_path / "no" / "x.h5", tiny_pretrained)
+
+
+def test_read_embeddings_rejects_other_files(tmp_path):
+    with pytest.raises(InputError):
+        read_embeddings(EXAMPLE_FASTA)
+    path = tmp_path / "other.h5"
+    with h5py.File(path, "w") as handle:
+        handle.attrs["format"] = "something-else"
+    with pytest.raises(InputError, match="not a barcodetool embeddings file"):
+        read_embeddings(path)
+    with h5py.File(path, "w") as handle:
+        handle.attrs["format"] = EMBEDDINGS_FORMAT
+        handle.attrs["format_version"] = EMBEDDINGS_FORMAT_VERSION + 1
+    with pytest.raises(InputError, match="upgrade"):
+        read_embeddings(path)

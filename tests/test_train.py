@@ -1,0 +1,279 @@
+"""Pretraining and fine-tuning on CPU: falling loss, outputs, deduplication, determinism, exact resume (also after
+kill -9 and an interruption while a checkpoint is written), checkpoint integrity, DDP under torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import safetensors.torch
+import torch
+from click.testing import CliRunner
+
+from barcodetool.cli import main
+from barcodetool.errors import ModelError, UsageError
+from barcodetool.io import BarcodeRecord
+from barcodetool.model import BarcodeMAE, preset
+from barcodetool.tokenizer import KmerTokenizer
+from barcodetool.train import (CHECKPOINT_DIR, FINETUNE_RANKS, METRICS_FILE, OPTIMIZER_FILE, STATE_FILE,
+                               TrainConfig, build_corpus, finetune, pretrain, read_corpus, read_training_state)
+from barcodetool.weights import CARD_FILE, TENSORS_FILE, load_model_folder, read_card
+
+DATA = Path(__file__).resolve().parent / "data"
+BIOSCAN = DATA / "bioscan_sample.csv"
+
+# A short, deterministic run: 12 steps of 8 barcodes, checkpoints at steps 4 and 8 (and the end).
+SHORT = TrainConfig(preset="tiny", max_steps=12, batch_size=8, lr=3e-3, warmup_steps=2, log_every=1,
+                    checkpoint_every=4, val_fraction=0.05, seed=0, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return read_corpus([str(BIOSCAN)], KmerTokenizer())
+
+
+@pytest.fixture(scope="module")
+def reference_run(corpus, tmp_path_factory):
+    """SHORT run without interruption: the weights every determinism/resume test must reproduce exactly."""
+    output = tmp_path_factory.mktemp("train") / "reference"
+    pretrain(corpus, config=SHORT, output=output)
+    return output
+
+
+def weights_of(folder) -> dict[str, torch.Tensor]:
+    return safetensors.torch.load_file(str(Path(folder) / TENSORS_FILE))
+
+
+def assert_same_weights(a, b):
+    wa, wb = weights_of(a), weights_of(b)
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), f"{key} differs"
+
+
+def read_metrics(folder) -> list[dict]:
+    return [json.loads(line) for line in (Path(folder) / METRICS_FILE).read_text().splitlines() if line.strip()]
+
+
+# ============================================================================================ data
+def test_build_corpus_deduplicates(corpus):
+    summary = corpus.summary
+    assert summary["records"] == 249
+    assert summary["unique_barcodes"] == len(corpus) == len(set(corpus.sequences)) == 195
+    assert summary["duplicates_removed"] == 249 - 195
+    assert corpus.tokens.shape == (6, 195, 110) and corpus.lengths.shape == (6, 195)
+    # every offset drops that many leading bases
+    tok = KmerTokenizer()
+    for offset in (0, 5):
+        n = int(corpus.lengths[offset, 0])
+        assert corpus.tokens[offset, 0, :n].tolist() == tok.encode(corpus.sequences[0], offset=offset).tolist()
+
+
+def test_build_corpus_labels_and_conflicts():
+    seq_a, seq_b = "ACGTAC" * 10, "TTGACA" * 10
+    records = [
+        BarcodeRecord("r1", seq_a, {"species": "A a", "genus": "A"}, "BOLD:1", None, {}),
+        BarcodeRecord("r2", seq_a, {"species": "A b", "genus": "A"}, "BOLD:1", None, {}),  # species conflicts
+        BarcodeRecord("r3", seq_b, {"species": "B b", "genus": "B"}, None, None, {}),
+        BarcodeRecord("r4", "ACG", {}, None, None, {}),  # shorter than k
+    ]
+    corpus = build_corpus(records, KmerTokenizer(), label_ranks=("species", "genus", "bin"))
+    assert corpus.sequences == [seq_a, seq_b]
+    assert corpus.summary["duplicates_removed"] == 1 and corpus.summary["shorter_than_k"] == 1
+    names = corpus.label_names
+    assert names["genus"] == ["A", "B"] and corpus.labels["genus"].tolist() == [0, 1]
+    assert corpus.labels["species"].tolist() == [-1, names["species"].index("B b")]
+    assert corpus.labels["bin"].tolist() == [0, -1]
+    with pytest.raises(UsageError):
+        build_corpus(records[3:], KmerTokenizer())
+
+
+# ============================================================================================ pretraining
+def test_pretrain_loss_falls_and_writes_outputs(corpus, tmp_path):
+    entries = []
+    config = replace(SHORT, max_steps=16, checkpoint_every=1000)
+    result = pretrain(corpus, config=config, output=tmp_path / "run", name="falling",
+                      progress=lambda step, total, entry: entries.append(entry))
+    assert result.steps == 16 and len(entries) == 16
+    losses = [e["loss"] for e in entries]
+    first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
+    assert first > 7.5  # about ln(4104) = 8.3 at initialisation
+    assert last < first - 0.25, losses  # about 0.5 lower in practice (seeds 0-2)
+    folder = tmp_path / "run"
+    assert {TENSORS_FILE, CARD_FILE, METRICS_FILE, CHECKPOINT_DIR} <= {p.name for p in folder.iterdir()}
+    assert not [p for p in folder.iterdir() if p.name.startswith(".") or p.name.endswith((".partial", ".old"))]
+    card = read_card(folder)
+    training = card["training"]
+    assert card["name"] == "falling" and training["kind"] == "pretrain"
+    assert training["steps"] == 16 and training["processes"] == 1 and training["batch_size"] == 8
+    assert training["data"]["unique_barcodes"] == 195 and training["config"]["preset"] == "tiny"
+    accuracy = card["metrics"]["val_masked_token_accuracy"]
+    assert 0.0 <= accuracy <= 1.0
+    metrics = read_metrics(folder)
+    assert [m["step"] for m in metrics[:16]] == list(range(1, 17))
+    assert all("loss" in m and "lr" in m for m in metrics[:16])
+    assert metrics[-1]["val_masked_token_accuracy"] == pytest.approx(accuracy)
+    loaded = load_model_folder(folder)
+    assert loaded.name == "falling" and loaded.config == preset("tiny")
+    assert loaded.model.include_decoder
+
+
+def test_same_seed_gives_identical_weights(corpus, reference_run, tmp_path):
+    pretrain(corpus, config=SHORT, output=tmp_path / "again")
+    assert_same_weights(reference_run, tmp_path / "again")
+    # and training really changed them
+    torch.manual_seed(SHORT.seed)
+    initial = BarcodeMAE(preset("tiny")).state_dict()
+    trained = weights_of(reference_run)
+    assert not torch.equal(initial["token_embedding.weight"], trained["token_embedding.weight"])
+
+
+def test_resume_after_interrupt_is_exact(corpus, reference_run, tmp_path):
+    output = tmp_path / "run"
+
+    def interrupt(step, total, entry):
+        if step == 6:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(corpus, config=SHORT, output=output, progress=interrupt)
+    assert read_training_state(output / CHECKPOINT_DIR)["step"] == 4
+    assert not (output / TENSORS_FILE).exists()
+    result = pretrain(corpus, config=SHORT, output=output, resume=True)
+    assert result.steps == 12
+    assert_same_weights(reference_run, output)
+
+
+def test_interrupt_while_writing_a_checkpoint_still_resumes(corpus, reference_run, tmp_path, monkeypatch):
+    """An interruption between the files of one checkpoint must not leave a checkpoint that cannot resume."""
+    output = tmp_path / "run"
+    real_save_file = safetensors.torch.save_file
+    calls = []
+
+    def save_file(tensors, filename, metadata=None):
+        if "optimizer" in Path(filename).name:
+            calls.append(filename)
+            if len(calls) == 2:  # the optimizer file of the second checkpoint (step 8)
+                raise KeyboardInterrupt
+        return real_save_file(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", save_file)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(corpus, config=SHORT, output=output)
+    monkeypatch.setattr(safetensors.torch, "save_file", real_save_file)
+    pretrain(corpus, config=SHORT, output=output, resume=True)
+    assert_same_weights(reference_run, output)
+
+
+def test_corrupt_checkpoint_refused_on_resume(corpus, reference_run, tmp_path):
+    output = tmp_path / "run"
+    shutil.copytree(reference_run, output)
+    path = output / CHECKPOINT_DIR / OPTIMIZER_FILE
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0x55
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="sha256"):
+        pretrain(corpus, config=SHORT, output=output, resume=True)
+
+
+def test_resume_with_other_data_refused(corpus, reference_run, tmp_path):
+    output = tmp_path / "run"
+    shutil.copytree(reference_run, output)
+    with pytest.raises(ModelError, match="other data"):
+        pretrain(corpus.subset(np.arange(150)), config=SHORT, output=output, resume=True)
+
+
+def test_existing_run_needs_resume(corpus, reference_run, tmp_path):
+    output = tmp_path / "run"
+    shutil.copytree(reference_run, output)
+    with pytest.raises(UsageError, match="--resume"):
+        pretrain(corpus, config=SHORT, output=output)
+    with pytest.raises(UsageError, match="no checkpoint"):
+        pretrain(corpus, config=SHORT, output=tmp_path / "fresh", resume=True)
+
+
+# ============================================================================================ fine-tuning
+def test_finetune_reports_taxonomy_accuracy(tiny_model_dir, tmp_path):
+    labelled = read_corpus([str(BIOSCAN)], KmerTokenizer(), label_ranks=FINETUNE_RANKS)
+    assert labelled.label_names["species"] and labelled.label_names["genus"]
+    config = replace(SHORT, max_steps=6, batch_size=16, val_fraction=0.1)
+    result = finetune(labelled, tiny_model_dir, config=config, output=tmp_path / "ft")
+    for rank in ("species", "genus"):
+        assert 0.0 <= result.metrics[f"val_{rank}_accuracy"] <= 1.0
+    card = read_card(tmp_path / "ft")
+    assert card["training"]["kind"] == "finetune" and card["training"]["base_model"] == "tiny-test"
+    assert "val_species_accuracy" in card["metrics"] and "val_genus_accuracy" in card["metrics"]
+    before = load_model_folder(tiny_model_dir).model.token_embedding.weight
+    after = load_model_folder(tmp_path / "ft").model.token_embedding.weight
+    assert not torch.equal(before, after)
+
+
+def test_finetune_needs_labels(tiny_model_dir, corpus, tmp_path):
+    with pytest.raises(UsageError, match="labelled"):
+        finetune(corpus, tiny_model_dir, config=SHORT, output=tmp_path / "ft")
+
+
+# ============================================================================================ processes
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+CLI_TRAIN = [str(BIOSCAN), "--preset", "tiny", "--max-steps", "20", "--batch-size", "8", "--checkpoint-every", "5",
+             "--log-every", "1", "--lr", "0.003", "--device", "cpu", "--threads", "1", "--seed", "0"]
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_is_exact(tmp_path, subprocess_env):
+    killed = tmp_path / "killed"
+    command = [sys.executable, "-m", "barcodetool", "-q", "train", *CLI_TRAIN, "-o", str(killed)]
+    process = subprocess.Popen(command, env=subprocess_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        state = killed / CHECKPOINT_DIR / STATE_FILE
+        deadline = time.monotonic() + 90
+        while not state.exists():
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "no checkpoint appeared"
+            time.sleep(0.01)
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL
+    assert not (killed / TENSORS_FILE).exists()  # the run really was cut short
+    assert read_training_state(killed / CHECKPOINT_DIR)["step"] < 20
+
+    resumed = subprocess.run(command + ["--resume"], env=subprocess_env, capture_output=True, text=True,
+                             timeout=180)
+    assert resumed.returncode == 0, resumed.stderr
+
+    reference = tmp_path / "reference"
+    result = CliRunner().invoke(main, ["-q", "train", *CLI_TRAIN, "-o", str(reference)])
+    assert result.exit_code == 0, result.output
+    assert read_card(reference)["training"]["steps"] == read_card(killed)["training"]["steps"] == 20
+    assert_same_weights(reference, killed)
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_on_cpu(tmp_path, subprocess_env):
+    output = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(free_port()), "-m", "barcodetool", "-q", "train", str(BIOSCAN), "--preset", "tiny",
+               "--max-steps", "6", "--batch-size", "8", "--device", "cpu", "--threads", "1", "-o", str(output)]
+    done = subprocess.run(command, env=subprocess_env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    loaded = load_model_folder(output)
+    training = loaded.card["training"]
+    assert training["processes"] == 2 and training["steps"] == 6
+    assert training["batch_size"] == 16  # 8 per process
+    assert read_training_state(output / CHECKPOINT_DIR)["world_size"] == 2
