@@ -80,10 +80,13 @@ def tool_versions() -> dict[str, str | None]:
             continue
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=60)
-            text = (done.stdout + done.stderr).strip().splitlines()
-            out[name] = text[0].strip() if text else command[0]
         except (OSError, subprocess.SubprocessError):
             out[name] = None
+            continue
+        lines = [line.strip() for line in (done.stderr + "\n" + done.stdout).splitlines() if line.strip()]
+        # the line naming the tool: "vsearch v2.22.1_linux_x86_64, ...", "blastn: 2.12.0+"
+        named = [line for line in lines if line.lower().startswith(command[0])]
+        out[name] = (named or lines or [command[0]])[0]
     return out
 
 

@@ -112,8 +112,16 @@ class LinearProbe:
             else:
                 log.info(f"fitting the linear probe for {rank} ({len(rows):,} barcodes, "
                          f"{len(np.unique(y)):,} labels)")
+                import warnings
+
+                from sklearn.exceptions import ConvergenceWarning
+
                 pipeline = make_pipeline(StandardScaler(), LogisticRegression(max_iter=300, C=1.0))
-                pipeline.fit(np.asarray(self.index.embeddings[rows], dtype=np.float32), y)
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always", ConvergenceWarning)
+                    pipeline.fit(np.asarray(self.index.embeddings[rows], dtype=np.float32), y)
+                if any(issubclass(w.category, ConvergenceWarning) for w in caught):
+                    log.info(f"the {rank} probe stopped after 300 iterations before full convergence")
                 self.models[rank] = pipeline
         return self.models[rank]
 

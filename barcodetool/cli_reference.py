@@ -18,9 +18,19 @@ def _load_model_for(model_name: str, reference: str | None, device: str, threads
     from .runtime import resolve_device, set_threads
     from .weights import load_model
 
+    from .errors import ModelError
+    from .reference import index_model_name
+
     set_threads(threads)
     torch_device = resolve_device(device)
-    pretrained = load_model(resolve_model_for_reference(model_name, reference), device=torch_device)
+    try:
+        pretrained = load_model(resolve_model_for_reference(model_name, reference), device=torch_device)
+    except ModelError as error:
+        built_with = index_model_name(reference) if reference and model_name in (None, "", "auto") else None
+        if built_with is None:
+            raise
+        raise ModelError(f"{reference} was built with model {built_with!r}, which is not installed here, and the "
+                         f"default model cannot be loaded ({error}); pass --model with that model's folder") from None
     log.info(f"model {pretrained.name} ({pretrained.config.encoder_layers} layers, width "
              f"{pretrained.embedding_dim}) on {torch_device}")
     return pretrained, torch_device
