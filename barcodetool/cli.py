@@ -134,6 +134,26 @@ def model_option(function):
                              "barcodemae-base on a GPU, barcodemae-fast on a CPU.")(function)
 
 
+def _remember_compute(ctx, param, value):
+    ctx.meta["barcodetool.compute"] = value
+    return value
+
+
+def inference_model_option(function):
+    """--model plus --compute, for commands that embed barcodes."""
+    function = click.option("--compute", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto",
+                            show_default=True, expose_value=False, callback=_remember_compute,
+                            help="Inference arithmetic: auto = bfloat16 on GPUs and on CPUs that run it natively "
+                                 "(AVX-512 BF16, AMX), float32 elsewhere.")(function)
+    return model_option(function)
+
+
+def requested_compute() -> str:
+    """The --compute value of the running command (auto outside a command that has the option)."""
+    context = click.get_current_context(silent=True)
+    return context.meta.get("barcodetool.compute", "auto") if context else "auto"
+
+
 def _print_version(ctx, param, value):
     if not value or ctx.resilient_parsing:
         return
@@ -333,7 +353,7 @@ def finetune_command(obj, data, model_name, **kwargs):
 @main.command("embed")
 @click.argument("input_path", metavar="INPUT")
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="HDF5 file to write.")
-@model_option
+@inference_model_option
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True,
               help="Barcodes per forward pass (larger is faster on a GPU, needs more memory).")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
@@ -352,10 +372,10 @@ def embed_command(obj, input_path, output, model_name, batch_size, dtype, device
     read_opts = gather_read_options(kwargs)
     set_threads(threads)
     torch_device = resolve_device(device)
-    pretrained = load_model(model_name, device=torch_device)
+    pretrained = load_model(model_name, device=torch_device, compute=requested_compute())
     read_opts["min_length"] = pretrained.tokenizer.config.k
     log.info(f"model {pretrained.name} ({pretrained.config.encoder_layers} layers, width "
-             f"{pretrained.embedding_dim}) on {torch_device}")
+             f"{pretrained.embedding_dim}) on {torch_device}, {pretrained.compute}")
     stats = ReadStats(path=input_path)
     with obj.progress(None, "barcode", "embed") as bar:
         summary = embed_file(input_path, output, pretrained, batch_size=batch_size, dtype=dtype,

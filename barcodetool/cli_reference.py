@@ -10,7 +10,8 @@ import sys
 
 import click
 
-from .cli import device_options, gather_read_options, handle_errors, log, model_option, read_options
+from .cli import (device_options, gather_read_options, handle_errors, inference_model_option, log, read_options,
+                  requested_compute)
 
 
 def _load_model_for(model_name: str, reference: str | None, device: str, threads: int):
@@ -24,7 +25,8 @@ def _load_model_for(model_name: str, reference: str | None, device: str, threads
     set_threads(threads)
     torch_device = resolve_device(device)
     try:
-        pretrained = load_model(resolve_model_for_reference(model_name, reference), device=torch_device)
+        pretrained = load_model(resolve_model_for_reference(model_name, reference), device=torch_device,
+                                compute=requested_compute())
     except ModelError as error:
         built_with = index_model_name(reference) if reference and model_name in (None, "", "auto") else None
         if built_with is None:
@@ -32,7 +34,7 @@ def _load_model_for(model_name: str, reference: str | None, device: str, threads
         raise ModelError(f"{reference} was built with model {built_with!r}, which is not installed here, and the "
                          f"default model cannot be loaded ({error}); pass --model with that model's folder") from None
     log.info(f"model {pretrained.name} ({pretrained.config.encoder_layers} layers, width "
-             f"{pretrained.embedding_dim}) on {torch_device}")
+             f"{pretrained.embedding_dim}) on {torch_device}, {pretrained.compute}")
     return pretrained, torch_device
 
 
@@ -109,7 +111,7 @@ def register(main: click.Group) -> None:
     @reference_group.command("build")
     @click.argument("ref", metavar="REF")
     @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Index file (HDF5).")
-    @model_option
+    @inference_model_option
     @click.option("--precision", type=click.FloatRange(0, 1, min_open=True), default=0.95, show_default=True,
                   help="Calibrate each rank's similarity threshold so calls are right this often.")
     @click.option("--k", type=click.IntRange(min=1), default=10, show_default=True,
@@ -177,7 +179,7 @@ def register(main: click.Group) -> None:
     @click.option("--reference", "-r", required=True,
                   help="A built index (`reference build`), or a table/FASTA with taxonomy (indexed once, cached).")
     @click.option("--output", "-o", required=True, help="Output file; `-` = standard output.")
-    @model_option
+    @inference_model_option
     @click.option("--k", type=click.IntRange(min=1), default=None, help="Neighbours that vote [default: the "
                   "index's calibration k, 10]; --k 1 is 1-NN.")
     @click.option("--method", type=click.Choice(["knn", "probe"]), default="knn", show_default=True,
@@ -230,7 +232,7 @@ def register(main: click.Group) -> None:
                   "(the papers' protocol with the true number of BINs).")
     @click.option("--metrics", "metrics_path", help="Write AMI, ARI and match ratio (JSON) when INPUT has BINs "
                   "or species.")
-    @model_option
+    @inference_model_option
     @reference_format_option
     @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
     @device_options
@@ -287,7 +289,7 @@ def register(main: click.Group) -> None:
     # ======================================================================================== benchmark
     @main.command("benchmark")
     @click.argument("split_file", metavar="SPLIT_FILE")
-    @model_option
+    @inference_model_option
     @click.option("--compare", is_flag=True, help="Also run VSEARCH and BLAST (where installed) on the same tasks.")
     @click.option("--sample", type=click.IntRange(min=1), help="Draw this many queries per task (fixed seed).")
     @click.option("--seed", type=int, default=0, show_default=True, help="Seed of --sample.")

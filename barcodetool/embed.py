@@ -68,7 +68,7 @@ def embed_sequences(pretrained: PretrainedModel, sequences: Sequence[str], *, ba
         ids, lengths = tokenizer.encode_batch([sequences[i] for i in index])
         ids_t = torch.from_numpy(ids).to(device, non_blocking=True)
         lengths_t = torch.from_numpy(lengths).to(device, non_blocking=True)
-        with autocast(device):
+        with autocast(device, pretrained.compute):
             vectors = model.embed(ids_t, lengths_t)
         out[index] = vectors.float().cpu().numpy()
         if progress is not None:

@@ -63,6 +63,7 @@ class PretrainedModel:
     sha256: str
     card: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    compute: str | None = None  # inference arithmetic: None (bf16 on CUDA, float32 on CPU), float32 or bfloat16
 
     @property
     def config(self) -> BarcodeMAEConfig:
@@ -284,8 +285,16 @@ def resolve_model(name_or_path: str | os.PathLike | None, device: str | torch.de
 
 
 def load_model(name_or_path: str | os.PathLike | None = None, *, device: str | torch.device = "cpu",
-               verify: bool = True) -> PretrainedModel:
-    """Load a model by registry name (`barcodemae-fast`, `barcodemae-base`, ...) or folder path."""
+               verify: bool = True, compute: str | None = None) -> PretrainedModel:
+    """Load a model by registry name (`barcodemae-fast`, `barcodemae-base`, ...) or folder path.
+
+    compute: inference arithmetic: None (bf16 on CUDA, float32 on CPU), "float32", "bfloat16", or "auto" (bf16
+    wherever the hardware runs it natively, CPUs with AVX-512 BF16 or AMX included).
+    """
+    from .runtime import resolve_compute
+
     path = resolve_model(name_or_path, device)
     is_named = not Path(str(name_or_path or "")).is_dir()
-    return load_model_folder(path, device=device, verify=verify, name=path.name if is_named else None)
+    loaded = load_model_folder(path, device=device, verify=verify, name=path.name if is_named else None)
+    loaded.compute = None if compute is None else resolve_compute(torch.device(device), compute)
+    return loaded
