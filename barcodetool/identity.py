@@ -1,0 +1,687 @@
+"""Fast exact pairwise identity of COI barcodes: re-ranking of search candidates, k-mer candidate search, and
+average-linkage clustering on identity distance.
+
+Method (docs/identity-rerank.md has the measurements)
+-----------------------------------------------------
+COI-5P barcodes are protein-coding and almost free of indels, so two barcodes of the region align without gaps
+once their relative offset is known; only their ends differ (primers, trimming). For each pair (a, b):
+
+1. **Anchoring.** Every k-mer (k = 10) of `a` made of A/C/G/T only and occurring once in `a` is looked up among
+   the k-mers of `b` at every `stride`-th position (stride 2); each shared k-mer votes for the offset
+   d = pos_b - pos_a. The most voted offset d1 aligns a[i] with b[i + d1]; at least `min_votes` (2) are needed.
+2. **Gap-free identity.** identity = matches / compared columns over the overlap of the two sequences at d1. End
+   overhangs are not counted (like VSEARCH's default `--iddef 2`, or an alignment with free end gaps). A column
+   with an ambiguity code (N or another IUPAC code) in either sequence is left out of both counts
+   (`iupac="ignore"`, the default) or counts as a match when the two codes share a base (`iupac="compatible"`).
+3. **One indel.** When the second most voted offset d2 has two votes, or one vote within INDEL_NEAR (30) of d1,
+   the "two-offset" model aligns a prefix of `a` at one offset and the suffix at the other with |d1 - d2| gap
+   columns between them, the breakpoint placed where matches - mismatches is largest (a vectorised cumulative
+   sum), and is kept when its identity beats the gap-free one. That is the exact alignment of a pair with one
+   indel run, the usual case for COI pairs that have any (codon indels; 1-base sequencing errors near the ends).
+4. **Suspect pairs.** A pair whose final alignment holds a 40-column stretch below 40 % identity (no better
+   than unrelated sequence: more than one indel, or a chance anchor) is marked `suspect`; with
+   `fallback="align"` it is aligned with Biopython's PairwiseAligner instead (`aligned_identity`, ~5 ms a pair).
+   Pairs without enough anchors (roughly below 70-75 % identity) get identity 0 and overlap 0, or are aligned
+   with `fallback="align"`; for species, genus and BIN decisions they are irrelevant anyway.
+
+Against PairwiseAligner on 3,000 real query/candidate pairs the default mode is within 0.5 identity points for
+99.3-99.6 % of pairs (mean absolute error 0.0001-0.0005) at ~20-30 us a pair when a query meets N candidates.
+
+Limits: two or more separate indel runs are approximated (marked `suspect`; use `fallback="align"`); other
+genes or reverse complements share no anchors and get 0; identity over a short overlap says little, so rankings
+use `coverage_score`, which scales the identity down when the overlap covers less than 70 % of the query.
+
+Ranking and search: `rerank` orders candidate references of each query by `coverage_score`; `KmerIndex` finds
+candidates by shared distinct 12-mers (the VSEARCH idea), skipping k-mers held by more than `max_df` references.
+`identity_graph_cluster` runs average linkage on identity distance over a candidate graph.
+
+Everything is vectorised with numpy over many pairs at once; sequences are encoded once into a
+`SequenceStore` (flat uint8 codes, bit masks A=1 C=2 G=4 T=8, ambiguity codes the union of their bases).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from .errors import InputError, UsageError
+
+ANCHOR_K = 10               # anchor k-mer length (2 bits a base: fits int32)
+ANCHOR_STRIDE = 2           # k-mers of the second sequence looked up at every `stride`-th position
+MIN_VOTES = 2               # anchors needed to accept an offset
+INDEL_NEAR = 30             # a second offset this close to the best one needs a single vote to try an indel
+MISALIGNED_BLOCK = 20       # two consecutive blocks of this many columns ...
+MISALIGNED_FLOOR = 0.4      # ... below this identity mark an alignment as suspect (an unmodelled indel)
+DEFAULT_COVERAGE = 0.7      # rerank: references covering less of the query than this are scaled down
+KMER_K = 12                 # KmerIndex k-mer length
+KMER_MAX_DF = 1000          # KmerIndex.search: skip k-mers held by more references than this
+MAX_COMPONENT = 20_000      # identity_graph_cluster: largest linked group clustered exactly (m^2 / 2 pairs)
+PAIR_BLOCK = 2048           # pairs processed at once (memory ~ PAIR_BLOCK x longest sequence x 40 B)
+IUPAC_MODES = ("ignore", "compatible")
+FALLBACKS = ("none", "two-offset", "align")
+
+_BITS = {"A": 1, "C": 2, "G": 4, "T": 8, "U": 8, "R": 5, "Y": 10, "S": 6, "W": 9, "K": 12, "M": 3, "B": 14,
+         "D": 13, "H": 11, "V": 7, "N": 15}
+_CODE = np.zeros(256, dtype=np.uint8)          # ASCII -> bit mask, 0 = not a nucleotide code
+for _letter, _bits in _BITS.items():
+    _CODE[ord(_letter)] = _bits
+    _CODE[ord(_letter.lower())] = _bits
+_IS_BASE = np.zeros(16, dtype=bool)            # bit mask is one of A, C, G, T
+_IS_BASE[[1, 2, 4, 8]] = True
+_LETTER = np.frombuffer(b"-ACMGRSVTWYHKDBN", dtype=np.uint8)  # bit mask -> letter (0 -> "-")
+
+
+# ============================================================================================ encoding
+def encode(sequence: str) -> np.ndarray:
+    """uint8 bit-mask codes of a nucleotide sequence (A=1 C=2 G=4 T/U=8, IUPAC codes the union, N=15).
+
+    Raises InputError for a character that is not a nucleotide code (gaps included: give cleaned sequences).
+    """
+    raw = np.frombuffer(sequence.encode("ascii", errors="replace"), dtype=np.uint8)
+    codes = _CODE[raw]
+    if codes.size and not codes.all():
+        bad = sequence[int(np.flatnonzero(codes == 0)[0])]
+        raise InputError(f"{bad!r} is not a nucleotide code", fix="give cleaned sequences (ACGT and IUPAC codes)")
+    return codes
+
+
+def decode(codes: np.ndarray) -> str:
+    """Inverse of `encode` (T for T/U; 0 = padding becomes '-')."""
+    return _LETTER[np.asarray(codes, dtype=np.uint8)].tobytes().decode("ascii")
+
+
+class SequenceStore:
+    """Sequences encoded once for identity computations: flat uint8 bit-mask codes with start offsets.
+
+    Memory is one byte a nucleotide (no padding). `rows(idx)` gathers rows into a zero-padded matrix.
+    """
+
+    def __init__(self, flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray):
+        self.flat = flat          # uint8 [total nucleotides]
+        self.starts = starts      # int64 [n] offset of each sequence in `flat`
+        self.lengths = lengths    # int32 [n]
+
+    @classmethod
+    def from_sequences(cls, sequences: Sequence[str]) -> "SequenceStore":
+        lengths = np.fromiter((len(s) for s in sequences), dtype=np.int32, count=len(sequences))
+        starts = np.zeros(len(sequences), dtype=np.int64)
+        if len(sequences) > 1:
+            np.cumsum(lengths[:-1], out=starts[1:])
+        text = "".join(sequences)
+        raw = np.frombuffer(text.encode("ascii", errors="replace"), dtype=np.uint8)
+        flat = _CODE[raw]
+        if flat.size and not flat.all():
+            position = int(np.flatnonzero(flat == 0)[0])
+            row = int(np.searchsorted(starts, position, side="right") - 1)
+            raise InputError(f"{text[position]!r} is not a nucleotide code", record=str(row),
+                             fix="give cleaned sequences (ACGT and IUPAC codes)")
+        return cls(flat, starts, lengths)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def sequence(self, i: int) -> str:
+        start = int(self.starts[i])
+        return decode(self.flat[start:start + int(self.lengths[i])])
+
+    def rows(self, idx: np.ndarray, width: int | None = None) -> np.ndarray:
+        """uint8 [len(idx), width] codes of rows `idx`, zero-padded (width: their longest length by default)."""
+        idx = np.asarray(idx, dtype=np.int64)
+        lengths = self.lengths[idx]
+        if width is None:
+            width = int(lengths.max()) if len(idx) else 0
+        out = np.zeros((len(idx), width), dtype=np.uint8)
+        flat = self.flat
+        for r, (start, length) in enumerate(zip(self.starts[idx].tolist(), np.minimum(lengths, width).tolist())):
+            out[r, :length] = flat[start:start + length]
+        return out
+
+
+def as_store(sequences) -> SequenceStore:
+    """A SequenceStore as is, or one built from a sequence of strings."""
+    if isinstance(sequences, SequenceStore):
+        return sequences
+    if isinstance(sequences, str):
+        raise UsageError("give a list of sequences, not one string")
+    return SequenceStore.from_sequences(list(sequences))
+
+
+# ============================================================================================ anchoring
+def _kmer_codes(codes: np.ndarray, k: int, stride: int = 1) -> np.ndarray:
+    """int32 [rows, P] 2-bit k-mer codes starting at columns 0, stride, 2 stride, ... (P = those with a full
+    window inside the matrix); -1 where the window holds anything but A/C/G/T (padding included)."""
+    n, width = codes.shape
+    count = len(range(0, max(0, width - k + 1), stride))
+    if count == 0:
+        return np.full((n, 0), -1, dtype=np.int32)
+    base = _IS_BASE[codes]                                  # bool  [n, width]
+    two = ((codes >> 1) - (codes >> 3)).astype(np.int32)    # A1 C2 G4 T8 -> 0 1 2 3 (others masked by `base`)
+    value = np.zeros((n, count), dtype=np.int32)
+    valid = np.ones((n, count), dtype=bool)
+    for t in range(k):                                      # strided views: no gathers
+        window = slice(t, t + (count - 1) * stride + 1, stride)
+        value <<= 2
+        value |= two[:, window]
+        valid &= base[:, window]
+    value[~valid] = -1
+    return value
+
+
+@dataclass
+class _Offsets:
+    best: np.ndarray          # int64 [pairs] most voted offset d1 (a[i] ~ b[i + d1]); 0 where no anchor
+    votes: np.ndarray         # int64 [pairs] its votes
+    second: np.ndarray        # int64 [pairs] the next most voted offset
+    second_votes: np.ndarray  # int64 [pairs] its votes (0 = none)
+
+
+def _offsets(a_codes: np.ndarray, a_of_pair: np.ndarray, b_codes: np.ndarray, k: int, stride: int) -> _Offsets:
+    """Offset votes of pairs (row a_of_pair[p] of a_codes, row p of b_codes) from shared k-mers."""
+    n_pairs = b_codes.shape[0]
+    zero = np.zeros(n_pairs, dtype=np.int64)
+    # a side: every valid k-mer occurring once in its row, keyed (row << 2k) | kmer, sorted
+    a_kmers = _kmer_codes(a_codes, k)                                        # [n_a, width_a - k + 1]
+    rows, pos_a = np.nonzero(a_kmers >= 0)
+    keys = (rows.astype(np.int64) << (2 * k)) | a_kmers[rows, pos_a].astype(np.int64)
+    order = np.argsort(keys, kind="stable")
+    keys, pos_a = keys[order], pos_a[order]
+    if len(keys) > 1:                                 # drop k-mers repeated inside a row: ambiguous anchors
+        single = np.ones(len(keys), dtype=bool)
+        repeat = keys[1:] == keys[:-1]
+        single[1:] &= ~repeat
+        single[:-1] &= ~repeat
+        keys, pos_a = keys[single], pos_a[single]
+    # b side: k-mers at every `stride`-th position, looked up among the k-mers of the pair's a row
+    b_kmers = _kmer_codes(b_codes, k, stride)                                    # [n_pairs, P]
+    flat = b_kmers.ravel()
+    where = np.flatnonzero(flat >= 0)
+    if len(keys) == 0 or len(where) == 0:
+        return _Offsets(zero, zero.copy(), zero.copy(), zero.copy())
+    pair = where // b_kmers.shape[1]
+    lookup = (a_of_pair[pair].astype(np.int64) << (2 * k)) | flat[where].astype(np.int64)
+    at = np.minimum(np.searchsorted(keys, lookup), len(keys) - 1)
+    hit = keys[at] == lookup
+    pair = pair[hit]
+    diff = (where[hit] % b_kmers.shape[1]) * stride - pos_a[at[hit]]      # d = pos_b - pos_a
+    if len(diff) == 0:
+        return _Offsets(zero, zero.copy(), zero.copy(), zero.copy())
+    low = int(diff.min())
+    span = int(diff.max()) - low + 1
+    # votes of each (pair, offset) in a dense [pairs, span] table; the two most voted offsets of each pair
+    table = np.bincount(pair * span + (diff - low), minlength=n_pairs * span).reshape(n_pairs, span)
+    rows = np.arange(n_pairs)
+    top = np.argmax(table, axis=1)                           # ties: the smallest offset
+    votes = table[rows, top]
+    table[rows, top] = 0
+    runner = np.argmax(table, axis=1)
+    second_votes = table[rows, runner]
+    best = np.where(votes > 0, top + low, 0)
+    second = np.where(second_votes > 0, runner + low, 0)
+    return _Offsets(best, votes, second, second_votes)
+
+
+# ============================================================================================ identity
+_STRICT = np.where(_IS_BASE, np.arange(16), 0).astype(np.uint8)   # ambiguity codes -> 0 (left out)
+
+
+def _comparable(codes: np.ndarray, iupac: str) -> np.ndarray:
+    """Codes for column comparison: match = (a & b) != 0, compared = both != 0. With `ignore`, ambiguity codes
+    become 0 (never compared); with `compatible` they stay bit masks (a match when they share a base)."""
+    return _STRICT[codes] if iupac == "ignore" else codes
+
+
+def _column_scores(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(match, compared) bool arrays of comparable code arrays `a`, `b` (0 = not compared)."""
+    return (a & b) != 0, (a != 0) & (b != 0)
+
+
+def _shifted(b_codes: np.ndarray, offsets: np.ndarray, width_a: int) -> np.ndarray:
+    """uint8 [pairs, width_a]: b[i + d] for each column i of a (0 outside b); d in [-width_a, width_b]."""
+    n, width_b = b_codes.shape
+    padded = np.zeros((n, 2 * width_a + width_b + 1), dtype=np.uint8)
+    padded[:, width_a:width_a + width_b] = b_codes
+    windows = np.lib.stride_tricks.sliding_window_view(padded, width_a, axis=1)   # view [n, starts, width_a]
+    starts = np.clip(offsets + width_a, 0, width_a + width_b + 1)
+    return windows[np.arange(n), starts]                                           # row copies, no gathers
+
+
+def _block_sums(x: np.ndarray) -> np.ndarray:
+    """int32 [n, width / MISALIGNED_BLOCK] sums of consecutive column blocks (width a multiple of the block)."""
+    n, width = x.shape
+    return x.reshape(n, width // MISALIGNED_BLOCK, MISALIGNED_BLOCK).sum(axis=2, dtype=np.int32)
+
+
+def _misaligned(block_match: np.ndarray, block_compared: np.ndarray) -> np.ndarray:
+    """bool [pairs]: two consecutive column blocks (40 columns) with at least half their columns compared are
+    below MISALIGNED_FLOOR identity, i.e. no better than unrelated sequence: a sign that the offset is wrong
+    there (an indel the model does not cover)."""
+    if block_match.shape[1] < 2:
+        wm, wc = block_match, block_compared
+    else:
+        wm = block_match[:, 1:] + block_match[:, :-1]
+        wc = block_compared[:, 1:] + block_compared[:, :-1]
+    return ((wc >= MISALIGNED_BLOCK) & (wm < MISALIGNED_FLOOR * wc)).any(axis=1)
+
+
+def _two_offset(a_rows: np.ndarray, b_rows: np.ndarray, d1: np.ndarray, d2: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Best piecewise alignment of each pair: a prefix of a at one offset, the suffix at the other.
+
+    Gap length g = |d1 - d2|. If the suffix offset is smaller (a holds g extra bases), a[t:t+g] are gap columns;
+    if larger (b holds g extra bases), g gap columns sit between a[t-1] and a[t]. Both orders are tried and the
+    breakpoint t maximising matches - mismatches is kept. Returns (matches, columns = compared + g,
+    misaligned) for the winner; a-side gap columns count as compared mismatches in the misalignment check.
+    """
+    n, width = a_rows.shape
+    best_score = np.full(n, -np.inf)
+    best_t = np.zeros(n, dtype=np.int64)
+    best_first, best_then = d1.copy(), d2.copy()
+    rows = np.arange(n)
+    t = np.arange(width + 1, dtype=np.int64)[None, :]
+    zero = np.zeros((n, 1), dtype=np.int32)
+    for first, then in ((d1, d2), (d2, d1)):
+        m1, c1 = _column_scores(a_rows, _shifted(b_rows, first, width))
+        m2, c2 = _column_scores(a_rows, _shifted(b_rows, then, width))
+        s1 = np.concatenate([zero, np.cumsum(2 * m1.astype(np.int32) - c1, axis=1)], axis=1)   # [n, width + 1]
+        s2 = np.concatenate([zero, np.cumsum(2 * m2.astype(np.int32) - c2, axis=1)], axis=1)
+        skip = np.where(then < first, first - then, 0)  # a-side gap: the suffix starts g columns after the break
+        suffix_start = t + skip[:, None]
+        score = s1 + (s2[:, -1:] - np.take_along_axis(s2, np.minimum(suffix_start, width), axis=1))
+        score = np.where(suffix_start <= width, score, -(10 ** 9))
+        at = np.argmax(score, axis=1)
+        take = score[rows, at] > best_score
+        best_score = np.where(take, score[rows, at], best_score)
+        best_t = np.where(take, at, best_t)
+        best_first = np.where(take, first, best_first)
+        best_then = np.where(take, then, best_then)
+    # the per-column picture of the winner
+    m1, c1 = _column_scores(a_rows, _shifted(b_rows, best_first, width))
+    m2, c2 = _column_scores(a_rows, _shifted(b_rows, best_then, width))
+    gap = np.abs(best_first - best_then)
+    skip = np.where(best_then < best_first, gap, 0)
+    column = np.arange(width)[None, :]
+    prefix = column < best_t[:, None]
+    suffix = column >= (best_t + skip)[:, None]
+    match = np.where(prefix, m1, m2 & suffix)
+    compared = np.where(prefix, c1, (c2 & suffix) | (~prefix & ~suffix))
+    block_match, block_compared = _block_sums(match), _block_sums(compared)
+    matches = block_match.sum(axis=1)
+    columns = block_compared.sum(axis=1) + np.where(skip > 0, 0, gap)   # a-side gap columns already counted
+    return matches, columns, _misaligned(block_match, block_compared)
+
+
+@dataclass
+class PairIdentity:
+    """Identity of pairs with its evidence (arrays, one entry a pair)."""
+
+    identity: np.ndarray   # float32 matches / columns over the overlap; 0 where no offset was found
+    overlap: np.ndarray    # int32 columns: compared columns (+ internal gap columns)
+    offset: np.ndarray     # int32 best anchor offset d1 (a[i] ~ b[i + d1])
+    votes: np.ndarray      # int32 anchors voting for d1
+    method: np.ndarray     # uint8 0 = no anchor, 1 = gap-free, 2 = two-offset (indel), 3 = PairwiseAligner
+    suspect: np.ndarray    # bool: a 40-column stretch looks unrelated (several indels?): identity approximate
+
+    @classmethod
+    def empty(cls, n: int) -> "PairIdentity":
+        return cls(np.zeros(n, dtype=np.float32), np.zeros(n, dtype=np.int32), np.zeros(n, dtype=np.int32),
+                   np.zeros(n, dtype=np.int32), np.zeros(n, dtype=np.uint8), np.zeros(n, dtype=bool))
+
+    def put(self, where: np.ndarray, part: "PairIdentity") -> None:
+        for name in ("identity", "overlap", "offset", "votes", "method", "suspect"):
+            getattr(self, name)[where] = getattr(part, name)
+
+
+METHOD_NAMES = ("none", "gap-free", "two-offset", "align")
+
+
+def _check_options(iupac: str, fallback: str, k: int, stride: int) -> None:
+    if iupac not in IUPAC_MODES:
+        raise UsageError(f"iupac must be one of {', '.join(IUPAC_MODES)}, got {iupac!r}")
+    if fallback not in FALLBACKS:
+        raise UsageError(f"fallback must be one of {', '.join(FALLBACKS)}, got {fallback!r}")
+    if not 4 <= k <= 15:
+        raise UsageError(f"anchor k must be 4 to 15, got {k}")
+    if stride < 1:
+        raise UsageError(f"stride must be at least 1, got {stride}")
+
+
+def pair_identity(a_store, a_idx, b_store, b_idx, *, iupac: str = "ignore", fallback: str = "two-offset",
+                  k: int = ANCHOR_K, stride: int = ANCHOR_STRIDE, min_votes: int = MIN_VOTES,
+                  block: int = PAIR_BLOCK) -> PairIdentity:
+    """Identity of the pairs (a_store[a_idx[p]], b_store[b_idx[p]]), vectorised (see the module docstring).
+
+    a_store/b_store: SequenceStore or lists of strings (may be the same object). Each distinct row of `a_idx`
+    is k-mer indexed once per block of pairs, so put the side with fewer distinct rows (the queries) first.
+    iupac: "ignore" (default) or "compatible"; fallback: "none", "two-offset" (default) or "align"; k, stride:
+    anchor k-mer length and the step between the looked-up k-mers of b; min_votes: anchors needed (fewer:
+    identity 0, or an alignment with fallback="align").
+    """
+    _check_options(iupac, fallback, k, stride)
+    a_store, b_store = as_store(a_store), as_store(b_store)
+    a_idx = np.asarray(a_idx, dtype=np.int64).ravel()
+    b_idx = np.asarray(b_idx, dtype=np.int64).ravel()
+    if a_idx.shape != b_idx.shape:
+        raise UsageError(f"{len(a_idx)} first rows but {len(b_idx)} second rows")
+    for name, idx, store in (("first", a_idx, a_store), ("second", b_idx, b_store)):
+        if len(idx) and (idx.min() < 0 or idx.max() >= len(store)):
+            raise UsageError(f"{name} row index out of range (0..{len(store) - 1})")
+    n = len(a_idx)
+    out = PairIdentity.empty(n)
+    # blocks of pairs of similar length (every row of a block is padded to its longest sequence), and inside a
+    # length bucket by first row (each distinct first row is k-mer indexed once per block)
+    bucket = np.maximum(a_store.lengths[a_idx], b_store.lengths[b_idx]) // 128
+    order = np.lexsort((a_idx, bucket))
+    for p0 in range(0, n, block):
+        chosen = order[p0:p0 + block]
+        out.put(chosen, _pair_block(a_store, a_idx[chosen], b_store, b_idx[chosen], iupac=iupac,
+                                    fallback=fallback, k=k, stride=stride, min_votes=min_votes))
+    return out
+
+
+def _pair_block(a_store: SequenceStore, a_idx: np.ndarray, b_store: SequenceStore, b_idx: np.ndarray, *,
+                iupac: str, fallback: str, k: int, stride: int, min_votes: int) -> PairIdentity:
+    n = len(a_idx)
+    unique_a, a_of_pair = np.unique(a_idx, return_inverse=True)
+    width_a = -(-int(a_store.lengths[unique_a].max()) // MISALIGNED_BLOCK) * MISALIGNED_BLOCK
+    a_codes = a_store.rows(unique_a, width_a)             # uint8 [distinct a rows, width_a] (block multiple)
+    b_codes = b_store.rows(b_idx)                         # uint8 [pairs, width_b]
+    found = _offsets(a_codes, a_of_pair, b_codes, k, stride)
+    anchored = found.votes >= min_votes
+    a_rows = _comparable(a_codes, iupac)[a_of_pair]       # [pairs, width_a]
+    b_rows = _comparable(b_codes, iupac)
+    # gap-free identity at the best offset
+    match, compared = _column_scores(a_rows, _shifted(b_rows, found.best, width_a))
+    block_match, block_compared = _block_sums(match), _block_sums(compared)
+    matches = block_match.sum(axis=1)
+    columns = block_compared.sum(axis=1)
+    suspect = anchored & _misaligned(block_match, block_compared)
+    method = anchored.astype(np.uint8)
+    # a second offset with two votes, or one vote near the first (an indel; a lone far vote is a chance hit)
+    indel = anchored & ((found.second_votes >= 2) |
+                        ((found.second_votes >= 1) & (np.abs(found.second - found.best) <= INDEL_NEAR)))
+    if fallback in ("two-offset", "align") and indel.any():
+        f = np.flatnonzero(indel)
+        m2, c2, suspect2 = _two_offset(a_rows[f], b_rows[f], found.best[f], found.second[f])
+        better = m2 * np.maximum(columns[f], 1) > matches[f] * np.maximum(c2, 1)   # higher identity
+        g = f[better]
+        matches[g], columns[g], method[g], suspect[g] = m2[better], c2[better], 2, suspect2[better]
+    identity = np.where(anchored & (columns > 0), matches / np.maximum(columns, 1), 0.0)
+    columns = np.where(anchored, columns, 0)
+    if fallback == "align":
+        for p in np.flatnonzero(~anchored | suspect):
+            ident, cols = aligned_identity(a_store.sequence(int(a_idx[p])), b_store.sequence(int(b_idx[p])),
+                                           iupac=iupac, detail=True)
+            identity[p], columns[p], method[p], suspect[p] = ident, cols, 3, False
+    return PairIdentity(identity.astype(np.float32), columns.astype(np.int32), found.best.astype(np.int32),
+                        found.votes.astype(np.int32), method, suspect)
+
+
+def anchored_identity(query: str, candidates: Sequence[str] | SequenceStore, **options) -> np.ndarray:
+    """float32 [len(candidates)] identity of one query against each candidate (options: see pair_identity)."""
+    store = as_store(candidates)
+    n = len(store)
+    result = pair_identity([query], np.zeros(n, dtype=np.int64), store, np.arange(n), **options)
+    return result.identity
+
+
+def coverage_score(identity: np.ndarray, overlap: np.ndarray, query_length: np.ndarray,
+                   coverage: float = DEFAULT_COVERAGE) -> np.ndarray:
+    """Ranking score: identity x min(1, overlap / (coverage x query length)).
+
+    Identity alone ranks a reference that overlaps the query over a few dozen columns (a short fragment, or a
+    chance anchor) above a full-length one; this keeps the identity for every reference that covers at least
+    `coverage` of the query and scales it down in proportion below that.
+    """
+    need = np.maximum(coverage * np.asarray(query_length, dtype=np.float64), 1.0)
+    return (np.asarray(identity, dtype=np.float64) * np.minimum(1.0, np.asarray(overlap) / need)).astype(np.float32)
+
+
+def rerank(queries, ref_store, candidate_idx: np.ndarray, *, coverage: float = DEFAULT_COVERAGE,
+           detail: bool = False, **options):
+    """Re-rank candidates (from an embedding or k-mer search) by identity.
+
+    queries: SequenceStore or list of Q strings; candidate_idx: int [Q, N] reference rows (-1 = empty slot, as
+    knn_search returns them). Candidates are ranked by `coverage_score` (= the identity whenever the overlap
+    covers `coverage` of the query), ties by longer overlap, then by the given order. Returns (idx int64 [Q, N],
+    score float32 [Q, N]) in that order, empty slots last (-1, -inf); with `detail`, (idx, score, identity,
+    overlap). Options go to pair_identity. Duplicate candidates in a row are computed once each (harmless).
+    """
+    queries, ref_store = as_store(queries), as_store(ref_store)
+    candidate_idx = np.asarray(candidate_idx, dtype=np.int64)
+    if candidate_idx.ndim != 2 or candidate_idx.shape[0] != len(queries):
+        raise UsageError(f"candidate_idx must be [{len(queries)}, N], got {list(candidate_idx.shape)}")
+    if not 0 <= coverage <= 1:
+        raise UsageError(f"coverage must be in [0, 1], got {coverage}")
+    q, n = candidate_idx.shape
+    valid = candidate_idx >= 0
+    if len(ref_store) and candidate_idx.max(initial=-1) >= len(ref_store):
+        raise UsageError(f"candidate index out of range (0..{len(ref_store) - 1})")
+    qi = np.repeat(np.arange(q), n).reshape(q, n)
+    result = pair_identity(queries, qi[valid], ref_store, candidate_idx[valid], **options)
+    identity = np.full((q, n), -np.inf, dtype=np.float32)
+    overlap = np.zeros((q, n), dtype=np.int32)
+    identity[valid] = result.identity
+    overlap[valid] = result.overlap
+    score = np.full((q, n), -np.inf, dtype=np.float32)
+    score[valid] = coverage_score(result.identity, result.overlap, queries.lengths[qi[valid]], coverage)
+    order = np.lexsort((np.broadcast_to(np.arange(n), (q, n)), -overlap, -score), axis=1)
+    idx = np.take_along_axis(np.where(valid, candidate_idx, -1), order, axis=1)
+    score = np.take_along_axis(score, order, axis=1)
+    if detail:
+        return idx, score, np.take_along_axis(identity, order, axis=1), np.take_along_axis(overlap, order, axis=1)
+    return idx, score
+
+
+# ============================================================================================ k-mer search
+class KmerIndex:
+    """Inverted index of the distinct k-mers of reference sequences, for candidate generation by shared k-mers
+    (the VSEARCH/USEARCH idea): a query's candidates are the references sharing most of its distinct k-mers.
+
+    K-mers found in more than `max_df` references (conserved stretches shared across genera and families) are
+    skipped at search time: they cost most of the work and hardly rank anything. Memory: 4 bytes per distinct
+    (k-mer, reference) pair (~19 M pairs, 80 MB, for 31 k barcodes with k = 12).
+    """
+
+    def __init__(self, store, k: int = KMER_K, *, chunk: int = 2048):
+        if not 4 <= k <= 15:
+            raise UsageError(f"k must be 4 to 15, got {k}")
+        store = as_store(store)
+        self.k = k
+        self.size = len(store)
+        keys = []
+        for c0 in range(0, len(store), chunk):
+            rows = np.arange(c0, min(len(store), c0 + chunk))
+            kmers = _kmer_codes(store.rows(rows), k)                      # [rows, width - k + 1]
+            r, c = np.nonzero(kmers >= 0)
+            keys.append(np.unique((kmers[r, c].astype(np.int64) << 32) | rows[r]))
+        keys = np.concatenate(keys) if keys else np.zeros(0, dtype=np.int64)
+        keys.sort()
+        kmers = (keys >> 32).astype(np.int32)
+        self.refs = (keys & 0xFFFFFFFF).astype(np.int32)   # int32 [postings] reference rows, grouped by k-mer
+        self.kmers, self.starts, counts = np.unique(kmers, return_index=True, return_counts=True)
+        self.df = counts.astype(np.int32)                  # references holding each distinct k-mer
+
+    def search(self, queries, n: int, *, max_df: int = KMER_MAX_DF, stride: int = 1,
+               exclude: tuple[np.ndarray, np.ndarray] | None = None, batch: int = 64
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-n references by distinct shared k-mers: (counts int32 [Q, n], idx int64 [Q, n]), best first
+        (ties by row); slots without a shared k-mer hold 0 and -1. `stride`: use every stride-th query k-mer.
+        `exclude`: (query_groups [Q], reference_groups [size]): skip references of the query's own group."""
+        queries = as_store(queries)
+        if n < 1:
+            raise UsageError(f"n must be at least 1, got {n}")
+        nq = len(queries)
+        out_c = np.zeros((nq, n), dtype=np.int32)
+        out_i = np.full((nq, n), -1, dtype=np.int64)
+        if nq == 0 or self.size == 0 or len(self.kmers) == 0:
+            return out_c, out_i
+        kk = min(n, self.size)
+        for q0 in range(0, nq, batch):
+            rows = np.arange(q0, min(nq, q0 + batch))
+            kmers = _kmer_codes(queries.rows(rows), self.k)[:, ::stride]
+            r, c = np.nonzero(kmers >= 0)
+            unique = np.unique((r.astype(np.int64) << 32) | kmers[r, c].astype(np.int64))
+            q_of = unique >> 32
+            kmer = (unique & 0xFFFFFFFF).astype(np.int32)
+            at = np.minimum(np.searchsorted(self.kmers, kmer), len(self.kmers) - 1)
+            keep = (self.kmers[at] == kmer) & (self.df[at] <= max_df)
+            q_of, at = q_of[keep], at[keep]
+            lengths = self.df[at].astype(np.int64)
+            total = int(lengths.sum())
+            # positions of every posting of every kept k-mer, concatenated
+            shift = np.repeat(self.starts[at] - (np.cumsum(lengths) - lengths), lengths)
+            refs = self.refs[shift + np.arange(total)]
+            counts = np.bincount(np.repeat(q_of, lengths) * self.size + refs,
+                                 minlength=len(rows) * self.size).reshape(len(rows), self.size)
+            if exclude is not None:
+                query_groups, ref_groups = exclude
+                counts[np.asarray(query_groups)[rows][:, None] == np.asarray(ref_groups)[None, :]] = 0
+            top = np.argpartition(-counts, kk - 1, axis=1)[:, :kk]
+            top_c = np.take_along_axis(counts, top, axis=1)
+            order = np.lexsort((top, -top_c), axis=1)
+            top, top_c = np.take_along_axis(top, order, axis=1), np.take_along_axis(top_c, order, axis=1)
+            out_c[rows, :kk] = top_c
+            out_i[rows, :kk] = np.where(top_c > 0, top, -1)
+        return out_c, out_i
+
+
+# ============================================================================================ alignment
+_ALIGNER = None
+
+
+def _aligner():
+    """Global alignment with free end gaps; VSEARCH-like scores (match 2, mismatch -4, gap 20 + 2/base);
+    ambiguity codes score 0 against anything."""
+    global _ALIGNER
+    if _ALIGNER is None:
+        from Bio.Align import PairwiseAligner, substitution_matrices
+
+        letters = "ACGTRYSWKMBDHVN"
+        matrix = substitution_matrices.Array(alphabet=letters, dims=2)
+        for x in letters:
+            for y in letters:
+                if x in "ACGT" and y in "ACGT":
+                    matrix[x, y] = 2.0 if x == y else -4.0
+                else:
+                    matrix[x, y] = 0.0
+        aligner = PairwiseAligner(mode="global", substitution_matrix=matrix, open_gap_score=-22.0,
+                                  extend_gap_score=-2.0)
+        aligner.end_gap_score = 0.0
+        _ALIGNER = aligner
+    return _ALIGNER
+
+
+def aligned_identity(a: str, b: str, *, iupac: str = "ignore", detail: bool = False):
+    """Identity of the best global alignment of `a` and `b` with free end gaps (Biopython PairwiseAligner).
+
+    identity = matching columns / (compared columns + internal gap columns); end gaps are not counted and
+    ambiguity codes follow `iupac` as in `pair_identity`. This is the reference the anchored identity is measured
+    against, and the `fallback="align"` path. ~5-15 ms for two 658 bp barcodes. With `detail`, returns
+    (identity, columns).
+    """
+    if iupac not in IUPAC_MODES:
+        raise UsageError(f"iupac must be one of {', '.join(IUPAC_MODES)}, got {iupac!r}")
+    ca, cb = encode(a), encode(b)
+    if len(ca) == 0 or len(cb) == 0:
+        return (0.0, 0) if detail else 0.0
+    letters_a = _LETTER[ca].tobytes().decode("ascii")      # U -> T, lower -> upper
+    letters_b = _LETTER[cb].tobytes().decode("ascii")
+    alignment = _aligner().align(letters_a, letters_b)[0]
+    coordinates = alignment.coordinates                    # [2, m] breakpoints of gap-free blocks and gaps
+    matches = compared = gaps = 0
+    blocks = []
+    for s in range(coordinates.shape[1] - 1):
+        a0, a1 = int(coordinates[0, s]), int(coordinates[0, s + 1])
+        b0, b1 = int(coordinates[1, s]), int(coordinates[1, s + 1])
+        blocks.append((a0, a1, b0, b1))
+    aligned = [i for i, (a0, a1, b0, b1) in enumerate(blocks) if a1 > a0 and b1 > b0]
+    if not aligned:
+        return (0.0, 0) if detail else 0.0
+    for i in range(aligned[0], aligned[-1] + 1):
+        a0, a1, b0, b1 = blocks[i]
+        if a1 > a0 and b1 > b0:
+            m, c = _column_scores(_comparable(ca[a0:a1], iupac), _comparable(cb[b0:b1], iupac))
+            matches += int(m.sum())
+            compared += int(c.sum())
+        else:
+            gaps += max(a1 - a0, b1 - b0)
+    columns = compared + gaps
+    identity = matches / columns if columns else 0.0
+    return (identity, columns) if detail else identity
+
+
+# ============================================================================================ clustering
+def identity_graph_cluster(store, neighbours: np.ndarray, threshold: float, *, iupac: str = "ignore",
+                           pairs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+                           max_component: int = MAX_COMPONENT, **options) -> np.ndarray:
+    """Average-linkage clusters of `store`'s sequences on identity distance (1 - identity), cut at `threshold`.
+
+    neighbours: int [n, k] candidate neighbours of each sequence (e.g. embedding k-NN; -1 = none). Identity is
+    computed exactly on these edges (or taken from `pairs` = (i, j, identity) computed before); edges with
+    distance <= threshold give connected components, and inside each component average linkage runs on the
+    exact identity distances of all its pairs (computed here). Average linkage never merges groups whose every
+    cross pair is farther than the threshold, so this equals full average linkage on identity distance whenever
+    every within-threshold pair is reachable through within-threshold candidate edges.
+    Cost: all m (m - 1) / 2 pairs of each component of m members (COI BINs at 3 %: components of at most a few
+    hundred); a component larger than `max_component` raises UsageError (lower the threshold).
+    Returns int64 [n] cluster numbers 0.. in order of first member.
+    """
+    from scipy.cluster.hierarchy import fcluster, linkage
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    store = as_store(store)
+    n = len(store)
+    if not 0 <= threshold <= 1:
+        raise UsageError(f"the identity distance threshold must be in [0, 1], got {threshold}")
+    if pairs is None:
+        pairs = neighbour_pairs(store, neighbours, iupac=iupac, **options)
+    i, j, identity = pairs
+    keep = (1.0 - identity) <= threshold + 1e-9
+    graph = coo_matrix((np.ones(int(keep.sum()), dtype=np.int8), (i[keep], j[keep])), shape=(n, n))
+    _, component = connected_components(graph, directed=False)
+    labels = np.full(n, -1, dtype=np.int64)
+    order = np.argsort(component, kind="stable")
+    bounds = np.flatnonzero(np.r_[True, component[order][1:] != component[order][:-1], True])
+    largest = int(np.diff(bounds).max()) if n else 0
+    if largest > max_component:
+        raise UsageError(f"a linked group of {largest:,} barcodes at identity distance {threshold} exceeds "
+                         f"max_component={max_component:,}; use a lower threshold")
+    next_label = 0
+    for s in range(len(bounds) - 1):
+        members = order[bounds[s]:bounds[s + 1]]
+        if len(members) == 1:
+            labels[members] = next_label
+            next_label += 1
+            continue
+        ii, jj = np.triu_indices(len(members), k=1)       # condensed (pdist) order
+        distances = 1.0 - pair_identity(store, members[ii], store, members[jj], iupac=iupac,
+                                        **options).identity.astype(np.float64)
+        tree = linkage(np.clip(distances, 0.0, 1.0), method="average")
+        local = fcluster(tree, threshold, criterion="distance")
+        labels[members] = next_label + local - 1
+        next_label += int(local.max())
+    # renumber by first member
+    _, first = np.unique(labels, return_index=True)
+    rank = np.empty(len(first), dtype=np.int64)
+    rank[np.argsort(first)] = np.arange(len(first))
+    return rank[labels]
+
+
+def neighbour_pairs(store, neighbours: np.ndarray, **options) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(i, j, identity) of the distinct undirected candidate edges i < j of a k-NN table [n, k] (-1 = none)."""
+    store = as_store(store)
+    neighbours = np.asarray(neighbours, dtype=np.int64)
+    n = len(store)
+    if neighbours.ndim != 2 or neighbours.shape[0] != n:
+        raise UsageError(f"neighbours must be [{n}, k], got {list(neighbours.shape)}")
+    rows = np.repeat(np.arange(n), neighbours.shape[1])
+    cols = neighbours.ravel()
+    ok = (cols >= 0) & (cols != rows)
+    lo, hi = np.minimum(rows[ok], cols[ok]), np.maximum(rows[ok], cols[ok])
+    edge = np.unique(lo * n + hi)
+    i, j = edge // n, edge % n
+    identity = pair_identity(store, i, store, j, **options).identity
+    return i, j, identity
+

@@ -1,0 +1,271 @@
+"""Anchored pairwise identity: golden cases, indels, IUPAC rules, re-ranking, graph clustering, and a property test
+against Biopython's PairwiseAligner on mutated real barcodes (tests/data/bioscan_sample.csv)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from barcodetool.errors import InputError, UsageError
+from barcodetool.identity import (KmerIndex, SequenceStore, aligned_identity, anchored_identity, coverage_score,
+                                  decode, encode, identity_graph_cluster, neighbour_pairs, pair_identity, rerank)
+from barcodetool.io import read_barcodes
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="module")
+def barcodes() -> list[str]:
+    """Distinct fixture barcodes of at least 600 nt made of A/C/G/T only."""
+    seen: dict[str, None] = {}
+    for record in read_barcodes(DATA / "bioscan_sample.csv"):
+        sequence = record.sequence
+        if len(sequence) >= 600 and set(sequence) <= set("ACGT"):
+            seen.setdefault(sequence)
+    out = list(seen)
+    assert len(out) >= 20
+    return out
+
+
+def substitute(sequence: str, position: int) -> str:
+    old = sequence[position]
+    new = "C" if old != "C" else "G"
+    return sequence[:position] + new + sequence[position + 1:]
+
+
+# ============================================================================================ golden cases
+def test_identical_is_one(barcodes):
+    s = barcodes[0]
+    result = pair_identity([s], [0], [s], [0])
+    assert result.identity[0] == 1.0
+    assert result.overlap[0] == len(s)
+    assert result.offset[0] == 0
+    assert result.method[0] == 1  # gap-free
+
+
+def test_one_substitution_in_600(barcodes):
+    s = barcodes[0][:600]
+    assert anchored_identity(s, [substitute(s, 300)])[0] == pytest.approx(599 / 600)
+    # near an end too (few anchors cover the last bases, the offset comes from the rest)
+    assert anchored_identity(s, [substitute(s, 598)])[0] == pytest.approx(599 / 600)
+
+
+def test_shifted_start_is_identity_over_the_overlap(barcodes):
+    s = barcodes[1]
+    shifted = s[30:]
+    result = pair_identity([s], [0], [shifted], [0])
+    assert result.identity[0] == 1.0
+    assert result.overlap[0] == len(shifted)
+    assert result.offset[0] == -30       # s[i] ~ shifted[i - 30]
+    # overhangs on both sides: a = s[:500], b = s[100:] overlap on s[100:500]; one substitution inside
+    a, b = s[:500], substitute(s, 250)[100:]
+    result = pair_identity([a], [0], [b], [0])
+    assert result.overlap[0] == 400
+    assert result.identity[0] == pytest.approx(399 / 400)
+    assert result.identity[0] == pytest.approx(aligned_identity(a, b))
+
+
+def test_symmetric(barcodes):
+    a, b = barcodes[2][:620], substitute(substitute(barcodes[2], 10), 400)[25:]
+    forward = pair_identity([a], [0], [b], [0])
+    backward = pair_identity([b], [0], [a], [0])
+    assert forward.identity[0] == backward.identity[0]
+    assert forward.offset[0] == -backward.offset[0]
+
+
+def test_codon_deletion_uses_the_two_offset_model(barcodes):
+    s = barcodes[3][:600]
+    deleted = s[:300] + s[303:]          # one codon missing: 597 matches + 3 gap columns
+    result = pair_identity([s], [0], [deleted], [0])
+    assert result.method[0] == 2
+    assert result.identity[0] == pytest.approx(597 / 600)
+    assert result.identity[0] == pytest.approx(aligned_identity(s, deleted), abs=1e-6)
+    # an insertion in the other sequence, and a 1-base indel close to an end (few votes for the second offset)
+    inserted = s[:200] + "GGA" + s[200:]
+    assert anchored_identity(s, [inserted])[0] == pytest.approx(aligned_identity(s, inserted), abs=1e-6)
+    near_end = s[:20] + s[21:]
+    assert anchored_identity(s, [near_end])[0] == pytest.approx(aligned_identity(s, near_end), abs=1e-6)
+    # without the indel model the suffix is misaligned and the identity collapses
+    assert anchored_identity(s, [deleted], fallback="none")[0] < 0.8
+
+
+def test_two_indels_need_the_aligner(barcodes):
+    s = barcodes[4][:600]
+    twice = s[:200] + s[203:400] + s[409:]      # a codon and three codons missing
+    exact = aligned_identity(s, twice)
+    vectorised = pair_identity([s], [0], [twice], [0])
+    assert vectorised.suspect[0]                  # flagged: part of it is misaligned
+    assert vectorised.identity[0] < exact - 0.05
+    aligned = pair_identity([s], [0], [twice], [0], fallback="align")
+    assert aligned.method[0] == 3 and not aligned.suspect[0]
+    assert aligned.identity[0] == pytest.approx(exact, abs=1e-6)
+    assert exact == pytest.approx(588 / 600)
+
+
+def test_unrelated_sequences_have_no_anchor():
+    rng = np.random.default_rng(0)
+    a = decode(rng.choice(np.array([1, 2, 4, 8], dtype=np.uint8), 600))
+    b = decode(rng.choice(np.array([1, 2, 4, 8], dtype=np.uint8), 600))
+    result = pair_identity([a], [0], [b], [0])
+    assert result.method[0] == 0 and result.identity[0] == 0.0 and result.overlap[0] == 0
+
+
+# ============================================================================================ IUPAC
+def test_iupac_ignore_leaves_ambiguous_columns_out(barcodes):
+    """Default `ignore`: a column holding N (or any ambiguity code) in either sequence is neither a match nor a
+    mismatch; identity is over the columns where both have A/C/G/T."""
+    s = barcodes[5][:600]
+    with_n = s[:100] + "N" + s[101:]
+    result = pair_identity([s], [0], [with_n], [0])
+    assert result.identity[0] == 1.0 and result.overlap[0] == 599
+    assert aligned_identity(s, with_n) == 1.0
+    # R (A or G) against C: still left out, not a mismatch
+    position = next(i for i in range(50, 600) if s[i] == "C")
+    with_r = s[:position] + "R" + s[position + 1:]
+    assert anchored_identity(s, [with_r])[0] == 1.0
+
+
+def test_iupac_compatible_counts_shared_bases(barcodes):
+    """`compatible`: an ambiguity code matches any base it includes (N matches everything) and is a mismatch
+    otherwise; every column counts."""
+    s = barcodes[5][:600]
+    a_at = next(i for i in range(50, 600) if s[i] == "A")
+    c_at = next(i for i in range(50, 600) if s[i] == "C")
+    both = s[:a_at] + "R" + s[a_at + 1:]
+    both = both[:c_at] + "R" + both[c_at + 1:]          # R vs A: match; R vs C: mismatch
+    result = pair_identity([s], [0], [both], [0], iupac="compatible")
+    assert result.overlap[0] == 600
+    assert result.identity[0] == pytest.approx(599 / 600)
+    assert aligned_identity(s, both, iupac="compatible") == pytest.approx(599 / 600)
+    assert anchored_identity(s, [both])[0] == 1.0          # ignore: both R columns left out
+
+
+def test_encoding_and_errors(barcodes):
+    assert decode(encode("ACGTNRYU")) == "ACGTNRYT"
+    with pytest.raises(InputError):
+        encode("ACG-T")
+    with pytest.raises(InputError):
+        SequenceStore.from_sequences(["ACGT", "ACXT"])
+    with pytest.raises(UsageError):
+        pair_identity(["ACGT"], [0], ["ACGT"], [0], iupac="maybe")
+    with pytest.raises(UsageError):
+        pair_identity(["ACGT"], [0], ["ACGT"], [1])
+    with pytest.raises(UsageError):
+        pair_identity(["ACGT"], [0, 0], ["ACGT"], [0])
+    store = SequenceStore.from_sequences(barcodes[:3])
+    assert len(store) == 3 and store.sequence(1) == barcodes[1]
+    rows = store.rows(np.array([2, 0]))
+    assert rows.shape == (2, max(len(barcodes[0]), len(barcodes[2])))
+    assert decode(rows[1][:len(barcodes[0])]) == barcodes[0]
+    assert pair_identity([], [], [], []).identity.shape == (0,)
+
+
+# ============================================================================================ re-ranking
+def test_rerank_orders_by_identity(barcodes):
+    query = barcodes[6][:620]
+    farthest = min(barcodes, key=lambda other: anchored_identity(query, [other])[0])
+    references = [farthest, substitute(substitute(query, 50), 500), query, substitute(query, 300)]
+    candidates = np.array([[0, 1, 2, 3, -1]])
+    idx, score = rerank([query], references, candidates)
+    assert idx[0].tolist() == [2, 3, 1, 0, -1]
+    assert score[0, 0] == 1.0 and score[0, 4] == -np.inf
+    assert np.all(np.diff(score[0, :4]) <= 0)
+    with pytest.raises(UsageError):
+        rerank([query], references, np.array([0, 1]))
+
+
+def test_rerank_ties_prefer_the_longer_overlap_then_the_given_order(barcodes):
+    query = barcodes[8][:600]
+    references = [query, query + "ACG", query[5:]]   # all identity 1.0; overlaps 600, 600, 595
+    idx, score = rerank([query], references, np.array([[1, 2, 0]]))
+    assert idx[0].tolist() == [1, 0, 2]
+    assert score[0].tolist() == [1.0, 1.0, 1.0]
+
+
+def test_rerank_scales_down_short_overlaps(barcodes):
+    """A short fragment identical to part of the query must not outrank a full-length 99 % neighbour."""
+    query = barcodes[9][:600]
+    close = query
+    for position in range(10, 600, 100):
+        close = substitute(close, position)                    # 6 substitutions: 99 % identical
+    fragment = query[100:300]                                   # identical over 200 columns only
+    idx, score, identity, overlap = rerank([query], [fragment, close], np.array([[0, 1]]), detail=True)
+    assert idx[0].tolist() == [1, 0]
+    assert identity[0].tolist() == pytest.approx([594 / 600, 1.0])
+    assert overlap[0].tolist() == [600, 200]
+    assert score[0, 1] == pytest.approx(200 / (0.7 * 600))      # coverage 0.7 of the query expected
+    assert coverage_score(np.array([1.0]), np.array([200]), np.array([600]), coverage=0.0)[0] == 1.0
+    with pytest.raises(UsageError):
+        rerank([query], [fragment], np.array([[5]]))
+
+
+def test_kmer_index_finds_the_closest(barcodes):
+    references = barcodes[:30]
+    index = KmerIndex(references)
+    queries = [substitute(references[3], 100), references[17][20:]]
+    counts, idx = index.search(queries, 3)
+    assert idx[:, 0].tolist() == [3, 17]
+    assert (np.diff(counts, axis=1) <= 0).all()
+    # excluding the query's own group (here: the reference row itself) removes it
+    _, idx = index.search(queries, 3, exclude=(np.array([3, 17]), np.arange(30)))
+    assert 3 not in idx[0] and 17 not in idx[1]
+    # a k-mer held by more references than max_df is skipped; none left -> empty slots
+    counts, idx = index.search(queries[:1], 2, max_df=0)
+    assert idx.tolist() == [[-1, -1]] and counts.tolist() == [[0, 0]]
+
+
+# ============================================================================================ clustering
+def test_identity_graph_cluster_separates_groups(barcodes):
+    rng = np.random.default_rng(1)
+    parents = [barcodes[0]]                      # four barcodes less than 90 % identical to each other
+    for other in barcodes:
+        if len(parents) < 4 and anchored_identity(other, parents).max() < 0.9:
+            parents.append(other)
+    sequences, truth = [], []
+    for group, parent in enumerate(parents):
+        parent = parent[:600]
+        for _ in range(6):
+            child = list(parent)
+            for position in rng.choice(600, size=3, replace=False):   # 0.5 % apart from the parent
+                child[position] = "ACGT"[("ACGT".index(child[position]) + 1) % 4]
+            sequences.append("".join(child))
+            truth.append(group)
+    n = len(sequences)
+    everyone = np.array([[j for j in range(n) if j != i] for i in range(n)])
+    labels = identity_graph_cluster(sequences, everyone, threshold=0.03)
+    assert len(set(labels.tolist())) == 4
+    for group in range(4):
+        assert len({labels[i] for i in range(n) if truth[i] == group}) == 1
+    assert labels[0] == 0                        # numbered by first member
+    # a sparse candidate graph (each point's 3 next in its group) gives the same clusters
+    sparse = np.array([[i - i % 6 + (i % 6 + s) % 6 for s in (1, 2, 3)] for i in range(n)])
+    assert (identity_graph_cluster(sequences, sparse, threshold=0.03) == labels).all()
+    i, j, identity = neighbour_pairs(sequences, sparse)
+    assert (i < j).all() and len(set(zip(i.tolist(), j.tolist()))) == len(i)
+    assert (identity > 0.98).all()
+    with pytest.raises(UsageError):
+        identity_graph_cluster(sequences, sparse, threshold=2.0)
+
+
+# ============================================================================================ property
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(which=st.integers(0, 10_000), rate=st.floats(0.0, 0.12), seed=st.integers(0, 2 ** 32 - 1),
+       trim_a=st.integers(0, 60), trim_b=st.integers(0, 60), end_a=st.integers(0, 60), end_b=st.integers(0, 60))
+def test_matches_pairwise_aligner_without_indels(barcodes, which, rate, seed, trim_a, trim_b, end_a, end_b):
+    """Substitutions only (up to 12 %) and independent trimming of both ends: the anchored identity equals the
+    identity of Biopython's global alignment with free end gaps, within 0.5 percentage points."""
+    rng = np.random.default_rng(seed)
+    parent = barcodes[which % len(barcodes)]
+    child = np.frombuffer(parent.encode(), dtype=np.uint8).copy()
+    hit = rng.random(len(child)) < rate
+    child[hit] = np.frombuffer(b"ACGT", dtype=np.uint8)[rng.integers(0, 4, int(hit.sum()))]
+    child = child.tobytes().decode()
+    a = parent[trim_a:len(parent) - end_a]
+    b = child[trim_b:len(child) - end_b]
+    fast = anchored_identity(a, [b])[0]
+    exact = aligned_identity(a, b)
+    assert abs(fast - exact) <= 0.005, (fast, exact)
