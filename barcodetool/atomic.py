@@ -3,6 +3,11 @@
 Every file barcodetool writes goes to a temporary file beside its destination and is renamed into place only
 when complete. Temporary files still open when SIGINT/SIGTERM arrives are removed by the CLI's handler
 (`remove_pending`), so an interrupted run leaves no partial output.
+
+The CLI's signal handler also records each signal here (`note_signal`). A temporary file is never renamed into
+place once a signal has been recorded: Python drops an exception raised by a signal handler while it runs a
+`__del__` method or a weakref callback ("Exception ignored in ..."), and without this check a SIGTERM that
+landed there would let the run finish and publish its output.
 """
 
 from __future__ import annotations
@@ -14,10 +19,25 @@ import threading
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from .errors import OutputError
+from .errors import Interrupted, OutputError
 
 _pending: set[str] = set()
 _pending_lock = threading.Lock()
+_signals: list[int] = []  # signals recorded by the CLI's handler during the current command
+
+
+def note_signal(signal_number: int) -> None:
+    """Record that SIGINT/SIGTERM arrived (called from the CLI's signal handler)."""
+    _signals.append(signal_number)
+
+
+def interrupted() -> int | None:
+    """The first signal recorded since `clear_signals`, or None."""
+    return _signals[0] if _signals else None
+
+
+def clear_signals() -> None:
+    _signals.clear()
 
 
 def remove_pending() -> None:
@@ -43,14 +63,22 @@ def atomic_path(destination: str | os.PathLike) -> Iterator[Path]:
         _pending.add(temporary)
     try:
         yield Path(temporary)
+        if _signals:  # interrupted, even if the handler's exception was swallowed: never publish
+            raise Interrupted(_signals[0])
         os.replace(temporary, destination)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
+        _forget(temporary)
         raise
-    finally:
-        with _pending_lock:
-            _pending.discard(temporary)
+    _forget(temporary)
+
+
+def _forget(temporary: str) -> None:
+    # Called only once the file is gone or renamed: if a second signal cuts the clean-up short, the file is
+    # still listed and remove_pending() deletes it.
+    with _pending_lock:
+        _pending.discard(temporary)
 
 
 @contextlib.contextmanager

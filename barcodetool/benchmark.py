@@ -2,11 +2,14 @@
 with VSEARCH and BLAST (docs/benchmarks.md).
 
 Tasks, on unique barcodes (cleaned sequences deduplicated within each split, first record kept):
-    species, closed world   queries `test` against reference `train`: 1-NN and default-classifier accuracy
-    genus, open world       queries `test_unseen` against `train`: 1-NN and default-classifier genus accuracy
-    BIN reconstruction      cluster `test` + `test_unseen` (those with a BIN): AMI against `dna_bin`, with the
-                            true number of BINs and with the threshold calibrated on the train reference's BINs
-    harmonic mean           of species 1-NN accuracy, genus 1-NN accuracy and AMI with the true number of BINs
+    species, closed world   queries `test` against reference `train`: the default classifier (identity), its
+                            top hit, embedding 1-NN (the papers' protocol) and the embedding k-NN vote
+    genus, open world       queries `test_unseen` against `train`: the same, at genus
+    BIN reconstruction      cluster `test` + `test_unseen` (those with a BIN): AMI against `dna_bin` of identity
+                            clustering (threshold calibrated on the train reference's BINs) and of embedding
+                            cosine clustering (true number of BINs, and calibrated threshold)
+    harmonic mean           of species 1-NN accuracy, genus 1-NN accuracy and AMI with the true number of BINs (the
+                            papers'); and of the identity top hit's species and genus accuracy and identity AMI
 """
 
 from __future__ import annotations
@@ -146,8 +149,8 @@ def run_benchmark(split_file: str | os.PathLike, pretrained, *, compare: bool = 
                   batch_size: int = 256, device=None, read_options: dict | None = None,
                   progress: Callable[[str], None] | None = None) -> dict:
     """Run the protocol; with `compare`, VSEARCH and BLAST too (where installed). Returns a JSON-able dict."""
-    from .classify import classify_embeddings, nearest_labels
-    from .cluster import cluster, cluster_metrics
+    from .classify import classify_embeddings, classify_identity, nearest_labels
+    from .cluster import cluster, cluster_identity, cluster_metrics
     from .embed import embed_sequences
     from .io import ReadStats, read_barcodes
     from .reference import DEFAULT_K, DEFAULT_PRECISION, build_reference, normalize
@@ -180,8 +183,12 @@ def run_benchmark(split_file: str | os.PathLike, pretrained, *, compare: bool = 
                             source=os.path.basename(str(split_file)))
     result["reference_seconds"] = time.perf_counter() - start
     thresholds = index.thresholds
+    identity_thresholds = index.identity_thresholds
     result["thresholds"] = {"ranks": thresholds.ranks, "bin": thresholds.bin,
-                            "cluster_distance": thresholds.cluster_distance}
+                            "cluster_distance": thresholds.cluster_distance,
+                            "identity": {"ranks": identity_thresholds.ranks, "bin": identity_thresholds.bin,
+                                         "cluster_distance": identity_thresholds.cluster_distance,
+                                         "candidates": list(identity_thresholds.candidates)}}
     species_queries = draw(data["test"], sample, seed)
     genus_queries = draw(data["test_unseen"], sample, seed)
     clusterable = [r for r in data["test"] + data["test_unseen"] if r.bin]
@@ -194,31 +201,58 @@ def run_benchmark(split_file: str | os.PathLike, pretrained, *, compare: bool = 
     cluster_items = draw(cluster_items, sample, seed)
 
     # ------------------------------------------------------------------ classification tasks
+    def rate(seconds: float, n: int) -> float:
+        return n / seconds if seconds > 0 else math.nan
+
+    def called(truth: list, predicted: list) -> tuple[float, float]:
+        assigned = [bool(p) for p, t in zip(predicted, truth) if t]
+        right = [p == t for p, t in zip(predicted, truth) if t and p]
+        return (float(np.mean(assigned)) if assigned else math.nan,
+                float(np.mean(right)) if right else math.nan)
+
     def classify_task(name: str, queries: list, rank: str) -> dict:
+        """Every method's accuracy and queries/s (wall time of its own steps plus the shared embedding)."""
         if not queries:
             return {"queries": 0, "note": f"no {SPLITS[name]} records"}
         say(f"{name}: classifying {len(queries):,} {SPLITS[name]} barcodes")
-        start = time.perf_counter()
-        vectors = embed_sequences(pretrained, [r.sequence for r in queries], batch_size=batch_size)
-        embed_seconds = time.perf_counter() - start
-        sims, idx = index.search(vectors, max(k, 1), device=device)
-        one_nn = nearest_labels(index, idx, rank)
-        assignments = classify_embeddings(vectors, [r.id for r in queries], index, thresholds, k=k,
-                                          device=device)
-        seconds = time.perf_counter() - start
+        n = len(queries)
+        sequences = [r.sequence for r in queries]
+        ids = [r.id for r in queries]
         truth = [r.taxonomy.get(rank, "") for r in queries]
-        default = [a.label(rank) for a in assignments]
-        assigned = [bool(p) for p, t in zip(default, truth) if t]
-        right_of_assigned = [p == t for p, t in zip(default, truth) if t and p]
-        scores = {"one_nn_accuracy": accuracy(truth, one_nn), "default_accuracy": accuracy(truth, default),
-                  "default_assigned": float(np.mean(assigned)) if assigned else math.nan,
-                  "default_precision": float(np.mean(right_of_assigned)) if right_of_assigned else math.nan,
-                  "seconds": seconds, "embed_seconds": embed_seconds,
-                  "queries_per_s": len(queries) / seconds if seconds > 0 else math.nan}
-        task = {"queries": len(queries), "rank": rank, "barcodetool": scores}
+        start = time.perf_counter()
+        vectors = embed_sequences(pretrained, sequences, batch_size=batch_size)
+        embed_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        _, idx = index.search(vectors, 1, device=device)
+        one_nn = nearest_labels(index, idx, rank)
+        one_nn_seconds = embed_seconds + time.perf_counter() - start
+        start = time.perf_counter()
+        knn = classify_embeddings(vectors, ids, index, thresholds, k=k, device=device)
+        knn_seconds = embed_seconds + time.perf_counter() - start
+        start = time.perf_counter()
+        identity = classify_identity(sequences, vectors, ids, index, identity_thresholds,
+                                     candidates=identity_thresholds.candidates, device=device)
+        identity_seconds = embed_seconds + time.perf_counter() - start
+        default = [a.label(rank) for a in identity]
+        top_hit = [a.candidates.get(rank, ("", 0.0))[0] for a in identity]
+        knn_labels = [a.label(rank) for a in knn]
+        default_assigned, default_precision = called(truth, default)
+        knn_assigned, knn_precision = called(truth, knn_labels)
+        scores = {"default_method": "identity",
+                  "default_accuracy": accuracy(truth, default), "default_assigned": default_assigned,
+                  "default_precision": default_precision, "top_hit_accuracy": accuracy(truth, top_hit),
+                  "seconds": identity_seconds, "queries_per_s": rate(identity_seconds, n),
+                  "embed_seconds": embed_seconds,
+                  "one_nn_accuracy": accuracy(truth, one_nn), "one_nn_seconds": one_nn_seconds,
+                  "one_nn_queries_per_s": rate(one_nn_seconds, n),
+                  "knn_accuracy": accuracy(truth, knn_labels), "knn_assigned": knn_assigned,
+                  "knn_precision": knn_precision, "knn_seconds": knn_seconds,
+                  "knn_queries_per_s": rate(knn_seconds, n),
+                  "candidates": list(identity_thresholds.candidates)}
+        task = {"queries": n, "rank": rank, "barcodetool": scores}
         if rank == "genus":
-            task["barcodetool"]["species_left_empty"] = float(np.mean([not a.label("species")
-                                                                       for a in assignments]))
+            scores["species_left_empty"] = float(np.mean([not a.label("species") for a in identity]))
+            scores["knn_species_left_empty"] = float(np.mean([not a.label("species") for a in knn]))
         return task
 
     result["tasks"]["species"] = classify_task("species", species_queries, "species")
@@ -230,26 +264,42 @@ def run_benchmark(split_file: str | os.PathLike, pretrained, *, compare: bool = 
         say(f"BIN reconstruction: clustering {len(cluster_items):,} test + test_unseen barcodes")
         truth = [r.bin for r in cluster_items]
         true_k = len(set(truth))
+        sequences = [r.sequence for r in cluster_items]
         start = time.perf_counter()
-        vectors = normalize(embed_sequences(pretrained, [r.sequence for r in cluster_items], batch_size=batch_size))
-        labels_k = cluster(vectors, n_clusters=true_k)
-        seconds_k = time.perf_counter() - start
+        vectors = normalize(embed_sequences(pretrained, sequences, batch_size=batch_size))
+        embed_seconds = time.perf_counter() - start
         task["true_bins"] = true_k
-        task["barcodetool_true_k"] = dict(cluster_metrics(truth, labels_k), seconds=seconds_k)
+        task["embed_seconds"] = embed_seconds
+        if not math.isnan(identity_thresholds.cluster_distance):
+            start = time.perf_counter()
+            labels_i = cluster_identity(sequences, vectors, identity_thresholds.cluster_distance, device=device)
+            task["barcodetool_identity"] = dict(cluster_metrics(truth, labels_i),
+                                                threshold=identity_thresholds.cluster_distance,
+                                                seconds=embed_seconds + time.perf_counter() - start)
+        start = time.perf_counter()
+        labels_k = cluster(vectors, n_clusters=true_k)
+        task["barcodetool_true_k"] = dict(cluster_metrics(truth, labels_k),
+                                          seconds=embed_seconds + time.perf_counter() - start)
         if not math.isnan(thresholds.cluster_distance):
             start = time.perf_counter()
             labels_t = cluster(vectors, threshold=thresholds.cluster_distance)
             task["barcodetool_threshold"] = dict(cluster_metrics(truth, labels_t),
                                                  threshold=thresholds.cluster_distance,
-                                                 seconds=time.perf_counter() - start)
+                                                 seconds=embed_seconds + time.perf_counter() - start)
     else:
         task["note"] = "fewer than 2 test/test_unseen barcodes with a BIN"
     result["tasks"]["bins"] = task
-    species_1nn = result["tasks"]["species"].get("barcodetool", {}).get("one_nn_accuracy", math.nan)
-    genus_1nn = result["tasks"]["genus"].get("barcodetool", {}).get("one_nn_accuracy", math.nan)
+    species_bt = result["tasks"]["species"].get("barcodetool", {})
+    genus_bt = result["tasks"]["genus"].get("barcodetool", {})
     ami = task.get("barcodetool_true_k", {}).get("ami", math.nan)
-    result["harmonic_mean"] = {"barcodetool": harmonic_mean([species_1nn, genus_1nn, ami]),
-                               "of": "species 1-NN accuracy, genus 1-NN accuracy, AMI with the true number of BINs"}
+    result["harmonic_mean"] = {
+        "barcodetool": harmonic_mean([species_bt.get("one_nn_accuracy", math.nan),
+                                      genus_bt.get("one_nn_accuracy", math.nan), ami]),
+        "of": "species 1-NN accuracy, genus 1-NN accuracy, AMI with the true number of BINs",
+        "barcodetool_identity": harmonic_mean([species_bt.get("top_hit_accuracy", math.nan),
+                                               genus_bt.get("top_hit_accuracy", math.nan),
+                                               task.get("barcodetool_identity", {}).get("ami", math.nan)]),
+        "identity_of": "identity top-hit species and genus accuracy, identity clustering AMI (calibrated threshold)"}
 
     # ------------------------------------------------------------------ external tools
     if compare:
@@ -258,6 +308,10 @@ def run_benchmark(split_file: str | os.PathLike, pretrained, *, compare: bool = 
         with tempfile.TemporaryDirectory(prefix="barcodetool-bench-") as folder:
             _compare(Path(folder), versions, data["train"], species_queries, genus_queries, cluster_items,
                      result, threads, say)
+        vsearch = [result["tasks"][name].get("vsearch", {}).get("top_hit_accuracy") for name in ("species", "genus")]
+        vsearch.append(result["tasks"]["bins"].get("vsearch_0.97", {}).get("ami"))
+        if all(isinstance(v, float) for v in vsearch):
+            result["harmonic_mean"]["vsearch"] = harmonic_mean(vsearch)
     return result
 
 
@@ -350,12 +404,23 @@ def format_table(result: dict) -> str:
         if not bt:
             rows.append((title, "-", n, task.get("note", "-"), "-"))
             continue
-        rows.append((title, "barcodetool 1-NN", n, _pct(bt["one_nn_accuracy"]), _rate(bt["queries_per_s"])))
         extra = f" (assigned {_pct(bt['default_assigned'])}, precision {_pct(bt['default_precision'])})"
-        rows.append((title, f"barcodetool k-NN k={result.get('k')}", n, _pct(bt["default_accuracy"]) + extra,
-                     _rate(bt["queries_per_s"])))
+        candidates = "+".join(str(c) for c in bt.get("candidates", []))
+        rows.append((title, f"barcodetool identity, default (candidates {candidates})", n,
+                     _pct(bt["default_accuracy"]) + extra, _rate(bt["queries_per_s"])))
         if name == "genus" and "species_left_empty" in bt:
-            rows.append((title, "barcodetool: species left empty", n, _pct(bt["species_left_empty"]), ""))
+            rows.append((title, "barcodetool identity: species left empty", n, _pct(bt["species_left_empty"]),
+                         ""))
+        rows.append((title, "barcodetool identity, top hit (no threshold)", n, _pct(bt["top_hit_accuracy"]),
+                     _rate(bt["queries_per_s"])))
+        rows.append((title, "barcodetool embedding 1-NN (papers' protocol)", n, _pct(bt["one_nn_accuracy"]),
+                     _rate(bt.get("one_nn_queries_per_s"))))
+        extra = f" (assigned {_pct(bt['knn_assigned'])}, precision {_pct(bt['knn_precision'])})"
+        rows.append((title, f"barcodetool embedding k-NN vote k={result.get('k')}", n,
+                     _pct(bt["knn_accuracy"]) + extra, _rate(bt.get("knn_queries_per_s"))))
+        if name == "genus" and "knn_species_left_empty" in bt:
+            rows.append((title, "barcodetool k-NN: species left empty", n, _pct(bt["knn_species_left_empty"]),
+                         ""))
         for tool, label in (("vsearch", "VSEARCH top hit"), ("blast", "BLAST top hit")):
             if tool in task:
                 entry = task[tool]
@@ -366,28 +431,41 @@ def format_table(result: dict) -> str:
     bins = result["tasks"].get("bins", {})
     title = "BIN reconstruction (AMI)"
     n = str(bins.get("barcodes", 0))
+    if "barcodetool_identity" in bins:
+        m = bins["barcodetool_identity"]
+        rows.append((title, f"barcodetool identity, distance {m['threshold']:.4g} ({m['clusters']} clusters)", n,
+                     f"{_pct(m['ami'])} (ARI {_pct(m['ari'])}, match {_pct(m['match_ratio'])})",
+                     _rate(bins["barcodes"] / m["seconds"] if m.get("seconds") else None)))
     if "barcodetool_true_k" in bins:
         m = bins["barcodetool_true_k"]
-        rows.append((title, f"barcodetool, true k={bins['true_bins']}", n,
-                     f"{_pct(m['ami'])} (ARI {_pct(m['ari'])}, match {_pct(m['match_ratio'])})", ""))
+        rows.append((title, f"barcodetool cosine, true k={bins['true_bins']}", n,
+                     f"{_pct(m['ami'])} (ARI {_pct(m['ari'])}, match {_pct(m['match_ratio'])})",
+                     _rate(bins["barcodes"] / m["seconds"] if m.get("seconds") else None)))
     if "barcodetool_threshold" in bins:
         m = bins["barcodetool_threshold"]
-        rows.append((title, f"barcodetool, threshold {m['threshold']:.4g} ({m['clusters']} clusters)", n,
-                     f"{_pct(m['ami'])} (ARI {_pct(m['ari'])}, match {_pct(m['match_ratio'])})", ""))
+        rows.append((title, f"barcodetool cosine, distance {m['threshold']:.4g} ({m['clusters']} clusters)", n,
+                     f"{_pct(m['ami'])} (ARI {_pct(m['ari'])}, match {_pct(m['match_ratio'])})",
+                     _rate(bins["barcodes"] / m["seconds"] if m.get("seconds") else None)))
     for identity in VSEARCH_CLUSTER_IDS:
         entry = bins.get(f"vsearch_{identity}")
         if entry is not None:
             if "ami" in entry:
                 rows.append((title, f"VSEARCH cluster_fast {identity} ({entry['clusters']} clusters)", n,
                              f"{_pct(entry['ami'])} (ARI {_pct(entry['ari'])}, match {_pct(entry['match_ratio'])})",
-                             ""))
+                             _rate(bins["barcodes"] / entry["seconds"] if entry.get("seconds") else None)))
             else:
                 rows.append((title, f"VSEARCH cluster_fast {identity}", n, entry.get("note", "-"), ""))
     if "vsearch" in bins:
         rows.append((title, "VSEARCH cluster_fast", n, bins["vsearch"].get("note", "-"), ""))
     hm = result.get("harmonic_mean", {})
-    rows.append(("harmonic mean", "barcodetool (species 1-NN, genus 1-NN, AMI true k)", "",
+    rows.append(("harmonic mean", "barcodetool embedding (species 1-NN, genus 1-NN, AMI true k)", "",
                  _pct(hm.get("barcodetool")), ""))
+    if "barcodetool_identity" in hm:
+        rows.append(("harmonic mean", "barcodetool identity (top-hit species, genus, AMI calibrated)", "",
+                     _pct(hm.get("barcodetool_identity")), ""))
+    if "vsearch" in hm:
+        rows.append(("harmonic mean", "VSEARCH (top-hit species, genus, cluster_fast 0.97 AMI)", "",
+                     _pct(hm.get("vsearch")), ""))
     widths = [max(len(str(row[i])) for row in rows) for i in range(5)]
     lines = []
     for number, row in enumerate(rows):

@@ -1,11 +1,18 @@
 """Taxonomic classification of query barcodes against a reference index.
 
-Method (docs/classify-and-cluster.md): the k nearest reference barcodes by cosine similarity vote, weighted by
-similarity, rank by rank from phylum down (each rank votes only among neighbours consistent with the candidates
-above). A rank is assigned when its candidate's nearest supporting reference is at least the rank's calibrated
-similarity threshold and its weighted vote share reaches the minimum confidence; ranks below an unassigned rank
-stay empty (subfamily is optional and blocks nothing). `method="probe"` replaces the vote by a linear classifier
-per rank fitted on the reference embeddings (the papers' linear probe), gated by the same thresholds.
+Methods (docs/classify-and-cluster.md):
+
+- `identity` (default): candidates are the reference sequences nearest by embedding (top 10) and those sharing
+  the most 12-mers (top 10); each is scored by exact sequence identity (barcodetool.identity, coverage score),
+  the species is the one carried by most of the candidates tied at the best score, and the whole lineage is that
+  hit's. A rank is assigned when the best score reaches the rank's threshold calibrated on the reference (and
+  the tied-best candidates agree at least `min_confidence` of the time); ranks below an unassigned rank stay
+  empty (subfamily is optional and blocks nothing).
+- `knn`: the k nearest reference barcodes by cosine similarity vote, weighted by similarity, rank by rank from
+  phylum down (each rank votes only among neighbours consistent with the candidates above), gated by cosine
+  similarity thresholds calibrated the same way (the embedding-only protocol of the papers).
+- `probe`: a linear classifier per rank fitted on the reference embeddings (the papers' linear probe), gated by
+  the knn thresholds.
 """
 
 from __future__ import annotations
@@ -19,16 +26,16 @@ from typing import IO, Iterable, Iterator, Sequence
 import numpy as np
 
 from .errors import UsageError
-from .reference import (DEFAULT_K, OPTIONAL_RANKS, RANKS, ReferenceIndex, Thresholds, knn_search, normalize,
-                        sequence_groups, vote)
+from .reference import (DEFAULT_K, IDENTITY_CANDIDATES_EMBEDDING, IDENTITY_CANDIDATES_KMER, OPTIONAL_RANKS, RANKS,
+                        ReferenceIndex, Thresholds, identity_decide, knn_search, normalize, sequence_groups, vote)
 
 log = logging.getLogger("barcodetool")
 
-METHODS = ("knn", "probe")
+METHODS = ("identity", "knn", "probe")
 FORMATS = ("tsv", "sintax")
 CHUNK_RECORDS = 16384
 TSV_COLUMNS = (["id"] + [c for r in RANKS for c in (r, f"{r}_confidence")]
-               + ["rank", "nearest_id", "similarity", "bin"])
+               + ["rank", "nearest_id", "similarity", "bin", "identity_overlap"])
 # SINTAX rank letters, as barcodetool.io reads them (t = subfamily, a local extension).
 SINTAX_LETTERS = {"phylum": "p", "class": "c", "order": "o", "family": "f", "subfamily": "t", "genus": "g",
                   "species": "s"}
@@ -44,8 +51,10 @@ class Assignment:
     candidates: dict[str, tuple[str, float]] = field(default_factory=dict)  # best label and share, every rank
     rank: str = ""                       # deepest assigned rank ("" = nothing assigned)
     nearest_id: str = ""
-    similarity: float = math.nan         # cosine similarity to the nearest reference barcode
+    similarity: float = math.nan         # identity method: sequence identity to nearest_id; knn/probe: cosine
     bin: str = ""                        # the nearest BIN-labelled reference's BIN, within the BIN threshold
+    overlap: int | None = None           # identity method: aligned columns of the query and nearest_id
+    score: float = math.nan              # identity method: the coverage score the thresholds apply to
 
     def label(self, rank: str) -> str:
         return self.labels.get(rank, "")
@@ -177,8 +186,8 @@ def classify_embeddings(vectors: np.ndarray, ids: Sequence[str], index: Referenc
                         *, k: int = DEFAULT_K, method: str = "knn", min_confidence: float | None = None,
                         device=None) -> list[Assignment]:
     """Assignments for query embeddings (rows in `ids` order)."""
-    if method not in METHODS:
-        raise UsageError(f"unknown method {method!r}; choose {' or '.join(METHODS)}")
+    if method not in ("knn", "probe"):
+        raise UsageError(f"classify_embeddings does method knn or probe, not {method!r}")
     if min_confidence is None:
         min_confidence = thresholds.min_confidence
     vectors = normalize(vectors)
@@ -220,6 +229,104 @@ def classify_embeddings(vectors: np.ndarray, ids: Sequence[str], index: Referenc
     return out
 
 
+@dataclass
+class IdentityHits:
+    """Identity search results of a batch of queries (distinct-sequence rows of the reference)."""
+
+    idx: np.ndarray          # int64 [Q, N] candidates ranked by score (-1 = empty)
+    score: np.ndarray        # float32 [Q, N] coverage scores
+    identity: np.ndarray     # float32 [Q, N]
+    overlap: np.ndarray      # int32 [Q, N]
+    votes: object            # reference.Votes of the identity decision
+    chosen: np.ndarray       # int64 [Q] column of the hit whose lineage is reported
+    hit: np.ndarray          # int64 [Q] its distinct-sequence row (-1 = no candidate)
+    bins: list[str]          # per query: BIN within the BIN threshold, else ""
+    similarity: np.ndarray   # float32 [Q] identity of the hit (nan = none)
+
+
+def identity_hits(queries, vectors: np.ndarray | None, index: ReferenceIndex, thresholds: Thresholds | None = None,
+                  *, candidates: tuple[int, int] = (IDENTITY_CANDIDATES_EMBEDDING, IDENTITY_CANDIDATES_KMER),
+                  min_confidence: float | None = None, device=None) -> IdentityHits:
+    """Search, re-rank by identity and decide (reference.identity_decide) for a batch of query sequences
+    (a list of cleaned sequences or a SequenceStore; `vectors`: their embeddings, needed for embedding
+    candidates)."""
+    from .identity import as_store, candidate_union, rerank
+
+    if thresholds is None:
+        thresholds = index.identity_thresholds_for(candidates=candidates)
+    if min_confidence is None:
+        min_confidence = thresholds.min_confidence
+    n_embedding, n_kmer = candidates
+    store = as_store(queries)
+    layer = index.identity
+    emb, km = index.identity_candidates(store, vectors, n_embedding, n_kmer, device=device)
+    idx, score, identity, overlap = rerank(store, layer.store, candidate_union(emb, km), detail=True)
+    codes = {r: layer.codes[r] for r in index.ranks}
+    votes, chosen = identity_decide(idx, score, codes, thresholds=thresholds.ranks, min_confidence=min_confidence)
+    n = len(store)
+    rows = np.arange(n)
+    if idx.shape[1]:
+        hit = np.where(idx[rows, chosen] >= 0, idx[rows, chosen], -1)
+        similarity = np.where(hit >= 0, identity[rows, chosen], np.nan).astype(np.float32)
+    else:
+        hit = np.full(n, -1, dtype=np.int64)
+        similarity = np.full(n, np.nan, dtype=np.float32)
+    bins = [""] * n
+    bin_codes = layer.codes.get("bin")
+    if bin_codes is not None and not math.isnan(thresholds.bin) and idx.shape[1]:
+        labels = np.where(idx >= 0, bin_codes[np.maximum(idx, 0)], -1)
+        first = np.argmax(labels >= 0, axis=1)           # the best-scoring BIN-labelled candidate ...
+        use = np.where(labels[rows, chosen] >= 0, chosen, first)   # ... unless the reported hit has a BIN
+        label = labels[rows, use]
+        ok = (label >= 0) & (score[rows, use] >= thresholds.bin)
+        names = index.label_names["bin"]
+        bins = [names[c] if good else "" for c, good in zip(label.tolist(), ok.tolist())]
+    return IdentityHits(idx=idx, score=score, identity=identity, overlap=overlap, votes=votes, chosen=chosen,
+                        hit=hit, bins=bins, similarity=similarity)
+
+
+def classify_identity(sequences, vectors: np.ndarray | None, ids: Sequence[str], index: ReferenceIndex,
+                      thresholds: Thresholds, *, candidates: tuple[int, int] = (IDENTITY_CANDIDATES_EMBEDDING,
+                                                                                 IDENTITY_CANDIDATES_KMER),
+                      min_confidence: float | None = None, device=None) -> list[Assignment]:
+    """Assignments of the identity method for query sequences (rows in `ids` order)."""
+    hits = identity_hits(sequences, vectors, index, thresholds, candidates=candidates, min_confidence=min_confidence,
+                         device=device)
+    votes = hits.votes
+    ranks = [r for r in RANKS if r in votes.label]
+    names = index.label_names
+    label_lists = {r: votes.label[r].tolist() for r in ranks}
+    share_lists = {r: votes.confidence[r].tolist() for r in ranks}
+    assigned_lists = {r: votes.assigned[r].tolist() for r in ranks}
+    layer = index.identity
+    rows = np.arange(len(ids))
+    chosen = hits.chosen
+    best = hits.score[rows, chosen].tolist() if hits.idx.shape[1] else [math.nan] * len(ids)
+    overlaps = hits.overlap[rows, chosen].tolist() if hits.idx.shape[1] else [0] * len(ids)
+    out = []
+    for row, query_id in enumerate(ids):
+        a = Assignment(id=query_id)
+        for rank in ranks:
+            code = label_lists[rank][row]
+            if code < 0:
+                continue
+            name = names[rank][code]
+            a.candidates[rank] = (name, share_lists[rank][row])
+            if assigned_lists[rank][row]:
+                a.labels[rank] = name
+                a.confidence[rank] = share_lists[rank][row]
+                a.rank = rank
+        g = int(hits.hit[row])
+        if g >= 0:
+            a.nearest_id = index.ids[int(layer.group_record[g])]
+            a.similarity = float(hits.similarity[row])
+            a.overlap = int(overlaps[row])
+            a.score = float(best[row])
+        a.bin = hits.bins[row]
+        out.append(a)
+    return out
+
+
 def nearest_bins(index: ReferenceIndex, sims: np.ndarray, idx: np.ndarray, threshold: float) -> list[str]:
     """Per query: the BIN of the nearest BIN-labelled neighbour when its similarity >= threshold, else ""."""
     n = len(idx)
@@ -247,37 +354,59 @@ def nearest_labels(index: ReferenceIndex, idx: np.ndarray, rank: str) -> list[st
 
 
 def classify_records(records: Iterable, index: ReferenceIndex, pretrained, *, k: int | None = None,
-                     method: str = "knn", precision: float | None = None, min_confidence: float | None = None,
-                     chunk_size: int = CHUNK_RECORDS, batch_size: int = 256, device=None,
-                     progress=None) -> Iterator[Assignment]:
+                     method: str = "identity", precision: float | None = None, min_confidence: float | None = None,
+                     candidates_embedding: int = IDENTITY_CANDIDATES_EMBEDDING,
+                     candidates_kmer: int = IDENTITY_CANDIDATES_KMER, chunk_size: int = CHUNK_RECORDS,
+                     batch_size: int = 256, device=None, progress=None) -> Iterator[Assignment]:
     """Stream assignments for query records (objects with .id and .sequence), one per record, in input order.
 
-    Records are processed `chunk_size` at a time (identical sequences of a chunk embedded once), so memory does
-    not grow with the number of queries. The index must have been built with `pretrained`.
+    Records are processed `chunk_size` at a time (identical sequences of a chunk searched once), so memory does
+    not grow with the number of queries. The index must have been built with `pretrained`. With
+    `method="identity"` and `candidates_embedding=0` (k-mer candidates only) no embedding is computed and
+    `pretrained` may be None. `k` applies to knn and probe only; the candidate numbers to identity only.
     """
     from .embed import embed_sequences
 
     if method not in METHODS:
-        raise UsageError(f"unknown method {method!r}; choose {' or '.join(METHODS)}")
+        raise UsageError(f"unknown method {method!r}; choose {', '.join(METHODS)}")
     if k is not None and k < 1:
         raise UsageError(f"--k must be at least 1, got {k}")
     if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:
         raise UsageError(f"--min-confidence must be between 0 and 1, got {min_confidence}")
-    index.check_model(pretrained)
-    thresholds = index.thresholds_for(precision=precision, k=k, min_confidence=min_confidence)
-    k = thresholds.k if k is None else k
+    if candidates_embedding < 0 or candidates_kmer < 0:
+        raise UsageError("candidate numbers must be >= 0")
+    if method == "identity" and candidates_embedding + candidates_kmer == 0:
+        raise UsageError("--candidates-embedding and --candidates-kmer cannot both be 0")
+    embed = method != "identity" or candidates_embedding > 0
+    if pretrained is None and embed:
+        raise UsageError(f"method {method} needs the model (embedding candidates)")
+    if pretrained is not None:
+        index.check_model(pretrained)
+    candidates = (candidates_embedding, candidates_kmer)
+    if method == "identity":
+        thresholds = index.identity_thresholds_for(precision=precision, min_confidence=min_confidence,
+                                                   candidates=candidates)
+    else:
+        thresholds = index.thresholds_for(precision=precision, k=k, min_confidence=min_confidence)
+        k = thresholds.k if k is None else k
     for chunk in _chunks(records, chunk_size):
         groups = sequence_groups([r.sequence for r in chunk])
         _, first = np.unique(groups, return_index=True)
         unique = [chunk[i].sequence for i in first]
-        vectors = embed_sequences(pretrained, unique, batch_size=batch_size)
-        assignments = classify_embeddings(vectors, [chunk[i].id for i in first], index, thresholds, k=k,
-                                          method=method, min_confidence=min_confidence, device=device)
+        vectors = embed_sequences(pretrained, unique, batch_size=batch_size) if embed else None
+        unique_ids = [chunk[i].id for i in first]
+        if method == "identity":
+            assignments = classify_identity(unique, vectors, unique_ids, index, thresholds, candidates=candidates,
+                                            min_confidence=min_confidence, device=device)
+        else:
+            assignments = classify_embeddings(vectors, unique_ids, index, thresholds, k=k, method=method,
+                                              min_confidence=min_confidence, device=device)
         for record, group in zip(chunk, groups.tolist()):
             template = assignments[group]
             yield Assignment(id=record.id, labels=template.labels, confidence=template.confidence,
                              candidates=template.candidates, rank=template.rank,
-                             nearest_id=template.nearest_id, similarity=template.similarity, bin=template.bin)
+                             nearest_id=template.nearest_id, similarity=template.similarity, bin=template.bin,
+                             overlap=template.overlap, score=template.score)
         if progress is not None:
             progress(len(chunk))
 
@@ -304,7 +433,7 @@ def tsv_row(a: Assignment) -> str:
         label = a.labels.get(rank, "")
         cells.append(label)
         cells.append(_number(a.confidence.get(rank), 3) if label else "")
-    cells += [a.rank, a.nearest_id, _number(a.similarity, 4), a.bin]
+    cells += [a.rank, a.nearest_id, _number(a.similarity, 4), a.bin, "" if a.overlap is None else str(a.overlap)]
     return "\t".join(cell.replace("\t", " ") for cell in cells) + "\n"
 
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import shutil
 import signal
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -43,8 +45,83 @@ class Context:
                     leave=False)
 
 
-def _raise_interrupt(signal_number, frame):
-    raise Interrupted(signal_number)
+class _SignalGuard:
+    """SIGINT/SIGTERM handlers for one command.
+
+    The handler records the signal (barcodetool.atomic then refuses to publish any output) and raises
+    KeyboardInterrupt (SIGINT) or Interrupted (SIGTERM). Python drops an exception raised while it runs a
+    `__del__` method or a weakref callback, so until the command's error handler has caught the interruption,
+    a watchdog thread sends the signal again every REDELIVER_S seconds.
+    """
+
+    REDELIVER_S = 0.5
+
+    def __init__(self):
+        import threading
+
+        self.caught = False  # the error handler has the interruption in hand (or the command is over)
+        self.previous: dict[int, object] = {}
+        self.watchdog = None
+        self.lock = threading.Lock()  # no signal is sent again once the handlers are restored
+        self.over = threading.Event()
+        self.unraisablehook = None
+
+    def install(self) -> None:
+        from .atomic import clear_signals
+
+        clear_signals()
+        if not _main_thread():
+            return
+        self.previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, self.handle)
+        # SIGINT ignored by whoever started us (a background job of a shell) stays ignored.
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self.previous[signal.SIGINT] = signal.signal(signal.SIGINT, self.handle)
+        self.unraisablehook = sys.unraisablehook
+        sys.unraisablehook = self.unraisable
+
+    def restore(self) -> None:
+        from .atomic import clear_signals
+
+        with self.lock:
+            self.caught = True
+            self.over.set()
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+        self.previous.clear()
+        if self.unraisablehook is not None:
+            sys.unraisablehook = self.unraisablehook
+            self.unraisablehook = None
+        clear_signals()  # the command is over (library calls in the same process write again)
+
+    def handle(self, signal_number, frame):
+        from .atomic import note_signal
+
+        note_signal(signal_number)
+        if self.caught:
+            return
+        if self.watchdog is None and self.previous:
+            import threading
+
+            self.watchdog = threading.Thread(target=self._redeliver, args=(signal_number,), daemon=True,
+                                             name="barcodetool-signal-watchdog")
+            self.watchdog.start()
+        if signal_number == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise Interrupted(signal_number)
+
+    def unraisable(self, info) -> None:
+        """Python's report of an exception it had to drop: silent for our own interruption (it is recorded
+        and delivered again), as usual for anything else."""
+        if isinstance(info.exc_value, (KeyboardInterrupt, Interrupted)) and not self.caught:
+            return
+        (self.unraisablehook or sys.__unraisablehook__)(info)
+
+    def _redeliver(self, signal_number: int) -> None:
+        while not self.over.wait(self.REDELIVER_S):
+            with self.lock:
+                if self.caught:
+                    return
+                os.kill(os.getpid(), signal_number)
 
 
 def handle_errors(function):
@@ -52,37 +129,49 @@ def handle_errors(function):
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
+        from .atomic import interrupted
+
         ctx = click.get_current_context()
         state: Context = ctx.find_object(Context) or Context(False, False)
-        previous = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None
+        guard = _SignalGuard()
+        guard.install()
         try:
-            return function(*args, **kwargs)
+            result = function(*args, **kwargs)
+            if interrupted() is None:
+                return result
+            raise Interrupted(interrupted())  # the handler's exception was swallowed on the way
         except KeyboardInterrupt:
+            guard.caught = True
             _cleanup()
             click.echo("barcodetool: interrupted (SIGINT); no partial output was left", err=True)
             ctx.exit(130)
         except Interrupted as error:
+            guard.caught = True
             _cleanup()
             click.echo(f"barcodetool: {error}", err=True)
             ctx.exit(error.exit_code)
         except BarcodeToolError as error:
+            guard.caught = True
             _cleanup()
-            if state.debug:
-                raise
+            if state.debug:  # the traceback, then the same line and exit status as without --debug
+                import traceback
+
+                traceback.print_exc(file=sys.stderr)
             click.echo(f"barcodetool: error: {error}", err=True)
             ctx.exit(error.exit_code)
         except BrokenPipeError:
+            guard.caught = True
             _cleanup()
             ctx.exit(1)
         except (OSError, MemoryError) as error:
+            guard.caught = True
             _cleanup()
             if state.debug:
                 raise
             click.echo(f"barcodetool: error: {error.__class__.__name__}: {error}", err=True)
             ctx.exit(1)
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
+            guard.restore()
 
     return wrapper
 
@@ -226,11 +315,21 @@ def _train_config(kwargs: dict):
         compile=kwargs["compile"], device=kwargs["device"])
 
 
+def _check_model_name(ctx, param, value):
+    """A model name is also a folder name in the user models folder: one plain path component."""
+    if value is not None and (not value.strip() or value in {".", ".."} or value.startswith(".")
+                              or any(c in value for c in "/\\\0")):
+        raise click.BadParameter(f"{value!r} is not a plain name (no '/', '\\', or leading '.'); "
+                                 "use -o to choose the folder")
+    return value
+
+
 def training_options(function):
     options = [
         click.option("--output", "-o", type=click.Path(file_okay=False), help="Model folder to write "
                      "(default: the user data folder's models/NAME)."),
-        click.option("--name", help="Model name (default: the output folder's name)."),
+        click.option("--name", callback=_check_model_name,
+                     help="Model name (default: the output folder's name)."),
         click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True),
         click.option("--max-steps", type=click.IntRange(min=1), help="Optimizer steps (overrides --epochs)."),
         click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True),
@@ -265,14 +364,24 @@ def _run_training(ctx_obj: Context, kind: str, data, kwargs, read_opts, base=Non
     set_threads(kwargs.pop("threads"))
     config = _train_config(kwargs)
     splits = [s.strip() for s in kwargs["include_splits"].split(",")] if kwargs.get("include_splits") else None
+    if kwargs["output"] is None:  # as train._prepare_output would choose, so that it is known here
+        from .weights import user_models_dir
+
+        kwargs["output"] = str(user_models_dir() / (kwargs["name"] or time.strftime("model-%Y%m%d-%H%M%S")))
     if kind == "pretrain":
         tokenizer = KmerTokenizer(TokenizerConfig(k=kwargs["k"], stride=kwargs["stride"],
                                                   max_length=kwargs["max_length"]))
         label_ranks = ()
     else:
+        from .atomic import check_outputs_distinct
+        from .errors import OutputError
         from .weights import load_model
 
+        check_outputs_distinct([kwargs["output"]], data)
         base = load_model(base, device="cpu")
+        if base.path is not None and os.path.realpath(kwargs["output"]) == os.path.realpath(base.path):
+            raise OutputError(f"{kwargs['output']}: output would overwrite the base model {base.path} "
+                              "(choose another -o or --name)")
         tokenizer = base.tokenizer
         read_opts["min_length"] = tokenizer.config.k
         label_ranks = FINETUNE_RANKS
@@ -301,12 +410,27 @@ def _run_training(ctx_obj: Context, kind: str, data, kwargs, read_opts, base=Non
         else:
             result = finetune(corpus, base, config=config, output=kwargs["output"], name=kwargs["name"],
                               resume=kwargs["resume"], log=log.info, progress=progress)
+    except BaseException as error:
+        _discard_staged_checkpoint(kwargs["output"], error)
+        raise
     finally:
         bar.close()
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
     log.info(f"{result.steps} steps, {result.barcodes_seen} barcodes in {result.seconds:.0f} s; {metrics}")
     if int(os.environ.get("RANK", "0")) == 0:
         click.echo(str(result.output))
+
+
+def _discard_staged_checkpoint(output: str, error: BaseException) -> None:
+    """After a failed or interrupted run: remove a checkpoint that was being written (its staging folder), and
+    say where the last complete one is. Only rank 0 writes checkpoints."""
+    from .train import CHECKPOINT_DIR, checkpoint_folder
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    shutil.rmtree(Path(output) / (CHECKPOINT_DIR + ".partial"), ignore_errors=True)
+    if isinstance(error, (KeyboardInterrupt, Interrupted)) and checkpoint_folder(output) is not None:
+        log.warning(f"{output}: the last complete checkpoint is kept; continue with the same command and --resume")
 
 
 @main.command("train")

@@ -56,6 +56,7 @@ MISALIGNED_FLOOR = 0.4      # ... below this identity mark an alignment as suspe
 DEFAULT_COVERAGE = 0.7      # rerank: references covering less of the query than this are scaled down
 KMER_K = 12                 # KmerIndex k-mer length
 KMER_MAX_DF = 1000          # KmerIndex.search: skip k-mers held by more references than this
+KMER_COUNT_ELEMENTS = 1 << 22   # KmerIndex.search: queries x references shared-k-mer counts held at once
 MAX_COMPONENT = 20_000      # identity_graph_cluster: largest linked group clustered exactly (m^2 / 2 pairs)
 PAIR_BLOCK = 2048           # pairs processed at once (memory ~ PAIR_BLOCK x longest sequence x 40 B)
 IUPAC_MODES = ("ignore", "compatible")
@@ -473,6 +474,57 @@ def rerank(queries, ref_store, candidate_idx: np.ndarray, *, coverage: float = D
     return idx, score
 
 
+def candidate_union(*tables: np.ndarray) -> np.ndarray:
+    """Row-wise union of candidate tables [Q, N_i] (-1 = empty): concatenated in the given order, a repeated
+    candidate replaced by -1 after its first occurrence."""
+    both = np.concatenate([np.asarray(t, dtype=np.int64) for t in tables], axis=1)
+    if both.shape[1] < 2:
+        return both
+    order = np.argsort(both, axis=1, kind="stable")
+    ordered = np.take_along_axis(both, order, axis=1)
+    repeat = np.zeros_like(ordered, dtype=bool)
+    repeat[:, 1:] = (ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] >= 0)
+    dup = np.zeros_like(repeat)
+    np.put_along_axis(dup, order, repeat, axis=1)
+    return np.where(dup, -1, both)
+
+
+def score_candidates(queries, ref_store, candidate_idx: np.ndarray, *, coverage: float = DEFAULT_COVERAGE,
+                     **options) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(score float32, identity float32, overlap int32), each [Q, N], of candidates in their given positions
+    (not re-ranked; -1 slots get -inf, -inf, 0). A (query, reference) pair repeated in a row is computed once."""
+    queries, ref_store = as_store(queries), as_store(ref_store)
+    candidate_idx = np.asarray(candidate_idx, dtype=np.int64)
+    q, n = candidate_idx.shape
+    score = np.full((q, n), -np.inf, dtype=np.float32)
+    identity = np.full((q, n), -np.inf, dtype=np.float32)
+    overlap = np.zeros((q, n), dtype=np.int32)
+    valid = candidate_idx >= 0
+    if not valid.any():
+        return score, identity, overlap
+    qi = np.broadcast_to(np.arange(q)[:, None], (q, n))[valid]
+    keys = qi * max(1, len(ref_store)) + candidate_idx[valid]
+    unique, inverse = np.unique(keys, return_inverse=True)
+    uq, ur = unique // max(1, len(ref_store)), unique % max(1, len(ref_store))
+    result = pair_identity(queries, uq, ref_store, ur, **options)
+    identity[valid] = result.identity[inverse]
+    overlap[valid] = result.overlap[inverse]
+    score[valid] = coverage_score(result.identity, result.overlap, queries.lengths[uq], coverage)[inverse]
+    return score, identity, overlap
+
+
+def rank_scored(candidate_idx: np.ndarray, score: np.ndarray, *others: np.ndarray):
+    """Sort scored candidates as `rerank` does: score, then longer overlap (`others[0]` when given), then the
+    given order; empty slots (-1) last. Returns (idx, score, *others) sorted."""
+    q, n = candidate_idx.shape
+    score = np.where(candidate_idx >= 0, score, -np.inf)
+    overlap = others[0] if others else np.zeros((q, n), dtype=np.int32)
+    order = np.lexsort((np.broadcast_to(np.arange(n), (q, n)), -overlap, -score), axis=1)
+    out = [np.take_along_axis(np.where(candidate_idx >= 0, candidate_idx, -1), order, axis=1),
+           np.take_along_axis(score, order, axis=1)]
+    return tuple(out + [np.take_along_axis(x, order, axis=1) for x in others])
+
+
 # ============================================================================================ k-mer search
 class KmerIndex:
     """Inverted index of the distinct k-mers of reference sequences, for candidate generation by shared k-mers
@@ -502,6 +554,23 @@ class KmerIndex:
         self.kmers, self.starts, counts = np.unique(kmers, return_index=True, return_counts=True)
         self.df = counts.astype(np.int32)                  # references holding each distinct k-mer
 
+    @classmethod
+    def from_arrays(cls, k: int, size: int, kmers: np.ndarray, df: np.ndarray, refs: np.ndarray) -> "KmerIndex":
+        """An index from its stored arrays (`kmers`, `df`, `refs` as built; `starts` is derived from `df`)."""
+        kmers = np.asarray(kmers, dtype=np.int32)
+        df = np.asarray(df, dtype=np.int32)
+        refs = np.asarray(refs, dtype=np.int32)
+        if not 4 <= k <= 15 or kmers.shape != df.shape or int(df.sum(dtype=np.int64)) != len(refs) \
+                or (len(refs) and (refs.min() < 0 or refs.max() >= size)) \
+                or (len(kmers) > 1 and (np.diff(kmers) <= 0).any()):
+            raise InputError("the stored k-mer index is inconsistent", fix="rebuild the reference index")
+        index = cls.__new__(cls)
+        index.k, index.size, index.kmers, index.df, index.refs = int(k), int(size), kmers, df, refs
+        index.starts = np.zeros(len(df), dtype=np.int64)
+        if len(df) > 1:
+            np.cumsum(df[:-1], out=index.starts[1:])
+        return index
+
     def search(self, queries, n: int, *, max_df: int = KMER_MAX_DF, stride: int = 1,
                exclude: tuple[np.ndarray, np.ndarray] | None = None, batch: int = 64
                ) -> tuple[np.ndarray, np.ndarray]:
@@ -517,6 +586,7 @@ class KmerIndex:
         if nq == 0 or self.size == 0 or len(self.kmers) == 0:
             return out_c, out_i
         kk = min(n, self.size)
+        batch = max(1, min(batch, KMER_COUNT_ELEMENTS // max(1, self.size)))   # bound the [batch, size] counts
         for q0 in range(0, nq, batch):
             rows = np.arange(q0, min(nq, q0 + batch))
             kmers = _kmer_codes(queries.rows(rows), self.k)[:, ::stride]
@@ -537,7 +607,9 @@ class KmerIndex:
             if exclude is not None:
                 query_groups, ref_groups = exclude
                 counts[np.asarray(query_groups)[rows][:, None] == np.asarray(ref_groups)[None, :]] = 0
-            top = np.argpartition(-counts, kk - 1, axis=1)[:, :kk]
+            # unique keys (count, then lower row first): the top n does not depend on n at ties
+            key = counts * self.size + (self.size - 1 - np.arange(self.size))
+            top = np.argpartition(-key, kk - 1, axis=1)[:, :kk]
             top_c = np.take_along_axis(counts, top, axis=1)
             order = np.lexsort((top, -top_c), axis=1)
             top, top_c = np.take_along_axis(top, order, axis=1), np.take_along_axis(top_c, order, axis=1)

@@ -416,10 +416,19 @@ def _task_groups(data: dict) -> list[Group]:
         group = Group(titles[name].format(n=task.get("queries", "?")))
         bt = task.get("barcodetool") if isinstance(task.get("barcodetool"), dict) else {}
         knn = f"k-NN, k={data['k']}" if data.get("k") else "k-NN"
-        for key, variant, secondary in (("one_nn_accuracy", "1-NN", False), ("default_accuracy", knn, True)):
+        if bt.get("default_method") == "identity":   # since the identity classifier became the default
+            bars = (("top_hit_accuracy", "identity top hit", False, "queries_per_s"),
+                    ("default_accuracy", "identity", True, "queries_per_s"),
+                    ("one_nn_accuracy", "1-NN", False, "one_nn_queries_per_s"),
+                    ("knn_accuracy", knn, True, "knn_queries_per_s"))
+        else:                                         # older files: 1-NN and the k-NN vote
+            bars = (("one_nn_accuracy", "1-NN", False, "queries_per_s"),
+                    ("default_accuracy", knn, True, "queries_per_s"))
+        for key, variant, secondary, speed in bars:
             value = _number(bt.get(key))
             if value is not None:
-                group.bars.append(Bar("barcodetool", variant, value, _rate(bt), secondary))
+                group.bars.append(Bar("barcodetool", variant, value, _rate({"queries_per_s": bt.get(speed)}),
+                                      secondary))
         for tool in ("vsearch", "blast"):
             entry = task.get(tool)
             if isinstance(entry, dict):
@@ -440,9 +449,11 @@ def _task_groups(data: dict) -> list[Group]:
                 continue
             secondary = False
             if key == "barcodetool_true_k":
-                variant = f"true k={bins.get('true_bins', '?')}"
+                variant = f"cosine, true k={bins.get('true_bins', '?')}"
             elif key == "barcodetool_threshold":
-                variant, secondary = "calibrated threshold", True
+                variant, secondary = "cosine, calibrated threshold", True
+            elif key == "barcodetool_identity":
+                variant = "identity, calibrated threshold"
             elif key.startswith("vsearch_"):
                 variant = f"--id {key.split('_', 1)[1]}"
             else:

@@ -43,15 +43,27 @@ def test_run_benchmark_on_sample(tiny):
     assert species["queries"] == 10 and genus["queries"] == 10 and bins["barcodes"] == 10
     for task in (species, genus):
         bt = task["barcodetool"]
-        assert 0 <= bt["one_nn_accuracy"] <= 1 and 0 <= bt["default_accuracy"] <= 1
-        assert bt["queries_per_s"] > 0
-    assert genus["barcodetool"]["species_left_empty"] == 1.0  # unseen species are never named
+        assert bt["default_method"] == "identity" and bt["candidates"] == [10, 10]
+        for key in ("one_nn_accuracy", "default_accuracy", "top_hit_accuracy", "knn_accuracy"):
+            assert 0 <= bt[key] <= 1, key
+        assert bt["default_accuracy"] <= bt["top_hit_accuracy"]   # the thresholds only leave ranks empty
+        for key in ("queries_per_s", "one_nn_queries_per_s", "knn_queries_per_s"):
+            assert bt[key] > 0
+        # each method's time includes the shared embedding
+        assert min(bt["seconds"], bt["one_nn_seconds"], bt["knn_seconds"]) >= bt["embed_seconds"]
+    assert 0 <= genus["barcodetool"]["species_left_empty"] <= 1
+    assert genus["barcodetool"]["knn_species_left_empty"] == 1.0  # unseen species are never named by the vote
     assert -1 <= bins["barcodetool_true_k"]["ami"] <= 1 and bins["barcodetool_true_k"]["clusters"] == bins["true_bins"]
     assert "barcodetool_threshold" in bins
-    assert 0 <= result["harmonic_mean"]["barcodetool"] <= 1
+    identity = bins["barcodetool_identity"]
+    assert identity["threshold"] == result["thresholds"]["identity"]["cluster_distance"] and identity["ami"] > 0.5
+    assert 0 <= result["harmonic_mean"]["barcodetool"] <= 1 and 0 <= result["harmonic_mean"]["barcodetool_identity"] <= 1
     assert result["unique_barcodes"]["train"] > 50 and result["tools"] == {}
     table = format_table(result)
     assert "species, closed world" in table and "genus, open world" in table and "harmonic mean" in table
+    for row in ("identity, default", "identity, top hit", "embedding 1-NN", "embedding k-NN vote",
+                "barcodetool identity, distance", "barcodetool cosine, true k"):
+        assert row in table, row
     # the same seed draws the same queries
     again = run_benchmark(SAMPLE, tiny[1], sample=10, threads=1)
     assert again["tasks"]["species"]["barcodetool"]["one_nn_accuracy"] == species["barcodetool"]["one_nn_accuracy"]

@@ -17,6 +17,7 @@ from barcodetool.errors import IndexMismatchError, UsageError
 from barcodetool.io import BarcodeRecord, parse_sintax_taxonomy, read_barcodes
 from barcodetool.reference import OPTIONAL_RANKS, RANKS, ReferenceIndex, build_reference
 from helpers_models import SAMPLE, load_tiny, make_tiny_model, restore_torch_threads  # noqa: F401
+from helpers_sequences import lineage, synthetic_records
 
 
 @pytest.fixture(scope="module")
@@ -85,12 +86,12 @@ def test_assignments_are_hierarchical_and_consistent(index, tiny, records):
 
 
 def test_open_world_species_absent_genus_kept(index, tiny, records):
-    """test_unseen species are absent from the reference but their genera are present: species must stay empty
-    and the genus is the deepest rank assigned where anything is."""
+    """k-NN vote: test_unseen species are absent from the reference but their genera are present: species must
+    stay empty and the genus is the deepest rank assigned where anything is."""
     unseen = [r for r in records if r.split == "test_unseen"]
     reference_species = {index.label_names["species"][c] for c in index.codes["species"] if c >= 0}
     assert unseen and not {r.taxonomy["species"] for r in unseen} & reference_species
-    result = classify(unseen, index, tiny[1])
+    result = classify(unseen, index, tiny[1], method="knn")
     assert all(a.label("species") == "" for a in result)
     assigned = [(a, r) for a, r in zip(result, unseen) if a.label("genus")]
     assert assigned, "some unseen-species queries should keep their genus"
@@ -102,7 +103,7 @@ def test_open_world_species_absent_genus_kept(index, tiny, records):
 
 def test_k1_is_nearest_neighbour(index, tiny, records):
     queries = [r for r in records if r.split == "test"][:10]
-    result = classify(queries, index, tiny[1], k=1)
+    result = classify(queries, index, tiny[1], k=1, method="knn")
     for a in result:
         j = index.ids.index(a.nearest_id)
         for rank, label in a.labels.items():
@@ -115,7 +116,11 @@ def test_min_confidence_one_and_strict_precision_assign_less(index, tiny, record
     default = classify(queries, index, tiny[1])
     strict = classify(queries, index, tiny[1], min_confidence=1.0, precision=0.999)
     assert sum(len(a.labels) for a in strict) <= sum(len(a.labels) for a in default)
+    knn = classify(queries, index, tiny[1], method="knn")
+    knn_strict = classify(queries, index, tiny[1], method="knn", min_confidence=1.0, precision=0.999)
+    assert sum(len(a.labels) for a in knn_strict) <= sum(len(a.labels) for a in knn)
     index.calibrate()  # back to the stored defaults for the other tests
+    index.calibrate_identity()
 
 
 def test_probe_method(index, tiny, records):
@@ -134,6 +139,53 @@ def test_mismatched_model_is_refused(index, tmp_path, records):
         classify(records[:2], index, other)
 
 
+# ============================================================================================ identity method
+@pytest.fixture(scope="module")
+def synthetic(tiny):
+    """Reference: 18 synthetic species (6 genera, 2 families), 6 haplotypes each; BIN = species."""
+    records, taxa, barcode, new_species = synthetic_records(seed=1)
+    return build_reference(records, tiny[1]), taxa, barcode, new_species
+
+
+def test_identity_known_species_named_new_species_left_empty(synthetic, tiny):
+    index, taxa, barcode, new_species = synthetic
+    known = [BarcodeRecord(f"k{i}", barcode(key), lineage(key)) for i, key in enumerate(taxa)]
+    novel = [BarcodeRecord(f"n{f}{g}", new_species(f, g), {"genus": f"Genus{f}x{g}"}) for f in range(2)
+             for g in range(3)]
+    result = classify(known + novel, index, tiny[1])
+    assert [a.id for a in result] == [r.id for r in known + novel]
+    named = 0
+    for a, r, (f, g, s) in zip(result[:len(known)], known, taxa):
+        assert a.label("genus") == r.taxonomy["genus"] and a.candidates["species"][0] == r.taxonomy["species"]
+        assert a.similarity > 0.98 and a.bin in ("", f"BOLD:A{f}{g}{s}") and 0 < a.overlap <= 658
+        if a.label("species"):      # new haplotypes a little farther than any seen in calibration stay unnamed
+            named += 1
+            assert a.label("species") == r.taxonomy["species"] and a.rank == "species"
+            assert a.confidence["species"] == pytest.approx(1.0)
+    assert named >= 0.8 * len(known) and sum(bool(a.bin) for a in result[:len(known)]) >= 0.8 * len(known)
+    for a, r in zip(result[len(known):], novel):   # open world: genus present, species absent
+        assert a.label("species") == "" and a.rank == "genus", a
+        assert a.label("genus") == r.taxonomy["genus"]
+        assert a.similarity < index.identity_thresholds.ranks["species"]
+        assert_hierarchical(a)
+    assert all(a.bin == "" for a in result[len(known):])   # a new species is no known BIN
+
+
+def test_identity_kmer_only_needs_no_model(synthetic, tiny):
+    index, taxa, barcode, _ = synthetic
+    queries = [BarcodeRecord(f"q{i}", barcode(key), lineage(key)) for i, key in enumerate(list(taxa) * 2)]
+    queries.append(BarcodeRecord("dup", queries[0].sequence, {}))
+    fast = classify(queries, index, None, candidates_embedding=0, chunk_size=7)
+    assert [a.id for a in fast] == [q.id for q in queries]
+    assert all(a.label("species") == q.taxonomy["species"] for a, q in zip(fast[:-1], queries))
+    assert fast[-1].labels == fast[0].labels and fast[-1].nearest_id == fast[0].nearest_id
+    with pytest.raises(UsageError, match="model"):
+        classify(queries, index, None)
+    with pytest.raises(UsageError):
+        classify(queries, index, tiny[1], candidates_embedding=0, candidates_kmer=0)
+    index.calibrate_identity()
+
+
 # ============================================================================================ output formats
 def test_tsv_columns(index, tiny, records):
     result = classify([r for r in records if r.split == "test"][:5], index, tiny[1])
@@ -142,9 +194,11 @@ def test_tsv_columns(index, tiny, records):
     rows = list(csv.reader(io.StringIO(buffer.getvalue()), delimiter="\t"))
     assert rows[0] == TSV_COLUMNS
     assert rows[0][:3] == ["id", "phylum", "phylum_confidence"]
-    assert rows[0][-4:] == ["rank", "nearest_id", "similarity", "bin"]
+    assert rows[0][-5:] == ["rank", "nearest_id", "similarity", "bin", "identity_overlap"]
     for row, a in zip(rows[1:], result):
         assert len(row) == len(TSV_COLUMNS) and row[0] == a.id
+        assert int(row[-1]) == a.overlap > 0 and float(row[TSV_COLUMNS.index("similarity")]) == \
+            pytest.approx(a.similarity, abs=6e-5)
         for rank in RANKS:
             label = row[TSV_COLUMNS.index(rank)]
             conf = row[TSV_COLUMNS.index(f"{rank}_confidence")]
@@ -272,3 +326,29 @@ def test_cli_classify_short_sequences(tmp_path, tiny, index_path):
                                 "--model", str(tiny[0]), "--skip-empty"])
     assert kept.exit_code == 0, kept.output
     assert [row["id"] for row in csv.DictReader(open(out), delimiter="\t")] == ["ok"]
+
+
+def test_cli_classify_methods_and_kmer_only(tmp_path, tiny, index_path, records):
+    queries = [r for r in records if r.split in ("test", "test_unseen")][:20]
+    fasta = tmp_path / "queries.fasta"
+    write_queries(fasta, queries)
+    runner = CliRunner()
+    outputs = {}
+    for name, extra in (("identity", []), ("knn", ["--method", "knn"]),
+                        ("kmer", ["--kmer-only", "--model", str(tmp_path / "no-such-model")]),
+                        ("custom", ["--candidates-embedding", "3", "--candidates-kmer", "0"])):
+        out = tmp_path / f"{name}.tsv"
+        result = runner.invoke(main, ["-q", "classify", str(fasta), "-r", str(index_path), "-o", str(out),
+                                      *(["--model", str(tiny[0])] if name != "kmer" else []), *extra])
+        assert result.exit_code == 0, (name, result.output)
+        rows = list(csv.DictReader(open(out), delimiter="\t"))
+        assert [row["id"] for row in rows] == [q.id for q in queries]
+        outputs[name] = rows
+    assert all(row["identity_overlap"] for row in outputs["identity"])      # identity methods report it
+    assert not any(row["identity_overlap"] for row in outputs["knn"])
+    # the k-mer candidates find the same genus as the default here (real sequences, a tiny random model)
+    agree = sum(a["genus"] == b["genus"] for a, b in zip(outputs["identity"], outputs["kmer"]))
+    assert agree >= 0.9 * len(queries)
+    bad = runner.invoke(main, ["classify", str(fasta), "-r", str(index_path), "-o", str(tmp_path / "x.tsv"),
+                               "--model", str(tiny[0]), "--kmer-only", "--method", "knn"])
+    assert bad.exit_code == 2 and "--kmer-only" in bad.output

@@ -12,12 +12,15 @@ import pytest
 from click.testing import CliRunner
 
 from barcodetool.cli import main
-from barcodetool.cluster import (calibrate_cluster_threshold, cluster, cluster_metrics, cluster_records,
+from barcodetool.cluster import (DEFAULT_IDENTITY_DISTANCE_THRESHOLD, _identity_cluster_grid,
+                                 calibrate_cluster_threshold, calibrate_identity_cluster_threshold, cluster,
+                                 cluster_identity, cluster_metrics, cluster_records, identity_neighbours,
                                  match_reference_bins, renumber)
 from barcodetool.errors import UsageError
 from barcodetool.io import read_barcodes
 from barcodetool.reference import build_reference, normalize
 from helpers_models import SAMPLE, load_tiny, make_tiny_model, restore_torch_threads  # noqa: F401
+from helpers_sequences import synthetic_records
 
 
 @pytest.fixture(scope="module")
@@ -138,13 +141,68 @@ def test_cluster_records_with_reference(tiny):
     records = list(read_barcodes(SAMPLE, skip_empty=True))
     reference = build_reference([r for r in records if r.split in ("train", "val")], tiny[1])
     queries = [r for r in records if r.split in ("test", "test_unseen")]
-    result = cluster_records(queries, tiny[1], reference=reference)
-    assert len(result.clusters) == len(queries) and result.threshold == reference.thresholds.cluster_distance
-    assert set(result.reference_bin) <= set(reference.label_names["bin"]) | {"new"}
-    assert "bin" in result.metrics and "species" in result.metrics
-    # members of one cluster share its reference BIN
-    for c in set(result.clusters.tolist()):
-        assert len({b for b, cc in zip(result.reference_bin, result.clusters) if cc == c}) == 1
+    for method, calibrated in (("identity", reference.identity_thresholds.cluster_distance),
+                               ("cosine", reference.thresholds.cluster_distance)):
+        result = cluster_records(queries, tiny[1], reference=reference, method=method)
+        assert len(result.clusters) == len(queries) and result.threshold == calibrated
+        assert set(result.reference_bin) <= set(reference.label_names["bin"]) | {"new"}
+        assert "bin" in result.metrics and "species" in result.metrics
+        # members of one cluster share its reference BIN
+        for c in set(result.clusters.tolist()):
+            assert len({b for b, cc in zip(result.reference_bin, result.clusters) if cc == c}) == 1
+    # identity on real barcodes recovers the BINs far better than a random-weight model's cosine distances
+    assert result.metrics["bin"]["ami"] < cluster_records(queries, tiny[1], reference=reference).metrics["bin"]["ami"]
+
+
+# ============================================================================================ identity
+@pytest.fixture(scope="module")
+def synthetic():
+    """108 synthetic barcodes: 18 species (BINs) of 6 genera, 6 haplotypes each (plus their embeddings)."""
+    records, *_ = synthetic_records(seed=2)
+    return records
+
+
+def test_identity_clustering_recovers_known_bins(synthetic, tiny):
+    records = synthetic
+    bins = [r.bin for r in records]
+    result = cluster_records(records, tiny[1])
+    assert result.method == "identity" and result.threshold == DEFAULT_IDENTITY_DISTANCE_THRESHOLD
+    m = result.metrics["bin"]
+    assert m["ami"] == pytest.approx(1.0) and m["ari"] == pytest.approx(1.0) and m["clusters"] == 18
+    # without embeddings (k-mer neighbours only) the same; at distance 0 only barcodes identical over their
+    # overlap (differently trimmed copies of a haplotype) share a cluster
+    sequences = [r.sequence for r in records]
+    assert cluster_metrics(bins, cluster_identity(sequences, None, 0.035))["ami"] == pytest.approx(1.0)
+    assert 18 < len(set(cluster_identity(sequences, None, 0.0).tolist())) <= len(set(sequences))
+    with pytest.raises(UsageError, match="n-clusters"):
+        cluster_records(records, tiny[1], n_clusters=18)
+    with pytest.raises(UsageError):
+        cluster_identity(sequences, None, 1.5)
+
+
+def test_identity_cluster_grid_equals_one_threshold_at_a_time(synthetic):
+    from barcodetool.identity import SequenceStore, identity_graph_cluster, neighbour_pairs
+
+    store = SequenceStore.from_sequences([r.sequence for r in synthetic])
+    graph = identity_neighbours(store, None, 8)
+    pairs = neighbour_pairs(store, graph)
+    grid = _identity_cluster_grid(store, pairs, [0.005, 0.03, 0.1, 0.2])
+    for threshold, labels in grid.items():
+        single = identity_graph_cluster(store, graph, threshold, pairs=pairs)
+        assert cluster_metrics(single, labels)["ari"] == pytest.approx(1.0), threshold
+
+
+def test_identity_cluster_threshold_calibration(synthetic):
+    from barcodetool.identity import SequenceStore
+    from barcodetool.reference import encode_labels
+
+    store = SequenceStore.from_sequences([r.sequence for r in synthetic])
+    codes, _ = encode_labels([r.bin for r in synthetic])
+    threshold, details = calibrate_identity_cluster_threshold(store, None, codes)
+    assert details["ami"] == pytest.approx(1.0) and details["sequences"] == len(synthetic)
+    assert threshold in details["grid"] and details["grid"][threshold] == max(details["grid"].values())
+    labels = cluster_identity(store, None, threshold)
+    assert cluster_metrics(codes, labels)["ami"] == pytest.approx(1.0)
 
 
 # ============================================================================================ CLI
@@ -161,16 +219,19 @@ def test_cli_cluster(tmp_path, tiny):
     assert list(rows[0]) == ["id", "cluster", "reference_bin", "similarity"]
     assert rows[0]["cluster"] == "1" and rows[0]["reference_bin"] == ""
     data = json.loads(metrics.read_text())
-    assert data["threshold"] == 0.05 and 0 <= data["metrics"]["bin"]["ami"] <= 1
+    assert data["threshold"] == 0.05 and 0 <= data["metrics"]["bin"]["ami"] <= 1 and data["method"] == "identity"
     assert set(data["metrics"]["bin"]) >= {"ami", "ari", "match_ratio"}
     # the papers' protocol: the true number of clusters
     result = runner.invoke(main, ["cluster", str(SAMPLE), "-o", str(out), "--model", str(tiny[0]),
-                                  "--n-clusters", "7"])
+                                  "--n-clusters", "7", "--method", "cosine"])
     assert result.exit_code == 0, result.output
     assert len({row["cluster"] for row in csv.DictReader(open(out), delimiter="\t")}) == 7
     both = runner.invoke(main, ["cluster", str(SAMPLE), "-o", str(out), "--model", str(tiny[0]),
-                                "--n-clusters", "7", "--threshold", "0.1"])
+                                "--n-clusters", "7", "--threshold", "0.1", "--method", "cosine"])
     assert both.exit_code == 2
+    identity_k = runner.invoke(main, ["cluster", str(SAMPLE), "-o", str(out), "--model", str(tiny[0]),
+                                      "--n-clusters", "7"])
+    assert identity_k.exit_code == 2 and "--method cosine" in identity_k.output
 
 
 def test_cli_cluster_with_reference(tmp_path, tiny):

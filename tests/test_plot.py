@@ -194,12 +194,16 @@ def test_benchmark_groups_follow_the_benchmark_json(benchmark_json):
     groups = benchmark_groups(data)
     assert len(groups) == 3
     species, genus, bins = groups
-    assert [(b.tool, b.variant) for b in species.bars] == [("barcodetool", "1-NN"), ("barcodetool", "k-NN, k=10"),
-                                                           ("vsearch", "top hit")]
-    assert species.bars[0].value == pytest.approx(data["tasks"]["species"]["barcodetool"]["one_nn_accuracy"])
-    assert species.bars[0].rate.endswith("q/s") and species.bars[2].rate == "220 q/s"
-    assert [b.tool for b in genus.bars] == ["barcodetool", "barcodetool", "vsearch"]
-    assert [b.variant for b in bins.bars][0].startswith("true k=")
+    bins_true_k = data["tasks"]["bins"]["true_bins"]
+    assert [(b.tool, b.variant) for b in species.bars] == [
+        ("barcodetool", "identity top hit"), ("barcodetool", "identity"), ("barcodetool", "1-NN"),
+        ("barcodetool", "k-NN, k=10"), ("vsearch", "top hit")]
+    bt = data["tasks"]["species"]["barcodetool"]
+    assert species.bars[0].value == pytest.approx(bt["top_hit_accuracy"])
+    assert species.bars[2].value == pytest.approx(bt["one_nn_accuracy"])
+    assert species.bars[0].rate.endswith("q/s") and species.bars[4].rate == "220 q/s"
+    assert [b.tool for b in genus.bars] == ["barcodetool"] * 4 + ["vsearch"]
+    assert [b.variant for b in bins.bars][:2] == ["identity, calibrated threshold", f"cosine, true k={bins_true_k}"]
     assert ("vsearch", "--id 0.97") in [(b.tool, b.variant) for b in bins.bars]
     assert all(0.0 <= b.value <= 1.0 for g in groups for b in g.bars)
 

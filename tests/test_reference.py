@@ -11,11 +11,12 @@ from click.testing import CliRunner
 from barcodetool.cli import main
 from barcodetool.errors import IndexMismatchError, InputError
 from barcodetool.io import read_barcodes
-from barcodetool.reference import (ReferenceIndex, Thresholds, build_reference, calibrate_ranks, knn_search,
-                                   normalize, open_reference, precision_threshold, resolve_model_for_reference,
-                                   vote)
+from barcodetool.reference import (IDENTITY_PRECISION_LEVEL, LEVELS, ReferenceIndex, Thresholds, build_reference,
+                                   calibrate_ranks, identity_decide, knn_search, normalize, open_reference,
+                                   precision_threshold, representative_records, resolve_model_for_reference, vote)
 from helpers_models import (SAMPLE, SINTAX_REFERENCE, load_tiny, make_tiny_model,  # noqa: F401
                             restore_torch_threads)
+from helpers_sequences import synthetic_records
 
 
 # ============================================================================================ fixtures
@@ -205,7 +206,54 @@ def test_build_save_load_round_trip(tmp_path, sample_index, train_records):
     assert loaded.thresholds.cluster_distance == pytest.approx(sample_index.thresholds.cluster_distance)
     assert loaded.sequences == [r.sequence for r in train_records]
     assert loaded.attrs["format"] == "barcodetool-reference" and loaded.attrs["model_sha256"]
+    assert loaded.attrs["format_version"] == 2
     assert loaded.label_names["bin"][loaded.codes["bin"][0]] == train_records[0].bin
+    # the identity layer: k-mer index read back (not rebuilt), thresholds and calibration candidates
+    built, read = sample_index.identity, loaded.identity
+    for name in ("kmers", "df", "refs", "starts"):
+        np.testing.assert_array_equal(getattr(read.kmer, name), getattr(built.kmer, name))
+    np.testing.assert_array_equal(read.group_record, built.group_record)
+    assert [read.store.sequence(i) for i in range(len(read))] == [built.store.sequence(i) for i in range(len(built))]
+    a, b = loaded.identity_thresholds, sample_index.identity_thresholds
+    assert a.kind == "identity" and a.candidates == b.candidates == (10, 10)
+    for rank, value in b.ranks.items():
+        assert a.ranks[rank] == pytest.approx(value, nan_ok=True)
+    assert a.bin == pytest.approx(b.bin, nan_ok=True) and a.cluster_distance == pytest.approx(b.cluster_distance)
+    for level, stored in sample_index.identity_calibration.items():
+        for name, values in stored.items():
+            np.testing.assert_array_equal(loaded.identity_calibration[level][name], values)
+
+
+def test_read_identity_layer_does_not_rebuild_the_kmer_index(tmp_path, sample_index, monkeypatch):
+    path = sample_index.save(tmp_path / "ref.h5")
+    import barcodetool.identity as identity_module
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the stored k-mer index should have been read")
+
+    monkeypatch.setattr(identity_module.KmerIndex, "__init__", fail)
+    assert len(ReferenceIndex.load(path).identity.kmer.refs) == len(sample_index.identity.kmer.refs)
+
+
+@pytest.mark.parametrize("version, word", [(1, "older"), (3, "newer")])
+def test_other_format_versions_are_refused(tmp_path, sample_index, version, word):
+    import h5py
+
+    path = sample_index.save(tmp_path / "ref.h5")
+    with h5py.File(path, "r+") as handle:
+        handle.attrs["format_version"] = version
+    with pytest.raises(InputError) as error:
+        ReferenceIndex.load(path)
+    message = str(error.value)
+    assert f"version {version}" in message and word in message and "rebuild" in message
+
+
+def test_representative_record_carries_the_most_common_labels():
+    groups = np.array([0, 0, 0, 1, 2, 2])
+    codes = {"genus": np.array([0, 1, 1, 2, 3, 3]), "species": np.array([0, 1, 1, 2, -1, 4])}
+    first, representative = representative_records(groups, codes)
+    assert first.tolist() == [0, 3, 4]
+    assert representative.tolist() == [1, 3, 5]   # most common label set; then the more complete one
 
 
 def test_float16_index(tmp_path, tiny, train_records):
@@ -255,6 +303,30 @@ def test_table_reference_is_cached(tmp_path, monkeypatch, tiny):
     np.testing.assert_array_equal(second.embeddings, first.embeddings)
 
 
+def test_cache_is_rebuilt_for_another_format_version(tmp_path, monkeypatch, tiny):
+    import h5py
+
+    import barcodetool.reference as reference_module
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    open_reference(SAMPLE, tiny[1])
+    (old,) = list((tmp_path / "cache").rglob("*.h5"))
+    # the format version is part of the cache key: a new version never finds the old file ...
+    key = reference_module.cache_key(SAMPLE, tiny[1], {"min_length": tiny[1].tokenizer.config.k})
+    monkeypatch.setattr(reference_module, "REFERENCE_FORMAT_VERSION", 3)
+    assert reference_module.cache_key(SAMPLE, tiny[1], {"min_length": tiny[1].tokenizer.config.k}) != key
+    monkeypatch.undo()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    # ... and a cached file of another version under the current key is refused and rebuilt in place
+    with h5py.File(old, "r+") as handle:
+        handle.attrs["format_version"] = 1
+    index = open_reference(SAMPLE, tiny[1])
+    assert index.path == old
+    with h5py.File(old, "r") as handle:
+        assert handle.attrs["format_version"] == 2
+    assert len(index.identity) > 0
+
+
 def test_auto_model_follows_a_named_index(tmp_path, monkeypatch, sample_index):
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     models = tmp_path / "data" / "barcodetool" / "models"
@@ -280,6 +352,67 @@ def test_thresholds_for_recalibrates_only_when_settings_change(sample_index):
     sample_index.calibrate()  # restore the defaults for the other tests
 
 
+# ============================================================================================ identity calibration
+@pytest.fixture(scope="module")
+def synthetic(tiny):
+    """A reference of synthetic barcodes (18 species of 6 genera in 2 families, 6 haplotypes each, BIN = species),
+    with some species close to each other so that the thresholds have something to do."""
+    records, taxa, barcode, new_species = synthetic_records(seed=3, species_rate=0.012, haplotype_rate=0.004)
+    return build_reference(records, tiny[1]), records, taxa, barcode, new_species
+
+
+@pytest.mark.parametrize("precision", [0.8, 0.95])
+def test_identity_thresholds_reach_precision_on_calibration_set(synthetic, precision):
+    index = synthetic[0]
+    thresholds = index.calibrate_identity(precision=precision)
+    layer = index.identity
+    codes = {r: layer.codes[r] for r in index.ranks}
+    levels = {level: index.identity_calibration_level(level, 10, 10) for level in LEVELS}
+    assert 0 < thresholds.ranks["species"] <= 1 and 0 < thresholds.ranks["genus"] <= 1
+    for rank in ("genus", "species"):
+        names = IDENTITY_PRECISION_LEVEL[rank]
+        names = (names,) if isinstance(names, str) else names
+        queries = np.concatenate([levels[name][0] for name in names])
+        scores = np.concatenate([levels[name][1] for name in names])
+        idx = np.concatenate([levels[name][2] for name in names])
+        votes, _ = identity_decide(idx, scores, codes, thresholds=thresholds.ranks, min_confidence=0.5)
+        called = votes.assigned[rank]
+        truth = codes[rank][queries]
+        assert called.any()
+        # pooled genus queries include new species whose genus vanished with them: those count as wrong here
+        assert (votes.label[rank][called] == truth[called]).mean() >= precision - 0.05
+        assert thresholds.details[rank]["precision"] >= precision
+        # queries whose own taxon is absent get a label at most 1 - precision of the time
+        novel_queries, novel_scores, novel_idx = levels[rank]
+        novel, _ = identity_decide(novel_idx, novel_scores, codes, thresholds=thresholds.ranks, min_confidence=0.5)
+        assert novel.assigned[rank].mean() <= 1 - precision + 1e-9
+    again = index.identity_thresholds_for(precision=precision)
+    assert again is thresholds
+    index.calibrate_identity()  # back to the defaults
+
+
+def test_identity_decide_tie_vote_lineage_and_confidence():
+    codes = {"genus": np.array([0, 0, 1, 1]), "species": np.array([0, 1, 2, 2])}
+    # candidates ranked 0 (species 0), 2 and 3 (species 2) tied at 1.0, then 1 below
+    idx = np.array([[0, 2, 3, 1], [1, -1, -1, -1]])
+    score = np.array([[1.0, 1.0, 1.0, 0.9], [0.9, -np.inf, -np.inf, -np.inf]], dtype=np.float32)
+    thresholds = {"genus": 0.95, "species": 0.95}
+    votes, chosen = identity_decide(idx, score, codes, thresholds=thresholds, min_confidence=0.5)
+    assert chosen.tolist() == [1, 0]                    # the first tied candidate of the most common species
+    assert votes.label["species"][0] == 2 and votes.label["genus"][0] == 1   # one lineage: the chosen hit's
+    assert votes.confidence["species"][0] == pytest.approx(2 / 3)
+    assert votes.confidence["genus"][0] == pytest.approx(2 / 3)
+    assert votes.assigned["species"][0] and votes.assigned["genus"][0]
+    assert not votes.assigned["genus"][1] and not votes.assigned["species"][1]   # below the thresholds
+    assert votes.label["species"][1] == 1                                         # still the candidate
+    # a failed genus blocks species even above the species threshold
+    votes, _ = identity_decide(idx, score, codes, thresholds={"genus": 1.01, "species": 0.5})
+    assert not votes.assigned["species"].any()
+    # an unreached vote share leaves the rank empty
+    votes, _ = identity_decide(idx, score, codes, thresholds=thresholds, min_confidence=0.7)
+    assert not votes.assigned["species"][0] and not votes.assigned["genus"][0]
+
+
 # ============================================================================================ CLI
 def test_cli_reference_build_and_info(tmp_path, tiny):
     runner = CliRunner()
@@ -291,5 +424,7 @@ def test_cli_reference_build_and_info(tmp_path, tiny):
     info = runner.invoke(main, ["reference", "info", str(out)])
     assert info.exit_code == 0, info.output
     assert "threshold\tspecies" in info.output and "cluster_distance" in info.output
+    assert "calibration\tidentity" in info.output and "knn_threshold\tspecies" in info.output
+    assert "v2" in info.output
     bad = runner.invoke(main, ["reference", "info", str(SAMPLE)])
     assert bad.exit_code == 1 and "cannot open as HDF5" in bad.output
