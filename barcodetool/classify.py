@@ -201,13 +201,27 @@ def classify_embeddings(vectors: np.ndarray, ids: Sequence[str], index: Referenc
         labels, shares, assigned = probe.predict(vectors, sims, thresholds.ranks, min_confidence)
     bins = nearest_bins(index, sims, idx, thresholds.bin)
     out = []
-    names = index.label_names
+    nearest = idx[:, 0].tolist()
+    top = sims[:, 0].tolist()
+    for row, a in enumerate(_labelled_assignments(ids, labels, shares, assigned, index.label_names)):
+        j = nearest[row]
+        if j >= 0:
+            a.nearest_id = index.ids[j]
+            a.similarity = top[row]
+        a.bin = bins[row]
+        out.append(a)
+    return out
+
+
+def _labelled_assignments(ids: Sequence[str], labels: dict[str, np.ndarray], shares: dict[str, np.ndarray],
+                          assigned: dict[str, np.ndarray], names: dict[str, list[str]]) -> Iterator[Assignment]:
+    """One Assignment per query id with each rank's best candidate label and its share; the rank is assigned
+    (label, confidence, deepest rank) only where the decision says so. labels: rank -> int codes [Q] (-1 =
+    none); shares: rank -> float [Q]; assigned: rank -> bool [Q]."""
     ranks = [r for r in RANKS if r in labels]
     label_lists = {r: labels[r].tolist() for r in ranks}
     share_lists = {r: shares[r].tolist() for r in ranks}
     assigned_lists = {r: assigned[r].tolist() for r in ranks}
-    nearest = idx[:, 0].tolist()
-    top = sims[:, 0].tolist()
     for row, query_id in enumerate(ids):
         a = Assignment(id=query_id)
         for rank in ranks:
@@ -220,13 +234,7 @@ def classify_embeddings(vectors: np.ndarray, ids: Sequence[str], index: Referenc
                 a.labels[rank] = name
                 a.confidence[rank] = share_lists[rank][row]
                 a.rank = rank
-        j = nearest[row]
-        if j >= 0:
-            a.nearest_id = index.ids[j]
-            a.similarity = top[row]
-        a.bin = bins[row]
-        out.append(a)
-    return out
+        yield a
 
 
 @dataclass
@@ -293,29 +301,14 @@ def classify_identity(sequences, vectors: np.ndarray | None, ids: Sequence[str],
     hits = identity_hits(sequences, vectors, index, thresholds, candidates=candidates, min_confidence=min_confidence,
                          device=device)
     votes = hits.votes
-    ranks = [r for r in RANKS if r in votes.label]
-    names = index.label_names
-    label_lists = {r: votes.label[r].tolist() for r in ranks}
-    share_lists = {r: votes.confidence[r].tolist() for r in ranks}
-    assigned_lists = {r: votes.assigned[r].tolist() for r in ranks}
     layer = index.identity
     rows = np.arange(len(ids))
     chosen = hits.chosen
     best = hits.score[rows, chosen].tolist() if hits.idx.shape[1] else [math.nan] * len(ids)
     overlaps = hits.overlap[rows, chosen].tolist() if hits.idx.shape[1] else [0] * len(ids)
     out = []
-    for row, query_id in enumerate(ids):
-        a = Assignment(id=query_id)
-        for rank in ranks:
-            code = label_lists[rank][row]
-            if code < 0:
-                continue
-            name = names[rank][code]
-            a.candidates[rank] = (name, share_lists[rank][row])
-            if assigned_lists[rank][row]:
-                a.labels[rank] = name
-                a.confidence[rank] = share_lists[rank][row]
-                a.rank = rank
+    assignments = _labelled_assignments(ids, votes.label, votes.confidence, votes.assigned, index.label_names)
+    for row, a in enumerate(assignments):
         g = int(hits.hit[row])
         if g >= 0:
             a.nearest_id = index.ids[int(layer.group_record[g])]

@@ -1007,24 +1007,12 @@ class ReferenceIndex:
                     "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                     "tokenizer": self.attrs.get("tokenizer", ""),
                 }
-                t = self.thresholds
-                if t is not None:
-                    for rank in RANKS:
-                        attrs[f"threshold_{rank}"] = float(t.ranks.get(rank, math.nan))
-                    attrs.update({"threshold_bin": float(t.bin), "cluster_distance_threshold":
-                                  float(t.cluster_distance), "calibration_precision": float(t.precision),
-                                  "calibration_k": int(t.k), "calibration_min_confidence": float(t.min_confidence),
-                                  "calibration": json.dumps(_jsonable(t.details))})
-                t = self.identity_thresholds
-                if t is not None:
-                    for rank in RANKS:
-                        attrs[f"identity_threshold_{rank}"] = float(t.ranks.get(rank, math.nan))
-                    attrs.update({"identity_threshold_bin": float(t.bin),
-                                  "identity_cluster_distance_threshold": float(t.cluster_distance),
-                                  "identity_calibration_precision": float(t.precision),
-                                  "identity_calibration_min_confidence": float(t.min_confidence),
-                                  "identity_calibration_candidates": json.dumps(list(t.candidates)),
-                                  "identity_calibration": json.dumps(_jsonable(t.details))})
+                if self.thresholds is not None:
+                    attrs.update(_thresholds_attrs(self.thresholds, ""))
+                    attrs["calibration_k"] = int(self.thresholds.k)
+                if self.identity_thresholds is not None:
+                    attrs.update(_thresholds_attrs(self.identity_thresholds, "identity_"))
+                    attrs["identity_calibration_candidates"] = json.dumps(list(self.identity_thresholds.candidates))
                 handle.attrs.update(attrs)
         self.path = path
         return path
@@ -1077,29 +1065,39 @@ class ReferenceIndex:
             except KeyError as error:
                 raise InputError(f"the reference index is incomplete ({error})", path=str(path),
                                  fix="rebuild it with `barcodetool reference build`") from None
-        thresholds = None
-        if "calibration_precision" in attrs:
-            thresholds = Thresholds(
-                ranks={r: float(attrs.get(f"threshold_{r}", math.nan)) for r in RANKS},
-                bin=float(attrs.get("threshold_bin", math.nan)),
-                cluster_distance=float(attrs.get("cluster_distance_threshold", math.nan)),
-                precision=float(attrs["calibration_precision"]), k=int(attrs.get("calibration_k", DEFAULT_K)),
-                min_confidence=float(attrs.get("calibration_min_confidence", DEFAULT_MIN_CONFIDENCE)),
-                details=json.loads(attrs.get("calibration", "{}") or "{}"))
-        identity_thresholds = None
-        if "identity_calibration_precision" in attrs:
-            identity_thresholds = Thresholds(
-                ranks={r: float(attrs.get(f"identity_threshold_{r}", math.nan)) for r in RANKS},
-                bin=float(attrs.get("identity_threshold_bin", math.nan)),
-                cluster_distance=float(attrs.get("identity_cluster_distance_threshold", math.nan)),
-                precision=float(attrs["identity_calibration_precision"]), k=0,
-                min_confidence=float(attrs.get("identity_calibration_min_confidence", DEFAULT_MIN_CONFIDENCE)),
-                details=json.loads(attrs.get("identity_calibration", "{}") or "{}"), kind="identity",
-                candidates=tuple(json.loads(attrs.get("identity_calibration_candidates", "[10, 10]"))))
+        thresholds = _thresholds_from_attrs(attrs, "", kind="cosine",
+                                            k=int(attrs.get("calibration_k", DEFAULT_K)))
+        identity_thresholds = _thresholds_from_attrs(
+            attrs, "identity_", kind="identity", k=0,
+            candidates=tuple(json.loads(attrs.get("identity_calibration_candidates", "[10, 10]"))))
         return cls(ids=ids, embeddings=embeddings, codes=codes, label_names=names, groups=groups,
                    model_name=str(attrs.get("model_name", "")), model_sha256=str(attrs.get("model_sha256", "")),
                    thresholds=thresholds, attrs=attrs, path=path, calibration=calibration,
                    identity_thresholds=identity_thresholds, identity_calibration=identity_calibration or None)
+
+
+def _thresholds_attrs(thresholds: Thresholds, prefix: str) -> dict:
+    """HDF5 root attributes of one set of thresholds (prefix "" for cosine, "identity_" for identity)."""
+    attrs = {f"{prefix}threshold_{rank}": float(thresholds.ranks.get(rank, math.nan)) for rank in RANKS}
+    attrs.update({f"{prefix}threshold_bin": float(thresholds.bin),
+                  f"{prefix}cluster_distance_threshold": float(thresholds.cluster_distance),
+                  f"{prefix}calibration_precision": float(thresholds.precision),
+                  f"{prefix}calibration_min_confidence": float(thresholds.min_confidence),
+                  f"{prefix}calibration": json.dumps(_jsonable(thresholds.details))})
+    return attrs
+
+
+def _thresholds_from_attrs(attrs, prefix: str, **fixed) -> Thresholds | None:
+    """The thresholds written by _thresholds_attrs, or None when the index holds no such calibration."""
+    if f"{prefix}calibration_precision" not in attrs:
+        return None
+    return Thresholds(
+        ranks={r: float(attrs.get(f"{prefix}threshold_{r}", math.nan)) for r in RANKS},
+        bin=float(attrs.get(f"{prefix}threshold_bin", math.nan)),
+        cluster_distance=float(attrs.get(f"{prefix}cluster_distance_threshold", math.nan)),
+        precision=float(attrs[f"{prefix}calibration_precision"]),
+        min_confidence=float(attrs.get(f"{prefix}calibration_min_confidence", DEFAULT_MIN_CONFIDENCE)),
+        details=json.loads(attrs.get(f"{prefix}calibration", "{}") or "{}"), **fixed)
 
 
 def _jsonable(value):

@@ -519,6 +519,8 @@ class Trainer:
             spent = self.restore(folder)
             self.log(f"resumed from step {self.step} of {self.total_steps}")
         metrics_path = self.output / METRICS_FILE
+        if resume and self.dist.is_main:
+            _trim_metrics(metrics_path, self.step)
         log_handle = open(metrics_path, "a", encoding="utf-8") if self.dist.is_main else None
         start_time, window_start, window_rows = time.perf_counter(), time.perf_counter(), 0
         running, running_loss, running_n = None, 0.0, 0
@@ -571,6 +573,24 @@ class Trainer:
                 log_handle.close()
         return TrainResult(output=self.output, steps=self.step, barcodes_seen=self.step * self.global_batch,
                            seconds=seconds, metrics=evaluation, stopped_early=stopped_early)
+
+
+def _trim_metrics(path: Path, step: int) -> None:
+    """Keep the metrics log of a resumed run up to its checkpoint's step: the steps after it are trained (and
+    logged) again, and a line cut short by a kill is dropped, so the log holds each step once."""
+    if not path.is_file():
+        return
+    kept = []
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(entry, dict) and isinstance(entry.get("step"), int) and entry["step"] <= step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+    with atomic_path(path) as temporary:
+        temporary.write_text("".join(kept), encoding="utf-8")
 
 
 def _replace_folder(new: Path, folder: Path) -> None:

@@ -278,9 +278,9 @@ def resolve_model(name_or_path: str | os.PathLike | None, device: str | torch.de
     names = available_models()
     if str(name_or_path) in names:
         return names[str(name_or_path)]
-    if os.sep in str(name_or_path) or candidate.suffix:
-        raise ModelError(f"{name_or_path}: no such model folder")
     listing = ", ".join(names) or "none installed"
+    if os.sep in str(name_or_path) or (os.altsep and os.altsep in str(name_or_path)):
+        raise ModelError(f"{name_or_path}: no such model folder (named models: {listing})")
     raise ModelError(f"unknown model {str(name_or_path)!r}; available: {listing} (or give a model folder path)")
 
 

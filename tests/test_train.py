@@ -149,9 +149,14 @@ def test_resume_after_interrupt_is_exact(corpus, reference_run, tmp_path):
         pretrain(corpus, config=SHORT, output=output, progress=interrupt)
     assert read_training_state(output / CHECKPOINT_DIR)["step"] == 4
     assert not (output / TENSORS_FILE).exists()
+    assert [m["step"] for m in read_metrics(output)] == [1, 2, 3, 4, 5, 6]  # 5 and 6 are trained again
+    with open(output / METRICS_FILE, "a") as handle:
+        handle.write('{"step": 7, "lo')  # a line cut short by a kill
     result = pretrain(corpus, config=SHORT, output=output, resume=True)
     assert result.steps == 12
     assert_same_weights(reference_run, output)
+    steps = [m["step"] for m in read_metrics(output)]
+    assert steps[:12] == list(range(1, 13)) and steps[12:] == [12]  # each step once, then the evaluation
 
 
 def test_interrupt_while_writing_a_checkpoint_still_resumes(corpus, reference_run, tmp_path, monkeypatch):

@@ -224,6 +224,8 @@ def test_unknown_model_name_lists_available(tiny_model_dir, registry):
     assert "gamma-model" in message and "alpha-model" in message and "beta-model" in message
     with pytest.raises(ModelError, match="no such model folder"):
         load_model(str(user / "missing" / "folder"))
+    with pytest.raises(ModelError, match=r"unknown model 'alpha-model\.v2'; available: .*alpha-model"):
+        load_model("alpha-model.v2")  # a dotted name is still a name, not a path
 
 
 def test_encoder_only_save(model, tmp_path):
