@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import IO, Iterable, Iterator, Sequence
@@ -33,7 +34,7 @@ log = logging.getLogger("barcodetool")
 
 METHODS = ("identity", "knn", "probe")
 FORMATS = ("tsv", "sintax")
-CHUNK_RECORDS = 16384
+CHUNK_RECORDS = 4096   # queries a pipeline stage holds (classify_records)
 TSV_COLUMNS = (["id"] + [c for r in RANKS for c in (r, f"{r}_confidence")]
                + ["rank", "nearest_id", "similarity", "bin", "identity_overlap"])
 # SINTAX rank letters, as barcodetool.io reads them (t = subfamily, a local extension).
@@ -382,18 +383,16 @@ def classify_records(records: Iterable, index: ReferenceIndex, pretrained, *, k:
     else:
         thresholds = index.thresholds_for(precision=precision, k=k, min_confidence=min_confidence)
         k = thresholds.k if k is None else k
-    for chunk in _chunks(records, chunk_size):
-        groups = sequence_groups([r.sequence for r in chunk])
-        _, first = np.unique(groups, return_index=True)
-        unique = [chunk[i].sequence for i in first]
-        vectors = embed_sequences(pretrained, unique, batch_size=batch_size) if embed else None
-        unique_ids = [chunk[i].id for i in first]
+
+    def search_and_decide(unique: list[str], vectors: np.ndarray | None, unique_ids: list[str]) -> list[Assignment]:
         if method == "identity":
-            assignments = classify_identity(unique, vectors, unique_ids, index, thresholds, candidates=candidates,
-                                            min_confidence=min_confidence, device=device)
-        else:
-            assignments = classify_embeddings(vectors, unique_ids, index, thresholds, k=k, method=method,
-                                              min_confidence=min_confidence, device=device)
+            return classify_identity(unique, vectors, unique_ids, index, thresholds, candidates=candidates,
+                                     min_confidence=min_confidence, device=device)
+        return classify_embeddings(vectors, unique_ids, index, thresholds, k=k, method=method,
+                                   min_confidence=min_confidence, device=device)
+
+    def finish(chunk: list, groups: np.ndarray, decided: Future) -> Iterator[Assignment]:
+        assignments = decided.result()
         for record, group in zip(chunk, groups.tolist()):
             template = assignments[group]
             yield Assignment(id=record.id, labels=template.labels, confidence=template.confidence,
@@ -402,6 +401,26 @@ def classify_records(records: Iterable, index: ReferenceIndex, pretrained, *, k:
                              overlap=template.overlap, score=template.score)
         if progress is not None:
             progress(len(chunk))
+
+    # Two stages: this thread reads and embeds chunk i + 1 (PyTorch) while a worker searches and decides chunk i
+    # (numpy, which releases the GIL in its array loops), so the two use different cores. At most two chunks
+    # are held at once; assignments come out in input order.
+    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="barcodetool-classify")
+    pending = None
+    try:
+        for chunk in _chunks(records, chunk_size):
+            groups = sequence_groups([r.sequence for r in chunk])
+            _, first = np.unique(groups, return_index=True)
+            unique = [chunk[i].sequence for i in first]
+            vectors = embed_sequences(pretrained, unique, batch_size=batch_size) if embed else None
+            decided = worker.submit(search_and_decide, unique, vectors, [chunk[i].id for i in first])
+            if pending is not None:
+                yield from finish(*pending)
+            pending = (chunk, groups, decided)
+        if pending is not None:
+            yield from finish(*pending)
+    finally:
+        worker.shutdown(wait=True, cancel_futures=True)
 
 
 def classify(query_records: Iterable, index: ReferenceIndex, pretrained, **options) -> list[Assignment]:

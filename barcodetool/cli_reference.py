@@ -217,8 +217,8 @@ def register(main: click.Group) -> None:
                   help="tsv: one row per query with a header; sintax: VSEARCH --sintax tabbed lines.")
     @reference_format_option
     @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
-    @click.option("--chunk-size", type=click.IntRange(min=1), default=16384, show_default=True,
-                  help="Queries read, embedded and written at a time.")
+    @click.option("--chunk-size", type=click.IntRange(min=1), default=4096, show_default=True,  # classify.CHUNK_RECORDS
+                  help="Queries read, embedded and written at a time (two chunks are in work at once).")
     @device_options
     @read_options
     @click.pass_obj
