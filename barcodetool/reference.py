@@ -716,7 +716,7 @@ class ReferenceIndex:
         """(embedding candidates [Q, n_embedding], k-mer candidates [Q, n_kmer]) as distinct-sequence rows
         (-1 = none). `vectors`: the queries' embeddings (needed when n_embedding > 0); `exclude`: (query groups,
         reference groups) in distinct-sequence space, for leave-out calibration."""
-        from .identity import KMER_MAX_DF, as_store
+        from .identity import KMER_MAX_DF, KMER_QUERY_STRIDE, as_store
 
         queries = as_store(queries)
         nq = len(queries)
@@ -729,7 +729,7 @@ class ReferenceIndex:
                                 exclude=[exclude] if exclude is not None else (), device=device)
         if n_kmer > 0 and nq:
             _, km = self.identity.kmer.search(queries, n_kmer, max_df=KMER_MAX_DF if max_df is None else max_df,
-                                              exclude=exclude)
+                                              stride=KMER_QUERY_STRIDE, exclude=exclude)
         return emb, km
 
     def identity_calibration_level(self, level: str, n_embedding: int, n_kmer: int, *,
