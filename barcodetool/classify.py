@@ -21,12 +21,12 @@ import logging
 import math
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from itertools import islice
 from typing import IO, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from .errors import UsageError
+from .streaming import read_ahead
 from .reference import (DEFAULT_K, IDENTITY_CANDIDATES_EMBEDDING, IDENTITY_CANDIDATES_KMER, OPTIONAL_RANKS, RANKS,
                         ReferenceIndex, Thresholds, identity_decide, knn_search, normalize, sequence_groups, vote)
 
@@ -177,12 +177,6 @@ class LinearProbe:
 
 
 # ============================================================================================ classification
-def _chunks(iterable: Iterable, size: int) -> Iterator[list]:
-    iterator = iter(iterable)
-    while chunk := list(islice(iterator, size)):
-        yield chunk
-
-
 def classify_embeddings(vectors: np.ndarray, ids: Sequence[str], index: ReferenceIndex, thresholds: Thresholds,
                         *, k: int = DEFAULT_K, method: str = "knn", min_confidence: float | None = None,
                         device=None) -> list[Assignment]:
@@ -402,13 +396,13 @@ def classify_records(records: Iterable, index: ReferenceIndex, pretrained, *, k:
         if progress is not None:
             progress(len(chunk))
 
-    # Two stages: this thread reads and embeds chunk i + 1 (PyTorch) while a worker searches and decides chunk i
-    # (numpy, which releases the GIL in its array loops), so the two use different cores. At most two chunks
-    # are held at once; assignments come out in input order.
+    # Three stages: a thread reads chunk i + 2 (read_ahead) while this one embeds chunk i + 1 (PyTorch) and a
+    # worker searches and decides chunk i (numpy); PyTorch and numpy release the GIL in their array loops, so the
+    # stages use different cores. At most four chunks are held at once; assignments come out in input order.
     worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="barcodetool-classify")
     pending = None
     try:
-        for chunk in _chunks(records, chunk_size):
+        for chunk in read_ahead(records, chunk_size):
             groups = sequence_groups([r.sequence for r in chunk])
             _, first = np.unique(groups, return_index=True)
             unique = [chunk[i].sequence for i in first]

@@ -17,9 +17,8 @@ import datetime as _dt
 import json
 import os
 from dataclasses import dataclass, field
-from itertools import islice
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -28,6 +27,7 @@ from ._version import __version__
 from .atomic import atomic_path, check_outputs_distinct
 from .errors import InputError, UsageError
 from .runtime import autocast
+from .streaming import read_ahead
 from .weights import PretrainedModel
 
 EMBEDDINGS_FORMAT = "barcodetool-embeddings"
@@ -155,12 +155,6 @@ def write_attributes(handle, pretrained: PretrainedModel, *, source: str, dtype:
     })
 
 
-def chunked(iterable: Iterable, size: int) -> Iterator[list]:
-    iterator = iter(iterable)
-    while chunk := list(islice(iterator, size)):
-        yield chunk
-
-
 @dataclass
 class EmbedSummary:
     count: int
@@ -183,7 +177,7 @@ def embed_records_to_h5(records: Iterable, output: str | os.PathLike, pretrained
     with atomic_path(output) as temporary:
         with h5py.File(temporary, "w") as handle:
             writer = EmbeddingWriter(handle, dim=pretrained.embedding_dim, dtype=dtype)
-            for chunk in chunked(records, chunk_records):
+            for chunk in read_ahead(records, chunk_records):  # the next chunk is read while this one is embedded
                 truncated += sum(len(r.sequence) > max_length for r in chunk)
                 vectors = embed_sequences(pretrained, [r.sequence for r in chunk], batch_size=batch_size,
                                           progress=progress)

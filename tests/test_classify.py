@@ -300,8 +300,8 @@ def test_cli_classify_refuses_to_overwrite_input(tmp_path, tiny, index_path):
 
 
 def test_classify_records_streams(index, tiny, records):
-    """classify_records is lazy: it yields before the whole input is consumed (after reading at most two chunks:
-    one is embedded while the other is searched)."""
+    """classify_records is lazy: it yields before the whole input is consumed (after reading at most four chunks:
+    one searched, one embedded, one read ahead and one being read)."""
     consumed = []
 
     def source():
@@ -311,7 +311,7 @@ def test_classify_records_streams(index, tiny, records):
 
     stream = classify_records(source(), index, tiny[1], chunk_size=10)
     first = next(stream)
-    assert first.id == records[0].id and len(consumed) == 20 < len(records)
+    assert first.id == records[0].id and 20 <= len(consumed) <= 40 < len(records)
     assert isinstance(index, ReferenceIndex) and np.isfinite(first.similarity)
 
 
