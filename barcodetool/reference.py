@@ -716,7 +716,7 @@ class ReferenceIndex:
         """(embedding candidates [Q, n_embedding], k-mer candidates [Q, n_kmer]) as distinct-sequence rows
         (-1 = none). `vectors`: the queries' embeddings (needed when n_embedding > 0); `exclude`: (query groups,
         reference groups) in distinct-sequence space, for leave-out calibration."""
-        from .identity import KMER_MAX_DF, KMER_QUERY_STRIDE, as_store
+        from .identity import KMER_FALLBACK_BELOW, KMER_FALLBACK_DF, KMER_MAX_DF, KMER_QUERY_STRIDE, as_store
 
         queries = as_store(queries)
         nq = len(queries)
@@ -728,8 +728,18 @@ class ReferenceIndex:
             _, emb = knn_search(normalize(vectors), self.group_embeddings, n_embedding,
                                 exclude=[exclude] if exclude is not None else (), device=device)
         if n_kmer > 0 and nq:
-            _, km = self.identity.kmer.search(queries, n_kmer, max_df=KMER_MAX_DF if max_df is None else max_df,
-                                              stride=KMER_QUERY_STRIDE, exclude=exclude)
+            kmer_index = self.identity.kmer
+            cap = KMER_MAX_DF if max_df is None else max_df
+            _, km = kmer_index.search(queries, n_kmer, max_df=cap, stride=KMER_QUERY_STRIDE, exclude=exclude)
+            if n_embedding == 0 and max_df is None:
+                # without embedding candidates, queries of heavily sampled species need the commoner k-mers too
+                redo = np.nonzero(kmer_index.kept_fraction(queries, max_df=cap, stride=KMER_QUERY_STRIDE)
+                                  < KMER_FALLBACK_BELOW)[0]
+                if len(redo):
+                    again = as_store([queries.sequence(int(i)) for i in redo])
+                    _, km[redo] = kmer_index.search(
+                        again, n_kmer, max_df=KMER_FALLBACK_DF, stride=KMER_QUERY_STRIDE,
+                        exclude=None if exclude is None else (np.asarray(exclude[0])[redo], exclude[1]))
         return emb, km
 
     def identity_calibration_level(self, level: str, n_embedding: int, n_kmer: int, *,

@@ -218,6 +218,20 @@ def test_kmer_index_finds_the_closest(barcodes):
     assert idx.tolist() == [[-1, -1]] and counts.tolist() == [[0, 0]]
 
 
+def test_kept_fraction_counts_the_kmers_search_uses(barcodes):
+    references = barcodes[:30]
+    index = KmerIndex(references)
+    query = references[3][:300] + "N" + references[5][300:]
+    kmers = {query[i:i + index.k] for i in range(len(query) - index.k + 1)} - {""}
+    kmers = {kmer for kmer in kmers if set(kmer) <= set("ACGT")}
+    df = {kmer: sum(kmer in reference for reference in references) for kmer in kmers}
+    indexed = [kmer for kmer in kmers if df[kmer] > 0]
+    for max_df in (0, 1, 2, 5, 10 ** 6):
+        expected = sum(df[kmer] <= max_df for kmer in indexed) / len(indexed)
+        assert index.kept_fraction([query], max_df=max_df)[0] == pytest.approx(expected)
+    assert index.kept_fraction(["A" * 40], max_df=5)[0] == 0.0  # no indexed k-mer
+
+
 # ============================================================================================ clustering
 def test_identity_graph_cluster_separates_groups(barcodes):
     rng = np.random.default_rng(1)

@@ -428,3 +428,34 @@ def test_cli_reference_build_and_info(tmp_path, tiny):
     assert "v2" in info.output
     bad = runner.invoke(main, ["reference", "info", str(SAMPLE)])
     assert bad.exit_code == 1 and "cannot open as HDF5" in bad.output
+
+
+def test_kmer_only_candidates_search_again_when_the_query_kmers_are_common(synthetic, monkeypatch):
+    """A species sampled so densely that all its k-mers are over the cap (here: a cap of 3 references, below the
+    6 haplotypes a species has) is still found by k-mer-only candidates: such queries are searched again with
+    the fallback cap. With embedding candidates there is no second search."""
+    import barcodetool.identity as identity
+
+    index, records, taxa, barcode, _ = synthetic
+    queries = [barcode(key) for key in list(taxa)[:6]]
+    species = [lineage_species(key) for key in list(taxa)[:6]]
+    layer = index.identity
+    names = index.label_names["species"]
+
+    def found(emb, km):
+        hits = km[:, 0]
+        return [names[layer.codes["species"][j]] if j >= 0 else "" for j in hits]
+
+    monkeypatch.setattr(identity, "KMER_MAX_DF", 3)
+    monkeypatch.setattr(identity, "KMER_FALLBACK_DF", 1000)
+    monkeypatch.setattr(identity, "KMER_FALLBACK_BELOW", 0.0)     # no second search
+    emb, km = index.identity_candidates(queries, None, 0, 5)
+    assert sum(a == b for a, b in zip(found(emb, km), species)) < len(queries)
+    monkeypatch.setattr(identity, "KMER_FALLBACK_BELOW", 0.1)
+    emb, km = index.identity_candidates(queries, None, 0, 5)
+    assert found(emb, km) == species
+
+
+def lineage_species(key) -> str:
+    f, g, s = key
+    return f"Genus{f}x{g} species{s}"
