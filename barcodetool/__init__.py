@@ -7,22 +7,36 @@ Library use (no Click needed):
     vectors = barcodetool.embed(["ACGT..."], model=model)   # numpy [n, dim]
 """
 
+import importlib
+
 from ._version import __version__
 from .errors import (BarcodeToolError, IndexMismatchError, InputError, ModelError, OutputError, TokenizerError,
                      UsageError)
-from .model import PRESETS, BarcodeMAE, BarcodeMAEConfig
 from .tokenizer import KmerTokenizer, TokenizerConfig
-from .weights import PretrainedModel, available_models, load_model
 
 # Import the submodule `barcodetool.embed` now: importing a submodule binds its name on the package, so this must
-# happen before the function below takes the name `barcodetool.embed`.
+# happen before the function below takes the name `barcodetool.embed`. (It does not import PyTorch.)
 from . import embed as _embed_module  # noqa: E402,F401
+
+# Names from modules that import PyTorch, imported on first use: `barcodetool --help`, `--version` and
+# `classify --kmer-only` never pay PyTorch's 1.5-2 s import.
+_LAZY = {"PRESETS": "model", "BarcodeMAE": "model", "BarcodeMAEConfig": "model",
+         "PretrainedModel": "weights", "available_models": "weights", "load_model": "weights"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def embed(sequences, model=None, *, batch_size: int = 256, device: str = "auto"):
     """Embed cleaned sequences (strings) with a model (name, folder or PretrainedModel): numpy [n, dim]."""
     from .embed import embed_sequences
     from .runtime import resolve_device
+    from .weights import PretrainedModel, load_model
 
     if not isinstance(model, PretrainedModel):
         model = load_model(model, device=resolve_device(device))

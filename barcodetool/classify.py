@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import IO, Iterable, Iterator, Sequence
@@ -345,13 +346,16 @@ def classify_records(records: Iterable, index: ReferenceIndex, pretrained, *, k:
                      method: str = "identity", precision: float | None = None, min_confidence: float | None = None,
                      candidates_embedding: int = IDENTITY_CANDIDATES_EMBEDDING,
                      candidates_kmer: int = IDENTITY_CANDIDATES_KMER, chunk_size: int = CHUNK_RECORDS,
-                     batch_size: int = 256, device=None, progress=None) -> Iterator[Assignment]:
+                     batch_size: int = 256, device=None, progress=None,
+                     search_workers: int | None = None) -> Iterator[Assignment]:
     """Stream assignments for query records (objects with .id and .sequence), one per record, in input order.
 
     Records are processed `chunk_size` at a time (identical sequences of a chunk searched once), so memory does
     not grow with the number of queries. The index must have been built with `pretrained`. With
     `method="identity"` and `candidates_embedding=0` (k-mer candidates only) no embedding is computed and
     `pretrained` may be None. `k` applies to knn and probe only; the candidate numbers to identity only.
+    `search_workers`: chunks searched at once by worker threads (default: 1 while this thread embeds, 2 without
+    embedding).
     """
     from .embed import embed_sequences
 
@@ -396,25 +400,32 @@ def classify_records(records: Iterable, index: ReferenceIndex, pretrained, *, k:
         if progress is not None:
             progress(len(chunk))
 
-    # Three stages: a thread reads chunk i + 2 (read_ahead) while this one embeds chunk i + 1 (PyTorch) and a
-    # worker searches and decides chunk i (numpy); PyTorch and numpy release the GIL in their array loops, so the
-    # stages use different cores. At most four chunks are held at once; assignments come out in input order.
-    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="barcodetool-classify")
-    pending = None
+    # Stages on different cores: a thread reads chunk i + 2 (read_ahead) while this one embeds chunk i + 1
+    # (PyTorch) and a worker searches and decides chunk i (numpy); PyTorch and numpy release the GIL in their
+    # array loops. Without embedding, `search_workers` (2) chunks are searched at once instead. Assignments come
+    # out in input order; at most search_workers + 3 chunks are held.
+    if search_workers is None:
+        search_workers = 1 if embed else 2
+    if search_workers < 1:
+        raise UsageError(f"search_workers must be at least 1, got {search_workers}")
+    if method == "identity":
+        index.identity  # built or loaded here, not by two workers at once
+    workers = ThreadPoolExecutor(max_workers=search_workers, thread_name_prefix="barcodetool-classify")
+    pending: deque = deque()
     try:
         for chunk in read_ahead(records, chunk_size):
             groups = sequence_groups([r.sequence for r in chunk])
             _, first = np.unique(groups, return_index=True)
             unique = [chunk[i].sequence for i in first]
             vectors = embed_sequences(pretrained, unique, batch_size=batch_size) if embed else None
-            decided = worker.submit(search_and_decide, unique, vectors, [chunk[i].id for i in first])
-            if pending is not None:
-                yield from finish(*pending)
-            pending = (chunk, groups, decided)
-        if pending is not None:
-            yield from finish(*pending)
+            pending.append((chunk, groups, workers.submit(search_and_decide, unique, vectors,
+                                                          [chunk[i].id for i in first])))
+            while len(pending) > search_workers:
+                yield from finish(*pending.popleft())
+        while pending:
+            yield from finish(*pending.popleft())
     finally:
-        worker.shutdown(wait=True, cancel_futures=True)
+        workers.shutdown(wait=True, cancel_futures=True)
 
 
 def classify(query_records: Iterable, index: ReferenceIndex, pretrained, **options) -> list[Assignment]:

@@ -205,7 +205,8 @@ def register(main: click.Group) -> None:
                   help="identity: reference sequences sharing the most 12-mers that are scored (0 = none).")
     @click.option("--kmer-only", is_flag=True,
                   help="identity with k-mer candidates only (= --candidates-embedding 0): no model, no embedding; "
-                       "about 4x faster on a CPU, about 1 point less species accuracy.")
+                       "2-3x faster on a CPU, the same species accuracy, about 2 points less open-world genus "
+                       "accuracy (docs/benchmarks.md).")
     @click.option("--k", type=click.IntRange(min=1), default=None, help="knn/probe: neighbours that vote "
                   "[default: the index's calibration k, 10]; --k 1 is 1-NN.")
     @click.option("--precision", type=click.FloatRange(0, 1, min_open=True), default=None,
@@ -244,10 +245,9 @@ def register(main: click.Group) -> None:
         if method == "identity" and candidates_embedding == 0 and is_reference_file(reference):
             # k-mer candidates only against a built index: no embedding, so no model to load
             from .reference import ReferenceIndex
-            from .runtime import resolve_device, set_threads
 
-            set_threads(threads)
-            torch_device = resolve_device(device)
+            torch_device = None  # the search is numpy: PyTorch is not even imported
+            search_workers = min(4, threads or os.cpu_count() or 1)
             pretrained = None
             index = ReferenceIndex.load(reference)
             log.info(f"reference: {len(index):,} barcodes, ranks {', '.join(index.ranks) or 'none'}"
@@ -255,6 +255,7 @@ def register(main: click.Group) -> None:
             min_length = 1
         else:
             pretrained, torch_device = _load_model_for(model_name, reference, device, threads)
+            search_workers = None
             index = _open_reference(obj, reference, pretrained, batch_size, reference_format)
             min_length = pretrained.tokenizer.config.k
         read_opts["min_length"] = min_length
@@ -265,7 +266,8 @@ def register(main: click.Group) -> None:
                 classify_records(records, index, pretrained, k=k, method=method, precision=precision,
                                  min_confidence=min_confidence, candidates_embedding=candidates_embedding,
                                  candidates_kmer=candidates_kmer, chunk_size=chunk_size, batch_size=batch_size,
-                                 device=torch_device, progress=bar.update), handle, output_format)
+                                 device=torch_device, progress=bar.update, search_workers=search_workers),
+                handle, output_format)
         log.info(stats.summary())
         log.info(f"classified {count:,} queries" + (f" into {output}" if output != "-" else ""))
 

@@ -18,17 +18,19 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 import numpy as np
-import torch
 
 from ._version import __version__
 from .atomic import atomic_path, check_outputs_distinct
 from .errors import InputError, UsageError
-from .runtime import autocast
 from .streaming import read_ahead
-from .weights import PretrainedModel
+
+if TYPE_CHECKING:  # PyTorch is imported when a model is used, not with the package (`barcodetool --help` is fast)
+    import torch
+
+    from .weights import PretrainedModel
 
 EMBEDDINGS_FORMAT = "barcodetool-embeddings"
 EMBEDDINGS_FORMAT_VERSION = 1
@@ -40,7 +42,6 @@ def model_device(pretrained: PretrainedModel) -> torch.device:
     return next(pretrained.model.parameters()).device
 
 
-@torch.inference_mode()
 def embed_sequences(pretrained: PretrainedModel, sequences: Sequence[str], *, batch_size: int = 256,
                     progress: Progress | None = None) -> np.ndarray:
     """Embeddings [n, dim] float32 of cleaned sequences, in input order.
@@ -48,6 +49,18 @@ def embed_sequences(pretrained: PretrainedModel, sequences: Sequence[str], *, ba
     Batches are formed over sequences sorted by length and padded only to their own longest member, so little
     work is spent on padding; the result does not depend on batch composition.
     """
+    import torch
+
+    with torch.inference_mode():
+        return _embed_sequences(pretrained, sequences, batch_size=batch_size, progress=progress)
+
+
+def _embed_sequences(pretrained: PretrainedModel, sequences: Sequence[str], *, batch_size: int,
+                     progress: Progress | None) -> np.ndarray:
+    import torch
+
+    from .runtime import autocast
+
     if batch_size < 1:
         raise UsageError(f"batch size must be at least 1, got {batch_size}")
     model, tokenizer = pretrained.model, pretrained.tokenizer

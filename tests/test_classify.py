@@ -353,3 +353,14 @@ def test_cli_classify_methods_and_kmer_only(tmp_path, tiny, index_path, records)
     bad = runner.invoke(main, ["classify", str(fasta), "-r", str(index_path), "-o", str(tmp_path / "x.tsv"),
                                "--model", str(tiny[0]), "--kmer-only", "--method", "knn"])
     assert bad.exit_code == 2 and "--kmer-only" in bad.output
+
+
+def test_parallel_search_workers_keep_order_and_results(index, tiny, records):
+    queries = [r for r in records if r.split in ("test", "test_unseen")]
+    one = classify(queries, index, None, candidates_embedding=0, chunk_size=7, search_workers=1)
+    three = classify(queries, index, None, candidates_embedding=0, chunk_size=7, search_workers=3)
+    assert [a.id for a in three] == [r.id for r in queries]
+    assert [(a.labels, a.nearest_id, a.similarity) for a in three] == [(a.labels, a.nearest_id, a.similarity)
+                                                                        for a in one]
+    with pytest.raises(UsageError):
+        classify(queries, index, None, candidates_embedding=0, search_workers=0)

@@ -62,6 +62,17 @@ def test_version_subprocess(subprocess_env):
     assert done.stdout.splitlines()[0] == __version__
 
 
+def test_package_and_cli_start_without_pytorch(subprocess_env):
+    """PyTorch (1.5-2 s to import) is imported when a model is used, not by `import barcodetool` or the CLI."""
+    code = ("import sys, barcodetool, barcodetool.cli, barcodetool.classify, barcodetool.embed; "
+            "assert 'torch' not in sys.modules, 'torch imported'; "
+            "barcodetool.load_model; assert 'torch' in sys.modules; "
+            "assert callable(barcodetool.embed) and barcodetool.PretrainedModel.__name__ == 'PretrainedModel'")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
 # ============================================================================================ end to end
 def test_train_then_embed(runner, tmp_path):
     model_dir = tmp_path / "cli-model"
