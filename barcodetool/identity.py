@@ -598,13 +598,8 @@ class KmerIndex:
         batch = max(1, min(batch, KMER_COUNT_ELEMENTS // max(1, self.size)))   # bound the [batch, size] counts
         for q0 in range(0, nq, batch):
             rows = np.arange(q0, min(nq, q0 + batch))
-            kmers = _kmer_codes(queries.rows(rows), self.k)[:, ::stride]
-            r, c = np.nonzero(kmers >= 0)
-            unique = np.unique((r.astype(np.int64) << 32) | kmers[r, c].astype(np.int64))
-            q_of = unique >> 32
-            kmer = (unique & 0xFFFFFFFF).astype(np.int32)
-            at = np.minimum(np.searchsorted(self.kmers, kmer), len(self.kmers) - 1)
-            keep = (self.kmers[at] == kmer) & (self.df[at] <= max_df)
+            q_of, at = self._lookup(queries, rows, stride)
+            keep = self.df[at] <= max_df
             q_of, at = q_of[keep], at[keep]
             lengths = self.df[at].astype(np.int64)
             total = int(lengths.sum())
@@ -626,6 +621,17 @@ class KmerIndex:
             out_i[rows, :kk] = np.where(top_c > 0, top, -1)
         return out_c, out_i
 
+    def _lookup(self, queries: SequenceStore, rows: np.ndarray, stride: int) -> tuple[np.ndarray, np.ndarray]:
+        """The distinct indexed k-mers (every stride-th) of queries[rows]: (position in rows int64, position in
+        self.kmers int64), one pair per (query, k-mer)."""
+        kmers = _kmer_codes(queries.rows(rows), self.k)[:, ::stride]
+        r, c = np.nonzero(kmers >= 0)
+        unique = np.unique((r.astype(np.int64) << 32) | kmers[r, c].astype(np.int64))
+        q_of = unique >> 32
+        kmer = (unique & 0xFFFFFFFF).astype(np.int32)
+        at = np.minimum(np.searchsorted(self.kmers, kmer), len(self.kmers) - 1)
+        found = self.kmers[at] == kmer
+        return q_of[found], at[found]
 
     def kept_fraction(self, queries, *, max_df: int = KMER_MAX_DF, stride: int = 1) -> np.ndarray:
         """float [Q]: the fraction of each query's distinct indexed k-mers (every stride-th) held by at most
@@ -636,16 +642,9 @@ class KmerIndex:
             return out
         for q0 in range(0, len(queries), 1024):
             rows = np.arange(q0, min(len(queries), q0 + 1024))
-            kmers = _kmer_codes(queries.rows(rows), self.k)[:, ::stride]
-            r, c = np.nonzero(kmers >= 0)
-            unique = np.unique((r.astype(np.int64) << 32) | kmers[r, c].astype(np.int64))
-            q_of = unique >> 32
-            kmer = (unique & 0xFFFFFFFF).astype(np.int32)
-            at = np.minimum(np.searchsorted(self.kmers, kmer), len(self.kmers) - 1)
-            found = self.kmers[at] == kmer
-            kept = found & (self.df[at] <= max_df)
-            n_found = np.bincount(q_of[found], minlength=len(rows))
-            out[rows] = np.bincount(q_of[kept], minlength=len(rows)) / np.maximum(1, n_found)
+            q_of, at = self._lookup(queries, rows, stride)
+            kept = np.bincount(q_of[self.df[at] <= max_df], minlength=len(rows))
+            out[rows] = kept / np.maximum(1, np.bincount(q_of, minlength=len(rows)))
         return out
 
 
