@@ -1,7 +1,7 @@
 """CPU classification speed and accuracy, side by side with VSEARCH, on the unique test / test_unseen barcodes.
 
     .venv/bin/python benchmarks/cpu_classify.py /work/shared/data/bold_insects.csv.gz --threads 2 \
-        --workdir /tmp/cpu_classify [--index ref.h5] [--json out.json]
+        --workdir /tmp/cpu_classify [--index ref.h5] [--repeats 3] [--json out.json]
 
 In one invocation, on the same machine and thread count:
 
@@ -9,10 +9,11 @@ In one invocation, on the same machine and thread count:
    `test_unseen` barcodes as FASTA (the benchmark's splits: each cleaned sequence once per split);
 2. builds the reference index once with the real CLI (`barcodetool reference build`, timed: embedding,
    k-mer index, calibration), unless `--index` gives a prebuilt one;
-3. runs VSEARCH `--usearch_global` top hit (`--threads T`) on each query file;
-4. runs `barcodetool classify` as a subprocess of the real CLI for each variant (default identity with
-   `--compute auto`, `--compute float32`, `--kmer-only`, `--method knn`) on each query file: whole-process
-   wall time (start-up, reading, embedding, search, writing) and peak RSS;
+3. runs VSEARCH `--usearch_global` top hit (`--threads T`) on each query file, and `barcodetool classify` as a
+   subprocess of the real CLI for each variant (default identity with `--compute auto`, `--compute float32`,
+   `--kmer-only`, `--method knn`) on each query file, all of them in turn, `--repeats` times: the median
+   whole-process wall time (start-up, reading, embedding, search, writing), the median of the run-by-run speed
+   ratios to VSEARCH, and the peak RSS;
 5. scores species accuracy on `test` and genus accuracy on `test_unseen`, both for the classifier's output
    (an empty rank counts as wrong) and for the reported nearest reference (`nearest_id`, the top hit, as
    VSEARCH's), and prints a Markdown table with the exact commands.
@@ -30,6 +31,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -71,6 +74,7 @@ def main() -> None:
     parser.add_argument("--model", default="auto")
     parser.add_argument("--splits", default="test,test_unseen")
     parser.add_argument("--variants", default="all", help="comma-separated variant numbers (1-4) or all")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each command (median reported)")
     parser.add_argument("--json", help="write every figure here")
     args = parser.parse_args()
 
@@ -131,31 +135,18 @@ def main() -> None:
         return {"rank": rank, "accuracy": right / labelled, "top_hit_accuracy": right_top / labelled,
                 "assigned": assigned / labelled}
 
-    # ------------------------------------------------------------------ VSEARCH
-    vsearch_rate = {}
+    # ------------------------------------------------------------------ the runs, interleaved
+    # Every command runs `--repeats` times, in turn (VSEARCH, variant 1, variant 2, ..., then again), so that a
+    # drift in the machine's speed hits all of them alike; the median wall time is reported.
+    jobs = []
     if shutil.which("vsearch"):
         for split in splits:
             out = work / f"{split}.vsearch.b6"
             command = ["vsearch", "--usearch_global", str(queries[split]), "--db", str(reference_fasta), "--id",
                        "0.5", "--maxaccepts", "1", "--maxrejects", "32", "--top_hits_only", "--blast6out",
                        str(out), "--threads", str(args.threads), "--quiet"]
-            load = load_average()
-            seconds, rss = run_timed(command, env)
-            hits = {}
-            for line in open(out, encoding="utf-8"):
-                fields = line.split("\t")
-                hits.setdefault(fields[0], int(fields[1][1:]))
-            rank = rank_of.get(split, "species")
-            top = {q: train[j].taxonomy.get(rank, "") for q, j in hits.items()}
-            run = {"tool": "vsearch", "variant": "VSEARCH --usearch_global top hit", "split": split,
-                   "command": " ".join(command).replace(str(work) + "/", ""), "seconds": seconds,
-                   "queries": len(data[split]), "queries_per_s": len(data[split]) / seconds, "peak_rss_mib": rss,
-                   "load_average": load, **score(split, top, top)}
-            vsearch_rate[split] = run["queries_per_s"]
-            result["runs"].append(run)
-            print(json.dumps(run), file=sys.stderr, flush=True)
-
-    # ------------------------------------------------------------------ barcodetool classify
+            jobs.append({"tool": "vsearch", "variant": "VSEARCH --usearch_global top hit", "split": split,
+                         "argv": command, "out": out, "command": " ".join(command)})
     chosen = range(len(VARIANTS)) if args.variants == "all" else [int(v) - 1 for v in args.variants.split(",")]
     for number in chosen:
         name, extra = VARIANTS[number]
@@ -163,26 +154,54 @@ def main() -> None:
             out = work / f"{split}.{number + 1}.tsv"
             command = ["barcodetool", "classify", str(queries[split]), "-r", str(index), "-o", str(out),
                        "--threads", str(args.threads), "--model", args.model, *extra]
-            load = load_average()
-            seconds, rss = run_timed(cli + command[1:], env)
-            rank = rank_of.get(split, "species")
+            jobs.append({"tool": "barcodetool", "variant": name, "split": split, "argv": cli + command[1:],
+                         "out": out, "command": " ".join(["barcodetool", "-q"] + command[1:])})
+    for job in jobs:
+        job.update(seconds=[], rss=[], load=[])
+    for repeat in range(args.repeats):
+        for job in jobs:
+            job["load"].append(load_average())
+            seconds, rss = run_timed(job["argv"], env)
+            job["seconds"].append(seconds)
+            job["rss"].append(rss)
+            print(f"  run {repeat + 1}/{args.repeats} {job['variant']} {job['split']}: {seconds:.1f} s",
+                  file=sys.stderr, flush=True)
+
+    vsearch_rate = {}
+    for job in jobs:
+        split = job["split"]
+        rank = rank_of.get(split, "species")
+        seconds = float(np.median(job["seconds"]))
+        if job["tool"] == "vsearch":
+            hits = {}
+            for line in open(job["out"], encoding="utf-8"):
+                fields = line.split("\t")
+                hits.setdefault(fields[0], int(fields[1][1:]))
+            predicted = top = {q: train[j].taxonomy.get(rank, "") for q, j in hits.items()}
+        else:
             predicted, top = {}, {}
-            with open(out, encoding="utf-8") as handle:
+            with open(job["out"], encoding="utf-8") as handle:
                 for row in csv.DictReader(handle, delimiter="\t"):
                     predicted[row["id"]] = row[rank]
                     top[row["id"]] = lineage.get(row["nearest_id"], {}).get(rank, "")
             assert len(predicted) == len(data[split]), "one row per query"
-            run = {"tool": "barcodetool", "variant": name, "split": split,
-                   "command": " ".join(["barcodetool", "-q"] + command[1:]).replace(str(work) + "/", ""),
-                   "seconds": seconds, "queries": len(data[split]),
-                   "queries_per_s": len(data[split]) / seconds, "peak_rss_mib": rss, "load_average": load,
-                   "vs_vsearch": (len(data[split]) / seconds) / vsearch_rate[split] if split in vsearch_rate
-                   else None, **score(split, predicted, top)}
-            result["runs"].append(run)
-            print(json.dumps(run), file=sys.stderr, flush=True)
+        run = {"tool": job["tool"], "variant": job["variant"], "split": split,
+               "command": job["command"].replace(str(work) + "/", ""), "seconds": seconds,
+               "seconds_all": [round(x, 2) for x in job["seconds"]], "queries": len(data[split]),
+               "queries_per_s": len(data[split]) / seconds, "peak_rss_mib": max(job["rss"]),
+               "load_average": float(np.median(job["load"])), **score(split, predicted, top)}
+        if job["tool"] == "vsearch":
+            vsearch_rate[split] = run["queries_per_s"]
+        else:
+            pairs = [v["seconds"] for v in jobs if v["tool"] == "vsearch" and v["split"] == split]
+            # ratio of speeds run by run (same repeat = same moment), then the median
+            run["vs_vsearch"] = (float(np.median([vs / own for vs, own in zip(pairs[0], job["seconds"])]))
+                                 if pairs else None)
+        result["runs"].append(run)
+        print(json.dumps(run), file=sys.stderr, flush=True)
 
     # ------------------------------------------------------------------ table
-    print("| method | split | queries | wall s | queries/s | vs VSEARCH | accuracy (output) | assigned | "
+    print("| method | split | queries | median wall s | queries/s | vs VSEARCH | accuracy (output) | assigned | "
           "top-hit accuracy | peak RSS MiB | load avg |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for run in result["runs"]:
