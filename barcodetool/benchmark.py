@@ -153,7 +153,7 @@ def run_benchmark(split_file: str | os.PathLike, pretrained, *, compare: bool = 
     from .cluster import cluster, cluster_identity, cluster_metrics
     from .embed import embed_sequences
     from .io import ReadStats, read_barcodes
-    from .reference import DEFAULT_K, DEFAULT_PRECISION, build_reference, normalize
+    from .reference import DEFAULT_K, DEFAULT_PRECISION, IDENTITY_CANDIDATES_KMER, build_reference, normalize
     from .runtime import set_threads
 
     say = progress or (lambda message: log.info(message))
@@ -233,8 +233,15 @@ def run_benchmark(split_file: str | os.PathLike, pretrained, *, compare: bool = 
         identity = classify_identity(sequences, vectors, ids, index, identity_thresholds,
                                      candidates=identity_thresholds.candidates, device=device)
         identity_seconds = embed_seconds + time.perf_counter() - start
+        kmer_candidates = (0, identity_thresholds.candidates[1] or IDENTITY_CANDIDATES_KMER)
+        start = time.perf_counter()
+        kmer_only = classify_identity(sequences, None, ids, index, index.identity_thresholds_for(
+            candidates=kmer_candidates), candidates=kmer_candidates, device=device)
+        kmer_only_seconds = time.perf_counter() - start   # no embedding: `classify --kmer-only`
         default = [a.label(rank) for a in identity]
         top_hit = [a.candidates.get(rank, ("", 0.0))[0] for a in identity]
+        kmer_default = [a.label(rank) for a in kmer_only]
+        kmer_assigned, kmer_precision = called(truth, kmer_default)
         knn_labels = [a.label(rank) for a in knn]
         default_assigned, default_precision = called(truth, default)
         knn_assigned, knn_precision = called(truth, knn_labels)
@@ -248,7 +255,12 @@ def run_benchmark(split_file: str | os.PathLike, pretrained, *, compare: bool = 
                   "knn_accuracy": accuracy(truth, knn_labels), "knn_assigned": knn_assigned,
                   "knn_precision": knn_precision, "knn_seconds": knn_seconds,
                   "knn_queries_per_s": rate(knn_seconds, n),
-                  "candidates": list(identity_thresholds.candidates)}
+                  "candidates": list(identity_thresholds.candidates),
+                  "kmer_only_accuracy": accuracy(truth, kmer_default), "kmer_only_assigned": kmer_assigned,
+                  "kmer_only_precision": kmer_precision,
+                  "kmer_only_top_hit_accuracy": accuracy(truth, [a.candidates.get(rank, ("", 0.0))[0]
+                                                                 for a in kmer_only]),
+                  "kmer_only_seconds": kmer_only_seconds, "kmer_only_queries_per_s": rate(kmer_only_seconds, n)}
         task = {"queries": n, "rank": rank, "barcodetool": scores}
         if rank == "genus":
             scores["species_left_empty"] = float(np.mean([not a.label("species") for a in identity]))
@@ -413,6 +425,12 @@ def format_table(result: dict) -> str:
                          ""))
         rows.append((title, "barcodetool identity, top hit (no threshold)", n, _pct(bt["top_hit_accuracy"]),
                      _rate(bt["queries_per_s"])))
+        if "kmer_only_accuracy" in bt:
+            extra = f" (assigned {_pct(bt['kmer_only_assigned'])}, precision {_pct(bt['kmer_only_precision'])})"
+            rows.append((title, "barcodetool identity --kmer-only (no model), default", n,
+                         _pct(bt["kmer_only_accuracy"]) + extra, _rate(bt["kmer_only_queries_per_s"])))
+            rows.append((title, "barcodetool identity --kmer-only, top hit", n,
+                         _pct(bt["kmer_only_top_hit_accuracy"]), _rate(bt["kmer_only_queries_per_s"])))
         rows.append((title, "barcodetool embedding 1-NN (papers' protocol)", n, _pct(bt["one_nn_accuracy"]),
                      _rate(bt.get("one_nn_queries_per_s"))))
         extra = f" (assigned {_pct(bt['knn_assigned'])}, precision {_pct(bt['knn_precision'])})"

@@ -44,9 +44,12 @@ def test_run_benchmark_on_sample(tiny):
     for task in (species, genus):
         bt = task["barcodetool"]
         assert bt["default_method"] == "identity" and bt["candidates"] == [10, 10]
-        for key in ("one_nn_accuracy", "default_accuracy", "top_hit_accuracy", "knn_accuracy"):
+        for key in ("one_nn_accuracy", "default_accuracy", "top_hit_accuracy", "knn_accuracy",
+                    "kmer_only_accuracy", "kmer_only_top_hit_accuracy"):
             assert 0 <= bt[key] <= 1, key
         assert bt["default_accuracy"] <= bt["top_hit_accuracy"]   # the thresholds only leave ranks empty
+        assert bt["kmer_only_accuracy"] <= bt["kmer_only_top_hit_accuracy"]
+        assert bt["kmer_only_queries_per_s"] > 0
         for key in ("queries_per_s", "one_nn_queries_per_s", "knn_queries_per_s"):
             assert bt[key] > 0
         # each method's time includes the shared embedding
