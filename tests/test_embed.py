@@ -179,3 +179,22 @@ def test_read_embeddings_rejects_other_files(tmp_path):
         handle.attrs["format_version"] = EMBEDDINGS_FORMAT_VERSION + 1
     with pytest.raises(InputError, match="upgrade"):
         read_embeddings(path)
+
+
+def test_bfloat16_embeddings_match_float32_and_barely_depend_on_batches(tiny_model_dir, bioscan_records):
+    """--compute bfloat16 (what `auto` picks on CPUs with native bf16): the same embeddings as float32 to bf16
+    rounding, and batch composition moves them by rounding only (dynamic int8 was rejected for failing this)."""
+    from barcodetool.weights import load_model
+
+    sequences = [r.sequence for r in bioscan_records[:40]]
+    full = embed_sequences(load_model(str(tiny_model_dir), compute="float32"), sequences, batch_size=7)
+    half_model = load_model(str(tiny_model_dir), compute="bfloat16")
+    half = embed_sequences(half_model, sequences, batch_size=7)
+    alone = np.stack([embed_sequences(half_model, [s])[0] for s in sequences])
+
+    def cosine(a, b):
+        return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+    assert cosine(full, half).min() > 0.999
+    assert cosine(alone, half).min() > 0.9999
+    assert not np.array_equal(full, half)  # bf16 really ran
