@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import tempfile
 import threading
 from pathlib import Path
@@ -40,6 +41,36 @@ def clear_signals() -> None:
     _signals.clear()
 
 
+_holding = threading.local()
+
+
+def holding_signals() -> bool:
+    """True inside `signals_held()` in this thread: the CLI's signal handler then records the signal and
+    returns instead of raising; the hold raises it when it ends."""
+    return getattr(_holding, "depth", 0) > 0
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Start threads, or create and list a temporary file, here: an interruption that arrives meanwhile is raised
+    when the block ends.
+
+    An exception raised by a signal handler inside `Thread.start()` leaves the threading module's bookkeeping
+    half done (a KeyError instead of the interruption, and a traceback instead of exit status 130/143).
+    """
+    before = interrupted()
+    _holding.depth = getattr(_holding, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _holding.depth -= 1
+    signal_number = interrupted()
+    if signal_number is not None and before is None and not holding_signals():
+        if signal_number == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise Interrupted(signal_number)
+
+
 def remove_pending() -> None:
     """Delete every temporary output still being written (called on interruption)."""
     with _pending_lock:
@@ -57,10 +88,11 @@ def atomic_path(destination: str | os.PathLike) -> Iterator[Path]:
     folder = destination.parent if str(destination.parent) else Path(".")
     if not folder.is_dir():
         raise OutputError(f"{destination}: folder {folder} does not exist (create it first)")
-    handle, temporary = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".part", dir=folder)
-    os.close(handle)
-    with _pending_lock:
-        _pending.add(temporary)
+    with signals_held():  # an interruption between creating and listing the file would leave it behind
+        handle, temporary = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".part", dir=folder)
+        os.close(handle)
+        with _pending_lock:
+            _pending.add(temporary)
     try:
         yield Path(temporary)
         if _signals:  # interrupted, even if the handler's exception was swallowed: never publish

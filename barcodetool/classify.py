@@ -27,7 +27,9 @@ from typing import IO, Iterable, Iterator, Sequence
 import numpy as np
 
 from .errors import UsageError
+from .atomic import signals_held
 from .streaming import read_ahead
+from .reference import IdentityHits, identity_hits, nearest_bins  # noqa: F401 (part of this module's API)
 from .reference import (DEFAULT_K, IDENTITY_CANDIDATES_EMBEDDING, IDENTITY_CANDIDATES_KMER, OPTIONAL_RANKS, RANKS,
                         ReferenceIndex, Thresholds, identity_decide, knn_search, normalize, sequence_groups, vote)
 
@@ -233,62 +235,6 @@ def _labelled_assignments(ids: Sequence[str], labels: dict[str, np.ndarray], sha
         yield a
 
 
-@dataclass
-class IdentityHits:
-    """Identity search results of a batch of queries (distinct-sequence rows of the reference)."""
-
-    idx: np.ndarray          # int64 [Q, N] candidates ranked by score (-1 = empty)
-    score: np.ndarray        # float32 [Q, N] coverage scores
-    identity: np.ndarray     # float32 [Q, N]
-    overlap: np.ndarray      # int32 [Q, N]
-    votes: object            # reference.Votes of the identity decision
-    chosen: np.ndarray       # int64 [Q] column of the hit whose lineage is reported
-    hit: np.ndarray          # int64 [Q] its distinct-sequence row (-1 = no candidate)
-    bins: list[str]          # per query: BIN within the BIN threshold, else ""
-    similarity: np.ndarray   # float32 [Q] identity of the hit (nan = none)
-
-
-def identity_hits(queries, vectors: np.ndarray | None, index: ReferenceIndex, thresholds: Thresholds | None = None,
-                  *, candidates: tuple[int, int] = (IDENTITY_CANDIDATES_EMBEDDING, IDENTITY_CANDIDATES_KMER),
-                  min_confidence: float | None = None, device=None) -> IdentityHits:
-    """Search, re-rank by identity and decide (reference.identity_decide) for a batch of query sequences
-    (a list of cleaned sequences or a SequenceStore; `vectors`: their embeddings, needed for embedding
-    candidates)."""
-    from .identity import as_store, candidate_union, rerank
-
-    if thresholds is None:
-        thresholds = index.identity_thresholds_for(candidates=candidates)
-    if min_confidence is None:
-        min_confidence = thresholds.min_confidence
-    n_embedding, n_kmer = candidates
-    store = as_store(queries)
-    layer = index.identity
-    emb, km = index.identity_candidates(store, vectors, n_embedding, n_kmer, device=device)
-    idx, score, identity, overlap = rerank(store, layer.store, candidate_union(emb, km), detail=True)
-    codes = {r: layer.codes[r] for r in index.ranks}
-    votes, chosen = identity_decide(idx, score, codes, thresholds=thresholds.ranks, min_confidence=min_confidence)
-    n = len(store)
-    rows = np.arange(n)
-    if idx.shape[1]:
-        hit = np.where(idx[rows, chosen] >= 0, idx[rows, chosen], -1)
-        similarity = np.where(hit >= 0, identity[rows, chosen], np.nan).astype(np.float32)
-    else:
-        hit = np.full(n, -1, dtype=np.int64)
-        similarity = np.full(n, np.nan, dtype=np.float32)
-    bins = [""] * n
-    bin_codes = layer.codes.get("bin")
-    if bin_codes is not None and not math.isnan(thresholds.bin) and idx.shape[1]:
-        labels = np.where(idx >= 0, bin_codes[np.maximum(idx, 0)], -1)
-        first = np.argmax(labels >= 0, axis=1)           # the best-scoring BIN-labelled candidate ...
-        use = np.where(labels[rows, chosen] >= 0, chosen, first)   # ... unless the reported hit has a BIN
-        label = labels[rows, use]
-        ok = (label >= 0) & (score[rows, use] >= thresholds.bin)
-        names = index.label_names["bin"]
-        bins = [names[c] if good else "" for c, good in zip(label.tolist(), ok.tolist())]
-    return IdentityHits(idx=idx, score=score, identity=identity, overlap=overlap, votes=votes, chosen=chosen,
-                        hit=hit, bins=bins, similarity=similarity)
-
-
 def classify_identity(sequences, vectors: np.ndarray | None, ids: Sequence[str], index: ReferenceIndex,
                       thresholds: Thresholds, *, candidates: tuple[int, int] = (IDENTITY_CANDIDATES_EMBEDDING,
                                                                                  IDENTITY_CANDIDATES_KMER),
@@ -314,22 +260,6 @@ def classify_identity(sequences, vectors: np.ndarray | None, ids: Sequence[str],
         a.bin = hits.bins[row]
         out.append(a)
     return out
-
-
-def nearest_bins(index: ReferenceIndex, sims: np.ndarray, idx: np.ndarray, threshold: float) -> list[str]:
-    """Per query: the BIN of the nearest BIN-labelled neighbour when its similarity >= threshold, else ""."""
-    n = len(idx)
-    codes = index.bin_codes
-    if codes is None or math.isnan(threshold) or n == 0:
-        return [""] * n
-    labels = np.where(idx >= 0, codes[np.where(idx >= 0, idx, 0)], -1)
-    has = (labels >= 0).any(axis=1)
-    first = np.argmax(labels >= 0, axis=1)
-    rows = np.arange(n)
-    ok = has & (sims[rows, first] >= threshold)
-    chosen = labels[rows, first]
-    names = index.label_names["bin"]
-    return [names[c] if good else "" for c, good in zip(chosen.tolist(), ok.tolist())]
 
 
 def nearest_labels(index: ReferenceIndex, idx: np.ndarray, rank: str) -> list[str]:
@@ -418,8 +348,9 @@ def classify_records(records: Iterable, index: ReferenceIndex, pretrained, *, k:
             _, first = np.unique(groups, return_index=True)
             unique = [chunk[i].sequence for i in first]
             vectors = embed_sequences(pretrained, unique, batch_size=batch_size) if embed else None
-            pending.append((chunk, groups, workers.submit(search_and_decide, unique, vectors,
-                                                          [chunk[i].id for i in first])))
+            with signals_held():  # submit may start a worker thread
+                decided = workers.submit(search_and_decide, unique, vectors, [chunk[i].id for i in first])
+            pending.append((chunk, groups, decided))
             while len(pending) > search_workers:
                 yield from finish(*pending.popleft())
         while pending:

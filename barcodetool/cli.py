@@ -19,6 +19,7 @@ import click
 
 from ._version import __version__
 from .errors import BarcodeToolError, Interrupted
+from .atomic import holding_signals
 
 log = logging.getLogger("barcodetool")
 
@@ -105,6 +106,8 @@ class _SignalGuard:
             self.watchdog = threading.Thread(target=self._redeliver, args=(signal_number,), daemon=True,
                                              name="barcodetool-signal-watchdog")
             self.watchdog.start()
+        if holding_signals():  # a thread is being started: raised when that is done (streaming.signals_held)
+            return
         if signal_number == signal.SIGINT:
             raise KeyboardInterrupt
         raise Interrupted(signal_number)

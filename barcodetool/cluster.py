@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import UsageError
-from .reference import knn_search, normalize
+from .search import knn_search, normalize, sequence_groups
 
 log = logging.getLogger("barcodetool")
 
@@ -409,7 +409,6 @@ def cluster_records(records: Sequence, pretrained, *, reference=None, threshold:
     card's `metrics.cluster_distance_threshold`, DEFAULT_DISTANCE_THRESHOLD; or `n_clusters`.
     """
     from .embed import embed_sequences
-    from .reference import sequence_groups
 
     if method not in METHODS:
         raise UsageError(f"unknown clustering method {method!r}; choose {' or '.join(METHODS)}")
@@ -443,18 +442,14 @@ def cluster_records(records: Sequence, pretrained, *, reference=None, threshold:
     if reference is not None:
         reference.check_model(pretrained)
         if method == "identity":
-            from .classify import identity_hits
-
-            hits = identity_hits(store, vectors, reference, device=device)
+            hits = reference.identity_hits(store, vectors, device=device)
             nearest_sim, nearest_bins = hits.similarity, hits.bins
         else:
-            from .classify import nearest_bins as nearest_reference_bins
-
             sims, idx = reference.search(vectors, 10, device=device)
             nearest_sim = sims[:, 0]
             bin_threshold = reference.thresholds.bin if reference.thresholds else math.nan
             # the nearest reference barcode carrying a BIN (among the 10 nearest), within the BIN threshold
-            nearest_bins = nearest_reference_bins(reference, sims, idx, bin_threshold)
+            nearest_bins = reference.nearest_bins(sims, idx, bin_threshold)
         member_bins = [nearest_bins[g] for g in groups]
         matched = match_reference_bins(clusters, member_bins)
         result.reference_bin = [matched[c] for c in clusters.tolist()]

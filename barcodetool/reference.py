@@ -49,6 +49,7 @@ import numpy as np
 from ._version import __version__
 from .atomic import atomic_path
 from .errors import IndexMismatchError, InputError, UsageError
+from .search import SEARCH_BLOCK_ELEMENTS, knn_search, normalize, sequence_groups  # noqa: F401 (re-exported)
 
 log = logging.getLogger("barcodetool")
 
@@ -65,7 +66,6 @@ DEFAULT_MIN_CONFIDENCE = 0.5
 CALIBRATION_QUERIES = 10_000      # leave-out queries (distinct sequences) per calibration level
 CALIBRATION_NEIGHBOURS = 50       # neighbours stored per calibration query (recalibration for k <= this)
 CLUSTER_CALIBRATION_SIZE = 4_000  # unique BIN-labelled sequences clustered to calibrate the cluster threshold
-SEARCH_BLOCK_ELEMENTS = 1 << 25   # query block x reference block similarities held at once (128 MiB float32)
 VOTE_BLOCK_ELEMENTS = 1 << 22     # queries x k x k label comparisons held at once while voting
 IDENTITY_CANDIDATES_EMBEDDING = 10     # classify --candidates-embedding (docs/identity-rerank.md: 10 + 10)
 IDENTITY_CANDIDATES_KMER = 10          # classify --candidates-kmer
@@ -76,91 +76,6 @@ IDENTITY_CLUSTER_CALIBRATION_SIZE = 6_000  # distinct BIN-labelled sequences clu
 Progress = Callable[[int], None]
 
 
-# ============================================================================================ search
-def normalize(vectors: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (float32); all-zero (or non-finite) rows become zero."""
-    vectors = np.nan_to_num(np.asarray(vectors, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    norms[norms == 0] = 1.0
-    return vectors / norms
-
-
-def knn_search(queries: np.ndarray, reference: np.ndarray, k: int, *,
-               exclude: Sequence[tuple[np.ndarray, np.ndarray]] = (), query_block: int = 2048,
-               reference_block: int | None = None, device=None,
-               progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k cosine neighbours of unit-vector `queries` among unit-vector `reference` rows.
-
-    Returns (similarities float32 [nq, k], indices int64 [nq, k]), each row sorted by decreasing similarity
-    (equal similarities by increasing index); slots beyond the number of eligible references hold -inf and -1.
-    `exclude` holds (query_groups [nq], reference_groups [nr]) int pairs: a reference row is skipped for a query
-    when, in any pair, its group equals the query's (leave-one-out calibration). The reference may be float16;
-    on CPU blocks are computed in float32.
-    """
-    import torch
-
-    nq, nr = len(queries), len(reference)
-    if k < 1:
-        raise UsageError(f"k must be at least 1, got {k}")
-    sims_out = np.full((nq, k), -np.inf, dtype=np.float32)
-    idx_out = np.full((nq, k), -1, dtype=np.int64)
-    if nq == 0 or nr == 0:
-        return sims_out, idx_out
-    device = torch.device(device or "cpu")
-    compute = torch.float16 if (device.type == "cuda" and reference.dtype == np.float16) else torch.float32
-    if reference_block is None:
-        reference_block = max(1024, SEARCH_BLOCK_ELEMENTS // max(1, query_block))
-    reference_block = min(reference_block, nr)
-    exclude = [(np.asarray(qg), np.asarray(rg)) for qg, rg in exclude]
-    # On a GPU the whole reference goes over once; on CPU float32 rows are used in place.
-    on_device = None
-    if device.type != "cpu":
-        on_device = torch.from_numpy(np.ascontiguousarray(reference)).to(device, compute)
-        ref_groups_t = [torch.from_numpy(rg).to(device) for _, rg in exclude]
-    kk = min(k, nr)
-    for q0 in range(0, nq, query_block):
-        q1 = min(nq, q0 + query_block)
-        q = torch.from_numpy(np.ascontiguousarray(queries[q0:q1], dtype=np.float32)).to(device, compute)
-        qgs = [torch.from_numpy(qg[q0:q1]).to(device) for qg, _ in exclude]
-        best_s = None
-        best_i = None
-        for r0 in range(0, nr, reference_block):
-            r1 = min(nr, r0 + reference_block)
-            if on_device is not None:
-                block = on_device[r0:r1]
-                rgs = [rg[r0:r1] for rg in ref_groups_t]
-            else:
-                block = torch.from_numpy(np.ascontiguousarray(reference[r0:r1])).to(torch.float32)
-                rgs = [torch.from_numpy(rg[r0:r1]) for _, rg in exclude]
-            s = q @ block.T
-            for qg, rg in zip(qgs, rgs):
-                s.masked_fill_(qg[:, None] == rg[None, :], -math.inf)
-            top = min(kk, r1 - r0)
-            bs, bi = torch.topk(s, top, dim=1, largest=True, sorted=False)
-            bi = bi + r0
-            if best_s is None:
-                best_s, best_i = bs, bi
-            else:
-                cs = torch.cat([best_s, bs], dim=1)
-                ci = torch.cat([best_i, bi], dim=1)
-                if cs.shape[1] > kk:
-                    cs, pos = torch.topk(cs, kk, dim=1, largest=True, sorted=False)
-                    ci = torch.gather(ci, 1, pos)
-                best_s, best_i = cs, ci
-        s_np = best_s.float().cpu().numpy()
-        i_np = best_i.cpu().numpy().astype(np.int64)
-        order = np.lexsort((i_np, -s_np), axis=1) if s_np.shape[1] > 1 else np.zeros_like(i_np)
-        s_np = np.take_along_axis(s_np, order, axis=1)
-        i_np = np.take_along_axis(i_np, order, axis=1)
-        i_np[~np.isfinite(s_np)] = -1
-        s_np[i_np < 0] = -np.inf
-        sims_out[q0:q1, :s_np.shape[1]] = s_np
-        idx_out[q0:q1, :i_np.shape[1]] = i_np
-        if progress is not None:
-            progress(q1 - q0)
-    return sims_out, idx_out
-
-
 # ============================================================================================ labels
 def encode_labels(values: Sequence[str | None]) -> tuple[np.ndarray, list[str]]:
     """Strings (""/None = unknown) -> (int32 codes, -1 = unknown; sorted names)."""
@@ -168,12 +83,6 @@ def encode_labels(values: Sequence[str | None]) -> tuple[np.ndarray, list[str]]:
     lookup = {name: i for i, name in enumerate(names)}
     codes = np.fromiter((lookup.get(v, -1) if v else -1 for v in values), dtype=np.int32, count=len(values))
     return codes, names
-
-
-def sequence_groups(sequences: Sequence[str]) -> np.ndarray:
-    """int32 [n]: equal numbers for identical sequences, numbered by first occurrence."""
-    seen: dict[str, int] = {}
-    return np.fromiter((seen.setdefault(s, len(seen)) for s in sequences), dtype=np.int32, count=len(sequences))
 
 
 # ============================================================================================ voting
@@ -594,6 +503,79 @@ def merge_identity_candidates(stored: dict, n_embedding: int, n_kmer: int) -> tu
 
 
 # ============================================================================================ the index
+# ============================================================================================ hits
+@dataclass
+class IdentityHits:
+    """Identity search results of a batch of queries (distinct-sequence rows of the reference)."""
+
+    idx: np.ndarray          # int64 [Q, N] candidates ranked by score (-1 = empty)
+    score: np.ndarray        # float32 [Q, N] coverage scores
+    identity: np.ndarray     # float32 [Q, N]
+    overlap: np.ndarray      # int32 [Q, N]
+    votes: object            # reference.Votes of the identity decision
+    chosen: np.ndarray       # int64 [Q] column of the hit whose lineage is reported
+    hit: np.ndarray          # int64 [Q] its distinct-sequence row (-1 = no candidate)
+    bins: list[str]          # per query: BIN within the BIN threshold, else ""
+    similarity: np.ndarray   # float32 [Q] identity of the hit (nan = none)
+
+
+def identity_hits(queries, vectors: np.ndarray | None, index: ReferenceIndex, thresholds: Thresholds | None = None,
+                  *, candidates: tuple[int, int] = (IDENTITY_CANDIDATES_EMBEDDING, IDENTITY_CANDIDATES_KMER),
+                  min_confidence: float | None = None, device=None) -> IdentityHits:
+    """Search, re-rank by identity and decide (reference.identity_decide) for a batch of query sequences
+    (a list of cleaned sequences or a SequenceStore; `vectors`: their embeddings, needed for embedding
+    candidates)."""
+    from .identity import as_store, candidate_union, rerank
+
+    if thresholds is None:
+        thresholds = index.identity_thresholds_for(candidates=candidates)
+    if min_confidence is None:
+        min_confidence = thresholds.min_confidence
+    n_embedding, n_kmer = candidates
+    store = as_store(queries)
+    layer = index.identity
+    emb, km = index.identity_candidates(store, vectors, n_embedding, n_kmer, device=device)
+    idx, score, identity, overlap = rerank(store, layer.store, candidate_union(emb, km), detail=True)
+    codes = {r: layer.codes[r] for r in index.ranks}
+    votes, chosen = identity_decide(idx, score, codes, thresholds=thresholds.ranks, min_confidence=min_confidence)
+    n = len(store)
+    rows = np.arange(n)
+    if idx.shape[1]:
+        hit = np.where(idx[rows, chosen] >= 0, idx[rows, chosen], -1)
+        similarity = np.where(hit >= 0, identity[rows, chosen], np.nan).astype(np.float32)
+    else:
+        hit = np.full(n, -1, dtype=np.int64)
+        similarity = np.full(n, np.nan, dtype=np.float32)
+    bins = [""] * n
+    bin_codes = layer.codes.get("bin")
+    if bin_codes is not None and not math.isnan(thresholds.bin) and idx.shape[1]:
+        labels = np.where(idx >= 0, bin_codes[np.maximum(idx, 0)], -1)
+        first = np.argmax(labels >= 0, axis=1)           # the best-scoring BIN-labelled candidate ...
+        use = np.where(labels[rows, chosen] >= 0, chosen, first)   # ... unless the reported hit has a BIN
+        label = labels[rows, use]
+        ok = (label >= 0) & (score[rows, use] >= thresholds.bin)
+        names = index.label_names["bin"]
+        bins = [names[c] if good else "" for c, good in zip(label.tolist(), ok.tolist())]
+    return IdentityHits(idx=idx, score=score, identity=identity, overlap=overlap, votes=votes, chosen=chosen,
+                        hit=hit, bins=bins, similarity=similarity)
+
+
+def nearest_bins(index: ReferenceIndex, sims: np.ndarray, idx: np.ndarray, threshold: float) -> list[str]:
+    """Per query: the BIN of the nearest BIN-labelled neighbour when its similarity >= threshold, else ""."""
+    n = len(idx)
+    codes = index.bin_codes
+    if codes is None or math.isnan(threshold) or n == 0:
+        return [""] * n
+    labels = np.where(idx >= 0, codes[np.where(idx >= 0, idx, 0)], -1)
+    has = (labels >= 0).any(axis=1)
+    first = np.argmax(labels >= 0, axis=1)
+    rows = np.arange(n)
+    ok = has & (sims[rows, first] >= threshold)
+    chosen = labels[rows, first]
+    names = index.label_names["bin"]
+    return [names[c] if good else "" for c, good in zip(chosen.tolist(), ok.tolist())]
+
+
 @dataclass
 class ReferenceIndex:
     """Embedded reference barcodes with their labels and calibrated thresholds."""
@@ -852,6 +834,14 @@ class ReferenceIndex:
                                        cluster=False)
 
     # ------------------------------------------------------------------------------------ search
+    def identity_hits(self, queries, vectors: np.ndarray | None, **options) -> IdentityHits:
+        """`identity_hits` against this index (for callers that hold an index but should not import this module)."""
+        return identity_hits(queries, vectors, self, **options)
+
+    def nearest_bins(self, sims: np.ndarray, idx: np.ndarray, threshold: float) -> list[str]:
+        """`nearest_bins` for neighbours found in this index."""
+        return nearest_bins(self, sims, idx, threshold)
+
     def search(self, queries: np.ndarray, k: int, *, device=None, progress: Progress | None = None):
         """Top-k neighbours of query embeddings (normalised here): (similarities, indices)."""
         return knn_search(normalize(queries), self.embeddings, k, device=device, progress=progress)

@@ -12,6 +12,8 @@ import threading
 from itertools import islice
 from typing import Iterable, Iterator, TypeVar
 
+from .atomic import signals_held
+
 Item = TypeVar("Item")
 
 _POLL_S = 0.1  # how often a blocked reader thread checks whether the consumer has gone
@@ -67,7 +69,8 @@ def read_ahead(iterable: Iterable[Item], size: int, *, depth: int = 1) -> Iterat
             offer(_Failure(error))
 
     reader = threading.Thread(target=produce, name="barcodetool-read-ahead", daemon=True)
-    reader.start()
+    with signals_held():
+        reader.start()
     try:
         while True:
             item = ready.get()
