@@ -219,7 +219,7 @@ def register(main: click.Group) -> None:
     @reference_format_option
     @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
     @click.option("--chunk-size", type=click.IntRange(min=1), default=4096, show_default=True,  # classify.CHUNK_RECORDS
-                  help="Queries read, embedded and written at a time (two chunks are in work at once).")
+                  help="Queries read, embedded and written at a time (up to four chunks are in work at once).")
     @device_options
     @read_options
     @click.pass_obj
