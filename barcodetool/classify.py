@@ -2,8 +2,10 @@
 
 Methods (docs/classify-and-cluster.md):
 
-- `identity` (default): candidates are the reference sequences nearest by embedding (top 10) and those sharing
-  the most 12-mers (top 10); each is scored by exact sequence identity (barcodetool.identity, coverage score),
+- `identity` (default): candidates are the reference sequences sharing the most 12-mers (top 10) and, for queries
+  whose best k-mer candidate scores below `embed_below` (0.95: distant queries, where the embedding finds what
+  shared k-mers miss), those nearest by embedding (top 10); each is scored by exact sequence identity
+  (barcodetool.identity, coverage score),
   the species is the one carried by most of the candidates tied at the best score, and the whole lineage is that
   hit's. A rank is assigned when the best score reaches the rank's threshold calibrated on the reference (and
   the tied-best candidates agree at least `min_confidence` of the time); ranks below an unassigned rank stay
@@ -30,8 +32,9 @@ from .errors import UsageError
 from .atomic import signals_held
 from .streaming import read_ahead
 from .reference import IdentityHits, identity_hits, nearest_bins  # noqa: F401 (part of this module's API)
-from .reference import (DEFAULT_K, IDENTITY_CANDIDATES_EMBEDDING, IDENTITY_CANDIDATES_KMER, OPTIONAL_RANKS, RANKS,
-                        ReferenceIndex, Thresholds, identity_decide, knn_search, normalize, sequence_groups, vote)
+from .reference import (DEFAULT_K, IDENTITY_CANDIDATES_EMBEDDING, IDENTITY_CANDIDATES_KMER, IDENTITY_EMBED_BELOW,
+                        OPTIONAL_RANKS, RANKS, ReferenceIndex, ScoredCandidates, Thresholds, embedding_needed,
+                        identity_decide, kmer_hits, knn_search, normalize, sequence_groups, vote)
 
 log = logging.getLogger("barcodetool")
 
@@ -238,10 +241,12 @@ def _labelled_assignments(ids: Sequence[str], labels: dict[str, np.ndarray], sha
 def classify_identity(sequences, vectors: np.ndarray | None, ids: Sequence[str], index: ReferenceIndex,
                       thresholds: Thresholds, *, candidates: tuple[int, int] = (IDENTITY_CANDIDATES_EMBEDDING,
                                                                                  IDENTITY_CANDIDATES_KMER),
-                      min_confidence: float | None = None, device=None) -> list[Assignment]:
-    """Assignments of the identity method for query sequences (rows in `ids` order)."""
+                      min_confidence: float | None = None, device=None, embed=None,
+                      kmer: ScoredCandidates | None = None) -> list[Assignment]:
+    """Assignments of the identity method for query sequences (rows in `ids` order); `vectors`, `embed` and
+    `kmer` as for `identity_hits`."""
     hits = identity_hits(sequences, vectors, index, thresholds, candidates=candidates, min_confidence=min_confidence,
-                         device=device)
+                         device=device, embed=embed, kmer=kmer)
     votes = hits.votes
     layer = index.identity
     rows = np.arange(len(ids))
@@ -275,17 +280,17 @@ def nearest_labels(index: ReferenceIndex, idx: np.ndarray, rank: str) -> list[st
 def classify_records(records: Iterable, index: ReferenceIndex, pretrained, *, k: int | None = None,
                      method: str = "identity", precision: float | None = None, min_confidence: float | None = None,
                      candidates_embedding: int = IDENTITY_CANDIDATES_EMBEDDING,
-                     candidates_kmer: int = IDENTITY_CANDIDATES_KMER, chunk_size: int = CHUNK_RECORDS,
-                     batch_size: int = 256, device=None, progress=None,
+                     candidates_kmer: int = IDENTITY_CANDIDATES_KMER, embed_below: float = IDENTITY_EMBED_BELOW,
+                     chunk_size: int = CHUNK_RECORDS, batch_size: int = 256, device=None, progress=None,
                      search_workers: int | None = None) -> Iterator[Assignment]:
     """Stream assignments for query records (objects with .id and .sequence), one per record, in input order.
 
     Records are processed `chunk_size` at a time (identical sequences of a chunk searched once), so memory does
     not grow with the number of queries. The index must have been built with `pretrained`. With
     `method="identity"` and `candidates_embedding=0` (k-mer candidates only) no embedding is computed and
-    `pretrained` may be None. `k` applies to knn and probe only; the candidate numbers to identity only.
-    `search_workers`: chunks searched at once by worker threads (default: 1 while this thread embeds, 2 without
-    embedding).
+    `pretrained` may be None. `k` applies to knn and probe only; the candidate numbers and `embed_below` (embedding
+    candidates only for queries whose best k-mer candidate scores below it; inf = every query) to identity only.
+    `search_workers`: chunks searched at once by worker threads (default: 2 for identity, 1 for knn and probe).
     """
     from .embed import embed_sequences
 
@@ -297,6 +302,8 @@ def classify_records(records: Iterable, index: ReferenceIndex, pretrained, *, k:
         raise UsageError(f"--min-confidence must be between 0 and 1, got {min_confidence}")
     if candidates_embedding < 0 or candidates_kmer < 0:
         raise UsageError("candidate numbers must be >= 0")
+    if math.isnan(embed_below) or embed_below < 0:
+        raise UsageError(f"--embed-below must be a score >= 0 (inf: embed every query), got {embed_below}")
     if method == "identity" and candidates_embedding + candidates_kmer == 0:
         raise UsageError("--candidates-embedding and --candidates-kmer cannot both be 0")
     embed = method != "identity" or candidates_embedding > 0
@@ -307,15 +314,16 @@ def classify_records(records: Iterable, index: ReferenceIndex, pretrained, *, k:
     candidates = (candidates_embedding, candidates_kmer)
     if method == "identity":
         thresholds = index.identity_thresholds_for(precision=precision, min_confidence=min_confidence,
-                                                   candidates=candidates)
+                                                   candidates=candidates, embed_below=embed_below)
     else:
         thresholds = index.thresholds_for(precision=precision, k=k, min_confidence=min_confidence)
         k = thresholds.k if k is None else k
 
-    def search_and_decide(unique: list[str], vectors: np.ndarray | None, unique_ids: list[str]) -> list[Assignment]:
+    def search_and_decide(unique: list[str], vectors: np.ndarray | None, unique_ids: list[str],
+                          kmer: ScoredCandidates | None = None) -> list[Assignment]:
         if method == "identity":
             return classify_identity(unique, vectors, unique_ids, index, thresholds, candidates=candidates,
-                                     min_confidence=min_confidence, device=device)
+                                     min_confidence=min_confidence, device=device, kmer=kmer)
         return classify_embeddings(vectors, unique_ids, index, thresholds, k=k, method=method,
                                    min_confidence=min_confidence, device=device)
 
@@ -330,31 +338,64 @@ def classify_records(records: Iterable, index: ReferenceIndex, pretrained, *, k:
         if progress is not None:
             progress(len(chunk))
 
-    # Stages on different cores: a thread reads chunk i + 2 (read_ahead) while this one embeds chunk i + 1
-    # (PyTorch) and a worker searches and decides chunk i (numpy); PyTorch and numpy release the GIL in their
-    # array loops. Without embedding, `search_workers` (2) chunks are searched at once instead. Assignments come
-    # out in input order; at most search_workers + 3 chunks are held.
+    # Stages on different cores: a thread reads ahead (read_ahead), worker threads search and decide (numpy), this
+    # thread embeds (PyTorch); both release the GIL in their array loops. The identity method with embedding
+    # candidates takes two passes through the workers: k-mer candidates first, then, once this thread has
+    # embedded the queries they leave in doubt (embedding_needed), embedding candidates and the decision.
+    # Assignments come out in input order; at most 2 x (search_workers + 1) chunks are held besides read-ahead.
+    two_pass = method == "identity" and candidates_embedding > 0
     if search_workers is None:
-        search_workers = 1 if embed else 2
+        search_workers = 2 if method == "identity" else 1
     if search_workers < 1:
         raise UsageError(f"search_workers must be at least 1, got {search_workers}")
     if method == "identity":
         index.identity  # built or loaded here, not by two workers at once
+    fallback = not math.isinf(thresholds.embed_below) if two_pass else True
     workers = ThreadPoolExecutor(max_workers=search_workers, thread_name_prefix="barcodetool-classify")
+
+    def submit(*args, **kwargs) -> Future:
+        with signals_held():  # submit may start a worker thread
+            return workers.submit(*args, **kwargs)
+
+    def embed_and_decide(chunk, groups, unique, unique_ids, searched: Future):
+        kmer = searched.result()
+        need = np.nonzero(embedding_needed(kmer, candidates_embedding, thresholds.embed_below))[0]
+        counts[1] += len(need)
+        vectors = (embed_sequences(pretrained, [unique[i] for i in need.tolist()], batch_size=batch_size)
+                   if len(need) else None)
+        return chunk, groups, submit(search_and_decide, unique, vectors, unique_ids, kmer)
+
+    counts = [0, 0]   # distinct queries, embedded ones
+    searched: deque = deque()
     pending: deque = deque()
     try:
         for chunk in read_ahead(records, chunk_size):
             groups = sequence_groups([r.sequence for r in chunk])
             _, first = np.unique(groups, return_index=True)
             unique = [chunk[i].sequence for i in first]
-            vectors = embed_sequences(pretrained, unique, batch_size=batch_size) if embed else None
-            with signals_held():  # submit may start a worker thread
-                decided = workers.submit(search_and_decide, unique, vectors, [chunk[i].id for i in first])
-            pending.append((chunk, groups, decided))
+            unique_ids = [chunk[i].id for i in first]
+            counts[0] += len(unique)
+            if two_pass:
+                searched.append((chunk, groups, unique, unique_ids,
+                                 submit(kmer_hits, unique, index, candidates_kmer, fallback=fallback)))
+                while len(searched) > search_workers:   # the workers search the next chunks meanwhile
+                    pending.append(embed_and_decide(*searched.popleft()))
+            else:
+                if embed:
+                    vectors = embed_sequences(pretrained, unique, batch_size=batch_size)
+                    counts[1] += len(unique)
+                else:
+                    vectors = None
+                pending.append((chunk, groups, submit(search_and_decide, unique, vectors, unique_ids)))
             while len(pending) > search_workers:
                 yield from finish(*pending.popleft())
+        while searched:
+            pending.append(embed_and_decide(*searched.popleft()))
         while pending:
             yield from finish(*pending.popleft())
+        if two_pass:
+            log.info(f"embedding candidates for {counts[1]:,} of {counts[0]:,} distinct queries (best k-mer "
+                     f"candidate below {thresholds.embed_below:g})")
     finally:
         workers.shutdown(wait=True, cancel_futures=True)
 

@@ -196,17 +196,21 @@ def register(main: click.Group) -> None:
     @inference_model_option
     @click.option("--method", type=click.Choice(["identity", "knn", "probe"]), default="identity",
                   show_default=True,
-                  help="identity: sequence identity of embedding and k-mer candidates decides; knn: embedding "
+                  help="identity: sequence identity of k-mer and embedding candidates decides; knn: embedding "
                        "similarity-weighted vote (the papers' protocol); probe: a linear classifier per rank.")
     @click.option("--candidates-embedding", type=click.IntRange(min=0), default=10, show_default=True,
                   help="identity: reference sequences nearest by embedding that are scored (0 = none: no "
                        "embedding is computed).")
     @click.option("--candidates-kmer", type=click.IntRange(min=0), default=10, show_default=True,
                   help="identity: reference sequences sharing the most 12-mers that are scored (0 = none).")
+    @click.option("--embed-below", type=click.FloatRange(min=0), default=0.95, show_default=True,
+                  help="identity: only queries whose best k-mer candidate scores (identity) below this get "
+                       "embedding candidates: known species are classified without the model, distant queries "
+                       "with it. `inf` embeds every query (same accuracy on the shared split, 2x slower on a CPU).")
     @click.option("--kmer-only", is_flag=True,
                   help="identity with k-mer candidates only (= --candidates-embedding 0): no model, no embedding; "
-                       "2-3x faster on a CPU, the same species accuracy, about 2 points less open-world genus "
-                       "accuracy (docs/benchmarks.md).")
+                       "the same species accuracy, about 2 points less open-world genus accuracy "
+                       "(docs/benchmarks.md).")
     @click.option("--k", type=click.IntRange(min=1), default=None, help="knn/probe: neighbours that vote "
                   "[default: the index's calibration k, 10]; --k 1 is 1-NN.")
     @click.option("--precision", type=click.FloatRange(0, 1, min_open=True), default=None,
@@ -219,14 +223,15 @@ def register(main: click.Group) -> None:
     @reference_format_option
     @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
     @click.option("--chunk-size", type=click.IntRange(min=1), default=4096, show_default=True,  # classify.CHUNK_RECORDS
-                  help="Queries read, embedded and written at a time (up to four chunks are in work at once).")
+                  help="Queries read, embedded and written at a time (at most --threads + 5 chunks, 9, are in "
+                       "work at once).")
     @device_options
     @read_options
     @click.pass_obj
     @handle_errors
     def classify_command(obj, queries, reference, output, model_name, method, candidates_embedding, candidates_kmer,
-                         kmer_only, k, precision, min_confidence, output_format, reference_format, batch_size,
-                         chunk_size, device, threads, **kwargs):
+                         embed_below, kmer_only, k, precision, min_confidence, output_format, reference_format,
+                         batch_size, chunk_size, device, threads, **kwargs):
         """Assign taxonomy (and BINs) to QUERIES (FASTA or table; `-` = stdin): one row per query, in order."""
         from .atomic import check_outputs_distinct
         from .classify import classify_records, write_classification
@@ -255,7 +260,7 @@ def register(main: click.Group) -> None:
             min_length = 1
         else:
             pretrained, torch_device = _load_model_for(model_name, reference, device, threads)
-            search_workers = None
+            search_workers = min(4, threads or os.cpu_count() or 1) if method == "identity" else None
             index = _open_reference(obj, reference, pretrained, batch_size, reference_format)
             min_length = pretrained.tokenizer.config.k
         read_opts["min_length"] = min_length
@@ -265,7 +270,8 @@ def register(main: click.Group) -> None:
             count = write_classification(
                 classify_records(records, index, pretrained, k=k, method=method, precision=precision,
                                  min_confidence=min_confidence, candidates_embedding=candidates_embedding,
-                                 candidates_kmer=candidates_kmer, chunk_size=chunk_size, batch_size=batch_size,
+                                 candidates_kmer=candidates_kmer, embed_below=embed_below, chunk_size=chunk_size,
+                                 batch_size=batch_size,
                                  device=torch_device, progress=bar.update, search_workers=search_workers),
                 handle, output_format)
         log.info(stats.summary())

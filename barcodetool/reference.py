@@ -22,7 +22,9 @@ HDF5 layout (format `barcodetool-reference`, version 2; see docs/file-formats.md
                             identity_threshold_<rank>, identity_threshold_bin (identity score),
                             identity_cluster_distance_threshold (identity distance), identity_calibration_precision,
                             identity_calibration_min_confidence, identity_calibration_candidates (JSON [embedding,
-                            k-mer]), identity_calibration (JSON details)
+                            k-mer]), identity_calibration_embed_below (embedding candidates only for queries
+                            whose best k-mer candidate scores below it; absent = inf), identity_calibration
+                            (JSON details)
 
 The identity layer (docs/identity-rerank.md) works on distinct sequences ("groups", numbered by first record):
 each group's labels are those of its representative record (the most common full label set among its records).
@@ -69,6 +71,10 @@ CLUSTER_CALIBRATION_SIZE = 4_000  # unique BIN-labelled sequences clustered to c
 VOTE_BLOCK_ELEMENTS = 1 << 22     # queries x k x k label comparisons held at once while voting
 IDENTITY_CANDIDATES_EMBEDDING = 10     # classify --candidates-embedding (docs/identity-rerank.md: 10 + 10)
 IDENTITY_CANDIDATES_KMER = 10          # classify --candidates-kmer
+# classify --embed-below: embedding candidates are sought only for queries whose best k-mer candidate scores below
+# this; above it the embedding's candidates hardly ever change the call (docs/identity-rerank.md, "Embedding only
+# where it helps"). inf = every query is embedded.
+IDENTITY_EMBED_BELOW = 0.95
 IDENTITY_CALIBRATION_QUERIES = 5_000   # leave-out identity queries (distinct sequences) per calibration level
 IDENTITY_CALIBRATION_CANDIDATES = 20   # candidates of each source kept per calibration query (recalibration)
 IDENTITY_CLUSTER_CALIBRATION_SIZE = 6_000  # distinct BIN-labelled sequences clustered to calibrate identity clusters
@@ -241,11 +247,12 @@ class Thresholds:
     # "cosine" (k-NN vote: similarities, cosine distance) or "identity" (identity scores, identity distance)
     kind: str = "cosine"
     candidates: tuple[int, int] = (0, 0)    # identity: (embedding, k-mer) candidates calibrated with
+    embed_below: float = math.inf           # identity: embedding candidates only below this best k-mer score
 
     def as_dict(self) -> dict:
         return {"kind": self.kind, "ranks": self.ranks, "bin": self.bin, "cluster_distance": self.cluster_distance,
                 "precision": self.precision, "k": self.k, "min_confidence": self.min_confidence,
-                "candidates": list(self.candidates), "details": self.details}
+                "candidates": list(self.candidates), "embed_below": self.embed_below, "details": self.details}
 
 
 def calibration_queries(groups: np.ndarray, labelled: np.ndarray | None, max_queries: int,
@@ -488,18 +495,86 @@ class IdentityLayer:
         return len(self.group_first)
 
 
-def merge_identity_candidates(stored: dict, n_embedding: int, n_kmer: int) -> tuple[np.ndarray, np.ndarray]:
+def merge_identity_candidates(stored: dict, n_embedding: int, n_kmer: int,
+                              embed_below: float = math.inf) -> tuple[np.ndarray, np.ndarray]:
     """(idx, score) [m, N] of stored calibration candidates restricted to the first n of each source, merged
-    and ranked exactly as `rerank` ranks the union of the same candidates."""
+    and ranked exactly as `identity_hits` ranks them: the union of both sources where the best k-mer candidate
+    scores below `embed_below` (or there are no k-mer candidates), the k-mer candidates alone elsewhere."""
+    kmer = ScoredCandidates(stored["kmer"][:, :n_kmer], stored["kmer_score"][:, :n_kmer],
+                            stored["kmer_score"][:, :n_kmer], stored["kmer_overlap"][:, :n_kmer])
+    embedding = ScoredCandidates(stored["embedding"][:, :n_embedding], stored["embedding_score"][:, :n_embedding],
+                                 stored["embedding_score"][:, :n_embedding],
+                                 stored["embedding_overlap"][:, :n_embedding])
+    need = embedding_needed(kmer, n_embedding, embed_below)
+    idx, score, _, _ = merge_ranked(kmer, embedding, need)
+    return idx, score
+
+
+@dataclass
+class ScoredCandidates:
+    """Candidates of one search (distinct-sequence rows of the reference) scored by identity, in the search's
+    order (not ranked)."""
+
+    idx: np.ndarray       # int64 [Q, N] (-1 = empty)
+    score: np.ndarray     # float32 [Q, N] coverage scores (-inf = empty)
+    identity: np.ndarray  # float32 [Q, N]
+    overlap: np.ndarray   # int32 [Q, N]
+
+    def best(self) -> np.ndarray:
+        """float [Q]: the best score of each row (-inf without candidates)."""
+        valid = self.idx >= 0
+        return np.where(valid, self.score, -np.inf).max(axis=1, initial=-np.inf)
+
+    def rows(self, rows: np.ndarray) -> "ScoredCandidates":
+        return ScoredCandidates(self.idx[rows], self.score[rows], self.identity[rows], self.overlap[rows])
+
+
+def embedding_needed(kmer: ScoredCandidates, n_embedding: int, embed_below: float) -> np.ndarray:
+    """bool [Q]: the queries that get embedding candidates: every one when there are no k-mer candidates to
+    judge by, else those whose best k-mer candidate scores below `embed_below`; none without embedding
+    candidates."""
+    q = len(kmer.idx)
+    if n_embedding <= 0:
+        return np.zeros(q, dtype=bool)
+    if kmer.idx.shape[1] == 0:
+        return np.ones(q, dtype=bool)
+    return ~(kmer.best() >= embed_below)
+
+
+def merge_ranked(kmer: ScoredCandidates, embedding: ScoredCandidates, embedded: np.ndarray):
+    """(idx, score, identity, overlap) [Q, n_embedding + n_kmer], ranked as `rerank` ranks candidates: rows where
+    `embedded` is set hold the union of the embedding candidates (first) and the k-mer ones, the others the k-mer
+    candidates alone. `embedding` holds rows for the `embedded` queries only, or for every query."""
     from .identity import candidate_union, rank_scored
 
-    emb, km = stored["embedding"][:, :n_embedding], stored["kmer"][:, :n_kmer]
-    idx = candidate_union(emb, km)
-    score = np.concatenate([stored["embedding_score"][:, :n_embedding], stored["kmer_score"][:, :n_kmer]], axis=1)
-    overlap = np.concatenate([stored["embedding_overlap"][:, :n_embedding], stored["kmer_overlap"][:, :n_kmer]],
-                             axis=1)
-    idx, score, _ = rank_scored(idx, score, np.where(idx >= 0, overlap, 0))
-    return idx, score
+    q, n_kmer = kmer.idx.shape
+    n_embedding = embedding.idx.shape[1]
+    width = n_embedding + n_kmer
+    idx = np.full((q, width), -1, dtype=np.int64)
+    score = np.full((q, width), -np.inf, dtype=np.float32)
+    identity = np.full((q, width), -np.inf, dtype=np.float32)
+    overlap = np.zeros((q, width), dtype=np.int32)
+    rows = np.nonzero(embedded)[0]
+    if len(embedding.idx) == q and len(rows) < q:
+        embedding = embedding.rows(rows)
+    out = (idx, score, identity, overlap)
+    if len(rows):
+        part = kmer.rows(rows)
+        union = candidate_union(embedding.idx, part.idx)
+        ranked = rank_scored(union, *(np.concatenate([getattr(embedding, name), getattr(part, name)], axis=1)
+                                      for name in ("score", "overlap", "identity")))
+        ranked = (ranked[0], ranked[1], np.where(ranked[0] >= 0, ranked[3], -np.inf),
+                  np.where(ranked[0] >= 0, ranked[2], 0))
+        for target, values in zip(out, ranked):
+            target[rows] = values
+    alone = np.nonzero(~np.asarray(embedded, dtype=bool))[0]
+    if len(alone) and n_kmer:
+        part = kmer.rows(alone)
+        ranked = rank_scored(part.idx, part.score, part.overlap, part.identity)
+        ranked = (ranked[0], ranked[1], ranked[3], np.where(ranked[0] >= 0, ranked[2], 0))
+        for target, values in zip(out, ranked):
+            target[alone, :n_kmer] = values
+    return out
 
 
 # ============================================================================================ the index
@@ -517,15 +592,33 @@ class IdentityHits:
     hit: np.ndarray          # int64 [Q] its distinct-sequence row (-1 = no candidate)
     bins: list[str]          # per query: BIN within the BIN threshold, else ""
     similarity: np.ndarray   # float32 [Q] identity of the hit (nan = none)
+    embedded: np.ndarray     # bool [Q] the query got embedding candidates (embedding_needed)
+
+
+def kmer_hits(queries, index: ReferenceIndex, n_kmer: int, *, fallback: bool = True) -> ScoredCandidates:
+    """The first stage of `identity_hits`: k-mer candidates of query sequences scored by identity (`fallback`:
+    queries whose k-mers are nearly all too common are searched again with a higher cap)."""
+    from .identity import as_store, score_candidates
+
+    store = as_store(queries)
+    _, km = index.identity_candidates(store, None, 0, n_kmer, fallback=fallback)
+    score, identity, overlap = score_candidates(store, index.identity.store, km)
+    return ScoredCandidates(km, score, identity, overlap)
 
 
 def identity_hits(queries, vectors: np.ndarray | None, index: ReferenceIndex, thresholds: Thresholds | None = None,
                   *, candidates: tuple[int, int] = (IDENTITY_CANDIDATES_EMBEDDING, IDENTITY_CANDIDATES_KMER),
-                  min_confidence: float | None = None, device=None) -> IdentityHits:
+                  min_confidence: float | None = None, device=None, embed: Callable | None = None,
+                  kmer: ScoredCandidates | None = None) -> IdentityHits:
     """Search, re-rank by identity and decide (reference.identity_decide) for a batch of query sequences
-    (a list of cleaned sequences or a SequenceStore; `vectors`: their embeddings, needed for embedding
-    candidates)."""
-    from .identity import as_store, candidate_union, rerank
+    (a list of cleaned sequences or a SequenceStore).
+
+    K-mer candidates come first (`kmer`: already computed by `kmer_hits`); embedding candidates are added for the
+    queries whose best k-mer candidate scores below `thresholds.embed_below` (`embedding_needed`). Their
+    embeddings come from `vectors` (rows for every query, or for those queries only) or from `embed`, a function
+    of a list of sequences called for those queries only.
+    """
+    from .identity import as_store, score_candidates
 
     if thresholds is None:
         thresholds = index.identity_thresholds_for(candidates=candidates)
@@ -533,9 +626,39 @@ def identity_hits(queries, vectors: np.ndarray | None, index: ReferenceIndex, th
         min_confidence = thresholds.min_confidence
     n_embedding, n_kmer = candidates
     store = as_store(queries)
+    n = len(store)
     layer = index.identity
-    emb, km = index.identity_candidates(store, vectors, n_embedding, n_kmer, device=device)
-    idx, score, identity, overlap = rerank(store, layer.store, candidate_union(emb, km), detail=True)
+    if kmer is None:
+        kmer = kmer_hits(store, index, n_kmer, fallback=n_embedding == 0 or math.isfinite(thresholds.embed_below))
+    need = embedding_needed(kmer, n_embedding, thresholds.embed_below)
+    rows = np.nonzero(need)[0]
+    embedding = ScoredCandidates(np.zeros((len(rows), 0), dtype=np.int64), np.zeros((len(rows), 0), np.float32),
+                                 np.zeros((len(rows), 0), np.float32), np.zeros((len(rows), 0), np.int32))
+    if len(rows):
+        if vectors is not None:
+            vectors = np.asarray(vectors)
+            if len(vectors) not in (n, len(rows)):
+                raise UsageError(f"vectors must have a row for each of the {n} queries or for the {len(rows)} "
+                                 f"queries that need embedding candidates, got {len(vectors)}")
+            if len(vectors) == n:
+                vectors = vectors[rows]
+        elif embed is not None:
+            vectors = np.asarray(embed([store.sequence(int(i)) for i in rows]))
+        else:
+            raise UsageError("embedding candidates need the queries' embeddings")
+        subset = as_store([store.sequence(int(i)) for i in rows]) if len(rows) < n else store
+        emb, _ = index.identity_candidates(subset, vectors, n_embedding, 0, device=device)
+        known = kmer.rows(rows)
+        # a candidate both searches found is scored once: its k-mer stage values are copied
+        same = (emb[:, :, None] == known.idx[:, None, :]) & (emb[:, :, None] >= 0)
+        found = same.any(axis=2)
+        embedding = ScoredCandidates(emb, *score_candidates(subset, layer.store, np.where(found, -1, emb)))
+        if found.any():
+            column = np.argmax(same, axis=2)
+            for name in ("score", "identity", "overlap"):
+                values = getattr(embedding, name)
+                values[found] = np.take_along_axis(getattr(known, name), column, axis=1)[found]
+    idx, score, identity, overlap = merge_ranked(kmer, embedding, need)
     codes = {r: layer.codes[r] for r in index.ranks}
     votes, chosen = identity_decide(idx, score, codes, thresholds=thresholds.ranks, min_confidence=min_confidence)
     n = len(store)
@@ -557,7 +680,7 @@ def identity_hits(queries, vectors: np.ndarray | None, index: ReferenceIndex, th
         names = index.label_names["bin"]
         bins = [names[c] if good else "" for c, good in zip(label.tolist(), ok.tolist())]
     return IdentityHits(idx=idx, score=score, identity=identity, overlap=overlap, votes=votes, chosen=chosen,
-                        hit=hit, bins=bins, similarity=similarity)
+                        hit=hit, bins=bins, similarity=similarity, embedded=need)
 
 
 def nearest_bins(index: ReferenceIndex, sims: np.ndarray, idx: np.ndarray, threshold: float) -> list[str]:
@@ -694,10 +817,12 @@ class ReferenceIndex:
 
     def identity_candidates(self, queries, vectors: np.ndarray | None, n_embedding: int, n_kmer: int, *,
                             exclude: tuple[np.ndarray, np.ndarray] | None = None, device=None,
-                            max_df: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                            max_df: int | None = None, fallback: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(embedding candidates [Q, n_embedding], k-mer candidates [Q, n_kmer]) as distinct-sequence rows
         (-1 = none). `vectors`: the queries' embeddings (needed when n_embedding > 0); `exclude`: (query groups,
-        reference groups) in distinct-sequence space, for leave-out calibration."""
+        reference groups) in distinct-sequence space, for leave-out calibration; `fallback` (default: without
+        embedding candidates): queries whose k-mers are nearly all over the cap are searched again with a higher
+        cap."""
         from .identity import KMER_FALLBACK_BELOW, KMER_FALLBACK_DF, KMER_MAX_DF, KMER_QUERY_STRIDE, as_store
 
         queries = as_store(queries)
@@ -712,20 +837,18 @@ class ReferenceIndex:
         if n_kmer > 0 and nq:
             kmer_index = self.identity.kmer
             cap = KMER_MAX_DF if max_df is None else max_df
-            _, km = kmer_index.search(queries, n_kmer, max_df=cap, stride=KMER_QUERY_STRIDE, exclude=exclude)
-            if n_embedding == 0 and max_df is None:
-                # without embedding candidates, queries of heavily sampled species need the commoner k-mers too
-                redo = np.nonzero(kmer_index.kept_fraction(queries, max_df=cap, stride=KMER_QUERY_STRIDE)
-                                  < KMER_FALLBACK_BELOW)[0]
-                if len(redo):
-                    again = as_store([queries.sequence(int(i)) for i in redo])
-                    _, km[redo] = kmer_index.search(
-                        again, n_kmer, max_df=KMER_FALLBACK_DF, stride=KMER_QUERY_STRIDE,
-                        exclude=None if exclude is None else (np.asarray(exclude[0])[redo], exclude[1]))
+            if fallback is None:
+                fallback = n_embedding == 0
+            # queries of heavily sampled species, whose k-mers are nearly all over the cap, need the commoner
+            # k-mers too when no embedding candidates make up for them
+            second = (KMER_FALLBACK_DF, KMER_FALLBACK_BELOW) if fallback and max_df is None else None
+            _, km = kmer_index.search(queries, n_kmer, max_df=cap, stride=KMER_QUERY_STRIDE, exclude=exclude,
+                                      fallback=second)
         return emb, km
 
     def identity_calibration_level(self, level: str, n_embedding: int, n_kmer: int, *,
-                                   max_queries: int = IDENTITY_CALIBRATION_QUERIES, seed: int = 0, device=None):
+                                   max_queries: int = IDENTITY_CALIBRATION_QUERIES, seed: int = 0, device=None,
+                                   embed_below: float = math.inf):
         """(queries, scores, candidates) [m, N] of one leave-out level in distinct-sequence space, ranked; the
         candidate searches and identities are computed once (IDENTITY_CALIBRATION_CANDIDATES of each source)
         and reused for any smaller numbers of candidates. None when the reference has no labels at `level`."""
@@ -762,7 +885,7 @@ class ReferenceIndex:
                 score, _, overlap = score_candidates(query_store, layer.store, table)
                 stored.update({name: table, f"{name}_score": score, f"{name}_overlap": overlap})
             self.identity_calibration[level] = stored
-        idx, score = merge_identity_candidates(stored, n_embedding, n_kmer)
+        idx, score = merge_identity_candidates(stored, n_embedding, n_kmer, embed_below)
         return stored["queries"], score, idx
 
     def calibrate_identity(self, *, precision: float = DEFAULT_PRECISION,
@@ -770,12 +893,13 @@ class ReferenceIndex:
                            candidates: tuple[int, int] = (IDENTITY_CANDIDATES_EMBEDDING, IDENTITY_CANDIDATES_KMER),
                            cluster: bool = True, max_queries: int = IDENTITY_CALIBRATION_QUERIES,
                            cluster_size: int = IDENTITY_CLUSTER_CALIBRATION_SIZE, seed: int = 0,
-                           device=None) -> Thresholds:
+                           device=None, embed_below: float = IDENTITY_EMBED_BELOW) -> Thresholds:
         """Calibrate (and store in `self.identity_thresholds`) the identity classifier's thresholds on the
         reference itself: per-rank identity-score thresholds and the BIN one exactly as `calibrate` does for
         cosine similarities (same leave-out levels, same precision and open-world rules, on distinct
         sequences), and the identity-distance cut of identity clustering that maximises the AMI of the
-        reference's own BINs on a subsample (cluster.calibrate_identity_cluster_threshold)."""
+        reference's own BINs on a subsample (cluster.calibrate_identity_cluster_threshold). The calibration
+        queries take the classifier's own path: embedding candidates only below `embed_below`."""
         if not 0.0 < precision <= 1.0:
             raise UsageError(f"precision must be in (0, 1], got {precision}")
         n_embedding, n_kmer = (int(c) for c in candidates)
@@ -785,7 +909,7 @@ class ReferenceIndex:
         levels = {}
         for level in LEVELS:
             found = self.identity_calibration_level(level, n_embedding, n_kmer, max_queries=max_queries, seed=seed,
-                                                    device=device)
+                                                    device=device, embed_below=embed_below)
             if found is not None:
                 levels[level] = found
         rank_codes = {r: layer.codes[r] for r in self.ranks}
@@ -810,11 +934,12 @@ class ReferenceIndex:
         self.identity_thresholds = Thresholds(ranks=ranks, bin=bin_threshold, cluster_distance=cluster_distance,
                                               precision=precision, k=0, min_confidence=min_confidence,
                                               details=details, kind="identity",
-                                              candidates=(n_embedding, n_kmer))
+                                              candidates=(n_embedding, n_kmer), embed_below=float(embed_below))
         return self.identity_thresholds
 
     def identity_thresholds_for(self, *, precision: float | None = None, min_confidence: float | None = None,
-                                candidates: tuple[int, int] | None = None) -> Thresholds:
+                                candidates: tuple[int, int] | None = None,
+                                embed_below: float | None = None) -> Thresholds:
         """Identity thresholds for these settings: the stored ones when they match, else recalibrated from the
         stored calibration candidates (kept in memory)."""
         current = self.identity_thresholds
@@ -825,13 +950,17 @@ class ReferenceIndex:
             candidates = current.candidates if current else (IDENTITY_CANDIDATES_EMBEDDING,
                                                              IDENTITY_CANDIDATES_KMER)
         candidates = (int(candidates[0]), int(candidates[1]))
+        if embed_below is None:
+            embed_below = current.embed_below if current else IDENTITY_EMBED_BELOW
+        embed_below = float(embed_below)
         if (current is not None and math.isclose(current.precision, precision)
-                and math.isclose(current.min_confidence, min_confidence) and tuple(current.candidates) == candidates):
+                and math.isclose(current.min_confidence, min_confidence) and tuple(current.candidates) == candidates
+                and (current.embed_below == embed_below or candidates[0] == 0)):
             return current
         log.info(f"calibrating identity thresholds for precision {precision}, share {min_confidence}, "
-                 f"candidates {candidates[0]} embedding + {candidates[1]} k-mer")
+                 f"candidates {candidates[0]} embedding + {candidates[1]} k-mer, embedding below {embed_below}")
         return self.calibrate_identity(precision=precision, min_confidence=min_confidence, candidates=candidates,
-                                       cluster=False)
+                                       cluster=False, embed_below=embed_below)
 
     # ------------------------------------------------------------------------------------ search
     def identity_hits(self, queries, vectors: np.ndarray | None, **options) -> IdentityHits:
@@ -1013,6 +1142,7 @@ class ReferenceIndex:
                 if self.identity_thresholds is not None:
                     attrs.update(_thresholds_attrs(self.identity_thresholds, "identity_"))
                     attrs["identity_calibration_candidates"] = json.dumps(list(self.identity_thresholds.candidates))
+                    attrs["identity_calibration_embed_below"] = float(self.identity_thresholds.embed_below)
                 handle.attrs.update(attrs)
         self.path = path
         return path
@@ -1069,7 +1199,9 @@ class ReferenceIndex:
                                             k=int(attrs.get("calibration_k", DEFAULT_K)))
         identity_thresholds = _thresholds_from_attrs(
             attrs, "identity_", kind="identity", k=0,
-            candidates=tuple(json.loads(attrs.get("identity_calibration_candidates", "[10, 10]"))))
+            candidates=tuple(json.loads(attrs.get("identity_calibration_candidates", "[10, 10]"))),
+            # indexes written before the attribute existed embedded every query
+            embed_below=float(attrs.get("identity_calibration_embed_below", math.inf)))
         return cls(ids=ids, embeddings=embeddings, codes=codes, label_names=names, groups=groups,
                    model_name=str(attrs.get("model_name", "")), model_sha256=str(attrs.get("model_sha256", "")),
                    thresholds=thresholds, attrs=attrs, path=path, calibration=calibration,

@@ -10,8 +10,9 @@ In one invocation, on the same machine and thread count:
 2. builds the reference index once with the real CLI (`barcodetool reference build`, timed: embedding,
    k-mer index, calibration), unless `--index` gives a prebuilt one;
 3. runs VSEARCH `--usearch_global` top hit (`--threads T`) on each query file, and `barcodetool classify` as a
-   subprocess of the real CLI for each variant (default identity with `--compute auto`, `--compute float32`,
-   `--kmer-only`, `--method knn`) on each query file, all of them in turn, `--repeats` times: the median
+   subprocess of the real CLI for each variant (default identity: embedding candidates below 0.95, `--compute
+   auto`; every query embedded, `--embed-below inf`, in bf16 and `--compute float32`; `--kmer-only`; `--method
+   knn`) on each query file, all of them in turn, `--repeats` times: the median
    whole-process wall time (start-up, reading, embedding, search, writing), the median of the run-by-run speed
    ratios to VSEARCH, and the peak RSS;
 5. scores species accuracy on `test` and genus accuracy on `test_unseen`, both for the classifier's output
@@ -38,8 +39,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 RANKS = ("phylum", "class", "order", "family", "subfamily", "genus", "species")
-VARIANTS = (("default (identity, --compute auto)", []),
-            ("identity, --compute float32", ["--compute", "float32"]),
+VARIANTS = (("default (identity, embedding below 0.95, --compute auto)", []),
+            ("identity, every query embedded (--embed-below inf)", ["--embed-below", "inf"]),
+            ("identity, every query embedded, --compute float32", ["--embed-below", "inf", "--compute", "float32"]),
             ("identity, --kmer-only", ["--kmer-only"]),
             ("embedding k-NN vote (--method knn)", ["--method", "knn"]))
 
@@ -73,7 +75,7 @@ def main() -> None:
     parser.add_argument("--index", help="a prebuilt index of the unique train barcodes (skips the build)")
     parser.add_argument("--model", default="auto")
     parser.add_argument("--splits", default="test,test_unseen")
-    parser.add_argument("--variants", default="all", help="comma-separated variant numbers (1-4) or all")
+    parser.add_argument("--variants", default="all", help="comma-separated variant numbers (1-5) or all")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each command (median reported)")
     parser.add_argument("--json", help="write every figure here")
     args = parser.parse_args()

@@ -300,8 +300,8 @@ def test_cli_classify_refuses_to_overwrite_input(tmp_path, tiny, index_path):
 
 
 def test_classify_records_streams(index, tiny, records):
-    """classify_records is lazy: it yields before the whole input is consumed (after reading at most four chunks:
-    one searched, one embedded, one read ahead and one being read)."""
+    """classify_records is lazy: it yields before the whole input is consumed (after reading at most seven chunks:
+    two k-mer searched and three decided by the two workers, one read ahead and one being read)."""
     consumed = []
 
     def source():
@@ -311,7 +311,7 @@ def test_classify_records_streams(index, tiny, records):
 
     stream = classify_records(source(), index, tiny[1], chunk_size=10)
     first = next(stream)
-    assert first.id == records[0].id and 20 <= len(consumed) <= 40 < len(records)
+    assert first.id == records[0].id and 50 <= len(consumed) <= 70 < len(records)
     assert isinstance(index, ReferenceIndex) and np.isfinite(first.similarity)
 
 
@@ -364,3 +364,59 @@ def test_parallel_search_workers_keep_order_and_results(index, tiny, records):
                                                                         for a in one]
     with pytest.raises(UsageError):
         classify(queries, index, None, candidates_embedding=0, search_workers=0)
+
+
+def test_classify_records_embeds_only_the_queries_in_doubt(synthetic, tiny, monkeypatch):
+    """The default identity path embeds only the distinct queries whose best k-mer candidate scores below
+    embed_below (here: the new species), and every query still gets its row, in order."""
+    import importlib
+
+    from barcodetool.reference import kmer_hits
+
+    embed_module = importlib.import_module("barcodetool.embed")   # the package's `embed` is the function
+
+    index, taxa, barcode, new_species = synthetic
+    known = [BarcodeRecord(f"k{i}", barcode(key), lineage(key)) for i, key in enumerate(taxa)]
+    novel = [BarcodeRecord(f"n{f}{g}", new_species(f, g), {}) for f in range(2) for g in range(3)]
+    queries = [q for pair in zip(known, novel + known[len(novel):]) for q in pair] + [known[0]]
+    best = kmer_hits([q.sequence for q in queries], index, 10).best()
+    embed_below = float(np.max(best[[q.id.startswith("n") for q in queries]])) + 1e-4
+    assert (best >= embed_below).sum() > 0
+    asked = []
+    real = embed_module.embed_sequences
+
+    def spy(pretrained, sequences, **options):
+        asked.extend(sequences)
+        return real(pretrained, sequences, **options)
+
+    monkeypatch.setattr(embed_module, "embed_sequences", spy)
+    result = classify(queries, index, tiny[1], embed_below=embed_below, chunk_size=5)
+    assert [a.id for a in result] == [q.id for q in queries]
+    doubtful = list({q.sequence for q, b in zip(queries, best) if b < embed_below})   # none repeated
+    assert sorted(asked) == sorted(doubtful) and {q.sequence for q in novel} <= set(doubtful)
+    asked.clear()
+    every = classify(queries, index, tiny[1], embed_below=float("inf"), chunk_size=5)
+    # every query, identical ones once a chunk (pairs of one known barcode; the last query repeats the first)
+    assert sorted(asked) == sorted(s for c in range(0, len(queries), 5) for s in {q.sequence for q in queries[c:c + 5]})
+    for a, b in zip(result, every):
+        if a.id.startswith("n"):     # embedded either way: the same candidates, the same hit
+            assert (a.nearest_id, a.similarity) == (b.nearest_id, b.similarity)
+    with pytest.raises(UsageError, match="embed-below"):
+        classify(queries, index, tiny[1], embed_below=-1.0)
+    index.calibrate_identity()
+
+
+def test_cli_classify_embed_below(tmp_path, tiny, index_path):
+    runner = CliRunner()
+    outputs = {}
+    for value in ("0.95", "inf", "0"):
+        out = tmp_path / f"{value}.tsv"
+        result = runner.invoke(main, ["classify", str(SAMPLE), "-r", str(index_path), "-o", str(out),
+                                      "--model", str(tiny[0]), "--embed-below", value, "--skip-empty"])
+        assert result.exit_code == 0, result.output
+        assert "embedding candidates for" in result.output
+        outputs[value] = list(csv.DictReader(out.open(), delimiter="\t"))
+    assert [r["id"] for r in outputs["0.95"]] == [r["id"] for r in outputs["inf"]] == [r["id"] for r in outputs["0"]]
+    bad = runner.invoke(main, ["classify", str(SAMPLE), "-r", str(index_path), "-o", str(tmp_path / "x.tsv"),
+                               "--model", str(tiny[0]), "--embed-below", "-0.5"])
+    assert bad.exit_code == 2 and not (tmp_path / "x.tsv").exists()

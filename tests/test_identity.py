@@ -283,3 +283,39 @@ def test_matches_pairwise_aligner_without_indels(barcodes, which, rate, seed, tr
     fast = anchored_identity(a, [b])[0]
     exact = aligned_identity(a, b)
     assert abs(fast - exact) <= 0.005, (fast, exact)
+
+
+def test_kmer_search_fallback_equals_a_second_search_of_the_queries_it_concerns(barcodes):
+    """search(fallback=(df, below)) looks the k-mers up once and gives exactly what searching the queries whose
+    kept fraction is below `below` a second time, with the fallback cap, gives."""
+    references = barcodes[:30] + [substitute(barcodes[3], 5 + i) for i in range(6)]   # barcode 3: a dense species
+    index = KmerIndex(references)
+    queries = [substitute(barcodes[3], 40), barcodes[17][20:], substitute(barcodes[8], 30), "A" * 40]
+    for max_df, below in ((3, 0.5), (3, 0.0), (1, 1.01), (10 ** 6, 0.1)):
+        _, fused = index.search(queries, 4, max_df=max_df, fallback=(1000, below))
+        _, separate = index.search(queries, 4, max_df=max_df)
+        redo = np.nonzero(index.kept_fraction(queries, max_df=max_df) < below)[0]
+        if len(redo):
+            _, separate[redo] = index.search([queries[i] for i in redo], 4, max_df=1000)
+        assert fused.tolist() == separate.tolist(), (max_df, below)
+    # the dense species' k-mers are nearly all over a cap of 3: the fallback finds it
+    assert index.kept_fraction(queries[:1], max_df=3)[0] < 0.5
+    assert index.search(queries[:1], 1, max_df=3, fallback=(1000, 0.5))[1][0, 0] in (3, 30, 31, 32, 33, 34, 35)
+
+
+def test_long_query_is_judged_over_the_barcode_region(barcodes):
+    """A query longer than the COI-5P region (here two barcodes end to end, 1.3 kb) matched exactly over a
+    658-bp-like reference outranks a full-length reference of 85% identity; a short fragment still does not."""
+    query = barcodes[0] + barcodes[1]
+    rng = np.random.default_rng(0)
+    distant = list(query)
+    for position in rng.choice(len(query), size=int(0.15 * len(query)), replace=False):
+        distant[position] = "C" if distant[position] != "C" else "G"
+    distant = "".join(distant)
+    idx, score, identity, overlap = rerank([query], [barcodes[0], distant], np.array([[1, 0]]), detail=True)
+    assert idx[0].tolist() == [0, 1] and identity[0, 0] == 1.0 and overlap[0, 0] == len(barcodes[0])
+    assert score[0, 0] == pytest.approx(1.0) and score[0, 1] == pytest.approx(identity[0, 1])
+    fragment = barcodes[0][:200]
+    idx, score = rerank([query], [fragment, distant], np.array([[0, 1]]))
+    assert idx[0].tolist() == [1, 0]
+    assert score[0, 1] == pytest.approx(200 / (0.7 * 658))

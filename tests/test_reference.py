@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from barcodetool.cli import main
-from barcodetool.errors import IndexMismatchError, InputError
+from barcodetool.errors import IndexMismatchError, InputError, UsageError
 from barcodetool.io import read_barcodes
 from barcodetool.reference import (IDENTITY_PRECISION_LEVEL, LEVELS, ReferenceIndex, Thresholds, build_reference,
                                    calibrate_ranks, identity_decide, knn_search, normalize, open_reference,
@@ -459,3 +459,89 @@ def test_kmer_only_candidates_search_again_when_the_query_kmers_are_common(synth
 def lineage_species(key) -> str:
     f, g, s = key
     return f"Genus{f}x{g} species{s}"
+
+
+# ============================================================================================ embedding only in doubt
+def test_merge_ranked_unions_only_the_rows_that_were_embedded():
+    from barcodetool.reference import ScoredCandidates, merge_ranked
+
+    f = np.float32
+    kmer = ScoredCandidates(idx=np.array([[5, 3], [7, -1], [2, 4]]),
+                            score=np.array([[0.90, 0.99], [0.97, -np.inf], [0.80, 0.85]], dtype=f),
+                            identity=np.array([[0.91, 0.99], [0.97, -np.inf], [0.80, 0.86]], dtype=f),
+                            overlap=np.array([[600, 650], [640, 0], [500, 640]], dtype=np.int32))
+    embedded = np.array([True, False, True])
+    # embedding candidates of rows 0 and 2 only; candidate 3 of row 0 was found by both searches
+    embedding = ScoredCandidates(idx=np.array([[3, 8], [9, 2]]), score=np.array([[0.99, 0.995], [0.95, 0.80]], f),
+                                 identity=np.array([[0.99, 0.995], [0.95, 0.80]], f),
+                                 overlap=np.array([[650, 658], [658, 500]], dtype=np.int32))
+    idx, score, identity, overlap = merge_ranked(kmer, embedding, embedded)
+    assert idx.shape == (3, 4)
+    assert idx.tolist() == [[8, 3, 5, -1], [7, -1, -1, -1], [9, 4, 2, -1]]
+    assert score[0, :3].tolist() == pytest.approx([0.995, 0.99, 0.90]) and np.isneginf(score[0, 3])
+    assert overlap.tolist() == [[658, 650, 600, 0], [640, 0, 0, 0], [658, 640, 500, 0]]
+    assert identity[2, :3].tolist() == pytest.approx([0.95, 0.86, 0.80]) and np.isneginf(identity[1, 1:]).all()
+    # embedding rows given for every query: the same result
+    every = ScoredCandidates(*(np.insert(getattr(embedding, name), 1, getattr(embedding, name)[0], axis=0)
+                               for name in ("idx", "score", "identity", "overlap")))
+    again = merge_ranked(kmer, every, embedded)
+    assert all((a == b).all() for a, b in zip(again, (idx, score, identity, overlap)))
+
+
+def test_identity_hits_embed_only_below_the_kmer_score_and_inf_is_the_union_of_both(synthetic, tiny):
+    """With embed_below = inf every query's candidates are the union of both searches, ranked exactly as re-ranking
+    that union does; with a finite embed_below the queries whose best k-mer candidate reaches it keep the k-mer
+    candidates alone and no embedding is asked for them."""
+    from barcodetool.embed import embed_sequences
+    from barcodetool.identity import candidate_union, rerank
+    from barcodetool.reference import identity_hits, kmer_hits
+
+    index, records, taxa, barcode, new_species = synthetic
+    queries = [barcode(key) for key in list(taxa)[:6]] + [new_species(f, g) for f in range(2) for g in range(3)]
+    vectors = embed_sequences(tiny[1], queries)
+    everything = index.identity_thresholds_for(embed_below=math.inf)
+    hits = identity_hits(queries, vectors, index, everything)
+    emb, km = index.identity_candidates(queries, vectors, 10, 10)
+    idx, score, identity, overlap = rerank(queries, index.identity.store, candidate_union(emb, km), detail=True)
+    assert hits.embedded.all()
+    assert (hits.idx == idx).all() and np.allclose(hits.score, score) and (hits.overlap == overlap).all()
+
+    best = kmer_hits(queries, index, 10).best()
+    embed_below = float(np.sort(best)[len(best) // 2])    # half of the queries reach it
+    assert 0 < (best >= embed_below).sum() < len(queries)
+    asked = []
+
+    def embed(sequences):
+        asked.extend(sequences)
+        return embed_sequences(tiny[1], sequences)
+
+    doubt = index.identity_thresholds_for(embed_below=embed_below)
+    assert doubt.embed_below == embed_below
+    mixed = identity_hits(queries, None, index, doubt, embed=embed)
+    below = best < embed_below
+    assert asked == [q for q, b in zip(queries, below) if b] and mixed.embedded.tolist() == below.tolist()
+    kmer_only = identity_hits(queries, None, index, index.identity_thresholds_for(candidates=(0, 10)),
+                              candidates=(0, 10))
+    for row in range(len(queries)):
+        source = hits if below[row] else kmer_only
+        assert mixed.idx[row][mixed.idx[row] >= 0].tolist() == source.idx[row][source.idx[row] >= 0].tolist()
+        assert mixed.hit[row] == source.hit[row]
+    with pytest.raises(UsageError, match="embeddings"):
+        identity_hits(queries, None, index, doubt)
+    index.calibrate_identity()
+
+
+def test_embed_below_is_stored_with_the_calibration(synthetic, tmp_path):
+    import h5py
+
+    from barcodetool.reference import IDENTITY_EMBED_BELOW
+
+    index = synthetic[0]
+    assert index.identity_thresholds.embed_below == IDENTITY_EMBED_BELOW
+    path = index.save(tmp_path / "ref.h5")
+    assert ReferenceIndex.load(path).identity_thresholds.embed_below == IDENTITY_EMBED_BELOW
+    with h5py.File(path, "a") as handle:       # an index written before the attribute: every query was embedded
+        del handle.attrs["identity_calibration_embed_below"]
+    older = ReferenceIndex.load(path)
+    assert older.identity_thresholds.embed_below == math.inf
+    assert older.identity_thresholds_for(embed_below=IDENTITY_EMBED_BELOW).embed_below == IDENTITY_EMBED_BELOW
