@@ -41,6 +41,7 @@ Everything is vectorised with numpy over many pairs at once; sequences are encod
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -543,14 +544,25 @@ def rank_scored(candidate_idx: np.ndarray, score: np.ndarray, *others: np.ndarra
 
 
 # ============================================================================================ k-mer search
+def _sparse():
+    """scipy.sparse, imported on first use (0.1 s; scipy comes with scikit-learn)."""
+    import scipy.sparse
+
+    return scipy.sparse
+
+
 class KmerIndex:
     """Inverted index of the distinct k-mers of reference sequences, for candidate generation by shared k-mers
     (the VSEARCH/USEARCH idea): a query's candidates are the references sharing most of its distinct k-mers.
 
     K-mers found in more than `max_df` references (conserved stretches shared across genera and families) are
     skipped at search time: they cost most of the work and hardly rank anything. Memory: 4 bytes per distinct
-    (k-mer, reference) pair (~19 M pairs, 80 MB, for 31 k barcodes with k = 12).
+    (k-mer, reference) pair (~19 M pairs, 80 MB, for 31 k barcodes with k = 12), 4 more once searched (the
+    postings as a sparse matrix: shared k-mers are counted by a sparse product, 2.2x faster than gathering the
+    postings and counting them with numpy).
     """
+
+    _matrix_lock = threading.Lock()
 
     def __init__(self, store, k: int = KMER_K, *, chunk: int = 2048):
         if not 4 <= k <= 15:
@@ -570,6 +582,7 @@ class KmerIndex:
         self.refs = (keys & 0xFFFFFFFF).astype(np.int32)   # int32 [postings] reference rows, grouped by k-mer
         self.kmers, self.starts, counts = np.unique(kmers, return_index=True, return_counts=True)
         self.df = counts.astype(np.int32)                  # references holding each distinct k-mer
+        self._matrix = None
 
     @classmethod
     def from_arrays(cls, k: int, size: int, kmers: np.ndarray, df: np.ndarray, refs: np.ndarray) -> "KmerIndex":
@@ -583,6 +596,7 @@ class KmerIndex:
             raise InputError("the stored k-mer index is inconsistent", fix="rebuild the reference index")
         index = cls.__new__(cls)
         index.k, index.size, index.kmers, index.df, index.refs = int(k), int(size), kmers, df, refs
+        index._matrix = None
         index.starts = np.zeros(len(df), dtype=np.int64)
         if len(df) > 1:
             np.cumsum(df[:-1], out=index.starts[1:])
@@ -615,25 +629,32 @@ class KmerIndex:
                                                                                               minlength=len(rows)))
                 keep |= (kept[q_of] < fallback[1]) & (self.df[at] <= fallback[0])
             q_of, at = q_of[keep], at[keep]
-            lengths = self.df[at].astype(np.int64)
-            total = int(lengths.sum())
-            # positions of every posting of every kept k-mer, concatenated
-            shift = np.repeat(self.starts[at] - (np.cumsum(lengths) - lengths), lengths)
-            refs = self.refs[shift + np.arange(total)]
-            counts = np.bincount(np.repeat(q_of, lengths) * self.size + refs,
-                                 minlength=len(rows) * self.size).reshape(len(rows), self.size)
+            # [rows, kmers] x [kmers, size] sparse product: shared kept k-mers of each query and reference
+            chosen = _sparse().csr_array((np.ones(len(at), dtype=np.int32), (q_of, at)),
+                                         shape=(len(rows), len(self.kmers)))
+            counts = (chosen @ self.matrix()).toarray().astype(np.int64)
             if exclude is not None:
                 query_groups, ref_groups = exclude
                 counts[np.asarray(query_groups)[rows][:, None] == np.asarray(ref_groups)[None, :]] = 0
             # unique keys (count, then lower row first): the top n does not depend on n at ties
             key = counts * self.size + (self.size - 1 - np.arange(self.size))
-            top = np.argpartition(-key, kk - 1, axis=1)[:, :kk]
+            top = np.argpartition(key, self.size - kk, axis=1)[:, self.size - kk:]   # the kk largest (no -key copy)
             top_c = np.take_along_axis(counts, top, axis=1)
             order = np.lexsort((top, -top_c), axis=1)
             top, top_c = np.take_along_axis(top, order, axis=1), np.take_along_axis(top_c, order, axis=1)
             out_c[rows, :kk] = top_c
             out_i[rows, :kk] = np.where(top_c > 0, top, -1)
         return out_c, out_i
+
+    def matrix(self):
+        """The postings as a sparse int32 [kmers, size] matrix of ones (built once, on first use)."""
+        with self._matrix_lock:
+            if self._matrix is None:
+                indptr = np.zeros(len(self.df) + 1, dtype=np.int64)
+                np.cumsum(self.df, out=indptr[1:])
+                self._matrix = _sparse().csr_array((np.ones(len(self.refs), dtype=np.int32), self.refs, indptr),
+                                                   shape=(len(self.kmers), self.size))
+            return self._matrix
 
     def _lookup(self, queries: SequenceStore, rows: np.ndarray, stride: int) -> tuple[np.ndarray, np.ndarray]:
         """The distinct indexed k-mers (every stride-th) of queries[rows]: (position in rows int64, position in
