@@ -174,7 +174,8 @@ def register(main: click.Group) -> None:
         t = index.identity_thresholds
         if t is not None:  # the default classifier and clusterer: identity scores and identity distance
             click.echo(f"calibration\tidentity\tprecision {t.precision}\tcandidates {t.candidates[0]} embedding + "
-                       f"{t.candidates[1]} k-mer\tmin confidence {t.min_confidence}")
+                       f"{t.candidates[1]} k-mer\tembedding below {t.embed_below:g}\tmin confidence "
+                       f"{t.min_confidence}")
             for rank in index.ranks:
                 click.echo(f"threshold\t{rank}\t{_threshold_text(t.ranks.get(rank, math.nan))}")
             click.echo(f"threshold\tbin\t{_threshold_text(t.bin)}")

@@ -425,6 +425,7 @@ def test_cli_reference_build_and_info(tmp_path, tiny):
     assert info.exit_code == 0, info.output
     assert "threshold\tspecies" in info.output and "cluster_distance" in info.output
     assert "calibration\tidentity" in info.output and "knn_threshold\tspecies" in info.output
+    assert "embedding below 0.95" in info.output
     assert "v2" in info.output
     bad = runner.invoke(main, ["reference", "info", str(SAMPLE)])
     assert bad.exit_code == 1 and "cannot open as HDF5" in bad.output
