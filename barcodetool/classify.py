@@ -327,8 +327,8 @@ def classify_records(records: Iterable, index: ReferenceIndex, pretrained, *, k:
         return classify_embeddings(vectors, unique_ids, index, thresholds, k=k, method=method,
                                    min_confidence=min_confidence, device=device)
 
-    def finish(chunk: list, groups: np.ndarray, decided: Future) -> Iterator[Assignment]:
-        assignments = decided.result()
+    def finish(chunk: list, groups: np.ndarray, decided: list[Future]) -> Iterator[Assignment]:
+        assignments = [a for part in decided for a in part.result()]
         for record, group in zip(chunk, groups.tolist()):
             template = assignments[group]
             yield Assignment(id=record.id, labels=template.labels, confidence=template.confidence,
@@ -342,7 +342,9 @@ def classify_records(records: Iterable, index: ReferenceIndex, pretrained, *, k:
     # thread embeds (PyTorch); both release the GIL in their array loops. The identity method with embedding
     # candidates takes two passes through the workers: k-mer candidates first, then, once this thread has
     # embedded the queries they leave in doubt (embedding_needed), embedding candidates and the decision.
-    # Assignments come out in input order; at most 2 x (search_workers + 1) chunks are held besides read-ahead.
+    # Each chunk's distinct queries are cut into `search_workers` slices, so that the workers share one chunk
+    # too (an input of a single chunk would otherwise be searched on one core). Assignments come out in input
+    # order; at most 2 x (search_workers + 1) chunks are held besides read-ahead.
     two_pass = method == "identity" and candidates_embedding > 0
     if search_workers is None:
         search_workers = 2 if method == "identity" else 1
@@ -357,13 +359,24 @@ def classify_records(records: Iterable, index: ReferenceIndex, pretrained, *, k:
         with signals_held():  # submit may start a worker thread
             return workers.submit(*args, **kwargs)
 
-    def embed_and_decide(chunk, groups, unique, unique_ids, searched: Future):
-        kmer = searched.result()
-        need = np.nonzero(embedding_needed(kmer, candidates_embedding, thresholds.embed_below))[0]
-        counts[1] += len(need)
-        vectors = (embed_sequences(pretrained, [unique[i] for i in need.tolist()], batch_size=batch_size)
-                   if len(need) else None)
-        return chunk, groups, submit(search_and_decide, unique, vectors, unique_ids, kmer)
+    def slices(n: int) -> list[tuple[int, int]]:
+        bounds = np.linspace(0, n, search_workers + 1).round().astype(int).tolist()
+        return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+    def embed_and_decide(chunk, groups, unique, unique_ids, searched: list[tuple[int, int, Future]]):
+        parts = [(a, b, future.result()) for a, b, future in searched]
+        needs = [np.nonzero(embedding_needed(kmer, candidates_embedding, thresholds.embed_below))[0]
+                 for _, _, kmer in parts]
+        doubtful = [a + i for (a, _, _), need in zip(parts, needs) for i in need.tolist()]
+        counts[1] += len(doubtful)
+        vectors = (embed_sequences(pretrained, [unique[i] for i in doubtful], batch_size=batch_size)
+                   if doubtful else None)
+        decided, offset = [], 0
+        for (a, b, kmer), need in zip(parts, needs):   # each slice's doubtful queries' embeddings, in order
+            rows = vectors[offset:offset + len(need)] if len(need) else None
+            offset += len(need)
+            decided.append(submit(search_and_decide, unique[a:b], rows, unique_ids[a:b], kmer))
+        return chunk, groups, decided
 
     counts = [0, 0]   # distinct queries, embedded ones
     searched: deque = deque()
@@ -377,7 +390,8 @@ def classify_records(records: Iterable, index: ReferenceIndex, pretrained, *, k:
             counts[0] += len(unique)
             if two_pass:
                 searched.append((chunk, groups, unique, unique_ids,
-                                 submit(kmer_hits, unique, index, candidates_kmer, fallback=fallback)))
+                                 [(a, b, submit(kmer_hits, unique[a:b], index, candidates_kmer, fallback=fallback))
+                                  for a, b in slices(len(unique))]))
                 while len(searched) > search_workers:   # the workers search the next chunks meanwhile
                     pending.append(embed_and_decide(*searched.popleft()))
             else:
@@ -386,7 +400,9 @@ def classify_records(records: Iterable, index: ReferenceIndex, pretrained, *, k:
                     counts[1] += len(unique)
                 else:
                     vectors = None
-                pending.append((chunk, groups, submit(search_and_decide, unique, vectors, unique_ids)))
+                pending.append((chunk, groups, [submit(search_and_decide, unique[a:b],
+                                                       None if vectors is None else vectors[a:b], unique_ids[a:b])
+                                                for a, b in slices(len(unique))]))
             while len(pending) > search_workers:
                 yield from finish(*pending.popleft())
         while searched:
