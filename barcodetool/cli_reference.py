@@ -207,7 +207,8 @@ def register(main: click.Group) -> None:
     @click.option("--embed-below", type=click.FloatRange(min=0), default=0.95, show_default=True,
                   help="identity: only queries whose best k-mer candidate scores (identity) below this get "
                        "embedding candidates: known species are classified without the model, distant queries "
-                       "with it. `inf` embeds every query (same accuracy on the shared split, 2x slower on a CPU).")
+                       "with it. `inf` embeds every query (the same accuracy on the shared split, up to 2.5x "
+                       "slower on a CPU).")
     @click.option("--kmer-only", is_flag=True,
                   help="identity with k-mer candidates only (= --candidates-embedding 0): no model, no embedding; "
                        "the same species accuracy, about 2 points less open-world genus accuracy "
