@@ -500,6 +500,7 @@ def merge_identity_candidates(stored: dict, n_embedding: int, n_kmer: int,
     """(idx, score) [m, N] of stored calibration candidates restricted to the first n of each source, merged
     and ranked exactly as `identity_hits` ranks them: the union of both sources where the best k-mer candidate
     scores below `embed_below` (or there are no k-mer candidates), the k-mer candidates alone elsewhere."""
+    # identities are not stored: the scores stand in for them (only the ranking is used here)
     kmer = ScoredCandidates(stored["kmer"][:, :n_kmer], stored["kmer_score"][:, :n_kmer],
                             stored["kmer_score"][:, :n_kmer], stored["kmer_overlap"][:, :n_kmer])
     embedding = ScoredCandidates(stored["embedding"][:, :n_embedding], stored["embedding_score"][:, :n_embedding],
