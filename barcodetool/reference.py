@@ -57,6 +57,10 @@ log = logging.getLogger("barcodetool")
 
 REFERENCE_FORMAT = "barcodetool-reference"
 REFERENCE_FORMAT_VERSION = 2     # 2: identity layer (k-mer index, identity calibration); older ones are refused
+# Part of the cache key of indexes built from tables: raised when the same inputs would now give another index
+# (2: calibration with embedding only below --embed-below, coverage over the barcode region), so that a cached
+# index made by older code is rebuilt instead of recalibrated on every run.
+CACHE_GENERATION = 2
 RANKS = ("phylum", "class", "order", "family", "subfamily", "genus", "species")
 LABELS = RANKS + ("bin",)
 # Ranks that never block the ranks below them when left unassigned (many references leave subfamily empty).
@@ -1343,7 +1347,7 @@ def cache_key(path: str | os.PathLike, pretrained, read_options: dict | None = N
     digest.update(file_sha256(path).encode())
     digest.update(pretrained.sha256.encode())
     digest.update(json.dumps(read_options or {}, sort_keys=True, default=str).encode())
-    digest.update(f"{REFERENCE_FORMAT}-{REFERENCE_FORMAT_VERSION}".encode())
+    digest.update(f"{REFERENCE_FORMAT}-{REFERENCE_FORMAT_VERSION}-{CACHE_GENERATION}".encode())
     return digest.hexdigest()[:32]
 
 
