@@ -199,9 +199,9 @@ def register(main: click.Group) -> None:
                   show_default=True,
                   help="identity: sequence identity of k-mer and embedding candidates decides; knn: embedding "
                        "similarity-weighted vote (the papers' protocol); probe: a linear classifier per rank.")
-    @click.option("--candidates-embedding", type=click.IntRange(min=0), default=10, show_default=True,
-                  help="identity: reference sequences nearest by embedding that are scored (0 = none: no "
-                       "embedding is computed).")
+    @click.option("--candidates-embedding", type=click.IntRange(min=0), default=20, show_default=True,
+                  help="identity: reference sequences nearest by embedding that are scored for a query in doubt "
+                       "(see --embed-below; 0 = none: no embedding is computed).")  # IDENTITY_CANDIDATES_EMBEDDING
     @click.option("--candidates-kmer", type=click.IntRange(min=0), default=10, show_default=True,
                   help="identity: reference sequences sharing the most 12-mers that are scored (0 = none).")
     @click.option("--embed-below", type=click.FloatRange(min=0), default=0.95, show_default=True,

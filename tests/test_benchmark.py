@@ -43,7 +43,7 @@ def test_run_benchmark_on_sample(tiny):
     assert species["queries"] == 10 and genus["queries"] == 10 and bins["barcodes"] == 10
     for task in (species, genus):
         bt = task["barcodetool"]
-        assert bt["default_method"] == "identity" and bt["candidates"] == [10, 10]
+        assert bt["default_method"] == "identity" and bt["candidates"] == [20, 10]
         for key in ("one_nn_accuracy", "default_accuracy", "top_hit_accuracy", "knn_accuracy",
                     "kmer_only_accuracy", "kmer_only_top_hit_accuracy"):
             assert 0 <= bt[key] <= 1, key

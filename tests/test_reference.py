@@ -215,7 +215,7 @@ def test_build_save_load_round_trip(tmp_path, sample_index, train_records):
     np.testing.assert_array_equal(read.group_record, built.group_record)
     assert [read.store.sequence(i) for i in range(len(read))] == [built.store.sequence(i) for i in range(len(built))]
     a, b = loaded.identity_thresholds, sample_index.identity_thresholds
-    assert a.kind == "identity" and a.candidates == b.candidates == (10, 10)
+    assert a.kind == "identity" and a.candidates == b.candidates == (20, 10)
     for rank, value in b.ranks.items():
         assert a.ranks[rank] == pytest.approx(value, nan_ok=True)
     assert a.bin == pytest.approx(b.bin, nan_ok=True) and a.cluster_distance == pytest.approx(b.cluster_distance)
@@ -502,7 +502,7 @@ def test_identity_hits_embed_only_below_the_kmer_score_and_inf_is_the_union_of_b
     vectors = embed_sequences(tiny[1], queries)
     everything = index.identity_thresholds_for(embed_below=math.inf)
     hits = identity_hits(queries, vectors, index, everything)
-    emb, km = index.identity_candidates(queries, vectors, 10, 10)
+    emb, km = index.identity_candidates(queries, vectors, *everything.candidates)
     idx, score, identity, overlap = rerank(queries, index.identity.store, candidate_union(emb, km), detail=True)
     assert hits.embedded.all()
     assert (hits.idx == idx).all() and np.allclose(hits.score, score) and (hits.overlap == overlap).all()
