@@ -4,7 +4,7 @@ Methods (docs/classify-and-cluster.md):
 
 - `identity` (default): candidates are the reference sequences sharing the most 12-mers (top 10) and, for queries
   whose best k-mer candidate scores below `embed_below` (0.95: distant queries, where the embedding finds what
-  shared k-mers miss), those nearest by embedding (top 10); each is scored by exact sequence identity
+  shared k-mers miss), those nearest by embedding (top 20); each is scored by exact sequence identity
   (barcodetool.identity, coverage score),
   the species is the one carried by most of the candidates tied at the best score, and the whole lineage is that
   hit's. A rank is assigned when the best score reaches the rank's threshold calibrated on the reference (and

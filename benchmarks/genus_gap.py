@@ -3,12 +3,12 @@
     .venv/bin/python benchmarks/genus_gap.py /tmp/cpu_classify/train_unique.h5
 
 Uses only the reference index's own leave-out calibration queries (the distinct train sequences searched without
-their own sequence, species or genus; the stored candidates of both searches, 10 + 10) and compares, at most 5%
-of novel genera named (the calibration's open-world rule), the genus call on identity score alone with rules that
-also ask for a gap between the best score and the best score of a candidate of another genus (unbounded when every
-candidate shares the genus). Prints the identity-only rule, the best gap rules of a grid, and each rule's
-recall on new species of known genera, on known species, and its novel-genus rate (docs/identity-rerank.md,
-section 10). Nothing here touches the test splits.
+their own sequence, species or genus; the stored candidates of both searches, as classify takes them) and
+compares, at most 5% of novel genera named (the calibration's open-world rule), the genus call on identity score
+alone with rules that also ask for a gap between the best score and the best score of a candidate of another
+genus (unbounded when every candidate shares the genus). Prints the identity-only rule, the best gap rules of a
+grid, and each rule's recall on new species of known genera, on known species, and its novel-genus rate
+(docs/identity-rerank.md, section 10). Nothing here touches the test splits.
 """
 
 from __future__ import annotations
