@@ -34,7 +34,7 @@ from .streaming import read_ahead
 from .reference import IdentityHits, identity_hits, nearest_bins  # noqa: F401 (part of this module's API)
 from .reference import (DEFAULT_K, IDENTITY_CANDIDATES_EMBEDDING, IDENTITY_CANDIDATES_KMER, IDENTITY_EMBED_BELOW,
                         OPTIONAL_RANKS, RANKS, ReferenceIndex, ScoredCandidates, Thresholds, embedding_needed,
-                        identity_decide, kmer_hits, knn_search, normalize, sequence_groups, vote)
+                        identity_decide, kmer_fallback, kmer_hits, knn_search, normalize, sequence_groups, vote)
 
 log = logging.getLogger("barcodetool")
 
@@ -352,7 +352,7 @@ def classify_records(records: Iterable, index: ReferenceIndex, pretrained, *, k:
         raise UsageError(f"search_workers must be at least 1, got {search_workers}")
     if method == "identity":
         index.identity  # built or loaded here, not by two workers at once
-    fallback = not math.isinf(thresholds.embed_below) if two_pass else True
+    fallback = kmer_fallback(candidates_embedding, thresholds.embed_below)
     workers = ThreadPoolExecutor(max_workers=search_workers, thread_name_prefix="barcodetool-classify")
 
     def submit(*args, **kwargs) -> Future:

@@ -254,7 +254,6 @@ def register(main: click.Group) -> None:
             from .reference import ReferenceIndex
 
             torch_device = None  # the search is numpy: PyTorch is not even imported
-            search_workers = min(4, threads or os.cpu_count() or 1)
             pretrained = None
             index = ReferenceIndex.load(reference)
             log.info(f"reference: {len(index):,} barcodes, ranks {', '.join(index.ranks) or 'none'}"
@@ -262,10 +261,10 @@ def register(main: click.Group) -> None:
             min_length = 1
         else:
             pretrained, torch_device = _load_model_for(model_name, reference, device, threads)
-            search_workers = min(4, threads or os.cpu_count() or 1) if method == "identity" else None
             index = _open_reference(obj, reference, pretrained, batch_size, reference_format)
             min_length = pretrained.tokenizer.config.k
         read_opts["min_length"] = min_length
+        search_workers = min(4, threads or os.cpu_count() or 1) if method == "identity" else None
         stats = ReadStats(path=queries)
         records = read_barcodes(queries, stats=stats, **read_opts)
         with obj.progress(None, "query", "classify") as bar, _output(output) as handle:

@@ -544,6 +544,11 @@ def rank_scored(candidate_idx: np.ndarray, score: np.ndarray, *others: np.ndarra
 
 
 # ============================================================================================ k-mer search
+def _kept_share(q_of: np.ndarray, kept: np.ndarray, n: int) -> np.ndarray:
+    """float [n]: per query, the share of its looked-up k-mers (one entry each in `q_of`) marked in `kept`."""
+    return np.bincount(q_of[kept], minlength=n) / np.maximum(1, np.bincount(q_of, minlength=n))
+
+
 def _sparse():
     """scipy.sparse, imported on first use (0.1 s; scipy comes with scikit-learn)."""
     import scipy.sparse
@@ -625,8 +630,7 @@ class KmerIndex:
             q_of, at = self._lookup(queries, rows, stride)
             keep = self.df[at] <= max_df
             if fallback is not None:
-                kept = np.bincount(q_of[keep], minlength=len(rows)) / np.maximum(1, np.bincount(q_of,
-                                                                                              minlength=len(rows)))
+                kept = _kept_share(q_of, keep, len(rows))
                 keep |= (kept[q_of] < fallback[1]) & (self.df[at] <= fallback[0])
             q_of, at = q_of[keep], at[keep]
             # [rows, kmers] x [kmers, size] sparse product: shared kept k-mers of each query and reference
@@ -678,8 +682,7 @@ class KmerIndex:
         for q0 in range(0, len(queries), 1024):
             rows = np.arange(q0, min(len(queries), q0 + 1024))
             q_of, at = self._lookup(queries, rows, stride)
-            kept = np.bincount(q_of[self.df[at] <= max_df], minlength=len(rows))
-            out[rows] = kept / np.maximum(1, np.bincount(q_of, minlength=len(rows)))
+            out[rows] = _kept_share(q_of, self.df[at] <= max_df, len(rows))
         return out
 
 

@@ -536,6 +536,12 @@ class ScoredCandidates:
         return ScoredCandidates(self.idx[rows], self.score[rows], self.identity[rows], self.overlap[rows])
 
 
+def kmer_fallback(n_embedding: int, embed_below: float) -> bool:
+    """Whether the k-mer search also searches again, with a higher cap, the queries whose k-mers are nearly all
+    too common (densely sampled species): needed unless every query gets embedding candidates as well."""
+    return n_embedding == 0 or math.isfinite(embed_below)
+
+
 def embedding_needed(kmer: ScoredCandidates, n_embedding: int, embed_below: float) -> np.ndarray:
     """bool [Q]: the queries that get embedding candidates: every one when there are no k-mer candidates to
     judge by, else those whose best k-mer candidate scores below `embed_below`; none without embedding
@@ -561,27 +567,29 @@ def merge_ranked(kmer: ScoredCandidates, embedding: ScoredCandidates, embedded: 
     score = np.full((q, width), -np.inf, dtype=np.float32)
     identity = np.full((q, width), -np.inf, dtype=np.float32)
     overlap = np.zeros((q, width), dtype=np.int32)
+
+    def place(rows: np.ndarray, found: ScoredCandidates) -> None:
+        ranked_idx, ranked_score, ranked_overlap, ranked_identity = rank_scored(
+            found.idx, found.score, found.overlap, found.identity)
+        real = ranked_idx >= 0           # empty slots (and repeated candidates) carry no identity or overlap
+        columns = ranked_idx.shape[1]
+        idx[rows, :columns] = ranked_idx
+        score[rows, :columns] = ranked_score
+        identity[rows, :columns] = np.where(real, ranked_identity, -np.inf)
+        overlap[rows, :columns] = np.where(real, ranked_overlap, 0)
+
     rows = np.nonzero(embedded)[0]
     if len(embedding.idx) == q and len(rows) < q:
         embedding = embedding.rows(rows)
-    out = (idx, score, identity, overlap)
     if len(rows):
         part = kmer.rows(rows)
-        union = candidate_union(embedding.idx, part.idx)
-        ranked = rank_scored(union, *(np.concatenate([getattr(embedding, name), getattr(part, name)], axis=1)
-                                      for name in ("score", "overlap", "identity")))
-        ranked = (ranked[0], ranked[1], np.where(ranked[0] >= 0, ranked[3], -np.inf),
-                  np.where(ranked[0] >= 0, ranked[2], 0))
-        for target, values in zip(out, ranked):
-            target[rows] = values
+        place(rows, ScoredCandidates(candidate_union(embedding.idx, part.idx),
+                                     *(np.concatenate([getattr(embedding, name), getattr(part, name)], axis=1)
+                                       for name in ("score", "identity", "overlap"))))
     alone = np.nonzero(~np.asarray(embedded, dtype=bool))[0]
     if len(alone) and n_kmer:
-        part = kmer.rows(alone)
-        ranked = rank_scored(part.idx, part.score, part.overlap, part.identity)
-        ranked = (ranked[0], ranked[1], ranked[3], np.where(ranked[0] >= 0, ranked[2], 0))
-        for target, values in zip(out, ranked):
-            target[alone, :n_kmer] = values
-    return out
+        place(alone, kmer.rows(alone))
+    return idx, score, identity, overlap
 
 
 # ============================================================================================ the index
@@ -636,7 +644,7 @@ def identity_hits(queries, vectors: np.ndarray | None, index: ReferenceIndex, th
     n = len(store)
     layer = index.identity
     if kmer is None:
-        kmer = kmer_hits(store, index, n_kmer, fallback=n_embedding == 0 or math.isfinite(thresholds.embed_below))
+        kmer = kmer_hits(store, index, n_kmer, fallback=kmer_fallback(n_embedding, thresholds.embed_below))
     need = embedding_needed(kmer, n_embedding, thresholds.embed_below)
     rows = np.nonzero(need)[0]
     embedding = ScoredCandidates(np.zeros((len(rows), 0), dtype=np.int64), np.zeros((len(rows), 0), np.float32),
