@@ -223,7 +223,7 @@ def device_options(function):
 def model_option(function):
     return click.option("--model", "-m", "model_name", default="auto", show_default=True,
                         help="Bundled model name (see `barcodetool models`) or a model folder; auto = "
-                             "barcodemae-base on a GPU, barcodemae-fast on a CPU.")(function)
+                             "barcodemae-base on a GPU, barcodemae-mini on a CPU.")(function)
 
 
 def _remember_compute(ctx, param, value):
@@ -301,8 +301,10 @@ def models_command():
     for name, path in available_models().items():
         card = read_card(path)
         config = card.get("model_config", {})
-        accuracy = card.get("metrics", {}).get("val_masked_token_accuracy")
-        extra = f"\tmasked-token accuracy {accuracy:.3f}" if isinstance(accuracy, float) else ""
+        metrics = card.get("metrics", {})
+        accuracy, cosine = metrics.get("val_masked_token_accuracy"), metrics.get("val_teacher_cosine")
+        extra = (f"\tmasked-token accuracy {accuracy:.3f}" if isinstance(accuracy, float) else
+                 f"\tcosine to its teacher {cosine:.3f}" if isinstance(cosine, float) else "")
         click.echo(f"{name}\t{config.get('encoder_layers')}x{config.get('encoder_width')}\t{path}{extra}")
 
 
@@ -362,7 +364,7 @@ def training_options(function):
 def _run_training(ctx_obj: Context, kind: str, data, kwargs, read_opts, base=None):
     from .runtime import set_threads
     from .tokenizer import KmerTokenizer, TokenizerConfig
-    from .train import FINETUNE_RANKS, finetune, pretrain, read_corpus
+    from .train import FINETUNE_RANKS, distill, finetune, pretrain, read_corpus
 
     set_threads(kwargs.pop("threads"))
     config = _train_config(kwargs)
@@ -387,7 +389,7 @@ def _run_training(ctx_obj: Context, kind: str, data, kwargs, read_opts, base=Non
                               "(choose another -o or --name)")
         tokenizer = base.tokenizer
         read_opts["min_length"] = tokenizer.config.k
-        label_ranks = FINETUNE_RANKS
+        label_ranks = FINETUNE_RANKS if kind == "finetune" else ()
     stats = []
     corpus = read_corpus(list(data), tokenizer, include_splits=splits, read_options=read_opts,
                          label_ranks=label_ranks, stats_out=stats)
@@ -402,7 +404,8 @@ def _run_training(ctx_obj: Context, kind: str, data, kwargs, read_opts, base=Non
     def progress(step, total, entry):
         bar.total = total
         bar.n = step
-        shown = {k: entry[k] for k in ("loss", "masked_token_accuracy", "barcodes_per_s") if k in entry}
+        shown = {k: entry[k] for k in ("loss", "masked_token_accuracy", "teacher_cosine", "barcodes_per_s")
+                 if k in entry}
         bar.set_postfix(shown, refresh=True)
 
     try:
@@ -411,8 +414,9 @@ def _run_training(ctx_obj: Context, kind: str, data, kwargs, read_opts, base=Non
                               tokenizer_config=tokenizer.config, resume=kwargs["resume"], log=log.info,
                               progress=progress)
         else:
-            result = finetune(corpus, base, config=config, output=kwargs["output"], name=kwargs["name"],
-                              resume=kwargs["resume"], log=log.info, progress=progress)
+            run = finetune if kind == "finetune" else distill
+            result = run(corpus, base, config=config, output=kwargs["output"], name=kwargs["name"],
+                         resume=kwargs["resume"], log=log.info, progress=progress)
     except BaseException as error:
         _discard_staged_checkpoint(kwargs["output"], error)
         raise
@@ -439,8 +443,8 @@ def _discard_staged_checkpoint(output: str, error: BaseException) -> None:
 @main.command("train")
 @click.argument("data", nargs=-1, required=True)
 @training_options
-@click.option("--preset", type=click.Choice(["base", "small", "fast", "tiny"]), default="small", show_default=True,
-              help="Model shape: base = the paper's 6+6 layers, width 768.")
+@click.option("--preset", type=click.Choice(["base", "small", "fast", "mini", "tiny"]), default="small",
+              show_default=True, help="Model shape: base = the paper's 6+6 layers, width 768.")
 @click.option("--k", type=click.IntRange(1, 8), default=6, show_default=True, help="k-mer size.")
 @click.option("--stride", type=click.IntRange(min=1), default=None, help="k-mer stride (default: k).")
 @click.option("--max-length", type=click.IntRange(min=1), default=660, show_default=True,
@@ -474,6 +478,25 @@ def finetune_command(obj, data, model_name, **kwargs):
     classifiers per rank plus the MAE loss. Never fine-tune on the barcodes you will test on."""
     read_opts = gather_read_options(kwargs)
     _run_training(obj, "finetune", data, kwargs, read_opts, base=model_name)
+
+
+@main.command("distill")
+@click.argument("data", nargs=-1, required=True)
+@click.option("--teacher", "model_name", default="barcodemae-fast", show_default=True,
+              help="The model to distill: a bundled name or a model folder.")
+@training_options
+@click.option("--preset", type=click.Choice(["small", "fast", "mini", "tiny"]), default="mini", show_default=True,
+              help="The student's shape; its embedding width must be the teacher's. With the teacher's width "
+                   "and heads it starts from the teacher's first and last blocks.")
+@device_options
+@read_options
+@click.pass_obj
+@handle_errors
+def distill_command(obj, data, model_name, **kwargs):
+    """Distill a model (--teacher) into a smaller, faster encoder whose embeddings follow the
+    teacher's, on unlabelled barcodes (FASTA or tables). Indexes must be rebuilt with the student."""
+    read_opts = gather_read_options(kwargs)
+    _run_training(obj, "distill", data, kwargs, read_opts, base=model_name)
 
 
 # ============================================================================================ embed

@@ -63,6 +63,16 @@ def _open_reference(obj, reference: str, pretrained, batch_size: int, reference_
     return index
 
 
+def _load_index_for_search(path: str, method: str):
+    """A built index, with what the identity search needs loaded (the k-mer postings as a sparse matrix)."""
+    from .reference import ReferenceIndex
+
+    index = ReferenceIndex.load(path)
+    if method == "identity":
+        index.identity.kmer.matrix()
+    return index
+
+
 def _json_default(value):
     if hasattr(value, "item"):
         return value.item()
@@ -259,6 +269,23 @@ def register(main: click.Group) -> None:
             log.info(f"reference: {len(index):,} barcodes, ranks {', '.join(index.ranks) or 'none'}"
                      f"{', BINs' if index.bin_codes is not None else ''}; k-mer candidates only (no model)")
             min_length = 1
+        elif is_reference_file(reference):
+            # the index is read (h5py, numpy) on a thread while PyTorch is imported on this one
+            from concurrent.futures import ThreadPoolExecutor
+
+            from .atomic import signals_held
+            from .reference import ReferenceIndex
+
+            with signals_held():  # starts a thread
+                pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="barcodetool-index")
+            with pool:
+                loading = pool.submit(_load_index_for_search, reference, method)
+                pretrained, torch_device = _load_model_for(model_name, reference, device, threads)
+                index = loading.result()
+            index.check_model(pretrained, source=reference)
+            log.info(f"reference: {len(index):,} barcodes, ranks {', '.join(index.ranks) or 'none'}"
+                     f"{', BINs' if index.bin_codes is not None else ''}")
+            min_length = pretrained.tokenizer.config.k
         else:
             pretrained, torch_device = _load_model_for(model_name, reference, device, threads)
             index = _open_reference(obj, reference, pretrained, batch_size, reference_format)

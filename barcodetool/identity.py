@@ -633,10 +633,15 @@ class KmerIndex:
                 kept = _kept_share(q_of, keep, len(rows))
                 keep |= (kept[q_of] < fallback[1]) & (self.df[at] <= fallback[0])
             q_of, at = q_of[keep], at[keep]
-            # [rows, kmers] x [kmers, size] sparse product: shared kept k-mers of each query and reference
-            chosen = _sparse().csr_array((np.ones(len(at), dtype=np.int32), (q_of, at)),
-                                         shape=(len(rows), len(self.kmers)))
-            counts = (chosen @ self.matrix()).toarray().astype(np.int64)
+            # [rows, kmers] x [kmers, size] sparse product: shared kept k-mers of each query and reference.
+            # The (q_of, at) pairs come sorted by query, then k-mer: the CSR layout, built directly with the
+            # postings' index type (mixed types would make scipy copy the postings on every product).
+            matrix = self.matrix()
+            indptr = np.zeros(len(rows) + 1, dtype=matrix.indptr.dtype)
+            np.cumsum(np.bincount(q_of, minlength=len(rows)), out=indptr[1:])
+            chosen = _sparse().csr_array((np.ones(len(at), dtype=np.int32), at.astype(matrix.indices.dtype),
+                                          indptr), shape=(len(rows), len(self.kmers)))
+            counts = (chosen @ matrix).toarray().astype(np.int64)
             if exclude is not None:
                 query_groups, ref_groups = exclude
                 counts[np.asarray(query_groups)[rows][:, None] == np.asarray(ref_groups)[None, :]] = 0
@@ -654,7 +659,8 @@ class KmerIndex:
         """The postings as a sparse int32 [kmers, size] matrix of ones (built once, on first use)."""
         with self._matrix_lock:
             if self._matrix is None:
-                indptr = np.zeros(len(self.df) + 1, dtype=np.int64)
+                # int32 offsets where they fit: with int64 ones scipy would copy the postings to int64 too
+                indptr = np.zeros(len(self.df) + 1, dtype=np.int32 if len(self.refs) < 2 ** 31 else np.int64)
                 np.cumsum(self.df, out=indptr[1:])
                 self._matrix = _sparse().csr_array((np.ones(len(self.refs), dtype=np.int32), self.refs, indptr),
                                                    shape=(len(self.kmers), self.size))

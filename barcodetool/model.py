@@ -78,6 +78,9 @@ PRESETS: dict[str, BarcodeMAEConfig] = {
     # The CPU default: ~400 barcodes/s on two cores in fp32.
     "fast": BarcodeMAEConfig(encoder_layers=4, encoder_heads=4, encoder_width=128,
                              decoder_layers=2, decoder_heads=4, decoder_width=128),
+    # Half the depth of `fast`, distilled from it (train.distill): the CPU default for classify.
+    "mini": BarcodeMAEConfig(encoder_layers=2, encoder_heads=4, encoder_width=128,
+                             decoder_layers=2, decoder_heads=4, decoder_width=128),
     # For tests and dry runs.
     "tiny": BarcodeMAEConfig(encoder_layers=2, encoder_heads=2, encoder_width=32,
                              decoder_layers=1, decoder_heads=2, decoder_width=32),

@@ -253,6 +253,8 @@ def _step_seed(seed: int, step: int, rank: int, salt: int = 0) -> int:
 class MAETask(nn.Module):
     """Pretraining objective; forward returns (loss, stats) where stats = [correct, hidden, rows]."""
 
+    first_metric = "masked_token_accuracy"   # stats[0] / stats[1], as the trainer reports it
+
     def __init__(self, model: BarcodeMAE, mask_ratio: float):
         super().__init__()
         self.model = model
@@ -292,6 +294,8 @@ class FinetuneTask(nn.Module):
     """Taxonomy fine-tuning: cosine classifiers on the whole-sequence embedding, plus the MAE loss (if the
     model still has its decoder) so the embedding keeps sequence detail for unseen taxa and new BINs."""
 
+    first_metric = "masked_token_accuracy"
+
     def __init__(self, model: BarcodeMAE, classes: dict[str, int], config: TrainConfig):
         super().__init__()
         self.model = model
@@ -314,6 +318,59 @@ class FinetuneTask(nn.Module):
         rows = torch.tensor(float(ids.shape[0]), device=ids.device)
         stats = torch.stack([mae_correct.float(), mae_count.float(), rows, *correct, *known])
         return loss, stats
+
+
+class DistillTask(nn.Module):
+    """Distillation into a smaller encoder: the student's embedding (masked mean of its last layer, the whole
+    sequence unmasked, as embeddings are taken) learns the frozen teacher's direction on the same tokens (loss
+    1 - cosine). stats = [summed cosine, rows, rows]."""
+
+    first_metric = "teacher_cosine"
+
+    def __init__(self, student: BarcodeMAE, teacher: BarcodeMAE, teacher_compute: str = "float32"):
+        super().__init__()
+        if student.config.embedding_dim != teacher.config.embedding_dim:
+            raise UsageError(f"the student's embedding width ({student.config.embedding_dim}) must be the "
+                             f"teacher's ({teacher.config.embedding_dim})")
+        self.model = student
+        self.teacher = teacher.requires_grad_(False).eval()
+        self.teacher_compute = teacher_compute
+
+    def train(self, mode: bool = True) -> "DistillTask":
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    def forward(self, ids, lengths, noise=None, labels=None):
+        with torch.no_grad(), autocast(ids.device, self.teacher_compute):
+            target = F.normalize(self.teacher.embed(ids, lengths).float(), dim=-1)   # [B, D]
+        cosine = (F.normalize(self.model.embed(ids, lengths).float(), dim=-1) * target).sum(-1)   # [B]
+        rows = torch.tensor(float(ids.shape[0]), device=ids.device)
+        return (1.0 - cosine).mean(), torch.stack([cosine.detach().sum(), rows, rows])
+
+
+def student_from_teacher(teacher: BarcodeMAE, config: BarcodeMAEConfig) -> BarcodeMAE:
+    """A student encoder of `config`. Where its width, heads and token settings are the teacher's it starts
+    from the teacher's token embedding, positions, final norm and evenly spaced blocks (first and last kept),
+    which converges far faster than a random start."""
+    student = BarcodeMAE(config, include_decoder=False)
+    t = teacher.config
+    if (config.encoder_width, config.encoder_heads, config.k, config.max_tokens, config.mlp_ratio) != \
+            (t.encoder_width, t.encoder_heads, t.k, t.max_tokens, t.mlp_ratio) or \
+            config.encoder_layers > t.encoder_layers:
+        return student
+    n, m = config.encoder_layers, t.encoder_layers
+    chosen = [0] if n == 1 else [round(i * (m - 1) / (n - 1)) for i in range(n)]
+    state = {}
+    for name, tensor in teacher.encoder_state_dict().items():
+        if name.startswith("encoder_blocks."):
+            _, layer, rest = name.split(".", 2)
+            if int(layer) in chosen:
+                state[f"encoder_blocks.{chosen.index(int(layer))}.{rest}"] = tensor
+        else:
+            state[name] = tensor
+    student.load_state_dict(state, strict=True)
+    return student
 
 
 # ============================================================================================ loop
@@ -415,7 +472,7 @@ class Trainer:
         values = stats.tolist()
         out = {}
         if values[1] > 0:
-            out[prefix + "masked_token_accuracy"] = values[0] / values[1]
+            out[prefix + getattr(self.task, "first_metric", "masked_token_accuracy")] = values[0] / values[1]
         if self.label_ranks:
             n = len(self.label_ranks)
             for i, rank in enumerate(self.label_ranks):
@@ -713,3 +770,34 @@ def finetune(corpus: Corpus, base: PretrainedModel | str | os.PathLike, *, resum
              **options) -> TrainResult:
     """Fine-tune a pretrained model on the taxonomy (and BINs) of labelled barcodes."""
     return finetune_trainer(corpus, base, resume=resume, **options).run(resume=resume)
+
+
+def distill_trainer(corpus: Corpus, teacher: PretrainedModel | str | os.PathLike, *, config: TrainConfig,
+                    output: str | os.PathLike | None = None, name: str | None = None, resume: bool = False,
+                    log: Callable[[str], None] | None = None, progress=None) -> Trainer:
+    """A Trainer that distills `teacher` into a smaller encoder of preset `config.preset` (same tokenizer and
+    embedding width), ready to `run()`. The teacher runs in bf16 wherever the hardware has it natively."""
+    from .runtime import resolve_compute
+
+    dist, device = init_distributed(config.device)
+    if not isinstance(teacher, PretrainedModel):
+        teacher = load_model(teacher, device="cpu")
+    tokenizer_config = teacher.tokenizer.config
+    model_config = model_preset(config.preset, k=tokenizer_config.k, max_tokens=tokenizer_config.max_tokens,
+                                mask_ratio=config.mask_ratio)
+    output = _prepare_output(output, name, resume)
+    torch.manual_seed(config.seed)
+    student = student_from_teacher(teacher.model, model_config).to(device)
+    task = DistillTask(student, BarcodeMAE(teacher.config, include_decoder=False), resolve_compute(device, "auto"))
+    task.teacher.load_state_dict(teacher.model.encoder_state_dict(), strict=True)
+    task.to(device)
+    train_part, val_part = split_validation(corpus, config.val_fraction, config.seed)
+    return Trainer(task, student, train_part, val_part, config, tokenizer_config, output, kind="distill",
+                   dist=dist, device=device, log=log, progress=progress, model_name=name or output.name,
+                   base_card=teacher.card)
+
+
+def distill(corpus: Corpus, teacher: PretrainedModel | str | os.PathLike, *, resume: bool = False,
+            **options) -> TrainResult:
+    """Distill a model into a smaller, faster encoder whose embeddings follow the teacher's."""
+    return distill_trainer(corpus, teacher, resume=resume, **options).run(resume=resume)

@@ -26,8 +26,9 @@ from barcodetool.io import BarcodeRecord
 from barcodetool.model import BarcodeMAE, preset
 from barcodetool.tokenizer import KmerTokenizer
 from barcodetool.train import (CHECKPOINT_DIR, FINETUNE_RANKS, METRICS_FILE, OPTIMIZER_FILE, STATE_FILE,
-                               TrainConfig, build_corpus, finetune, pretrain, read_corpus, read_training_state)
-from barcodetool.weights import CARD_FILE, TENSORS_FILE, load_model_folder, read_card
+                               DistillTask, TrainConfig, build_corpus, distill, finetune, pretrain, read_corpus,
+                               read_training_state, student_from_teacher)
+from barcodetool.weights import CARD_FILE, TENSORS_FILE, load_model_folder, read_card, save_model
 
 DATA = Path(__file__).resolve().parent / "data"
 BIOSCAN = DATA / "bioscan_sample.csv"
@@ -226,6 +227,76 @@ def test_finetune_reports_taxonomy_accuracy(tiny_model_dir, tmp_path):
 def test_finetune_needs_labels(tiny_model_dir, corpus, tmp_path):
     with pytest.raises(UsageError, match="labelled"):
         finetune(corpus, tiny_model_dir, config=SHORT, output=tmp_path / "ft")
+
+
+# ============================================================================================ distillation
+def test_student_starts_from_the_teachers_first_and_last_blocks():
+    torch.manual_seed(0)
+    teacher = BarcodeMAE(preset("tiny", encoder_layers=4), include_decoder=False)
+    student = student_from_teacher(teacher, preset("tiny", encoder_layers=2))
+    teacher_state, student_state = teacher.state_dict(), student.state_dict()
+    for name, tensor in student_state.items():
+        if name.startswith("encoder_blocks."):
+            _, layer, rest = name.split(".", 2)
+            source = f"encoder_blocks.{[0, 3][int(layer)]}.{rest}"
+        else:
+            source = name
+        assert torch.equal(tensor, teacher_state[source]), name
+    # another width: a fresh student, not a partial copy
+    other = student_from_teacher(teacher, preset("tiny", encoder_width=16))
+    assert other.config.encoder_width == 16 and not other.include_decoder
+
+
+def test_distill_task_loss_is_one_minus_cosine_and_leaves_the_teacher_alone():
+    torch.manual_seed(0)
+    teacher = BarcodeMAE(preset("tiny"), include_decoder=False)
+    frozen = {k: v.clone() for k, v in teacher.state_dict().items()}
+    ids = torch.randint(5, 100, (3, 12))
+    lengths = torch.tensor([12, 9, 5])
+    # a student identical to the teacher has cosine 1 and loss 0
+    task = DistillTask(student_from_teacher(teacher, teacher.config), teacher)
+    loss, stats = task(ids, lengths)
+    assert loss.item() == pytest.approx(0.0, abs=1e-6) and float(stats[0]) == pytest.approx(3.0, abs=1e-5)
+    student = BarcodeMAE(preset("tiny"), include_decoder=False)
+    task = DistillTask(student, teacher).train()
+    assert not task.teacher.training and task.model.training
+    loss, _ = task(ids, lengths)
+    expected = 1 - torch.nn.functional.cosine_similarity(student.embed(ids, lengths),
+                                                         teacher.embed(ids, lengths)).mean()
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-5)
+    loss.backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert all(torch.equal(v, frozen[k]) for k, v in teacher.state_dict().items())
+    with pytest.raises(UsageError, match="embedding width"):
+        DistillTask(BarcodeMAE(preset("tiny", encoder_width=16), include_decoder=False), teacher)
+
+
+def test_distill_brings_the_student_towards_the_teacher(corpus, tmp_path):
+    # a 3-layer teacher: the 2-layer `tiny` student starts from its first and last blocks and must learn the rest
+    torch.manual_seed(1)
+    teacher = BarcodeMAE(preset("tiny", encoder_layers=3))
+    save_model(teacher, KmerTokenizer().config, tmp_path / "teacher", name="teacher-3")
+    config = replace(SHORT, max_steps=20, batch_size=16, lr=1e-3, val_fraction=0.1, checkpoint_every=100)
+    result = distill(corpus, tmp_path / "teacher", config=config, output=tmp_path / "student")
+    cosine = [entry["teacher_cosine"] for entry in read_metrics(tmp_path / "student") if "teacher_cosine" in entry]
+    assert np.mean(cosine[-3:]) > np.mean(cosine[:3]) + 0.05   # 0.83 -> 0.95 in this run
+    assert 0.0 < result.metrics["val_teacher_cosine"] <= 1.0
+    card = read_card(tmp_path / "student")
+    assert card["training"]["kind"] == "distill" and card["training"]["base_model"] == "teacher-3"
+    assert card["parts"] == ["encoder"] and card["model_config"]["encoder_layers"] == 2
+    assert load_model_folder(tmp_path / "student").tokenizer.config == KmerTokenizer().config
+
+
+def test_distill_cli_writes_a_student_and_refuses_another_width(tiny_model_dir, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(main, ["-q", "distill", str(BIOSCAN), "--teacher", str(tiny_model_dir), "--preset",
+                                  "tiny", "--max-steps", "3", "--batch-size", "8", "--device", "cpu",
+                                  "--threads", "1", "-o", str(tmp_path / "student")])
+    assert result.exit_code == 0, result.output
+    assert read_card(tmp_path / "student")["training"]["kind"] == "distill"
+    result = runner.invoke(main, ["-q", "distill", str(BIOSCAN), "--teacher", str(tiny_model_dir), "--preset",
+                                  "mini", "--max-steps", "3", "--device", "cpu", "-o", str(tmp_path / "wide")])
+    assert result.exit_code == 2 and "embedding width" in result.output
 
 
 # ============================================================================================ processes
