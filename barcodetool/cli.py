@@ -346,7 +346,8 @@ def training_options(function):
         click.option("--mask-ratio", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.5,
                      show_default=True),
         click.option("--val-fraction", type=click.FloatRange(0, 0.5), default=0.02, show_default=True,
-                     help="Unique barcodes held out to report masked-token accuracy."),
+                     help="Unique barcodes held out to report validation metrics (masked-token accuracy; for "
+                          "distill the cosine to the teacher)."),
         click.option("--seed", type=int, default=0, show_default=True),
         click.option("--resume", is_flag=True, help="Continue the run in --output from its last checkpoint."),
         click.option("--checkpoint-every", type=click.IntRange(min=1), default=1000, show_default=True),

@@ -293,6 +293,37 @@ def test_cli_classify_mismatch_is_one_line_error(tmp_path, index_path, records):
     assert not out.exists() and not list(tmp_path.glob(".out.tsv.*"))
 
 
+def test_cli_classify_index_read_beside_the_model_reports_its_error(tmp_path, tiny, index_path, records):
+    """A built index is read on a thread while the model loads: its errors still end the run with one line."""
+    import shutil
+
+    import h5py
+
+    newer = tmp_path / "newer.h5"
+    shutil.copy(index_path, newer)
+    with h5py.File(newer, "r+") as handle:
+        handle.attrs["format_version"] = 99
+    fasta = tmp_path / "queries.fasta"
+    write_queries(fasta, records[:3])
+    out = tmp_path / "out.tsv"
+    result = CliRunner().invoke(main, ["-q", "classify", str(fasta), "-r", str(newer), "-o", str(out),
+                                       "--model", str(tiny[0])])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and str(newer) in lines[0] and "version 99" in lines[0]
+    assert not out.exists()
+    # the same index, readable: the thread's index gives what the library gives
+    good = CliRunner().invoke(main, ["-q", "classify", str(fasta), "-r", str(index_path), "-o", str(out),
+                                     "--model", str(tiny[0])])
+    assert good.exit_code == 0, good.output
+    index = ReferenceIndex.load(index_path)
+    expected = classify(list(read_barcodes(str(fasta))), index, tiny[1])
+    rows = list(csv.DictReader(io.StringIO(out.read_text()), delimiter="\t"))
+    assert [r["id"] for r in rows] == [a.id for a in expected]
+    assert [r["species"] for r in rows] == [a.labels.get("species", "") for a in expected]
+    assert [r["nearest_id"] for r in rows] == [a.nearest_id for a in expected]
+
+
 def test_cli_classify_refuses_to_overwrite_input(tmp_path, tiny, index_path):
     result = CliRunner().invoke(main, ["classify", str(SAMPLE), "-r", str(index_path), "-o", str(SAMPLE),
                                        "--model", str(tiny[0])])
