@@ -287,6 +287,28 @@ def test_distill_brings_the_student_towards_the_teacher(corpus, tmp_path):
     assert load_model_folder(tmp_path / "student").tokenizer.config == KmerTokenizer().config
 
 
+def test_distill_resume_after_interrupt_is_exact(corpus, tmp_path):
+    torch.manual_seed(2)
+    save_model(BarcodeMAE(preset("tiny", encoder_layers=3)), KmerTokenizer().config, tmp_path / "teacher",
+               name="teacher-3")
+    config = replace(SHORT, max_steps=8, checkpoint_every=3)
+    distill(corpus, tmp_path / "teacher", config=config, output=tmp_path / "straight")
+
+    def interrupt(step, total, entry):
+        if step == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        distill(corpus, tmp_path / "teacher", config=config, output=tmp_path / "resumed", progress=interrupt)
+    assert read_training_state(tmp_path / "resumed" / CHECKPOINT_DIR)["kind"] == "distill"
+    result = distill(corpus, tmp_path / "teacher", config=config, output=tmp_path / "resumed", resume=True)
+    assert result.steps == 8
+    assert_same_weights(tmp_path / "straight", tmp_path / "resumed")
+    # a distillation checkpoint is not a pretraining one
+    with pytest.raises(ModelError, match="distill"):
+        pretrain(corpus, config=replace(config, max_steps=10), output=tmp_path / "resumed", resume=True)
+
+
 def test_distill_cli_writes_a_student_and_refuses_another_width(tiny_model_dir, tmp_path):
     runner = CliRunner()
     result = runner.invoke(main, ["-q", "distill", str(BIOSCAN), "--teacher", str(tiny_model_dir), "--preset",
