@@ -785,12 +785,12 @@ def distill_trainer(corpus: Corpus, teacher: PretrainedModel | str | os.PathLike
     tokenizer_config = teacher.tokenizer.config
     model_config = model_preset(config.preset, k=tokenizer_config.k, max_tokens=tokenizer_config.max_tokens,
                                 mask_ratio=config.mask_ratio)
-    output = _prepare_output(output, name, resume)
     torch.manual_seed(config.seed)
     student = student_from_teacher(teacher.model, model_config).to(device)
     task = DistillTask(student, BarcodeMAE(teacher.config, include_decoder=False), resolve_compute(device, "auto"))
     task.teacher.load_state_dict(teacher.model.encoder_state_dict(), strict=True)
     task.to(device)
+    output = _prepare_output(output, name, resume)   # after the checks: a refused run leaves no folder
     train_part, val_part = split_validation(corpus, config.val_fraction, config.seed)
     return Trainer(task, student, train_part, val_part, config, tokenizer_config, output, kind="distill",
                    dist=dist, device=device, log=log, progress=progress, model_name=name or output.name,

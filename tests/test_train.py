@@ -319,6 +319,7 @@ def test_distill_cli_writes_a_student_and_refuses_another_width(tiny_model_dir, 
     result = runner.invoke(main, ["-q", "distill", str(BIOSCAN), "--teacher", str(tiny_model_dir), "--preset",
                                   "mini", "--max-steps", "3", "--device", "cpu", "-o", str(tmp_path / "wide")])
     assert result.exit_code == 2 and "embedding width" in result.output
+    assert not (tmp_path / "wide").exists()
 
 
 # ============================================================================================ processes
