@@ -58,9 +58,13 @@ def _open_reference(obj, reference: str, pretrained, batch_size: int, reference_
     with obj.progress(None, "barcode", "reference") as bar:
         index = open_reference(reference, pretrained, read_options=options, batch_size=batch_size,
                                progress=bar.update)
-    log.info(f"reference: {len(index):,} barcodes, ranks {', '.join(index.ranks) or 'none'}"
-             f"{', BINs' if index.bin_codes is not None else ''}")
+    _log_reference(index)
     return index
+
+
+def _log_reference(index, note: str = "") -> None:
+    log.info(f"reference: {len(index):,} barcodes, ranks {', '.join(index.ranks) or 'none'}"
+             f"{', BINs' if index.bin_codes is not None else ''}{note}")
 
 
 def _load_index_for_search(path: str, method: str):
@@ -266,15 +270,13 @@ def register(main: click.Group) -> None:
             torch_device = None  # the search is numpy: PyTorch is not even imported
             pretrained = None
             index = ReferenceIndex.load(reference)
-            log.info(f"reference: {len(index):,} barcodes, ranks {', '.join(index.ranks) or 'none'}"
-                     f"{', BINs' if index.bin_codes is not None else ''}; k-mer candidates only (no model)")
+            _log_reference(index, "; k-mer candidates only (no model)")
             min_length = 1
         elif is_reference_file(reference):
             # the index is read (h5py, numpy) on a thread while PyTorch is imported on this one
             from concurrent.futures import ThreadPoolExecutor
 
             from .atomic import signals_held
-            from .reference import ReferenceIndex
 
             with signals_held():  # starts a thread
                 pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="barcodetool-index")
@@ -283,8 +285,7 @@ def register(main: click.Group) -> None:
                 pretrained, torch_device = _load_model_for(model_name, reference, device, threads)
                 index = loading.result()
             index.check_model(pretrained, source=reference)
-            log.info(f"reference: {len(index):,} barcodes, ranks {', '.join(index.ranks) or 'none'}"
-                     f"{', BINs' if index.bin_codes is not None else ''}")
+            _log_reference(index)
             min_length = pretrained.tokenizer.config.k
         else:
             pretrained, torch_device = _load_model_for(model_name, reference, device, threads)

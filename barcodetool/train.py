@@ -472,7 +472,7 @@ class Trainer:
         values = stats.tolist()
         out = {}
         if values[1] > 0:
-            out[prefix + getattr(self.task, "first_metric", "masked_token_accuracy")] = values[0] / values[1]
+            out[prefix + self.task.first_metric] = values[0] / values[1]
         if self.label_ranks:
             n = len(self.label_ranks)
             for i, rank in enumerate(self.label_ranks):
