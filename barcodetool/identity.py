@@ -549,6 +549,31 @@ def _kept_share(q_of: np.ndarray, kept: np.ndarray, n: int) -> np.ndarray:
     return np.bincount(q_of[kept], minlength=n) / np.maximum(1, np.bincount(q_of, minlength=n))
 
 
+TOP_BLOCK = 64   # largest_columns: columns per block whose maximum is taken first
+
+
+def largest_columns(key: np.ndarray, n: int, block: int = TOP_BLOCK) -> np.ndarray:
+    """int64 [rows, n]: the columns of the n largest entries of each row of `key` [rows, columns], unordered.
+
+    Entries must be distinct within a row. Two levels: the n blocks of `block` columns with the largest maxima
+    hold the n largest entries (a block left out has n blocks above its maximum, so n larger entries), and only
+    those blocks are partitioned: 7x faster than partitioning whole rows of a reference's 24 k columns.
+    """
+    rows, size = key.shape
+    blocks = size // block
+    if blocks < 4 * n:
+        return np.argpartition(key, size - n, axis=1)[:, size - n:]
+    whole = blocks * block
+    maxima = key[:, :whole].reshape(rows, blocks, block).max(axis=2)               # [rows, blocks]
+    best = np.argpartition(maxima, blocks - n, axis=1)[:, blocks - n:]            # [rows, n] blocks
+    columns = (best[:, :, None] * block + np.arange(block)).reshape(rows, n * block)
+    if whole < size:   # the last, partial block is always a candidate
+        columns = np.concatenate([columns, np.broadcast_to(np.arange(whole, size), (rows, size - whole))], axis=1)
+    values = np.take_along_axis(key, columns, axis=1)
+    chosen = np.argpartition(values, values.shape[1] - n, axis=1)[:, values.shape[1] - n:]
+    return np.take_along_axis(columns, chosen, axis=1)
+
+
 def _sparse():
     """scipy.sparse, imported on first use (0.1 s; scipy comes with scikit-learn)."""
     import scipy.sparse
@@ -647,7 +672,7 @@ class KmerIndex:
                 counts[np.asarray(query_groups)[rows][:, None] == np.asarray(ref_groups)[None, :]] = 0
             # unique keys (count, then lower row first): the top n does not depend on n at ties
             key = counts * self.size + (self.size - 1 - np.arange(self.size))
-            top = np.argpartition(key, self.size - kk, axis=1)[:, self.size - kk:]   # the kk largest (no -key copy)
+            top = largest_columns(key, kk)
             top_c = np.take_along_axis(counts, top, axis=1)
             order = np.lexsort((top, -top_c), axis=1)
             top, top_c = np.take_along_axis(top, order, axis=1), np.take_along_axis(top_c, order, axis=1)

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from barcodetool.errors import InputError, UsageError
 from barcodetool.identity import (KmerIndex, SequenceStore, aligned_identity, anchored_identity, coverage_score,
-                                  decode, encode, identity_graph_cluster, neighbour_pairs, pair_identity, rerank)
+                                  decode, encode, identity_graph_cluster, largest_columns, neighbour_pairs,
+                                  pair_identity, rerank)
 from barcodetool.io import read_barcodes
 
 DATA = Path(__file__).parent / "data"
@@ -216,6 +217,20 @@ def test_kmer_index_finds_the_closest(barcodes):
     # a k-mer held by more references than max_df is skipped; none left -> empty slots
     counts, idx = index.search(queries[:1], 2, max_df=0)
     assert idx.tolist() == [[-1, -1]] and counts.tolist() == [[0, 0]]
+
+
+@settings(max_examples=150, deadline=None)
+@given(rows=st.integers(1, 4), columns=st.integers(1, 700), n=st.integers(1, 12), block=st.sampled_from([2, 8, 64]),
+       spread=st.integers(1, 50), seed=st.integers(0, 2 ** 31 - 1))
+def test_largest_columns_are_those_of_a_full_sort(rows, columns, n, block, spread, seed):
+    # keys built as the k-mer search builds them: small counts (many ties), made distinct by the column
+    n = min(n, columns)
+    counts = np.random.default_rng(seed).integers(0, spread, size=(rows, columns))
+    key = counts * columns + (columns - 1 - np.arange(columns))
+    chosen = largest_columns(key, n, block=block)
+    assert chosen.shape == (rows, n)
+    expected = np.argsort(-key, axis=1)[:, :n]
+    assert (np.sort(chosen, axis=1) == np.sort(expected, axis=1)).all()
 
 
 def test_kept_fraction_counts_the_kmers_search_uses(barcodes):
