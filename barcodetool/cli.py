@@ -486,9 +486,11 @@ def finetune_command(obj, data, model_name, **kwargs):
 @click.option("--teacher", "model_name", default="barcodemae-fast", show_default=True,
               help="The model to distill: a bundled name or a model folder.")
 @training_options
-@click.option("--preset", type=click.Choice(["small", "fast", "mini", "tiny"]), default="mini", show_default=True,
-              help="The student's shape; its embedding width must be the teacher's. With the teacher's width "
-                   "and heads it starts from the teacher's first and last blocks.")
+@click.option("--preset", type=click.Choice(["small", "fast", "mini", "nano", "tiny"]), default="mini",
+              show_default=True,
+              help="The student's shape. With the teacher's width and heads it starts from the teacher's first and "
+                   "last blocks; with another width its pooled state is mapped linearly to the teacher's embedding "
+                   "width.")
 @device_options
 @read_options
 @click.pass_obj

@@ -18,7 +18,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -775,8 +775,9 @@ def finetune(corpus: Corpus, base: PretrainedModel | str | os.PathLike, *, resum
 def distill_trainer(corpus: Corpus, teacher: PretrainedModel | str | os.PathLike, *, config: TrainConfig,
                     output: str | os.PathLike | None = None, name: str | None = None, resume: bool = False,
                     log: Callable[[str], None] | None = None, progress=None) -> Trainer:
-    """A Trainer that distills `teacher` into a smaller encoder of preset `config.preset` (same tokenizer and
-    embedding width), ready to `run()`. The teacher runs in bf16 wherever the hardware has it natively."""
+    """A Trainer that distills `teacher` into a smaller encoder of preset `config.preset` (same tokenizer; an
+    encoder of another width gets a linear map of its pooled state to the teacher's embedding width), ready to
+    `run()`. The teacher runs in bf16 wherever the hardware has it natively."""
     from .runtime import resolve_compute
 
     dist, device = init_distributed(config.device)
@@ -785,6 +786,9 @@ def distill_trainer(corpus: Corpus, teacher: PretrainedModel | str | os.PathLike
     tokenizer_config = teacher.tokenizer.config
     model_config = model_preset(config.preset, k=tokenizer_config.k, max_tokens=tokenizer_config.max_tokens,
                                 mask_ratio=config.mask_ratio)
+    # the student's embedding must have the teacher's width: a narrower or wider encoder maps its pooled state to it
+    width = teacher.embedding_dim
+    model_config = replace(model_config, embedding_width=0 if model_config.encoder_width == width else width)
     torch.manual_seed(config.seed)
     student = student_from_teacher(teacher.model, model_config).to(device)
     task = DistillTask(student, BarcodeMAE(teacher.config, include_decoder=False), resolve_compute(device, "auto"))

@@ -263,6 +263,20 @@ def test_embed_is_masked_mean_of_last_layer(mae):
     torch.testing.assert_close(pooled[1], single[0].mean(0), rtol=0, atol=1e-5)
 
 
+def test_embedding_projection_maps_the_pooled_state():
+    torch.manual_seed(3)
+    model = BarcodeMAE(preset("tiny", embedding_width=48), include_decoder=False).eval()
+    assert model.config.embedding_dim == 48 and "embedding_projection.weight" in model.encoder_state_dict()
+    ids, lengths = make_batch([30, 12], 30, seed=14)
+    with torch.no_grad():
+        states = model.encode(ids, lengths)
+        pooled = torch.stack([states[0, :30].mean(0), states[1, :12].mean(0)])
+        expected = model.embedding_projection(pooled)
+        embedded = model.embed(ids, lengths)
+    assert embedded.shape == (2, 48)
+    torch.testing.assert_close(embedded, expected, rtol=0, atol=1e-5)
+
+
 # ============================================================================================ config
 def test_presets_and_base_shape():
     assert {"base", "small", "fast", "tiny"} <= set(PRESETS)
@@ -282,8 +296,13 @@ def test_config_round_trip_and_validation():
     assert BarcodeMAEConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ModelError, match="bogus"):
         BarcodeMAEConfig.from_dict({**config.to_dict(), "bogus": 1})
+    # the projection's setting is written only where there is one: other cards stay as older versions wrote them
+    assert "embedding_width" not in config.to_dict()
+    projected = preset("nano")
+    assert projected.to_dict()["embedding_width"] == 128 and projected.embedding_dim == 128
+    assert BarcodeMAEConfig.from_dict(projected.to_dict()) == projected
     for bad in ({"encoder_width": 100, "encoder_heads": 6}, {"mask_ratio": 0.0}, {"mask_ratio": 1.0},
-                {"max_tokens": 0}, {"encoder_layers": 0}):
+                {"max_tokens": 0}, {"encoder_layers": 0}, {"embedding_width": -1}):
         with pytest.raises(ModelError):
             BarcodeMAEConfig(**bad)
 
