@@ -105,7 +105,6 @@ def main():
     big, small = ("tiny", "tiny") if dry else ("base", "fast")
     scale = 0.08 if dry else 1.0  # phase budgets in the dry run
 
-    from barcodetool.io import read_barcodes
     from barcodetool.tokenizer import KmerTokenizer
     from barcodetool.train import FINETUNE_RANKS, TrainConfig, build_corpus, finetune, pretrain
     from barcodetool.weights import load_model, save_model
@@ -121,20 +120,15 @@ def main():
 
     # ------------------------------------------------------------------ 1. data
     def load_data():
-        limit = 4000 if dry else None
-        insects = [r for i, r in enumerate(read_barcodes(data / "bold_insects.csv.gz")) if limit is None or i < limit]
-        extra = [r for i, r in enumerate(read_barcodes(data / "coi_extra.csv.gz")) if limit is None or i < limit]
-        held_out = {r.taxonomy.get("species") for r in insects if r.split in ("test_unseen", "key_unseen")}
-        held_out.discard(None)
-        pre = [r for r in insects if r.split in ("train", "val", "pretrain")] + extra
-        tune = [r for r in insects if r.split in ("train", "val")] + [
-            r for r in extra if r.taxonomy.get("species") not in held_out]
-        corpora["pretrain"] = build_corpus(pre, tokenizer, sources=["bold_insects.csv.gz", "coi_extra.csv.gz"])
-        corpora["pretrain"].summary["splits"] = ["bold_insects: train, val, pretrain", "coi_extra: all"]
-        corpora["finetune"] = build_corpus(tune, tokenizer, label_ranks=FINETUNE_RANKS,
-                                           sources=["bold_insects.csv.gz", "coi_extra.csv.gz"])
-        corpora["finetune"].summary["splits"] = [
-            "bold_insects: train, val", "coi_extra: records whose species is not held out"]
+        from corpora import (FINE_TUNING_SPLITS, PRETRAINING_SPLITS, SOURCES, fine_tuning_records,
+                             pretraining_records, read_shared)
+
+        insects, extra = read_shared(data, limit=4000 if dry else None)
+        corpora["pretrain"] = build_corpus(pretraining_records(insects, extra), tokenizer, sources=SOURCES)
+        corpora["pretrain"].summary["splits"] = PRETRAINING_SPLITS
+        corpora["finetune"] = build_corpus(fine_tuning_records(insects, extra), tokenizer,
+                                           label_ranks=FINETUNE_RANKS, sources=SOURCES)
+        corpora["finetune"].summary["splits"] = FINE_TUNING_SPLITS
         from quick_eval import load_split
 
         corpora["splits"] = load_split(str(data / "bold_insects.csv.gz"))

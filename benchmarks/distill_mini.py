@@ -1,12 +1,15 @@
-"""Distill barcodemae-fast into barcodemae-mini, the CPU default for classify (half the encoder depth).
+"""Distill barcodemae-fast into a smaller CPU model: barcodemae-mini (half the encoder depth) or barcodemae-nano
+(half mini's width, its pooled state mapped to the teacher's 128 dimensions).
 
     .venv/bin/python benchmarks/distill_mini.py /work/shared/data --output /tmp/mini --minutes 40 --threads 2
+    .venv/bin/python benchmarks/distill_mini.py /work/shared/data --preset nano --lr 1e-3 --output /tmp/nano \
+        --minutes 40 --threads 2
 
 The corpus is the teacher's fine-tuning corpus (benchmarks/device_weights.py): unique barcodes of bold_insects
 `train` and `val`, and of coi_extra the records whose species is not held out (`test_unseen`/`key_unseen`
 species of bold_insects); `test` and `test_unseen` barcodes are never seen. The student starts from the teacher's
-token embedding, positions, final norm and its first and last blocks (train.student_from_teacher) and learns the
-teacher's embedding direction (train.DistillTask). The run stops after --minutes and still writes its weights;
+token embedding, positions, final norm and its first and last blocks where the shapes allow (mini; nano starts
+from random weights: train.student_from_teacher) and learns the teacher's embedding direction (train.DistillTask). The run stops after --minutes and still writes its weights;
 `--package` then writes the float16 folder for weights/.
 """
 
@@ -17,6 +20,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+DESCRIPTIONS = {"mini": "barcodemae-fast distilled into 2 encoder layers",
+                "nano": "barcodemae-fast distilled into 2 encoder layers of width 64, mapped to 128 dimensions"}
 
 
 def main() -> None:
@@ -34,38 +41,32 @@ def main() -> None:
     parser.add_argument("--package", help="write the trained student as a float16 model folder here")
     args = parser.parse_args()
 
-    from barcodetool.io import read_barcodes
     from barcodetool.runtime import set_threads
+    from corpora import FINE_TUNING_SPLITS, SOURCES, fine_tuning_records, read_shared
     from barcodetool.train import TrainConfig, build_corpus, distill
     from barcodetool.weights import load_model, save_model
 
     set_threads(args.threads)
     teacher = load_model(args.teacher)
     data = Path(args.data_dir)
-    limit = args.limit
-
-    def first(path):
-        return [r for i, r in enumerate(read_barcodes(path)) if limit is None or i < limit]
-
-    insects, extra = first(data / "bold_insects.csv.gz"), first(data / "coi_extra.csv.gz")
-    held_out = {r.taxonomy.get("species") for r in insects if r.split in ("test_unseen", "key_unseen")} - {None}
-    records = [r for r in insects if r.split in ("train", "val")] + [
-        r for r in extra if r.taxonomy.get("species") not in held_out]
-    corpus = build_corpus(records, teacher.tokenizer, sources=["bold_insects.csv.gz", "coi_extra.csv.gz"])
-    corpus.summary["splits"] = ["bold_insects: train, val", "coi_extra: records whose species is not held out"]
+    insects, extra = read_shared(data, limit=args.limit)
+    corpus = build_corpus(fine_tuning_records(insects, extra), teacher.tokenizer, sources=SOURCES)
+    corpus.summary["splits"] = FINE_TUNING_SPLITS
     print(f"{len(corpus)} unique barcodes", flush=True)
     config = TrainConfig(preset=args.preset, epochs=args.epochs, max_minutes=args.minutes,
                          batch_size=args.batch_size, lr=args.lr, device="cpu", log_every=20,
                          checkpoint_every=200, val_fraction=0.01, seed=1)
-    result = distill(corpus, teacher, config=config, output=args.output, name="barcodemae-mini",
+    name = f"barcodemae-{args.preset}"
+    result = distill(corpus, teacher, config=config, output=args.output, name=name,
                      log=lambda m: print(m, flush=True),
                      progress=lambda step, total, entry: print(entry, flush=True))
     print(f"{result.steps} steps in {result.seconds:.0f} s: {result.metrics}", flush=True)
     if args.package:
         trained = load_model(args.output)
-        save_model(trained.model, trained.tokenizer.config, args.package, name="barcodemae-mini", dtype="float16",
+        save_model(trained.model, trained.tokenizer.config, args.package, name=name, dtype="float16",
                    training=trained.card.get("training"), metrics=trained.card.get("metrics"),
-                   description="barcodemae-fast distilled into 2 encoder layers (benchmarks/distill_mini.py)")
+                   description=DESCRIPTIONS.get(args.preset, f"{args.teacher} distilled into the {args.preset} preset")
+                   + " (benchmarks/distill_mini.py)")
 
 
 if __name__ == "__main__":
