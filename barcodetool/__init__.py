@@ -3,7 +3,7 @@
 Library use (no Click needed):
 
     import barcodetool
-    model = barcodetool.load_model()                        # bundled default (barcodemae-mini on CPU)
+    model = barcodetool.load_model()                        # bundled default (barcodemae-nano on CPU)
     vectors = barcodetool.embed(["ACGT..."], model=model)   # numpy [n, dim]
 """
 

@@ -223,7 +223,7 @@ def device_options(function):
 def model_option(function):
     return click.option("--model", "-m", "model_name", default="auto", show_default=True,
                         help="Bundled model name (see `barcodetool models`) or a model folder; auto = "
-                             "barcodemae-base on a GPU, barcodemae-mini on a CPU.")(function)
+                             "barcodemae-base on a GPU, barcodemae-nano on a CPU.")(function)
 
 
 def _remember_compute(ctx, param, value):
@@ -238,6 +238,15 @@ def inference_model_option(function):
                             help="Inference arithmetic: auto = bfloat16 on GPUs and on CPUs that run it natively "
                                  "(AVX-512 BF16, AMX), float32 elsewhere.")(function)
     return model_option(function)
+
+
+def log_model(pretrained, device) -> None:
+    """The log line naming the model in use, its shape, device and arithmetic."""
+    config = pretrained.config
+    shape = f"{config.encoder_layers} layers, width {config.encoder_width}"
+    if config.embedding_dim != config.encoder_width:
+        shape += f", embedding {config.embedding_dim}"
+    log.info(f"model {pretrained.name} ({shape}) on {device}, {pretrained.compute}")
 
 
 def requested_compute() -> str:
@@ -527,8 +536,7 @@ def embed_command(obj, input_path, output, model_name, batch_size, dtype, device
     torch_device = resolve_device(device)
     pretrained = load_model(model_name, device=torch_device, compute=requested_compute())
     read_opts["min_length"] = pretrained.tokenizer.config.k
-    log.info(f"model {pretrained.name} ({pretrained.config.encoder_layers} layers, width "
-             f"{pretrained.embedding_dim}) on {torch_device}, {pretrained.compute}")
+    log_model(pretrained, torch_device)
     stats = ReadStats(path=input_path)
     with obj.progress(None, "barcode", "embed") as bar:
         summary = embed_file(input_path, output, pretrained, batch_size=batch_size, dtype=dtype,

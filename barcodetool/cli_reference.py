@@ -10,8 +10,8 @@ import sys
 
 import click
 
-from .cli import (device_options, gather_read_options, handle_errors, inference_model_option, log, read_options,
-                  requested_compute)
+from .cli import (device_options, gather_read_options, handle_errors, inference_model_option, log, log_model,
+                  read_options, requested_compute)
 
 
 def _load_model_for(model_name: str, reference: str | None, device: str, threads: int):
@@ -33,8 +33,7 @@ def _load_model_for(model_name: str, reference: str | None, device: str, threads
             raise
         raise ModelError(f"{reference} was built with model {built_with!r}, which is not installed here, and the "
                          f"default model cannot be loaded ({error}); pass --model with that model's folder") from None
-    log.info(f"model {pretrained.name} ({pretrained.config.encoder_layers} layers, width "
-             f"{pretrained.embedding_dim}) on {torch_device}, {pretrained.compute}")
+    log_model(pretrained, torch_device)
     return pretrained, torch_device
 
 

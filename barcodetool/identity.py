@@ -650,6 +650,7 @@ class KmerIndex:
             return out_c, out_i
         kk = min(n, self.size)
         batch = max(1, min(batch, KMER_COUNT_ELEMENTS // max(1, self.size)))   # bound the [batch, size] counts
+        descending = np.arange(self.size - 1, -1, -1, dtype=np.int64)
         for q0 in range(0, nq, batch):
             rows = np.arange(q0, min(nq, q0 + batch))
             q_of, at = self._lookup(queries, rows, stride)
@@ -666,12 +667,14 @@ class KmerIndex:
             np.cumsum(np.bincount(q_of, minlength=len(rows)), out=indptr[1:])
             chosen = _sparse().csr_array((np.ones(len(at), dtype=np.int32), at.astype(matrix.indices.dtype),
                                           indptr), shape=(len(rows), len(self.kmers)))
-            counts = (chosen @ matrix).toarray().astype(np.int64)
+            counts = (chosen @ matrix).toarray()                                          # int32 [rows, size]
             if exclude is not None:
                 query_groups, ref_groups = exclude
                 counts[np.asarray(query_groups)[rows][:, None] == np.asarray(ref_groups)[None, :]] = 0
             # unique keys (count, then lower row first): the top n does not depend on n at ties
-            key = counts * self.size + (self.size - 1 - np.arange(self.size))
+            key = counts.astype(np.int64)
+            key *= self.size
+            key += descending
             top = largest_columns(key, kk)
             top_c = np.take_along_axis(counts, top, axis=1)
             order = np.lexsort((top, -top_c), axis=1)

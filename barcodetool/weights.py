@@ -41,7 +41,7 @@ CARD_KEYS = {"format", "format_version", "barcodetool_version", "name", "created
              "tokenizer_config", "pooling", "dtype", "tensors_sha256", "training", "metrics", "description"}
 QUANTIZED_SUFFIX = ".int8"
 SCALE_SUFFIX = ".scale"
-DEFAULT_CPU_MODEL = "barcodemae-mini"
+DEFAULT_CPU_MODEL = "barcodemae-nano"
 DEFAULT_GPU_MODEL = "barcodemae-base"
 
 

@@ -21,6 +21,7 @@ import torch
 from click.testing import CliRunner
 
 from barcodetool.cli import main
+from barcodetool.embed import read_embeddings
 from barcodetool.errors import ModelError, UsageError
 from barcodetool.io import BarcodeRecord
 from barcodetool.model import BarcodeMAE, preset
@@ -324,6 +325,11 @@ def test_distill_cli_writes_a_student_and_maps_another_width(tiny_model_dir, tmp
     wide = load_model_folder(tmp_path / "wide")
     assert wide.config.encoder_width == 128 and wide.embedding_dim == 32
     assert wide.card["model_config"]["embedding_width"] == 32
+    result = runner.invoke(main, ["embed", str(BIOSCAN), "--model", str(tmp_path / "wide"), "--device", "cpu",
+                                  "--threads", "1", "-o", str(tmp_path / "wide.h5")])
+    assert result.exit_code == 0, result.output
+    assert "(2 layers, width 128, embedding 32)" in result.output
+    assert read_embeddings(tmp_path / "wide.h5").embeddings.shape[1] == 32
 
 
 # ============================================================================================ processes

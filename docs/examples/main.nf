@@ -5,7 +5,7 @@
 //
 // --reference  a reference table (BOLD BCDM or v3 TSV, BIOSCAN-5M CSV, or FASTA with SINTAX headers)
 // --queries    a glob of FASTA files (or tables) of query barcodes, one per sample
-// --model      barcodetool model name or folder (auto: barcodemae-base on a GPU, else barcodemae-mini)
+// --model      barcodetool model name or folder (auto: barcodemae-base on a GPU, else barcodemae-nano)
 // --device     auto, cpu or cuda
 
 nextflow.enable.dsl = 2
