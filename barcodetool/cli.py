@@ -353,7 +353,8 @@ def training_options(function):
         click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=5e-4, show_default=True,
                      help="Peak learning rate (AdamW, linear warm-up then cosine decay)."),
         click.option("--mask-ratio", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.5,
-                     show_default=True),
+                     show_default=True, help="Share of each barcode's tokens hidden from the encoder (train, "
+                     "finetune; distill compares whole sequences and refuses it)."),
         click.option("--val-fraction", type=click.FloatRange(0, 0.5), default=0.02, show_default=True,
                      help="Unique barcodes held out to report validation metrics (masked-token accuracy; for "
                           "distill the cosine to the teacher)."),
@@ -376,6 +377,10 @@ def _run_training(ctx_obj: Context, kind: str, data, kwargs, read_opts, base=Non
     from .tokenizer import KmerTokenizer, TokenizerConfig
     from .train import FINETUNE_RANKS, distill, finetune, pretrain, read_corpus
 
+    if kind == "distill" and \
+            click.get_current_context().get_parameter_source("mask_ratio") != click.core.ParameterSource.DEFAULT:
+        raise click.UsageError("--mask-ratio does not apply to distill: the student and the teacher embed whole, "
+                               "unmasked sequences")
     set_threads(kwargs.pop("threads"))
     config = _train_config(kwargs)
     splits = [s.strip() for s in kwargs["include_splits"].split(",")] if kwargs.get("include_splits") else None

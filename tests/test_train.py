@@ -317,6 +317,11 @@ def test_distill_cli_writes_a_student_and_maps_another_width(tiny_model_dir, tmp
                                   "--threads", "1", "-o", str(tmp_path / "student")])
     assert result.exit_code == 0, result.output
     assert read_card(tmp_path / "student")["training"]["kind"] == "distill"
+    # the masking ratio has no meaning for distillation: refused rather than ignored
+    result = runner.invoke(main, ["-q", "distill", str(BIOSCAN), "--teacher", str(tiny_model_dir), "--mask-ratio",
+                                  "0.6", "-o", str(tmp_path / "masked")])
+    assert result.exit_code == 2 and "--mask-ratio does not apply to distill" in result.output
+    assert not (tmp_path / "masked").exists()
     # a wider student (128) learns the 32-wide teacher's embedding through a linear map of its pooled state
     result = runner.invoke(main, ["-q", "distill", str(BIOSCAN), "--teacher", str(tiny_model_dir), "--preset",
                                   "mini", "--max-steps", "2", "--batch-size", "8", "--device", "cpu",
