@@ -314,7 +314,10 @@ def models_command():
         accuracy, cosine = metrics.get("val_masked_token_accuracy"), metrics.get("val_teacher_cosine")
         extra = (f"\tmasked-token accuracy {accuracy:.3f}" if isinstance(accuracy, float) else
                  f"\tcosine to its teacher {cosine:.3f}" if isinstance(cosine, float) else "")
-        click.echo(f"{name}\t{config.get('encoder_layers')}x{config.get('encoder_width')}\t{path}{extra}")
+        shape = f"{config.get('encoder_layers')}x{config.get('encoder_width')}"
+        if config.get("embedding_width"):
+            shape += f"->{config['embedding_width']}"
+        click.echo(f"{name}\t{shape}\t{path}{extra}")
 
 
 # ============================================================================================ train

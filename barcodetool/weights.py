@@ -21,17 +21,17 @@ import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
-
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
 from .atomic import atomic_path
 from .errors import ModelError, TokenizerError
-from .model import BarcodeMAE, BarcodeMAEConfig
 from .tokenizer import KmerTokenizer, TokenizerConfig
+
+if TYPE_CHECKING:   # PyTorch is imported when a model is loaded or saved: naming and listing models stay instant
+    import torch
+
+    from .model import BarcodeMAE, BarcodeMAEConfig
 
 MODEL_FORMAT = "barcodetool-model"
 MODEL_FORMAT_VERSION = 1
@@ -85,6 +85,8 @@ class PretrainedModel:
 # ---------------------------------------------------------------------------------------------- saving
 def _quantize_int8(tensors: dict[str, torch.Tensor], min_elements: int) -> dict[str, torch.Tensor]:
     """Symmetric per-row int8 for large matrices; everything else float16."""
+    import torch
+
     out = {}
     for name, tensor in tensors.items():
         tensor = tensor.detach().float().cpu()
@@ -118,6 +120,9 @@ def save_model(model: BarcodeMAE, tokenizer_config: TokenizerConfig, directory: 
                training: dict | None = None, metrics: dict | None = None, pooling: str = "mean",
                description: str | None = None) -> Path:
     """Write model.safetensors then barcodetool.json (each atomically; the card holds the tensors' sha256)."""
+    import torch
+    from safetensors.torch import save_file
+
     if dtype not in {"float32", "float16", "int8"}:
         raise ModelError(f"unknown weight dtype {dtype!r}; choose float32, float16 or int8")
     directory = Path(directory)
@@ -186,6 +191,11 @@ def read_card(directory: str | os.PathLike) -> dict:
 
 def load_model_folder(directory: str | os.PathLike, *, device: str | torch.device = "cpu",
                       name: str | None = None, verify: bool = True) -> PretrainedModel:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from .model import BarcodeMAE, BarcodeMAEConfig
+
     directory = Path(directory)
     card = read_card(directory)
     tensors_path = directory / TENSORS_FILE
@@ -291,6 +301,8 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, device: str | t
     compute: inference arithmetic: None (bf16 on CUDA, float32 on CPU), "float32", "bfloat16", or "auto" (bf16
     wherever the hardware runs it natively, CPUs with AVX-512 BF16 or AMX included).
     """
+    import torch
+
     from .runtime import resolve_compute
 
     path = resolve_model(name_or_path, device)

@@ -63,11 +63,14 @@ def test_version_subprocess(subprocess_env):
 
 
 def test_package_and_cli_start_without_pytorch(subprocess_env):
-    """PyTorch (1.5-2 s to import) is imported when a model is used, not by `import barcodetool` or the CLI."""
+    """PyTorch (1.5-2 s to import) is imported when a model is loaded, not by `import barcodetool`, the CLI or
+    naming and listing models (`barcodetool models`)."""
     code = ("import sys, barcodetool, barcodetool.cli, barcodetool.classify, barcodetool.embed; "
+            "from barcodetool.weights import available_models, read_card, resolve_model; "
+            "[read_card(path) for path in available_models().values()]; resolve_model('auto'); "
             "assert 'torch' not in sys.modules, 'torch imported'; "
-            "barcodetool.load_model; assert 'torch' in sys.modules; "
-            "assert callable(barcodetool.embed) and barcodetool.PretrainedModel.__name__ == 'PretrainedModel'")
+            "assert callable(barcodetool.embed) and barcodetool.PretrainedModel.__name__ == 'PretrainedModel'; "
+            "barcodetool.load_model(); assert 'torch' in sys.modules")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env,
                           timeout=60)
     assert done.returncode == 0, done.stderr
@@ -102,10 +105,17 @@ def test_train_then_embed(runner, tmp_path):
 
 
 def test_models_lists_a_model(runner, registry):
+    from barcodetool.model import BarcodeMAE, preset
+    from barcodetool.tokenizer import TokenizerConfig
+    from barcodetool.weights import save_model
+
+    save_model(BarcodeMAE(preset("tiny", embedding_width=48), include_decoder=False), TokenizerConfig(),
+               registry / "my-mapped")
     result = runner.invoke(main, ["models"])
     assert result.exit_code == 0, result.output
-    line = next(line for line in result.stdout.splitlines() if line.startswith("my-tiny"))
-    assert line.split("\t")[:3] == ["my-tiny", "2x32", str(registry / "my-tiny")]
+    rows = {line.split("\t")[0]: line.split("\t")[1:3] for line in result.stdout.splitlines()}
+    assert rows["my-tiny"] == ["2x32", str(registry / "my-tiny")]
+    assert rows["my-mapped"] == ["2x32->48", str(registry / "my-mapped")]   # its embedding width after the arrow
 
 
 def test_embed_by_registry_name(runner, registry, tmp_path):
