@@ -236,7 +236,9 @@ def inference_model_option(function):
     function = click.option("--compute", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto",
                             show_default=True, expose_value=False, callback=_remember_compute,
                             help="Inference arithmetic: auto = bfloat16 on GPUs and on CPUs that run it natively "
-                                 "(AVX-512 BF16, AMX), float32 elsewhere.")(function)
+                                 "(AVX-512 BF16, AMX), float32 elsewhere. `classify` against a built index on a "
+                                 "CPU runs a model's exported encoder.onnx, where there is one, in float32 with ONNX "
+                                 "Runtime and never imports PyTorch; bfloat16 keeps PyTorch.")(function)
     return model_option(function)
 
 

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -35,6 +36,30 @@ def _load_model_for(model_name: str, reference: str | None, device: str, threads
                          f"default model cannot be loaded ({error}); pass --model with that model's folder") from None
     log_model(pretrained, torch_device)
     return pretrained, torch_device
+
+
+def _onnx_model_for(model_name: str, reference: str | None, device: str, threads: int):
+    """The model's exported encoder in ONNX Runtime (onnx_encoder) where `classify` can use it, so that PyTorch is
+    never imported: on the CPU, in float32 (`--compute auto` or `float32`), with onnxruntime installed and an
+    `encoder.onnx` in the model folder. Else None (PyTorch runs the model)."""
+    from .errors import ModelError
+    from .onnx_encoder import load_onnx_model
+    from .reference import resolve_model_for_reference
+    from .runtime import cuda_impossible
+    from .weights import resolve_model
+
+    if requested_compute() == "bfloat16" or not cuda_impossible(device):
+        return None
+    name = resolve_model_for_reference(model_name, reference)
+    try:
+        path = resolve_model(name, "cpu")
+    except ModelError:
+        return None   # loading through PyTorch says why, as without the graph
+    is_named = not Path(str(name or "")).is_dir()
+    model = load_onnx_model(path, name=path.name if is_named else None, threads=threads)
+    if model is not None:
+        log_model(model, "cpu")
+    return model
 
 
 @contextlib.contextmanager
@@ -281,7 +306,11 @@ def register(main: click.Group) -> None:
                 pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="barcodetool-index")
             with pool:
                 loading = pool.submit(_load_index_for_search, reference, method)
-                pretrained, torch_device = _load_model_for(model_name, reference, device, threads)
+                pretrained, torch_device = None, None
+                if method != "probe":   # the probe's linear heads are PyTorch modules
+                    pretrained = _onnx_model_for(model_name, reference, device, threads)
+                if pretrained is None:
+                    pretrained, torch_device = _load_model_for(model_name, reference, device, threads)
                 index = loading.result()
             index.check_model(pretrained, source=reference)
             _log_reference(index)

@@ -47,24 +47,37 @@ def embed_sequences(pretrained: PretrainedModel, sequences: Sequence[str], *, ba
     """Embeddings [n, dim] float32 of cleaned sequences, in input order.
 
     Batches are formed over sequences sorted by length and padded only to their own longest member, so little
-    work is spent on padding; the result does not depend on batch composition.
+    work is spent on padding; the result does not depend on batch composition. `pretrained` may also be an
+    exported encoder in ONNX Runtime (onnx_encoder.OnnxModel): then PyTorch is not imported.
     """
-    import torch
+    from .onnx_encoder import OnnxModel
 
-    with torch.inference_mode():
-        return _embed_sequences(pretrained, sequences, batch_size=batch_size, progress=progress)
-
-
-def _embed_sequences(pretrained: PretrainedModel, sequences: Sequence[str], *, batch_size: int,
-                     progress: Progress | None) -> np.ndarray:
+    if isinstance(pretrained, OnnxModel):
+        return _embed_sequences(pretrained, sequences, pretrained.embed_batch, batch_size=batch_size,
+                                progress=progress)
     import torch
 
     from .runtime import autocast
 
+    model = pretrained.model
+    device = model_device(pretrained)
+    model.eval()
+
+    def forward(ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        ids_t = torch.from_numpy(ids).to(device, non_blocking=True)
+        lengths_t = torch.from_numpy(lengths).to(device, non_blocking=True)
+        with autocast(device, pretrained.compute):
+            return model.embed(ids_t, lengths_t).float().cpu().numpy()
+
+    with torch.inference_mode():
+        return _embed_sequences(pretrained, sequences, forward, batch_size=batch_size, progress=progress)
+
+
+def _embed_sequences(pretrained, sequences: Sequence[str], forward: Callable[[np.ndarray, np.ndarray], np.ndarray],
+                     *, batch_size: int, progress: Progress | None) -> np.ndarray:
     if batch_size < 1:
         raise UsageError(f"batch size must be at least 1, got {batch_size}")
-    model, tokenizer = pretrained.model, pretrained.tokenizer
-    device = model_device(pretrained)
+    tokenizer = pretrained.tokenizer
     n = len(sequences)
     out = np.empty((n, pretrained.embedding_dim), dtype=np.float32)
     if n == 0:
@@ -75,15 +88,10 @@ def _embed_sequences(pretrained: PretrainedModel, sequences: Sequence[str], *, b
             raise InputError(f"sequence {i} has {len(sequence)} nucleotides, fewer than k={k}; it has no k-mer "
                              "to embed", fix="remove it, or use --skip-empty")
     order = np.argsort([-len(s) for s in sequences], kind="stable")
-    model.eval()
     for start in range(0, n, batch_size):
         index = order[start:start + batch_size]
         ids, lengths = tokenizer.encode_batch([sequences[i] for i in index])
-        ids_t = torch.from_numpy(ids).to(device, non_blocking=True)
-        lengths_t = torch.from_numpy(lengths).to(device, non_blocking=True)
-        with autocast(device, pretrained.compute):
-            vectors = model.embed(ids_t, lengths_t)
-        out[index] = vectors.float().cpu().numpy()
+        out[index] = forward(ids, lengths)
         if progress is not None:
             progress(len(index))
     return out

@@ -48,6 +48,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import InputError, UsageError
+from .search import largest_columns
 
 ANCHOR_K = 10               # anchor k-mer length (2 bits a base: fits int32)
 ANCHOR_STRIDE = 2           # k-mers of the second sequence looked up at every `stride`-th position
@@ -547,31 +548,6 @@ def rank_scored(candidate_idx: np.ndarray, score: np.ndarray, *others: np.ndarra
 def _kept_share(q_of: np.ndarray, kept: np.ndarray, n: int) -> np.ndarray:
     """float [n]: per query, the share of its looked-up k-mers (one entry each in `q_of`) marked in `kept`."""
     return np.bincount(q_of[kept], minlength=n) / np.maximum(1, np.bincount(q_of, minlength=n))
-
-
-TOP_BLOCK = 64   # largest_columns: columns per block whose maximum is taken first
-
-
-def largest_columns(key: np.ndarray, n: int, block: int = TOP_BLOCK) -> np.ndarray:
-    """int64 [rows, n]: the columns of the n largest entries of each row of `key` [rows, columns], unordered.
-
-    Entries must be distinct within a row. Two levels: the n blocks of `block` columns with the largest maxima
-    hold the n largest entries (a block left out has n blocks above its maximum, so n larger entries), and only
-    those blocks are partitioned: 7x faster than partitioning whole rows of a reference's 24 k columns.
-    """
-    rows, size = key.shape
-    blocks = size // block
-    if blocks < 4 * n:
-        return np.argpartition(key, size - n, axis=1)[:, size - n:]
-    whole = blocks * block
-    maxima = key[:, :whole].reshape(rows, blocks, block).max(axis=2)               # [rows, blocks]
-    best = np.argpartition(maxima, blocks - n, axis=1)[:, blocks - n:]            # [rows, n] blocks
-    columns = (best[:, :, None] * block + np.arange(block)).reshape(rows, n * block)
-    if whole < size:   # the last, partial block is always a candidate
-        columns = np.concatenate([columns, np.broadcast_to(np.arange(whole, size), (rows, size - whole))], axis=1)
-    values = np.take_along_axis(key, columns, axis=1)
-    chosen = np.argpartition(values, values.shape[1] - n, axis=1)[:, values.shape[1] - n:]
-    return np.take_along_axis(columns, chosen, axis=1)
 
 
 def _sparse():

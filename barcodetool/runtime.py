@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import os
-
-import torch
+import sys
+from typing import TYPE_CHECKING
 
 from .errors import UsageError
+
+if TYPE_CHECKING:   # imported by each function that needs it: `classify` with an ONNX encoder never does
+    import torch
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     """`auto` picks CUDA when available, else CPU. Under torchrun, CUDA uses this process's LOCAL_RANK."""
+    import torch
+
     name = "auto" if device is None else str(device)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -26,6 +31,8 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
 
 def set_threads(threads: int | None) -> int:
     """Set PyTorch's intra-op threads; 0 or None means all cores. Returns the count in use."""
+    import torch
+
     if threads is None or threads <= 0:
         threads = os.cpu_count() or 1
     torch.set_num_threads(threads)
@@ -37,6 +44,8 @@ def autocast(device: torch.device, compute: str | None = None):
 
     compute None: bf16 on CUDA, float32 on CPU (what training uses). "bfloat16" / "float32" force one.
     """
+    import torch
+
     if compute is None:
         compute = "bfloat16" if device.type == "cuda" else "float32"
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=compute == "bfloat16")
@@ -44,6 +53,8 @@ def autocast(device: torch.device, compute: str | None = None):
 
 def cpu_has_bf16() -> bool:
     """True when oneDNN runs bf16 matrix products natively on this CPU (AVX-512 BF16 or AMX)."""
+    import torch
+
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
@@ -64,3 +75,16 @@ def resolve_compute(device: torch.device, compute: str = "auto") -> str:
     if compute == "auto":
         return "bfloat16" if device.type == "cuda" or cpu_has_bf16() else "float32"
     return compute
+
+
+def cuda_impossible(device: str | None = "auto") -> bool:
+    """True where `device` can only mean the CPU, known without importing PyTorch: "cpu", or "auto" on a Linux
+    machine with no NVIDIA driver loaded or with CUDA_VISIBLE_DEVICES hiding every GPU."""
+    name = "auto" if device is None else str(device)
+    if name == "cpu":
+        return True
+    if name != "auto":
+        return False
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return True
+    return sys.platform.startswith("linux") and not os.path.exists("/proc/driver/nvidia/version")

@@ -25,6 +25,32 @@ def normalize(vectors: np.ndarray) -> np.ndarray:
     return vectors / norms
 
 
+TOP_BLOCK = 64   # largest_columns: columns per block whose maximum is taken first
+
+
+def largest_columns(key: np.ndarray, n: int, block: int = TOP_BLOCK) -> np.ndarray:
+    """int64 [rows, n]: the columns of the n largest entries of each row of `key` [rows, columns], unordered.
+
+    Where entries tie at the n-th place, which of them is kept is not specified (the argument below holds with
+    >= for >). Two levels: the n blocks of `block` columns with the largest maxima
+    hold the n largest entries (a block left out has n blocks above its maximum, so n larger entries), and only
+    those blocks are partitioned: 7x faster than partitioning whole rows of a reference's 24 k columns.
+    """
+    rows, size = key.shape
+    blocks = size // block
+    if blocks < 4 * n:
+        return np.argpartition(key, size - n, axis=1)[:, size - n:]
+    whole = blocks * block
+    maxima = key[:, :whole].reshape(rows, blocks, block).max(axis=2)               # [rows, blocks]
+    best = np.argpartition(maxima, blocks - n, axis=1)[:, blocks - n:]            # [rows, n] blocks
+    columns = (best[:, :, None] * block + np.arange(block)).reshape(rows, n * block)
+    if whole < size:   # the last, partial block is always a candidate
+        columns = np.concatenate([columns, np.broadcast_to(np.arange(whole, size), (rows, size - whole))], axis=1)
+    values = np.take_along_axis(key, columns, axis=1)
+    chosen = np.argpartition(values, values.shape[1] - n, axis=1)[:, values.shape[1] - n:]
+    return np.take_along_axis(columns, chosen, axis=1)
+
+
 def knn_search(queries: np.ndarray, reference: np.ndarray, k: int, *,
                exclude: Sequence[tuple[np.ndarray, np.ndarray]] = (), query_block: int = 2048,
                reference_block: int | None = None, device=None,
@@ -35,10 +61,10 @@ def knn_search(queries: np.ndarray, reference: np.ndarray, k: int, *,
     (equal similarities by increasing index); slots beyond the number of eligible references hold -inf and -1.
     `exclude` holds (query_groups [nq], reference_groups [nr]) int pairs: a reference row is skipped for a query
     when, in any pair, its group equals the query's (leave-one-out calibration). The reference may be float16;
-    on CPU blocks are computed in float32.
+    on CPU blocks are computed in float32. `device`: a PyTorch device (CPU or GPU), or None for numpy on the CPU
+    (what `classify` uses with an ONNX encoder: PyTorch is then never imported). Which of several equal
+    similarities at the k-th place is kept is not specified.
     """
-    import torch
-
     nq, nr = len(queries), len(reference)
     if k < 1:
         raise UsageError(f"k must be at least 1, got {k}")
@@ -46,12 +72,17 @@ def knn_search(queries: np.ndarray, reference: np.ndarray, k: int, *,
     idx_out = np.full((nq, k), -1, dtype=np.int64)
     if nq == 0 or nr == 0:
         return sims_out, idx_out
-    device = torch.device(device or "cpu")
-    compute = torch.float16 if (device.type == "cuda" and reference.dtype == np.float16) else torch.float32
     if reference_block is None:
         reference_block = max(1024, SEARCH_BLOCK_ELEMENTS // max(1, query_block))
     reference_block = min(reference_block, nr)
     exclude = [(np.asarray(qg), np.asarray(rg)) for qg, rg in exclude]
+    if device is None:
+        _knn_numpy(queries, reference, k, exclude, query_block, reference_block, progress, sims_out, idx_out)
+        return sims_out, idx_out
+    import torch
+
+    device = torch.device(device)
+    compute = torch.float16 if (device.type == "cuda" and reference.dtype == np.float16) else torch.float32
     # On a GPU the whole reference goes over once; on CPU float32 rows are used in place.
     on_device = None
     if device.type != "cpu":
@@ -87,18 +118,48 @@ def knn_search(queries: np.ndarray, reference: np.ndarray, k: int, *,
                     cs, pos = torch.topk(cs, kk, dim=1, largest=True, sorted=False)
                     ci = torch.gather(ci, 1, pos)
                 best_s, best_i = cs, ci
-        s_np = best_s.float().cpu().numpy()
-        i_np = best_i.cpu().numpy().astype(np.int64)
-        order = np.lexsort((i_np, -s_np), axis=1) if s_np.shape[1] > 1 else np.zeros_like(i_np)
-        s_np = np.take_along_axis(s_np, order, axis=1)
-        i_np = np.take_along_axis(i_np, order, axis=1)
-        i_np[~np.isfinite(s_np)] = -1
-        s_np[i_np < 0] = -np.inf
-        sims_out[q0:q1, :s_np.shape[1]] = s_np
-        idx_out[q0:q1, :i_np.shape[1]] = i_np
+        _store_sorted(best_s.float().cpu().numpy(), best_i.cpu().numpy().astype(np.int64), sims_out[q0:q1],
+                      idx_out[q0:q1])
         if progress is not None:
             progress(q1 - q0)
     return sims_out, idx_out
+
+
+def _store_sorted(sims: np.ndarray, idx: np.ndarray, sims_out: np.ndarray, idx_out: np.ndarray) -> None:
+    """A query block's best (sims, idx), sorted by decreasing similarity then index, into the output rows."""
+    order = np.lexsort((idx, -sims), axis=1) if sims.shape[1] > 1 else np.zeros_like(idx)
+    sims = np.take_along_axis(sims, order, axis=1)
+    idx = np.take_along_axis(idx, order, axis=1)
+    idx[~np.isfinite(sims)] = -1
+    sims[idx < 0] = -np.inf
+    sims_out[:, :sims.shape[1]] = sims
+    idx_out[:, :idx.shape[1]] = idx
+
+
+def _knn_numpy(queries, reference, k, exclude, query_block, reference_block, progress, sims_out, idx_out) -> None:
+    """knn_search's blocks in numpy (float32), for a process that has not imported PyTorch."""
+    nq, nr = len(queries), len(reference)
+    kk = min(k, nr)
+    for q0 in range(0, nq, query_block):
+        q1 = min(nq, q0 + query_block)
+        q = np.ascontiguousarray(queries[q0:q1], dtype=np.float32)
+        best_s = best_i = None
+        for r0 in range(0, nr, reference_block):
+            r1 = min(nr, r0 + reference_block)
+            s = q @ np.asarray(reference[r0:r1], dtype=np.float32).T                     # [q rows, r rows]
+            for qg, rg in exclude:
+                s[qg[q0:q1][:, None] == rg[r0:r1][None, :]] = -np.inf
+            top = largest_columns(s, min(kk, r1 - r0))
+            bs, bi = np.take_along_axis(s, top, axis=1), top + r0
+            if best_s is not None:
+                bs, bi = np.concatenate([best_s, bs], axis=1), np.concatenate([best_i, bi], axis=1)
+                if bs.shape[1] > kk:
+                    keep = largest_columns(bs, kk)
+                    bs, bi = np.take_along_axis(bs, keep, axis=1), np.take_along_axis(bi, keep, axis=1)
+            best_s, best_i = bs, bi
+        _store_sorted(best_s, best_i.astype(np.int64), sims_out[q0:q1], idx_out[q0:q1])
+        if progress is not None:
+            progress(q1 - q0)
 
 
 def sequence_groups(sequences: Sequence[str]) -> np.ndarray:

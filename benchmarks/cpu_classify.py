@@ -11,8 +11,9 @@ In one invocation, on the same machine and thread count:
    k-mer index, calibration), unless `--index` gives a prebuilt one;
 3. runs VSEARCH `--usearch_global` top hit (`--threads T`) on each query file, and `barcodetool classify` as a
    subprocess of the real CLI for each variant (default identity: embedding candidates below 0.95, `--compute
-   auto`; every query embedded, `--embed-below inf`, in bf16 and `--compute float32`; `--kmer-only`; `--method
-   knn`) on each query file, all of them in turn, `--repeats` times: the median
+   auto`, i.e. the model's encoder.onnx in ONNX Runtime where it has one; every query embedded, `--embed-below
+   inf`; the default in PyTorch, `--compute bfloat16`; `--kmer-only`; `--method knn`) on each query file, all of
+   them in turn, `--repeats` times: the median
    whole-process wall time (start-up, reading, embedding, search, writing), the median of the run-by-run speed
    ratios to VSEARCH, and the peak RSS;
 5. scores species accuracy on `test` and genus accuracy on `test_unseen`, both for the classifier's output
@@ -41,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 RANKS = ("phylum", "class", "order", "family", "subfamily", "genus", "species")
 VARIANTS = (("default (identity, embedding below 0.95, --compute auto)", []),
             ("identity, every query embedded (--embed-below inf)", ["--embed-below", "inf"]),
-            ("identity, every query embedded, --compute float32", ["--embed-below", "inf", "--compute", "float32"]),
+            ("default in PyTorch (--compute bfloat16)", ["--compute", "bfloat16"]),
             ("identity, --kmer-only", ["--kmer-only"]),
             ("embedding k-NN vote (--method knn)", ["--method", "knn"]))
 

@@ -78,20 +78,22 @@ def brute_force(queries, reference, k, exclude=None):
     return np.take_along_axis(sims, order, axis=1), order
 
 
-def test_blocked_knn_equals_brute_force():
+@pytest.mark.parametrize("device", [None, "cpu"])   # numpy (no PyTorch) and PyTorch on the CPU
+def test_blocked_knn_equals_brute_force(device):
     rng = np.random.default_rng(1)
     reference = normalize(rng.normal(size=(503, 16)))
     queries = normalize(rng.normal(size=(37, 16)))
-    sims, idx = knn_search(queries, reference, 7, query_block=8, reference_block=50)
+    sims, idx = knn_search(queries, reference, 7, query_block=8, reference_block=50, device=device)
     expected_sims, expected_idx = brute_force(queries, reference, 7)
     np.testing.assert_array_equal(idx, expected_idx)
     np.testing.assert_allclose(sims, expected_sims, rtol=0, atol=1e-5)
     # one block each way gives the same answer
-    sims1, idx1 = knn_search(queries, reference, 7, query_block=1000, reference_block=10_000)
+    sims1, idx1 = knn_search(queries, reference, 7, query_block=1000, reference_block=10_000, device=device)
     np.testing.assert_array_equal(idx1, expected_idx)
 
 
-def test_blocked_knn_excludes_groups():
+@pytest.mark.parametrize("device", [None, "cpu"])
+def test_blocked_knn_excludes_groups(device):
     rng = np.random.default_rng(2)
     reference = normalize(rng.normal(size=(120, 8)))
     groups = rng.integers(0, 40, size=120).astype(np.int32)
@@ -99,17 +101,18 @@ def test_blocked_knn_excludes_groups():
     other = rng.integers(0, 10, size=120).astype(np.int32)
     sims, idx = knn_search(reference[queries], reference, 5, exclude=[(groups[queries], groups),
                                                                       (other[queries], other)],
-                           query_block=4, reference_block=32)
+                           query_block=4, reference_block=32, device=device)
     exclude = (groups[queries][:, None] == groups[None, :]) | (other[queries][:, None] == other[None, :])
     expected_sims, expected_idx = brute_force(reference[queries], reference, 5, exclude)
     np.testing.assert_array_equal(idx, expected_idx)
     assert all(q not in row for q, row in zip(queries, idx))
 
 
-def test_knn_pads_when_reference_is_small_and_reads_float16():
+@pytest.mark.parametrize("device", [None, "cpu"])
+def test_knn_pads_when_reference_is_small_and_reads_float16(device):
     rng = np.random.default_rng(3)
     reference = normalize(rng.normal(size=(3, 8)))
-    sims, idx = knn_search(reference, reference.astype(np.float16), 5)
+    sims, idx = knn_search(reference, reference.astype(np.float16), 5, device=device)
     assert (idx[:, 3:] == -1).all() and np.isinf(sims[:, 3:]).all()
     assert (idx[:, 0] == np.arange(3)).all()
     np.testing.assert_allclose(sims[:, 0], 1.0, atol=2e-3)
