@@ -33,12 +33,15 @@ def __getattr__(name: str):
 
 
 def embed(sequences, model=None, *, batch_size: int = 256, device: str = "auto"):
-    """Embed cleaned sequences (strings) with a model (name, folder or PretrainedModel): numpy [n, dim]."""
+    """Embed cleaned sequences (strings) with a model (name, folder, PretrainedModel, or an exported encoder from
+    onnx_encoder.load_onnx_model): numpy [n, dim]."""
     from .embed import embed_sequences
-    from .runtime import resolve_device
+    from .onnx_encoder import OnnxModel
     from .weights import PretrainedModel, load_model
 
-    if not isinstance(model, PretrainedModel):
+    if not isinstance(model, (PretrainedModel, OnnxModel)):
+        from .runtime import resolve_device
+
         model = load_model(model, device=resolve_device(device))
     return embed_sequences(model, list(sequences), batch_size=batch_size)
 

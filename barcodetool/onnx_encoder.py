@@ -25,6 +25,7 @@ from .atomic import atomic_path
 from .errors import ModelError, TokenizerError
 from .model_config import BarcodeMAEConfig
 from .tokenizer import KmerTokenizer, TokenizerConfig
+from .weights import TENSORS_FILE, InferenceModel, read_card, sha256_file
 
 ONNX_FILE = "encoder.onnx"
 ONNX_FORMAT = "barcodetool-onnx-encoder"
@@ -75,7 +76,7 @@ def export_onnx(pretrained, directory: str | os.PathLike | None = None) -> Path:
 
 
 @dataclass
-class OnnxModel:
+class OnnxModel(InferenceModel):
     """A model's exported encoder in ONNX Runtime: what inference needs of a `weights.PretrainedModel`."""
 
     session: Any
@@ -86,18 +87,6 @@ class OnnxModel:
     card: dict = field(default_factory=dict)
     path: Path | None = None
     compute: str = "float32, ONNX Runtime"
-
-    @property
-    def embedding_dim(self) -> int:
-        return self.config.embedding_dim
-
-    @property
-    def pooling(self) -> str:
-        return self.card.get("pooling", "mean")
-
-    @property
-    def fingerprint(self) -> dict[str, str]:
-        return {"model_name": self.name, "model_sha256": self.sha256}
 
     def embed_batch(self, ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """float32 [batch, embedding_dim] of token ids [batch, tokens] and lengths [batch]."""
@@ -118,8 +107,6 @@ def load_onnx_model(directory: str | os.PathLike, *, name: str | None = None,
     """The folder's exported encoder ready to run on `threads` CPU threads (0 or None: all cores), or None where
     the folder has no `encoder.onnx` or onnxruntime is not installed. A graph exported from other weights than
     the folder's, or an unreadable one, is refused (ModelError)."""
-    from .weights import TENSORS_FILE, read_card, sha256_file
-
     directory = Path(directory)
     graph_path = directory / ONNX_FILE
     if not graph_path.is_file() or not onnx_runtime_available():

@@ -53,8 +53,25 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+class InferenceModel:
+    """What inference reads of a loaded model, whichever runtime runs it (PyTorch here, ONNX Runtime in
+    onnx_encoder): subclasses hold `config`, `card`, `name` and `sha256`."""
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.config.embedding_dim
+
+    @property
+    def pooling(self) -> str:
+        return self.card.get("pooling", "mean")
+
+    @property
+    def fingerprint(self) -> dict[str, str]:
+        return {"model_name": self.name, "model_sha256": self.sha256}
+
+
 @dataclass
-class PretrainedModel:
+class PretrainedModel(InferenceModel):
     """A loaded model: the network, its tokenizer and the card it was saved with."""
 
     model: BarcodeMAE
@@ -68,18 +85,6 @@ class PretrainedModel:
     @property
     def config(self) -> BarcodeMAEConfig:
         return self.model.config
-
-    @property
-    def embedding_dim(self) -> int:
-        return self.model.config.embedding_dim
-
-    @property
-    def pooling(self) -> str:
-        return self.card.get("pooling", "mean")
-
-    @property
-    def fingerprint(self) -> dict[str, str]:
-        return {"model_name": self.name, "model_sha256": self.sha256}
 
 
 # ---------------------------------------------------------------------------------------------- saving

@@ -52,6 +52,9 @@ def test_exported_encoder_embeds_as_pytorch_does(exported):
     np.testing.assert_allclose(found, expected, rtol=0, atol=1e-5)
     alone = embed_sequences(onnx_model, sequences[:1])
     np.testing.assert_allclose(alone[0], found[0], rtol=0, atol=1e-6)
+    import barcodetool
+
+    np.testing.assert_allclose(barcodetool.embed(sequences, model=onnx_model), found, rtol=0, atol=1e-6)
 
 
 def test_a_model_with_an_embedding_map_exports_too(tmp_path):
