@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import stat
 import tempfile
 import threading
 from pathlib import Path
@@ -24,6 +25,15 @@ from .errors import Interrupted, OutputError
 
 _pending: set[str] = set()
 _pending_lock = threading.Lock()
+
+
+def _read_umask() -> int:
+    mask = os.umask(0o022)   # the only portable way to read it is to set it; done once, when this is imported
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
 _signals: list[int] = []  # signals recorded by the CLI's handler during the current command
 
 
@@ -97,6 +107,13 @@ def atomic_path(destination: str | os.PathLike) -> Iterator[Path]:
         yield Path(temporary)
         if _signals:  # interrupted, even if the handler's exception was swallowed: never publish
             raise Interrupted(_signals[0])
+        # mkstemp made the file private (0600); give it the mode a plain open() would: the umask's, or that of
+        # the file it replaces, so that results stay readable by whoever could read the folder's other files
+        try:
+            mode = stat.S_IMODE(os.stat(destination).st_mode)
+        except FileNotFoundError:
+            mode = 0o666 & ~_UMASK
+        os.chmod(temporary, mode)
         os.replace(temporary, destination)
     except BaseException:
         with contextlib.suppress(OSError):

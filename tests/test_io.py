@@ -7,7 +7,9 @@ import csv
 import gzip
 import io
 import lzma
+import os
 import random
+import stat
 import sys
 import time
 from itertools import islice
@@ -696,3 +698,19 @@ def test_every_bad_file_has_a_test():
     names = {p.name for p in BAD.iterdir()}
     source = Path(__file__).read_text()
     assert all(f'"{name}"' in source for name in names), sorted(n for n in names if f'"{n}"' not in source)
+
+
+def test_outputs_get_the_umask_mode_or_keep_the_replaced_files(tmp_path):
+    from barcodetool.atomic import atomic_text
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    with atomic_text(tmp_path / "new.tsv") as handle:
+        handle.write("x\n")
+    assert stat.S_IMODE((tmp_path / "new.tsv").stat().st_mode) == 0o666 & ~mask   # not mkstemp's private 0600
+    existing = tmp_path / "old.tsv"
+    existing.write_text("old\n")
+    existing.chmod(0o640)
+    with atomic_text(existing) as handle:
+        handle.write("new\n")
+    assert existing.read_text() == "new\n" and stat.S_IMODE(existing.stat().st_mode) == 0o640

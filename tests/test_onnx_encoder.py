@@ -121,3 +121,18 @@ def test_bundled_cpu_models_carry_their_graph():
     for name in ("barcodemae-nano", "barcodemae-mini"):
         onnx_model = load_onnx_model(bundled_root() / name, threads=1)
         assert onnx_model is not None and onnx_model.name == name
+
+
+def test_device_choice_without_pytorch(monkeypatch):
+    from barcodetool import runtime
+
+    assert runtime.cuda_impossible("cpu") and not runtime.cuda_impossible("cuda")
+    assert not runtime.cuda_impossible("cuda:1")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert runtime.cuda_impossible("auto")   # every GPU hidden
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    driver = "/proc/driver/nvidia/version"
+    monkeypatch.setattr(runtime.os.path, "exists", lambda path: path == driver)
+    assert not runtime.cuda_impossible("auto")   # a driver: PyTorch decides
+    monkeypatch.setattr(runtime.os.path, "exists", lambda path: False)
+    assert runtime.cuda_impossible("auto") == runtime.sys.platform.startswith("linux")
