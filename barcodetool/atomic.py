@@ -25,6 +25,7 @@ from .errors import Interrupted, OutputError
 
 _pending: set[str] = set()
 _pending_lock = threading.Lock()
+_signals: list[int] = []  # signals recorded by the CLI's handler during the current command
 
 
 def _read_umask() -> int:
@@ -34,7 +35,6 @@ def _read_umask() -> int:
 
 
 _UMASK = _read_umask()
-_signals: list[int] = []  # signals recorded by the CLI's handler during the current command
 
 
 def note_signal(signal_number: int) -> None:

@@ -7,7 +7,6 @@ import json
 import math
 import os
 import sys
-from pathlib import Path
 
 import click
 
@@ -46,17 +45,15 @@ def _onnx_model_for(model_name: str, reference: str | None, device: str, threads
     from .onnx_encoder import load_onnx_model
     from .reference import resolve_model_for_reference
     from .runtime import cuda_impossible
-    from .weights import resolve_model
+    from .weights import locate_model
 
     if requested_compute() == "bfloat16" or not cuda_impossible(device):
         return None
-    name = resolve_model_for_reference(model_name, reference)
     try:
-        path = resolve_model(name, "cpu")
+        path, name = locate_model(resolve_model_for_reference(model_name, reference), "cpu")
     except ModelError:
         return None   # loading through PyTorch says why, as without the graph
-    is_named = not Path(str(name or "")).is_dir()
-    model = load_onnx_model(path, name=path.name if is_named else None, threads=threads)
+    model = load_onnx_model(path, name=name, threads=threads)
     if model is not None:
         log_model(model, "cpu")
     return model

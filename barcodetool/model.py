@@ -191,7 +191,7 @@ class BarcodeMAE(nn.Module):
         L = ids.shape[1]
         real = (torch.arange(L, device=ids.device)[None, :] < lengths[:, None]).to(states.dtype)
         pooled = (states * real[:, :, None]).sum(1) / real.sum(1, keepdim=True).clamp(min=1.0)  # [B, width]
-        if self.config.embedding_width:   # linear, so mapping the pooled state equals pooling mapped states, at 1/L of the work
+        if self.config.embedding_width:   # linear: mapping the pooled state = pooling mapped states, at 1/L the work
             pooled = self.embedding_projection(pooled).float()   # [B, embedding_width]
         return pooled
 
@@ -221,4 +221,5 @@ def embedding_flops_per_barcode(config: BarcodeMAEConfig, tokens: int | None = N
     c = config
     L = tokens or c.max_tokens
     per_token = c.encoder_layers * 2 * (4 * c.encoder_width ** 2 + 2 * c.encoder_width * int(c.encoder_width * c.mlp_ratio))
-    return per_token * L + c.encoder_layers * 4 * L * L * c.encoder_width + 2 * c.encoder_width * c.embedding_width
+    attention = c.encoder_layers * 4 * L * L * c.encoder_width
+    return per_token * L + attention + 2 * c.encoder_width * c.embedding_width   # the last: the embedding map

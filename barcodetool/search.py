@@ -31,10 +31,10 @@ TOP_BLOCK = 64   # largest_columns: columns per block whose maximum is taken fir
 def largest_columns(key: np.ndarray, n: int, block: int = TOP_BLOCK) -> np.ndarray:
     """int64 [rows, n]: the columns of the n largest entries of each row of `key` [rows, columns], unordered.
 
-    Where entries tie at the n-th place, which of them is kept is not specified (the argument below holds with
-    >= for >). Two levels: the n blocks of `block` columns with the largest maxima
-    hold the n largest entries (a block left out has n blocks above its maximum, so n larger entries), and only
-    those blocks are partitioned: 7x faster than partitioning whole rows of a reference's 24 k columns.
+    Two levels: the n blocks of `block` columns with the largest maxima hold the n largest entries (a block left
+    out has n blocks above its maximum, so n larger entries), and only those blocks are partitioned: 7x faster
+    than partitioning whole rows of a reference's 24 k columns. Where entries tie at the n-th place, which of
+    them is kept is not specified (the argument holds with >= for >).
     """
     rows, size = key.shape
     blocks = size // block

@@ -299,6 +299,15 @@ def resolve_model(name_or_path: str | os.PathLike | None, device: str | torch.de
     raise ModelError(f"unknown model {str(name_or_path)!r}; available: {listing} (or give a model folder path)")
 
 
+def locate_model(name_or_path: str | os.PathLike | None, device: str | torch.device = "cpu"
+                 ) -> tuple[Path, str | None]:
+    """The model folder, and the name the loaded model takes: the registry name for a named model, None for a
+    folder given by path (its card's name is used)."""
+    path = resolve_model(name_or_path, device)
+    is_named = not Path(str(name_or_path or "")).is_dir()
+    return path, path.name if is_named else None
+
+
 def load_model(name_or_path: str | os.PathLike | None = None, *, device: str | torch.device = "cpu",
                verify: bool = True, compute: str | None = None) -> PretrainedModel:
     """Load a model by registry name (`barcodemae-fast`, `barcodemae-base`, ...) or folder path.
@@ -310,8 +319,7 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, device: str | t
 
     from .runtime import resolve_compute
 
-    path = resolve_model(name_or_path, device)
-    is_named = not Path(str(name_or_path or "")).is_dir()
-    loaded = load_model_folder(path, device=device, verify=verify, name=path.name if is_named else None)
+    path, name = locate_model(name_or_path, device)
+    loaded = load_model_folder(path, device=device, verify=verify, name=name)
     loaded.compute = None if compute is None else resolve_compute(torch.device(device), compute)
     return loaded

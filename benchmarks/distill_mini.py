@@ -2,15 +2,16 @@
 (half mini's width, its pooled state mapped to the teacher's 128 dimensions).
 
     .venv/bin/python benchmarks/distill_mini.py /work/shared/data --output /tmp/mini --minutes 40 --threads 2
-    .venv/bin/python benchmarks/distill_mini.py /work/shared/data --preset nano --lr 1e-3 --output /tmp/nano \
-        --minutes 40 --threads 2
+    .venv/bin/python benchmarks/distill_mini.py /work/shared/data --preset nano --lr 1e-3 --epochs 6 \
+        --output /tmp/nano --minutes 40 --threads 2
 
 The corpus is the teacher's fine-tuning corpus (benchmarks/device_weights.py): unique barcodes of bold_insects
 `train` and `val`, and of coi_extra the records whose species is not held out (`test_unseen`/`key_unseen`
 species of bold_insects); `test` and `test_unseen` barcodes are never seen. The student starts from the teacher's
 token embedding, positions, final norm and its first and last blocks where the shapes allow (mini; nano starts
-from random weights: train.student_from_teacher) and learns the teacher's embedding direction (train.DistillTask). The run stops after --minutes and still writes its weights;
-`--package` then writes the float16 folder for weights/.
+from random weights: train.student_from_teacher) and learns the teacher's embedding direction
+(train.DistillTask). The run stops after --minutes and still writes its weights; `--package` then writes the
+float16 folder for weights/.
 """
 
 from __future__ import annotations
