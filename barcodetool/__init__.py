@@ -12,16 +12,12 @@ import importlib
 from ._version import __version__
 from .errors import (BarcodeToolError, IndexMismatchError, InputError, ModelError, OutputError, TokenizerError,
                      UsageError)
-from .tokenizer import KmerTokenizer, TokenizerConfig
-
-# Import the submodule `barcodetool.embed` now: importing a submodule binds its name on the package, so this must
-# happen before the function below takes the name `barcodetool.embed`. (It does not import PyTorch.)
-from . import embed as _embed_module  # noqa: E402,F401
+from .model.tokenizer import KmerTokenizer, TokenizerConfig
 
 # Names from modules that import PyTorch, imported on first use: `barcodetool --help`, `--version` and
 # `classify --kmer-only` never pay PyTorch's 1.5-2 s import.
-_LAZY = {"PRESETS": "model", "BarcodeMAE": "model", "BarcodeMAEConfig": "model",
-         "PretrainedModel": "weights", "available_models": "weights", "load_model": "weights"}
+_LAZY = {"PRESETS": "model.config", "BarcodeMAE": "model.mae", "BarcodeMAEConfig": "model.config",
+         "PretrainedModel": "model.weights", "available_models": "model.weights", "load_model": "model.weights"}
 
 
 def __getattr__(name: str):
@@ -35,12 +31,12 @@ def __getattr__(name: str):
 def embed(sequences, model=None, *, batch_size: int = 256, device: str = "auto"):
     """Embed cleaned sequences (strings) with a model (name, folder, PretrainedModel, or an exported encoder from
     onnx_encoder.load_onnx_model): numpy [n, dim]."""
-    from .embed import embed_sequences
-    from .onnx_encoder import OnnxModel
-    from .weights import PretrainedModel, load_model
+    from .embedding import embed_sequences
+    from .model.onnx import OnnxModel
+    from .model.weights import PretrainedModel, load_model
 
     if not isinstance(model, (PretrainedModel, OnnxModel)):
-        from .runtime import resolve_device
+        from .model.runtime import resolve_device
 
         model = load_model(model, device=resolve_device(device))
     return embed_sequences(model, list(sequences), batch_size=batch_size)

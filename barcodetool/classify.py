@@ -29,10 +29,10 @@ from typing import IO, Iterable, Iterator, Sequence
 import numpy as np
 
 from .errors import UsageError
-from .atomic import signals_held
-from .streaming import read_ahead
-from .reference import IdentityHits, identity_hits, nearest_bins  # noqa: F401 (part of this module's API)
-from .reference import (DEFAULT_K, IDENTITY_CANDIDATES_EMBEDDING, IDENTITY_CANDIDATES_KMER, IDENTITY_EMBED_BELOW,
+from .io.atomic import signals_held
+from .io.streaming import read_ahead
+from .reference.index import IdentityHits, identity_hits, nearest_bins  # noqa: F401 (part of this module's API)
+from .reference.index import (DEFAULT_K, IDENTITY_CANDIDATES_EMBEDDING, IDENTITY_CANDIDATES_KMER, IDENTITY_EMBED_BELOW,
                         OPTIONAL_RANKS, RANKS, ReferenceIndex, ScoredCandidates, Thresholds, embedding_needed,
                         identity_decide, kmer_fallback, kmer_hits, knn_search, normalize, sequence_groups, vote)
 
@@ -292,7 +292,7 @@ def classify_records(records: Iterable, index: ReferenceIndex, pretrained, *, k:
     candidates only for queries whose best k-mer candidate scores below it; inf = every query) to identity only.
     `search_workers`: chunks searched at once by worker threads (default: 2 for identity, 1 for knn and probe).
     """
-    from .embed import embed_sequences
+    from .embedding import embed_sequences
 
     if method not in METHODS:
         raise UsageError(f"unknown method {method!r}; choose {', '.join(METHODS)}")

@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import UsageError
-from .search import knn_search, normalize, sequence_groups
+from .search.knn import knn_search, normalize, sequence_groups
 
 log = logging.getLogger("barcodetool")
 
@@ -194,7 +194,7 @@ def identity_neighbours(store, vectors: np.ndarray | None, k: int = IDENTITY_GRA
                         device=None) -> np.ndarray:
     """Candidate graph [n, <= 2k] of distinct sequences: each one's k nearest by embedding (when `vectors` are
     given) and its k best by shared k-mers (identity.KmerIndex over the same sequences), self excluded."""
-    from .identity import KmerIndex, as_store, candidate_union
+    from .search.identity import KmerIndex, as_store, candidate_union
 
     store = as_store(store)
     n = len(store)
@@ -217,7 +217,7 @@ def cluster_identity(sequences, vectors: np.ndarray | None, threshold: float, *,
                      neighbours: int = IDENTITY_GRAPH_NEIGHBOURS, device=None) -> np.ndarray:
     """Average-linkage clusters of distinct sequences on identity distance cut at `threshold`, over the
     embedding + k-mer candidate graph (identity.identity_graph_cluster): int labels by first appearance."""
-    from .identity import as_store, identity_graph_cluster
+    from .search.identity import as_store, identity_graph_cluster
 
     store = as_store(sequences)
     if threshold < 0 or threshold > 1:
@@ -237,7 +237,7 @@ def calibrate_identity_cluster_threshold(store, vectors: np.ndarray | None, bin_
     Candidate edges and their identities are computed once for the whole grid."""
     from sklearn.metrics import adjusted_mutual_info_score
 
-    from .identity import SequenceStore, as_store, neighbour_pairs
+    from .search.identity import SequenceStore, as_store, neighbour_pairs
 
     store = as_store(store)
     rows = np.flatnonzero(np.asarray(bin_codes) >= 0)
@@ -276,7 +276,7 @@ def _identity_cluster_grid(store, pairs, grid, *, max_component: int = 20_000) -
     thresholds are subsets of those). Thresholds linking more than `max_component` barcodes are left out."""
     from scipy.cluster.hierarchy import fcluster, linkage
 
-    from .identity import pair_identity
+    from .search.identity import pair_identity
 
     n = len(store)
     i, j, identity = pairs
@@ -408,7 +408,7 @@ def cluster_records(records: Sequence, pretrained, *, reference=None, threshold:
     embeddings' cosine distance; the threshold is `threshold`, the reference's calibrated cosine cut, the model
     card's `metrics.cluster_distance_threshold`, DEFAULT_DISTANCE_THRESHOLD; or `n_clusters`.
     """
-    from .embed import embed_sequences
+    from .embedding import embed_sequences
 
     if method not in METHODS:
         raise UsageError(f"unknown clustering method {method!r}; choose {' or '.join(METHODS)}")
@@ -423,7 +423,7 @@ def cluster_records(records: Sequence, pretrained, *, reference=None, threshold:
     unique = [sequences[i] for i in first]  # groups are numbered by first occurrence, so this is group order
     vectors = normalize(embed_sequences(pretrained, unique, batch_size=batch_size, progress=progress))
     if method == "identity":
-        from .identity import SequenceStore
+        from .search.identity import SequenceStore
 
         store = SequenceStore.from_sequences(unique)
         if threshold is None:

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .atomic import atomic_path, check_outputs_distinct
+from .io.atomic import atomic_path, check_outputs_distinct
 from .errors import InputError, UsageError
 
 log = logging.getLogger("barcodetool")
@@ -249,7 +249,7 @@ def read_embedding_rows(h5_path: str | os.PathLike, max_points: int | None = Non
     memory can be drawn."""
     import h5py
 
-    from .embed import EMBEDDINGS_FORMAT, EMBEDDINGS_FORMAT_VERSION, EmbeddingSet
+    from .embedding import EMBEDDINGS_FORMAT, EMBEDDINGS_FORMAT_VERSION, EmbeddingSet
 
     path = Path(h5_path)
     try:

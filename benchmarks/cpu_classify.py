@@ -81,7 +81,7 @@ def main() -> None:
     parser.add_argument("--json", help="write every figure here")
     args = parser.parse_args()
 
-    from barcodetool.benchmark import unique_by_split
+    from barcodetool.evaluation.protocol import unique_by_split
     from barcodetool.io import read_barcodes
 
     work = Path(args.workdir)

@@ -105,9 +105,9 @@ def main():
     big, small = ("tiny", "tiny") if dry else ("base", "fast")
     scale = 0.08 if dry else 1.0  # phase budgets in the dry run
 
-    from barcodetool.tokenizer import KmerTokenizer
+    from barcodetool.model.tokenizer import KmerTokenizer
     from barcodetool.train import FINETUNE_RANKS, TrainConfig, build_corpus, finetune, pretrain
-    from barcodetool.weights import load_model, save_model
+    from barcodetool.model.weights import load_model, save_model
 
     results["env"] = {"torch": torch.__version__, "cuda": torch.cuda.is_available(),
                       "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
@@ -167,7 +167,7 @@ def main():
 
     def train_pair(label: str, preset_name: str, batch: int, pre_seconds: float, tune_seconds: float,
                    lr: float, tune_lr: float, compile_: bool):
-        from barcodetool.model import preset as model_preset, training_flops_per_barcode
+        from barcodetool.model.mae import preset as model_preset, training_flops_per_barcode
         from barcodetool.train import finetune_trainer, pretrain_trainer
 
         pre_dir, tune_dir = work / f"{label}-pretrained", work / f"{label}"
@@ -266,7 +266,7 @@ def main():
 
     # ------------------------------------------------------------------ 6. evaluation
     def evaluate():
-        from barcodetool.embed import embed_sequences
+        from barcodetool.embedding import embed_sequences
         from quick_eval import evaluate_embeddings
 
         splits = corpora["splits"]

@@ -42,10 +42,10 @@ def main() -> None:
     parser.add_argument("--package", help="write the trained student as a float16 model folder here")
     args = parser.parse_args()
 
-    from barcodetool.runtime import set_threads
+    from barcodetool.model.runtime import set_threads
     from corpora import FINE_TUNING_SPLITS, SOURCES, fine_tuning_records, read_shared
     from barcodetool.train import TrainConfig, build_corpus, distill
-    from barcodetool.weights import load_model, save_model
+    from barcodetool.model.weights import load_model, save_model
 
     set_threads(args.threads)
     teacher = load_model(args.teacher)

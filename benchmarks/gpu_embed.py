@@ -19,8 +19,8 @@ import torch
 
 
 def measure_model(pretrained, *, batch_size: int = 2048, batches: int = 20, compile: bool = False) -> dict:
-    from barcodetool.model import embedding_flops_per_barcode
-    from barcodetool.runtime import autocast
+    from barcodetool.model.mae import embedding_flops_per_barcode
+    from barcodetool.model.runtime import autocast
 
     from gpu_train import synthetic_sequences
 
@@ -44,7 +44,7 @@ def measure_model(pretrained, *, batch_size: int = 2048, batches: int = 20, comp
 
 
 def measure_end_to_end(pretrained, data: str, *, batch_size: int = 2048) -> dict:
-    from barcodetool.embed import embed_file
+    from barcodetool.embedding import embed_file
 
     with tempfile.TemporaryDirectory() as folder:
         output = os.path.join(folder, "out.h5")
@@ -64,9 +64,9 @@ def main():
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--data", help="table or FASTA for the end-to-end run")
     args = parser.parse_args()
-    from barcodetool.model import BarcodeMAE, preset
-    from barcodetool.tokenizer import KmerTokenizer
-    from barcodetool.weights import PretrainedModel, load_model
+    from barcodetool.model.mae import BarcodeMAE, preset
+    from barcodetool.model.tokenizer import KmerTokenizer
+    from barcodetool.model.weights import PretrainedModel, load_model
 
     if args.preset:
         model = BarcodeMAE(preset(args.preset), include_decoder=False).to(args.device).eval()

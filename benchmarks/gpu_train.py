@@ -26,8 +26,8 @@ def synthetic_sequences(n: int, length: int = 658, seed: int = 0) -> list[str]:
 
 def measure_training(corpus=None, *, preset: str = "base", batch_size: int = 1024, steps: int = 30,
                      warmup: int = 10, compile: bool = True, device: str = "cuda", lr: float = 5e-4) -> dict:
-    from barcodetool.model import BarcodeMAE, preset as model_preset, training_flops_per_barcode
-    from barcodetool.tokenizer import KmerTokenizer
+    from barcodetool.model.mae import BarcodeMAE, preset as model_preset, training_flops_per_barcode
+    from barcodetool.model.tokenizer import KmerTokenizer
     from barcodetool.train import Distributed, MAETask, TrainConfig, Trainer, build_corpus
 
     torch_device = torch.device(device)
@@ -81,7 +81,7 @@ def main():
     args = parser.parse_args()
     corpus = None
     if args.data:
-        from barcodetool.tokenizer import KmerTokenizer
+        from barcodetool.model.tokenizer import KmerTokenizer
         from barcodetool.train import read_corpus
 
         corpus = read_corpus([args.data], KmerTokenizer())

@@ -105,9 +105,9 @@ def main():
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no-ami", action="store_true")
     args = parser.parse_args()
-    from barcodetool.embed import embed_sequences
-    from barcodetool.runtime import resolve_device
-    from barcodetool.weights import load_model
+    from barcodetool.embedding import embed_sequences
+    from barcodetool.model.runtime import resolve_device
+    from barcodetool.model.weights import load_model
 
     pretrained = load_model(args.model, device=resolve_device(args.device))
     splits = load_split(args.split_file)

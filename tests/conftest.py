@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from barcodetool.model import BarcodeMAE, preset
-from barcodetool.tokenizer import TokenizerConfig
-from barcodetool.weights import load_model_folder, save_model
+from barcodetool.model.mae import BarcodeMAE, preset
+from barcodetool.model.tokenizer import TokenizerConfig
+from barcodetool.model.weights import load_model_folder, save_model
 
 # The test machine has few cores shared with other jobs: one intra-op thread keeps timings stable and makes
 # CPU results reproducible bit for bit between runs (and between this process and the subprocesses below).

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from barcodetool.model import BarcodeMAE, preset
-from barcodetool.tokenizer import TokenizerConfig
-from barcodetool.weights import load_model, save_model
+from barcodetool.model.mae import BarcodeMAE, preset
+from barcodetool.model.tokenizer import TokenizerConfig
+from barcodetool.model.weights import load_model, save_model
 
 DATA = Path(__file__).resolve().parent / "data"
 SAMPLE = DATA / "bioscan_sample.csv"

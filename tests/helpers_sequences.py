@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from barcodetool.io import BarcodeRecord
+from barcodetool.io.readers import BarcodeRecord
 
 BASES = np.frombuffer(b"ACGT", dtype=np.uint8)
 

@@ -24,9 +24,9 @@ import pytest
 from click.testing import CliRunner
 
 from barcodetool.cli import main
-from barcodetool.io import read_barcodes
+from barcodetool.io.readers import read_barcodes
 from barcodetool.reference import build_reference
-from barcodetool.weights import CARD_FILE, TENSORS_FILE
+from barcodetool.model.weights import CARD_FILE, TENSORS_FILE
 from helpers_models import DATA, SINTAX_REFERENCE, load_tiny, make_tiny_model, restore_torch_threads  # noqa: F401
 
 BAD = DATA / "bad"

@@ -9,10 +9,10 @@ import shutil
 import pytest
 from click.testing import CliRunner
 
-import barcodetool.benchmark as benchmark
-from barcodetool.benchmark import accuracy, draw, format_table, harmonic_mean, run_benchmark, unique_by_split
+import barcodetool.evaluation.protocol as benchmark
+from barcodetool.evaluation.protocol import accuracy, draw, format_table, harmonic_mean, run_benchmark, unique_by_split
 from barcodetool.cli import main
-from barcodetool.io import BarcodeRecord
+from barcodetool.io.readers import BarcodeRecord
 from helpers_models import SAMPLE, load_tiny, make_tiny_model, restore_torch_threads  # noqa: F401
 
 HAS_VSEARCH = shutil.which("vsearch") is not None

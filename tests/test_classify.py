@@ -14,7 +14,7 @@ from barcodetool.classify import (TSV_COLUMNS, Assignment, classify, classify_re
                                   write_classification)
 from barcodetool.cli import main
 from barcodetool.errors import IndexMismatchError, UsageError
-from barcodetool.io import BarcodeRecord, parse_sintax_taxonomy, read_barcodes
+from barcodetool.io.readers import BarcodeRecord, parse_sintax_taxonomy, read_barcodes
 from barcodetool.reference import OPTIONAL_RANKS, RANKS, ReferenceIndex, build_reference
 from helpers_models import SAMPLE, load_tiny, make_tiny_model, restore_torch_threads  # noqa: F401
 from helpers_sequences import lineage, synthetic_records
@@ -404,7 +404,7 @@ def test_classify_records_embeds_only_the_queries_in_doubt(synthetic, tiny, monk
 
     from barcodetool.reference import kmer_hits
 
-    embed_module = importlib.import_module("barcodetool.embed")   # the package's `embed` is the function
+    embed_module = importlib.import_module("barcodetool.embedding")   # the package's `embed` is the function
 
     index, taxa, barcode, new_species = synthetic
     known = [BarcodeRecord(f"k{i}", barcode(key), lineage(key)) for i, key in enumerate(taxa)]

@@ -12,12 +12,12 @@ import h5py
 import pytest
 from click.testing import CliRunner
 
-from barcodetool import weights
+from barcodetool.model import weights
 from barcodetool._version import __version__
 from barcodetool.cli import main
-from barcodetool.embed import read_embeddings
-from barcodetool.io import read_barcodes
-from barcodetool.weights import read_card
+from barcodetool.embedding import read_embeddings
+from barcodetool.io.readers import read_barcodes
+from barcodetool.model.weights import read_card
 
 DATA = Path(__file__).resolve().parent / "data"
 BIOSCAN = DATA / "bioscan_sample.csv"
@@ -65,8 +65,8 @@ def test_version_subprocess(subprocess_env):
 def test_package_and_cli_start_without_pytorch(subprocess_env):
     """PyTorch (1.5-2 s to import) is imported when a model is loaded, not by `import barcodetool`, the CLI or
     naming and listing models (`barcodetool models`)."""
-    code = ("import sys, barcodetool, barcodetool.cli, barcodetool.classify, barcodetool.embed; "
-            "from barcodetool.weights import available_models, read_card, resolve_model; "
+    code = ("import sys, barcodetool, barcodetool.cli, barcodetool.classify, barcodetool.embedding; "
+            "from barcodetool.model.weights import available_models, read_card, resolve_model; "
             "[read_card(path) for path in available_models().values()]; resolve_model('auto'); "
             "assert 'torch' not in sys.modules, 'torch imported'; "
             "assert callable(barcodetool.embed) and barcodetool.PretrainedModel.__name__ == 'PretrainedModel'; "
@@ -105,9 +105,9 @@ def test_train_then_embed(runner, tmp_path):
 
 
 def test_models_lists_a_model(runner, registry):
-    from barcodetool.model import BarcodeMAE, preset
-    from barcodetool.tokenizer import TokenizerConfig
-    from barcodetool.weights import save_model
+    from barcodetool.model.mae import BarcodeMAE, preset
+    from barcodetool.model.tokenizer import TokenizerConfig
+    from barcodetool.model.weights import save_model
 
     save_model(BarcodeMAE(preset("tiny", embedding_width=48), include_decoder=False), TokenizerConfig(),
                registry / "my-mapped")

@@ -17,7 +17,7 @@ from barcodetool.cluster import (DEFAULT_IDENTITY_DISTANCE_THRESHOLD, _identity_
                                  cluster_identity, cluster_metrics, cluster_records, identity_neighbours,
                                  match_reference_bins, renumber)
 from barcodetool.errors import UsageError
-from barcodetool.io import read_barcodes
+from barcodetool.io.readers import read_barcodes
 from barcodetool.reference import build_reference, normalize
 from helpers_models import SAMPLE, load_tiny, make_tiny_model, restore_torch_threads  # noqa: F401
 from helpers_sequences import synthetic_records
@@ -181,7 +181,7 @@ def test_identity_clustering_recovers_known_bins(synthetic, tiny):
 
 
 def test_identity_cluster_grid_equals_one_threshold_at_a_time(synthetic):
-    from barcodetool.identity import SequenceStore, identity_graph_cluster, neighbour_pairs
+    from barcodetool.search.identity import SequenceStore, identity_graph_cluster, neighbour_pairs
 
     store = SequenceStore.from_sequences([r.sequence for r in synthetic])
     graph = identity_neighbours(store, None, 8)
@@ -193,7 +193,7 @@ def test_identity_cluster_grid_equals_one_threshold_at_a_time(synthetic):
 
 
 def test_identity_cluster_threshold_calibration(synthetic):
-    from barcodetool.identity import SequenceStore
+    from barcodetool.search.identity import SequenceStore
     from barcodetool.reference import encode_labels
 
     store = SequenceStore.from_sequences([r.sequence for r in synthetic])

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import barcodetool.weights
+import barcodetool.model.weights
 from barcodetool.cli import main
 from helpers_models import DATA, make_tiny_model
 
@@ -56,7 +56,7 @@ def docs_env(tiny_folder, tmp_path, monkeypatch):
     (work / "tests").mkdir(parents=True)
     (work / "tests" / "data").symlink_to(DATA, target_is_directory=True)
     monkeypatch.chdir(work)
-    monkeypatch.setattr(barcodetool.weights, "default_model_name", lambda device="cpu": str(tiny_folder))
+    monkeypatch.setattr(barcodetool.model.weights, "default_model_name", lambda device="cpu": str(tiny_folder))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     return work
@@ -115,14 +115,14 @@ def test_python_api_examples_run(docs_env, capsys):
 
 
 def test_barcodetool_embed_stays_callable_after_the_embed_module_is_imported(tiny_folder):
-    """`barcodetool.embed` is the documented function; importing the submodule barcodetool.embed must not
+    """`barcodetool.embed` is the documented function; importing the submodule barcodetool.embedding must not
     replace it with the module (which happens when the package attribute and the submodule share a name)."""
     import importlib
 
     import barcodetool
 
-    importlib.import_module("barcodetool.embed")
-    assert callable(barcodetool.embed), ("barcodetool.embed is the module barcodetool/embed.py, not the function: "
+    importlib.import_module("barcodetool.embedding")
+    assert callable(barcodetool.embed), ("barcodetool.embed is not the function: "
                                          "the submodule import overwrote the package attribute")
     model = barcodetool.load_model(tiny_folder)
     first = barcodetool.embed(["ACGTACGTACGTACGTAC"], model=model)
@@ -182,9 +182,9 @@ def test_quickstart_commands_run(docs_env):
 
 # ============================================================================================ scaling.md
 def test_scaling_merge_script(docs_env, tiny_folder, monkeypatch, capsys):
-    from barcodetool.embed import embed_records_to_h5, read_embeddings
-    from barcodetool.io import BarcodeRecord, read_barcodes
-    from barcodetool.weights import load_model
+    from barcodetool.embedding import embed_records_to_h5, read_embeddings
+    from barcodetool.io.readers import BarcodeRecord, read_barcodes
+    from barcodetool.model.weights import load_model
 
     scripts = [b for b in code_blocks(DOCS / "scaling.md", "python") if "def merge(" in b]
     assert len(scripts) == 1

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from barcodetool._version import __version__
-from barcodetool.embed import (EMBEDDINGS_FORMAT, EMBEDDINGS_FORMAT_VERSION, embed_file, embed_sequences,
+from barcodetool.embedding import (EMBEDDINGS_FORMAT, EMBEDDINGS_FORMAT_VERSION, embed_file, embed_sequences,
                                read_embeddings)
 from barcodetool.errors import InputError, OutputError, UsageError
-from barcodetool.io import read_barcodes
+from barcodetool.io.readers import read_barcodes
 
-embed_module = importlib.import_module("barcodetool.embed")  # `barcodetool.embed` the attribute is a function
+embed_module = importlib.import_module("barcodetool.embedding")  # `barcodetool.embed` the attribute is a function
 
 DATA = Path(__file__).resolve().parent / "data"
 BIOSCAN = DATA / "bioscan_sample.csv"
@@ -184,7 +184,7 @@ def test_read_embeddings_rejects_other_files(tmp_path):
 def test_bfloat16_embeddings_match_float32_and_barely_depend_on_batches(tiny_model_dir, bioscan_records):
     """--compute bfloat16 (what `auto` picks on CPUs with native bf16): the same embeddings as float32 to bf16
     rounding, and batch composition moves them by rounding only (dynamic int8 was rejected for failing this)."""
-    from barcodetool.weights import load_model
+    from barcodetool.model.weights import load_model
 
     sequences = [r.sequence for r in bioscan_records[:40]]
     full = embed_sequences(load_model(str(tiny_model_dir), compute="float32"), sequences, batch_size=7)

@@ -11,10 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from barcodetool.errors import InputError, UsageError
-from barcodetool.identity import (KmerIndex, SequenceStore, aligned_identity, anchored_identity, coverage_score,
+from barcodetool.search.identity import (KmerIndex, SequenceStore, aligned_identity, anchored_identity, coverage_score,
                                   decode, encode, identity_graph_cluster, neighbour_pairs, pair_identity, rerank)
-from barcodetool.io import read_barcodes
-from barcodetool.search import largest_columns
+from barcodetool.io.readers import read_barcodes
+from barcodetool.search.knn import largest_columns
 
 DATA = Path(__file__).parent / "data"
 

@@ -26,12 +26,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from barcodetool.atomic import atomic_text
+from barcodetool.io.atomic import atomic_text
 from barcodetool.cli import handle_errors
-from barcodetool.io import BarcodeRecord, read_barcodes, sintax_header
+from barcodetool.io.readers import BarcodeRecord, read_barcodes, sintax_header
 from barcodetool.reference import build_reference
 from barcodetool.train import CHECKPOINT_DIR, STATE_FILE, checkpoint_folder, read_training_state
-from barcodetool.weights import CARD_FILE, TENSORS_FILE, load_model_folder, sha256_file
+from barcodetool.model.weights import CARD_FILE, TENSORS_FILE, load_model_folder, sha256_file
 from helpers_models import SAMPLE, SINTAX_REFERENCE, load_tiny, make_tiny_model
 
 CPU = ["--device", "cpu", "--threads", "1"]

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from barcodetool.errors import BarcodeToolError, InputError, OutputError
-from barcodetool.io import (RANKS, BarcodeRecord, ReadStats, clean_sequence, detect_format,
+from barcodetool.io.readers import (RANKS, BarcodeRecord, ReadStats, clean_sequence, detect_format,
                             parse_fasta_header, read_barcodes, read_fasta_taxonomy, write_fasta)
 
 DATA = Path(__file__).parent / "data"
@@ -701,7 +701,7 @@ def test_every_bad_file_has_a_test():
 
 
 def test_outputs_get_the_umask_mode_or_keep_the_replaced_files(tmp_path):
-    from barcodetool.atomic import atomic_text
+    from barcodetool.io.atomic import atomic_text
 
     mask = os.umask(0o022)
     os.umask(mask)

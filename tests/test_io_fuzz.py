@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from barcodetool.errors import InputError
-from barcodetool.io import FORMATS, RANKS, BarcodeRecord, ReadStats, detect_format, read_barcodes
+from barcodetool.io.readers import FORMATS, RANKS, BarcodeRecord, ReadStats, detect_format, read_barcodes
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 CLEAN = set("ACGTRYSWKMBDHVN")

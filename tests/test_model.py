@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from barcodetool.errors import ModelError
-from barcodetool.model import (PRESETS, BarcodeMAE, BarcodeMAEConfig, preset, random_masking,
+from barcodetool.model.mae import (PRESETS, BarcodeMAE, BarcodeMAEConfig, preset, random_masking,
                                training_flops_per_barcode)
-from barcodetool.tokenizer import MASK_ID, NUM_SPECIAL, PAD_ID, KmerTokenizer
+from barcodetool.model.tokenizer import MASK_ID, NUM_SPECIAL, PAD_ID, KmerTokenizer
 
 
 def expected_visible(length: int, ratio: float) -> int:

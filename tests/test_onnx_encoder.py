@@ -13,15 +13,15 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from barcodetool import onnx_encoder
+from barcodetool.model import onnx as onnx_encoder
 from barcodetool.cli import main
-from barcodetool.embed import embed_sequences
+from barcodetool.embedding import embed_sequences
 from barcodetool.errors import ModelError
-from barcodetool.io import read_barcodes
-from barcodetool.model import BarcodeMAE, preset
-from barcodetool.onnx_encoder import ONNX_FILE, export_onnx, load_onnx_model
-from barcodetool.tokenizer import TokenizerConfig
-from barcodetool.weights import load_model_folder, save_model
+from barcodetool.io.readers import read_barcodes
+from barcodetool.model.mae import BarcodeMAE, preset
+from barcodetool.model.onnx import ONNX_FILE, export_onnx, load_onnx_model
+from barcodetool.model.tokenizer import TokenizerConfig
+from barcodetool.model.weights import load_model_folder, save_model
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
@@ -116,7 +116,7 @@ def test_classify_with_the_graph_never_imports_pytorch(exported, tmp_path, subpr
 
 
 def test_bundled_cpu_models_carry_their_graph():
-    from barcodetool.weights import bundled_root
+    from barcodetool.model.weights import bundled_root
 
     for name in ("barcodemae-nano", "barcodemae-mini"):
         onnx_model = load_onnx_model(bundled_root() / name, threads=1)
@@ -124,7 +124,7 @@ def test_bundled_cpu_models_carry_their_graph():
 
 
 def test_device_choice_without_pytorch(monkeypatch):
-    from barcodetool import runtime
+    from barcodetool.model import runtime
 
     assert runtime.cuda_impossible("cpu") and not runtime.cuda_impossible("cuda")
     assert not runtime.cuda_impossible("cuda:1")

@@ -10,9 +10,9 @@ import pytest
 from click.testing import CliRunner
 
 from barcodetool.cli import main
-from barcodetool.embed import embed_file, embed_records_to_h5
+from barcodetool.embedding import embed_file, embed_records_to_h5
 from barcodetool.errors import InputError, OutputError, UsageError
-from barcodetool.io import BarcodeRecord, read_barcodes
+from barcodetool.io.readers import BarcodeRecord, read_barcodes
 from barcodetool.plot import benchmark_groups, categorize, plot_benchmark, plot_embeddings
 from helpers_models import SAMPLE, load_tiny, make_tiny_model
 
@@ -48,7 +48,7 @@ def unlabelled_h5(tiny, tmp_path_factory):
 def benchmark_json(tiny, tmp_path_factory):
     """A real `barcodetool benchmark` result on the sample, plus VSEARCH/BLAST entries shaped as --compare writes
     them (neither tool is installed here)."""
-    from barcodetool.benchmark import run_benchmark
+    from barcodetool.evaluation.protocol import run_benchmark
 
     result = run_benchmark(SAMPLE, tiny, threads=1)
     result["tools"] = {"vsearch": "vsearch v2.28.1", "blast": "not installed"}
@@ -160,7 +160,7 @@ def test_missing_matplotlib_is_a_usage_error(sample_h5, tmp_path, monkeypatch):
 
 
 def test_read_embedding_rows_reads_a_subset_blockwise(sample_h5):
-    from barcodetool.embed import read_embeddings
+    from barcodetool.embedding import read_embeddings
     from barcodetool.plot import _read_rows, read_embedding_rows
 
     full = read_embeddings(sample_h5)

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from barcodetool.cli import main
 from barcodetool.errors import IndexMismatchError, InputError, UsageError
-from barcodetool.io import read_barcodes
+from barcodetool.io.readers import read_barcodes
 from barcodetool.reference import (IDENTITY_PRECISION_LEVEL, LEVELS, ReferenceIndex, Thresholds, build_reference,
                                    calibrate_ranks, identity_decide, knn_search, normalize, open_reference,
                                    precision_threshold, representative_records, resolve_model_for_reference, vote)
@@ -229,7 +229,7 @@ def test_build_save_load_round_trip(tmp_path, sample_index, train_records):
 
 def test_read_identity_layer_does_not_rebuild_the_kmer_index(tmp_path, sample_index, monkeypatch):
     path = sample_index.save(tmp_path / "ref.h5")
-    import barcodetool.identity as identity_module
+    import barcodetool.search.identity as identity_module
 
     def fail(*args, **kwargs):
         raise AssertionError("the stored k-mer index should have been read")
@@ -275,7 +275,7 @@ def test_sintax_fasta_reference(tiny):
 
 
 def test_reference_without_labels_is_refused(tiny):
-    from barcodetool.io import BarcodeRecord
+    from barcodetool.io.readers import BarcodeRecord
 
     with pytest.raises(InputError, match="no taxonomy"):
         build_reference([BarcodeRecord("a", "ACGTACGTACGT", {})], tiny[1])
@@ -294,7 +294,7 @@ def test_table_reference_is_cached(tmp_path, monkeypatch, tiny):
     first = open_reference(SAMPLE, tiny[1])
     cached = list((tmp_path / "cache").rglob("*.h5"))
     assert len(cached) == 1
-    import barcodetool.reference as reference_module
+    import barcodetool.reference.index as reference_module
 
     def fail(*args, **kwargs):
         raise AssertionError("the cached index should have been reused")
@@ -309,7 +309,7 @@ def test_table_reference_is_cached(tmp_path, monkeypatch, tiny):
 def test_cache_is_rebuilt_for_another_format_version(tmp_path, monkeypatch, tiny):
     import h5py
 
-    import barcodetool.reference as reference_module
+    import barcodetool.reference.index as reference_module
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     open_reference(SAMPLE, tiny[1])
@@ -438,7 +438,7 @@ def test_kmer_only_candidates_search_again_when_the_query_kmers_are_common(synth
     """A species sampled so densely that all its k-mers are over the cap (here: a cap of 3 references, below the
     6 haplotypes a species has) is still found by k-mer-only candidates: such queries are searched again with
     the fallback cap. With embedding candidates there is no second search."""
-    import barcodetool.identity as identity
+    import barcodetool.search.identity as identity
 
     index, records, taxa, barcode, _ = synthetic
     queries = [barcode(key) for key in list(taxa)[:6]]
@@ -496,8 +496,8 @@ def test_identity_hits_embed_only_below_the_kmer_score_and_inf_is_the_union_of_b
     """With embed_below = inf every query's candidates are the union of both searches, ranked exactly as re-ranking
     that union does; with a finite embed_below the queries whose best k-mer candidate reaches it keep the k-mer
     candidates alone and no embedding is asked for them."""
-    from barcodetool.embed import embed_sequences
-    from barcodetool.identity import candidate_union, rerank
+    from barcodetool.embedding import embed_sequences
+    from barcodetool.search.identity import candidate_union, rerank
     from barcodetool.reference import identity_hits, kmer_hits
 
     index, records, taxa, barcode, new_species = synthetic

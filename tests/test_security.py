@@ -22,12 +22,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import barcodetool.weights
+import barcodetool.model.weights
 from barcodetool.cli import main
-from barcodetool.embed import read_embeddings
-from barcodetool.io import read_barcodes
+from barcodetool.embedding import read_embeddings
+from barcodetool.io.readers import read_barcodes
 from barcodetool.reference import ReferenceIndex, build_reference
-from barcodetool.weights import load_model
+from barcodetool.model.weights import load_model
 from helpers_models import DATA, SAMPLE, SINTAX_REFERENCE, load_tiny, make_tiny_model
 from helpers_models import restore_torch_threads  # noqa: F401 (autouse fixture)
 
@@ -209,7 +209,7 @@ def test_model_named_in_an_index_is_not_loaded_from_that_path(model_dir, tmp_pat
     index.model_name = str(planted)  # as if the index named a path
     index_path = index.save(tmp_path / "ref.h5")
     other = make_tiny_model(tmp_path / "other", seed=1)
-    monkeypatch.setattr(barcodetool.weights, "default_model_name", lambda device="cpu": str(other))
+    monkeypatch.setattr(barcodetool.model.weights, "default_model_name", lambda device="cpu": str(other))
     output = tmp_path / "out.tsv"
     result = invoke(["-q", "classify", str(EXAMPLE), "-r", str(index_path), "-o", str(output), *CPU])
     assert result.exit_code == 1, result.output

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from barcodetool.errors import InputError
-from barcodetool.streaming import chunks, read_ahead
+from barcodetool.io.streaming import chunks, read_ahead
 
 
 @settings(max_examples=60, deadline=None)

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from barcodetool.errors import TokenizerError
-from barcodetool.tokenizer import MASK_ID, PAD_ID, UNK_ID, KmerTokenizer, TokenizerConfig
+from barcodetool.model.tokenizer import MASK_ID, PAD_ID, UNK_ID, KmerTokenizer, TokenizerConfig
 
 # Base-4 digits A=0, C=1, G=2, T=3; nucleotide ids start after the 8 special/reserved ids.
 GOLDEN = {

@@ -21,15 +21,15 @@ import torch
 from click.testing import CliRunner
 
 from barcodetool.cli import main
-from barcodetool.embed import read_embeddings
+from barcodetool.embedding import read_embeddings
 from barcodetool.errors import ModelError, UsageError
-from barcodetool.io import BarcodeRecord
-from barcodetool.model import BarcodeMAE, preset
-from barcodetool.tokenizer import KmerTokenizer
+from barcodetool.io.readers import BarcodeRecord
+from barcodetool.model.mae import BarcodeMAE, preset
+from barcodetool.model.tokenizer import KmerTokenizer
 from barcodetool.train import (CHECKPOINT_DIR, FINETUNE_RANKS, METRICS_FILE, OPTIMIZER_FILE, STATE_FILE,
                                DistillTask, TrainConfig, build_corpus, distill, finetune, pretrain, read_corpus,
                                read_training_state, student_from_teacher)
-from barcodetool.weights import CARD_FILE, TENSORS_FILE, load_model_folder, read_card, save_model
+from barcodetool.model.weights import CARD_FILE, TENSORS_FILE, load_model_folder, read_card, save_model
 
 DATA = Path(__file__).resolve().parent / "data"
 BIOSCAN = DATA / "bioscan_sample.csv"

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from barcodetool import weights
-from barcodetool.embed import embed_sequences
+from barcodetool.model import weights
+from barcodetool.embedding import embed_sequences
 from barcodetool.errors import ModelError
-from barcodetool.io import read_barcodes
-from barcodetool.model import BarcodeMAE, preset
-from barcodetool.tokenizer import KmerTokenizer, TokenizerConfig
-from barcodetool.weights import (CARD_FILE, MODEL_FORMAT_VERSION, TENSORS_FILE, available_models, load_model,
+from barcodetool.io.readers import read_barcodes
+from barcodetool.model.mae import BarcodeMAE, preset
+from barcodetool.model.tokenizer import KmerTokenizer, TokenizerConfig
+from barcodetool.model.weights import (CARD_FILE, MODEL_FORMAT_VERSION, TENSORS_FILE, available_models, load_model,
                                  load_model_folder, read_card, save_model)
 
 SEQUENCES = [

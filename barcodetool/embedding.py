@@ -23,14 +23,14 @@ from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 import numpy as np
 
 from ._version import __version__
-from .atomic import atomic_path, check_outputs_distinct
+from .io.atomic import atomic_path, check_outputs_distinct
 from .errors import InputError, UsageError
-from .streaming import read_ahead
+from .io.streaming import read_ahead
 
 if TYPE_CHECKING:  # PyTorch is imported when a model is used, not with the package (`barcodetool --help` is fast)
     import torch
 
-    from .weights import PretrainedModel
+    from .model.weights import PretrainedModel
 
 EMBEDDINGS_FORMAT = "barcodetool-embeddings"
 EMBEDDINGS_FORMAT_VERSION = 1
@@ -50,14 +50,14 @@ def embed_sequences(pretrained: PretrainedModel, sequences: Sequence[str], *, ba
     work is spent on padding; the result does not depend on batch composition. `pretrained` may also be an
     exported encoder in ONNX Runtime (onnx_encoder.OnnxModel): then PyTorch is not imported.
     """
-    from .onnx_encoder import OnnxModel
+    from .model.onnx import OnnxModel
 
     if isinstance(pretrained, OnnxModel):
         return _embed_sequences(pretrained, sequences, pretrained.embed_batch, batch_size=batch_size,
                                 progress=progress)
     import torch
 
-    from .runtime import autocast
+    from .model.runtime import autocast
 
     model = pretrained.model
     device = model_device(pretrained)
@@ -215,7 +215,7 @@ def embed_file(input_path: str | os.PathLike, output: str | os.PathLike, pretrai
                batch_size: int = 256, dtype: str = "float32", read_options: dict | None = None,
                stats=None, progress: Progress | None = None) -> EmbedSummary:
     """Read barcodes from FASTA or a table and write their embeddings to HDF5."""
-    from .io import read_barcodes
+    from .io.readers import read_barcodes
 
     check_outputs_distinct([output], [input_path])
     records = read_barcodes(input_path, stats=stats, **(read_options or {}))

@@ -15,8 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import ModelError
-from .model_config import PRESETS, BarcodeMAEConfig, preset  # noqa: F401 (re-exported)
+from ..errors import ModelError
+from .config import PRESETS, BarcodeMAEConfig, preset  # noqa: F401 (re-exported)
 
 
 class Block(nn.Module):

@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .errors import InputError, UsageError
+from ..errors import InputError, UsageError
 
 log = logging.getLogger("barcodetool")
 
@@ -149,12 +149,12 @@ def run_benchmark(split_file: str | os.PathLike, pretrained, *, compare: bool = 
                   batch_size: int = 256, device=None, read_options: dict | None = None,
                   progress: Callable[[str], None] | None = None) -> dict:
     """Run the protocol; with `compare`, VSEARCH and BLAST too (where installed). Returns a JSON-able dict."""
-    from .classify import classify_embeddings, classify_identity, nearest_labels
-    from .cluster import cluster, cluster_identity, cluster_metrics
-    from .embed import embed_sequences
-    from .io import ReadStats, read_barcodes
-    from .reference import DEFAULT_K, DEFAULT_PRECISION, IDENTITY_CANDIDATES_KMER, build_reference, normalize
-    from .runtime import set_threads
+    from ..classify import classify_embeddings, classify_identity, nearest_labels
+    from ..cluster import cluster, cluster_identity, cluster_metrics
+    from ..embedding import embed_sequences
+    from ..io.readers import ReadStats, read_barcodes
+    from ..reference.index import DEFAULT_K, DEFAULT_PRECISION, IDENTITY_CANDIDATES_KMER, build_reference, normalize
+    from ..model.runtime import set_threads
 
     say = progress or (lambda message: log.info(message))
     if sample is not None and sample < 1:
@@ -337,7 +337,7 @@ def run_benchmark(split_file: str | os.PathLike, pretrained, *, compare: bool = 
 
 def _compare(folder: Path, versions: dict, reference: list, species_queries: list, genus_queries: list,
              cluster_items: list, result: dict, threads: int, say) -> None:
-    from .cluster import cluster_metrics
+    from ..cluster import cluster_metrics
 
     ref_fasta = folder / "reference.fasta"
     write_plain_fasta(ref_fasta, [(f"R{i}", r.sequence) for i, r in enumerate(reference)])

@@ -27,13 +27,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._version import __version__
-from .atomic import atomic_path
-from .errors import ModelError, UsageError
-from .model import BarcodeMAE, BarcodeMAEConfig, preset as model_preset
-from .runtime import autocast, resolve_device
-from .tokenizer import KmerTokenizer, TokenizerConfig
-from .weights import PretrainedModel, load_model, load_model_folder, save_model, sha256_file
+from .._version import __version__
+from ..io.atomic import atomic_path
+from ..errors import ModelError, UsageError
+from ..model.mae import BarcodeMAE, BarcodeMAEConfig, preset as model_preset
+from ..model.runtime import autocast, resolve_device
+from ..model.tokenizer import KmerTokenizer, TokenizerConfig
+from ..model.weights import PretrainedModel, load_model, load_model_folder, save_model, sha256_file
 
 CHECKPOINT_DIR = "checkpoint"
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -171,7 +171,7 @@ def read_corpus(paths: Sequence[str], tokenizer: KmerTokenizer, *, include_split
                 ) -> Corpus:
     """Read training files (FASTA or tables). `include_splits` keeps table rows whose `split` is listed
     (rows without a split value are kept)."""
-    from .io import ReadStats, read_barcodes
+    from ..io.readers import ReadStats, read_barcodes
 
     def records():
         for path in paths:
@@ -709,7 +709,7 @@ def split_validation(corpus: Corpus, fraction: float, seed: int) -> tuple[Corpus
 
 def _prepare_output(output: str | os.PathLike | None, name: str | None, resume: bool) -> Path:
     if output is None:
-        from .weights import user_models_dir
+        from ..model.weights import user_models_dir
 
         output = user_models_dir() / (name or time.strftime("model-%Y%m%d-%H%M%S"))
     output = Path(output)
@@ -778,7 +778,7 @@ def distill_trainer(corpus: Corpus, teacher: PretrainedModel | str | os.PathLike
     """A Trainer that distills `teacher` into a smaller encoder of preset `config.preset` (same tokenizer; an
     encoder of another width gets a linear map of its pooled state to the teacher's embedding width), ready to
     `run()`. The teacher runs in bf16 wherever the hardware has it natively."""
-    from .runtime import resolve_compute
+    from ..model.runtime import resolve_compute
 
     dist, device = init_distributed(config.device)
     if not isinstance(teacher, PretrainedModel):

@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .errors import UsageError
+from ..errors import UsageError
 
 SEARCH_BLOCK_ELEMENTS = 1 << 25   # query block x reference block similarities held at once (128 MiB float32)
 Progress = Callable[[int], None]

@@ -21,7 +21,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import IO, Iterable, Iterator
 
-from .errors import InputError, OutputError
+from ..errors import InputError, OutputError
 
 RANKS = ("phylum", "class", "order", "family", "subfamily", "genus", "species")
 FORMATS = ("auto", "fasta", "bioscan", "bold-v3", "bold-bcdm", "table")

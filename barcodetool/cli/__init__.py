@@ -17,9 +17,9 @@ from pathlib import Path
 
 import click
 
-from ._version import __version__
-from .errors import BarcodeToolError, Interrupted
-from .atomic import holding_signals
+from .._version import __version__
+from ..errors import BarcodeToolError, Interrupted
+from ..io.atomic import holding_signals
 
 log = logging.getLogger("barcodetool")
 
@@ -68,7 +68,7 @@ class _SignalGuard:
         self.unraisablehook = None
 
     def install(self) -> None:
-        from .atomic import clear_signals
+        from ..io.atomic import clear_signals
 
         clear_signals()
         if not _main_thread():
@@ -81,7 +81,7 @@ class _SignalGuard:
         sys.unraisablehook = self.unraisable
 
     def restore(self) -> None:
-        from .atomic import clear_signals
+        from ..io.atomic import clear_signals
 
         with self.lock:
             self.caught = True
@@ -95,7 +95,7 @@ class _SignalGuard:
         clear_signals()  # the command is over (library calls in the same process write again)
 
     def handle(self, signal_number, frame):
-        from .atomic import note_signal
+        from ..io.atomic import note_signal
 
         note_signal(signal_number)
         if self.caught:
@@ -132,7 +132,7 @@ def handle_errors(function):
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
-        from .atomic import interrupted
+        from ..io.atomic import interrupted
 
         ctx = click.get_current_context()
         state: Context = ctx.find_object(Context) or Context(False, False)
@@ -186,7 +186,7 @@ def _main_thread() -> bool:
 
 
 def _cleanup():
-    from .atomic import remove_pending
+    from ..io.atomic import remove_pending
 
     remove_pending()
 
@@ -307,7 +307,7 @@ class _StderrHandler(logging.StreamHandler):
 @handle_errors
 def models_command():
     """List the named models (bundled, then user-trained)."""
-    from .weights import available_models, read_card
+    from ..model.weights import available_models, read_card
 
     for name, path in available_models().items():
         card = read_card(path)
@@ -324,7 +324,7 @@ def models_command():
 
 # ============================================================================================ train
 def _train_config(kwargs: dict):
-    from .train import TrainConfig
+    from ..train.trainer import TrainConfig
 
     return TrainConfig(
         preset=kwargs.get("preset") or "small", epochs=kwargs["epochs"], max_steps=kwargs["max_steps"],
@@ -378,9 +378,9 @@ def training_options(function):
 
 
 def _run_training(ctx_obj: Context, kind: str, data, kwargs, read_opts, base=None):
-    from .runtime import set_threads
-    from .tokenizer import KmerTokenizer, TokenizerConfig
-    from .train import FINETUNE_RANKS, distill, finetune, pretrain, read_corpus
+    from ..model.runtime import set_threads
+    from ..model.tokenizer import KmerTokenizer, TokenizerConfig
+    from ..train.trainer import FINETUNE_RANKS, distill, finetune, pretrain, read_corpus
 
     if kind == "distill" and \
             click.get_current_context().get_parameter_source("mask_ratio") != click.core.ParameterSource.DEFAULT:
@@ -390,7 +390,7 @@ def _run_training(ctx_obj: Context, kind: str, data, kwargs, read_opts, base=Non
     config = _train_config(kwargs)
     splits = [s.strip() for s in kwargs["include_splits"].split(",")] if kwargs.get("include_splits") else None
     if kwargs["output"] is None:  # as train._prepare_output would choose, so that it is known here
-        from .weights import user_models_dir
+        from ..model.weights import user_models_dir
 
         kwargs["output"] = str(user_models_dir() / (kwargs["name"] or time.strftime("model-%Y%m%d-%H%M%S")))
     if kind == "pretrain":
@@ -398,9 +398,9 @@ def _run_training(ctx_obj: Context, kind: str, data, kwargs, read_opts, base=Non
                                                   max_length=kwargs["max_length"]))
         label_ranks = ()
     else:
-        from .atomic import check_outputs_distinct
-        from .errors import OutputError
-        from .weights import load_model
+        from ..io.atomic import check_outputs_distinct
+        from ..errors import OutputError
+        from ..model.weights import load_model
 
         check_outputs_distinct([kwargs["output"]], data)
         base = load_model(base, device="cpu")
@@ -451,7 +451,7 @@ def _run_training(ctx_obj: Context, kind: str, data, kwargs, read_opts, base=Non
 def _discard_staged_checkpoint(output: str, error: BaseException) -> None:
     """After a failed or interrupted run: remove a checkpoint that was being written (its staging folder), and
     say where the last complete one is. Only rank 0 writes checkpoints."""
-    from .train import CHECKPOINT_DIR, checkpoint_folder
+    from ..train.trainer import CHECKPOINT_DIR, checkpoint_folder
 
     if int(os.environ.get("RANK", "0")) != 0:
         return
@@ -479,7 +479,7 @@ def train_command(obj, data, **kwargs):
     read_opts = gather_read_options(kwargs)
     kwargs["stride"] = kwargs["stride"] or kwargs["k"]
     read_opts["min_length"] = kwargs["k"]
-    from .atomic import check_outputs_distinct
+    from ..io.atomic import check_outputs_distinct
 
     check_outputs_distinct([kwargs["output"]], data)
     _run_training(obj, "pretrain", data, kwargs, read_opts)
@@ -536,10 +536,10 @@ def distill_command(obj, data, model_name, **kwargs):
 @handle_errors
 def embed_command(obj, input_path, output, model_name, batch_size, dtype, device, threads, **kwargs):
     """Embed barcodes from INPUT (FASTA, tables; `-` = stdin) into an HDF5 file, in input order."""
-    from .embed import embed_file
-    from .io import ReadStats
-    from .runtime import resolve_device, set_threads
-    from .weights import load_model
+    from ..embedding import embed_file
+    from ..io.readers import ReadStats
+    from ..model.runtime import resolve_device, set_threads
+    from ..model.weights import load_model
 
     read_opts = gather_read_options(kwargs)
     set_threads(threads)
@@ -558,8 +558,8 @@ def embed_command(obj, input_path, output, model_name, batch_size, dtype, device
     log.info(f"wrote {summary.count} embeddings of dimension {summary.dim} to {output}")
 
 
-from .cli_reference import register; register(main)  # noqa: E402, E702
-from .cli_plot import register as register_plot; register_plot(main)  # noqa: E402, E702
+from .reference import register; register(main)  # noqa: E402, E702
+from .plot import register as register_plot; register_plot(main)  # noqa: E402, E702
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -21,7 +21,7 @@ import threading
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from .errors import Interrupted, OutputError
+from ..errors import Interrupted, OutputError
 
 _pending: set[str] = set()
 _pending_lock = threading.Lock()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields, replace
 
-from .errors import ModelError
+from ..errors import ModelError
 from .tokenizer import NUM_SPECIAL
 
 

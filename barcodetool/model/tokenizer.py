@@ -18,7 +18,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .errors import TokenizerError
+from ..errors import TokenizerError
 
 SPECIAL_TOKENS = ("[PAD]", "[MASK]", "[UNK]", "[CLS]", "[SEP]", "[RESERVED5]", "[RESERVED6]", "[RESERVED7]")
 PAD_ID = 0

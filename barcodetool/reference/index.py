@@ -48,10 +48,10 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from ._version import __version__
-from .atomic import atomic_path
-from .errors import IndexMismatchError, InputError, UsageError
-from .search import SEARCH_BLOCK_ELEMENTS, knn_search, normalize, sequence_groups  # noqa: F401 (re-exported)
+from .._version import __version__
+from ..io.atomic import atomic_path
+from ..errors import IndexMismatchError, InputError, UsageError
+from ..search.knn import SEARCH_BLOCK_ELEMENTS, knn_search, normalize, sequence_groups  # noqa: F401 (re-exported)
 
 log = logging.getLogger("barcodetool")
 
@@ -558,7 +558,7 @@ def merge_ranked(kmer: ScoredCandidates, embedding: ScoredCandidates, embedded: 
     """(idx, score, identity, overlap) [Q, n_embedding + n_kmer], ranked as `rerank` ranks candidates: rows where
     `embedded` is set hold the union of the embedding candidates (first) and the k-mer ones, the others the k-mer
     candidates alone. `embedding` holds rows for the `embedded` queries only, or for every query."""
-    from .identity import candidate_union, rank_scored
+    from ..search.identity import candidate_union, rank_scored
 
     q, n_kmer = kmer.idx.shape
     n_embedding = embedding.idx.shape[1]
@@ -613,7 +613,7 @@ class IdentityHits:
 def kmer_hits(queries, index: ReferenceIndex, n_kmer: int, *, fallback: bool = True) -> ScoredCandidates:
     """The first stage of `identity_hits`: k-mer candidates of query sequences scored by identity (`fallback`:
     queries whose k-mers are nearly all too common are searched again with a higher cap)."""
-    from .identity import as_store, score_candidates
+    from ..search.identity import as_store, score_candidates
 
     store = as_store(queries)
     _, km = index.identity_candidates(store, None, 0, n_kmer, fallback=fallback)
@@ -633,7 +633,7 @@ def identity_hits(queries, vectors: np.ndarray | None, index: ReferenceIndex, th
     embeddings come from `vectors` (rows for every query, or for those queries only) or from `embed`, a function
     of a list of sequences called for those queries only.
     """
-    from .identity import as_store, score_candidates
+    from ..search.identity import as_store, score_candidates
 
     if thresholds is None:
         thresholds = index.identity_thresholds_for(candidates=candidates)
@@ -784,7 +784,7 @@ class ReferenceIndex:
         return self._identity
 
     def _identity_base(self):
-        from .identity import SequenceStore
+        from ..search.identity import SequenceStore
 
         first, representative = representative_records(self.groups, self.codes)
         sequences = self.sequences
@@ -794,7 +794,7 @@ class ReferenceIndex:
 
     def build_identity(self) -> IdentityLayer:
         """Build the identity layer from the reference sequences (the k-mer index of the distinct ones)."""
-        from .identity import KmerIndex
+        from ..search.identity import KmerIndex
 
         store, first, representative, codes = self._identity_base()
         log.info(f"indexing the k-mers of {len(store):,} distinct reference sequences")
@@ -804,7 +804,7 @@ class ReferenceIndex:
     def _read_identity(self) -> IdentityLayer | None:
         import h5py
 
-        from .identity import KmerIndex
+        from ..search.identity import KmerIndex
 
         with h5py.File(self.path, "r") as handle:
             group = handle.get("identity/kmer")
@@ -838,7 +838,7 @@ class ReferenceIndex:
         reference groups) in distinct-sequence space, for leave-out calibration; `fallback` (default: without
         embedding candidates): queries whose k-mers are nearly all over the cap are searched again with a higher
         cap."""
-        from .identity import KMER_FALLBACK_BELOW, KMER_FALLBACK_DF, KMER_MAX_DF, KMER_QUERY_STRIDE, as_store
+        from ..search.identity import KMER_FALLBACK_BELOW, KMER_FALLBACK_DF, KMER_MAX_DF, KMER_QUERY_STRIDE, as_store
 
         queries = as_store(queries)
         nq = len(queries)
@@ -867,7 +867,7 @@ class ReferenceIndex:
         """(queries, scores, candidates) [m, N] of one leave-out level in distinct-sequence space, ranked; the
         candidate searches and identities are computed once (IDENTITY_CALIBRATION_CANDIDATES of each source)
         and reused for any smaller numbers of candidates. None when the reference has no labels at `level`."""
-        from .identity import score_candidates
+        from ..search.identity import score_candidates
 
         if level not in LEVELS:
             raise UsageError(f"unknown calibration level {level!r}")
@@ -886,7 +886,7 @@ class ReferenceIndex:
                 exclude = (groups[queries], groups)
             else:
                 exclude = (layer.codes[level][queries], layer.codes[level])
-            from .identity import SequenceStore
+            from ..search.identity import SequenceStore
 
             flat = [layer.store.sequence(int(i)) for i in queries]
             query_store = SequenceStore.from_sequences(flat)
@@ -939,7 +939,7 @@ class ReferenceIndex:
             cluster_distance = previous.cluster_distance
             details["cluster"] = previous.details.get("cluster", {})
         elif cluster and layer.codes.get("bin") is not None and (layer.codes["bin"] >= 0).any():
-            from .cluster import calibrate_identity_cluster_threshold
+            from ..cluster import calibrate_identity_cluster_threshold
 
             cluster_distance, details["cluster"] = calibrate_identity_cluster_threshold(
                 layer.store, self.group_embeddings, layer.codes["bin"], max_size=cluster_size, seed=seed,
@@ -1064,7 +1064,7 @@ class ReferenceIndex:
             cluster_distance = self.thresholds.cluster_distance
             details["cluster"] = self.thresholds.details.get("cluster", {})
         elif cluster and self.bin_codes is not None and (self.bin_codes >= 0).any():
-            from .cluster import calibrate_cluster_threshold
+            from ..cluster import calibrate_cluster_threshold
 
             cluster_distance, cluster_details = calibrate_cluster_threshold(
                 self.embeddings, self.bin_codes, self.groups, max_size=cluster_size, seed=seed)
@@ -1284,7 +1284,7 @@ def build_reference(records: Iterable, pretrained, *, precision: float = DEFAULT
     `display` (the path as given), or `source` without it.
     """
     display = display or source or None
-    from .embed import embed_sequences
+    from ..embedding import embed_sequences
 
     if dtype not in {"float32", "float16"}:
         raise UsageError(f"index dtype must be float32 or float16, got {dtype!r}")
@@ -1364,7 +1364,7 @@ def cache_key(path: str | os.PathLike, pretrained, read_options: dict | None = N
 def read_reference_records(path: str | os.PathLike, read_options: dict | None = None, stats=None,
                            min_length: int = 1):
     """Records of a reference table/FASTA; empty or too-short sequences (under `min_length`) are skipped."""
-    from .io import read_barcodes
+    from ..io.readers import read_barcodes
 
     options = {"skip_empty": True, "min_length": min_length}
     options.update(read_options or {})
@@ -1400,7 +1400,7 @@ def open_reference(path: str | os.PathLike, pretrained, *, read_options: dict | 
                 return index
             except (InputError, IndexMismatchError):
                 log.info(f"rebuilding the unreadable cached index {cached}")
-    from .io import ReadStats
+    from ..io.readers import ReadStats
 
     stats = ReadStats(path=str(path))
     log.info(f"building a reference index from {path} (cached for next time)")
@@ -1438,7 +1438,7 @@ def resolve_model_for_reference(model_name: str | None, reference: str | os.Path
         return model_name
     name = index_model_name(reference)
     if name:
-        from .weights import available_models
+        from ..model.weights import available_models
 
         if name in available_models():
             return name

@@ -23,15 +23,15 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._version import __version__
-from .atomic import atomic_path
-from .errors import ModelError, TokenizerError
+from .._version import __version__
+from ..io.atomic import atomic_path
+from ..errors import ModelError, TokenizerError
 from .tokenizer import KmerTokenizer, TokenizerConfig
 
 if TYPE_CHECKING:   # PyTorch is imported when a model is loaded or saved: naming and listing models stay instant
     import torch
 
-    from .model import BarcodeMAE, BarcodeMAEConfig
+    from .mae import BarcodeMAE, BarcodeMAEConfig
 
 MODEL_FORMAT = "barcodetool-model"
 MODEL_FORMAT_VERSION = 1
@@ -199,7 +199,7 @@ def load_model_folder(directory: str | os.PathLike, *, device: str | torch.devic
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from .model import BarcodeMAE, BarcodeMAEConfig
+    from .mae import BarcodeMAE, BarcodeMAEConfig
 
     directory = Path(directory)
     card = read_card(directory)

@@ -47,8 +47,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import InputError, UsageError
-from .search import largest_columns
+from ..errors import InputError, UsageError
+from .knn import largest_columns
 
 ANCHOR_K = 10               # anchor k-mer length (2 bits a base: fits int32)
 ANCHOR_STRIDE = 2           # k-mers of the second sequence looked up at every `stride`-th position

@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from ._version import __version__
-from .atomic import atomic_path
-from .errors import ModelError, TokenizerError
-from .model_config import BarcodeMAEConfig
+from .._version import __version__
+from ..io.atomic import atomic_path
+from ..errors import ModelError, TokenizerError
+from .config import BarcodeMAEConfig
 from .tokenizer import KmerTokenizer, TokenizerConfig
 from .weights import TENSORS_FILE, InferenceModel, read_card, sha256_file
 

@@ -10,17 +10,17 @@ import sys
 
 import click
 
-from .cli import (device_options, gather_read_options, handle_errors, inference_model_option, log, log_model,
+from ..cli import (device_options, gather_read_options, handle_errors, inference_model_option, log, log_model,
                   read_options, requested_compute)
 
 
 def _load_model_for(model_name: str, reference: str | None, device: str, threads: int):
-    from .reference import resolve_model_for_reference
-    from .runtime import resolve_device, set_threads
-    from .weights import load_model
+    from ..reference.index import resolve_model_for_reference
+    from ..model.runtime import resolve_device, set_threads
+    from ..model.weights import load_model
 
-    from .errors import ModelError
-    from .reference import index_model_name
+    from ..errors import ModelError
+    from ..reference.index import index_model_name
 
     set_threads(threads)
     torch_device = resolve_device(device)
@@ -41,11 +41,11 @@ def _onnx_model_for(model_name: str, reference: str | None, device: str, threads
     """The model's exported encoder in ONNX Runtime (onnx_encoder) where `classify` can use it, so that PyTorch is
     never imported: on the CPU, in float32 (`--compute auto` or `float32`), with onnxruntime installed and an
     `encoder.onnx` in the model folder. Else None (PyTorch runs the model)."""
-    from .errors import ModelError
-    from .onnx_encoder import load_onnx_model
-    from .reference import resolve_model_for_reference
-    from .runtime import cuda_impossible
-    from .weights import locate_model
+    from ..errors import ModelError
+    from ..model.onnx import load_onnx_model
+    from ..reference.index import resolve_model_for_reference
+    from ..model.runtime import cuda_impossible
+    from ..model.weights import locate_model
 
     if requested_compute() == "bfloat16" or not cuda_impossible(device):
         return None
@@ -66,14 +66,14 @@ def _output(path: str):
         yield sys.stdout
         sys.stdout.flush()
     else:
-        from .atomic import atomic_text
+        from ..io.atomic import atomic_text
 
         with atomic_text(path) as handle:
             yield handle
 
 
 def _open_reference(obj, reference: str, pretrained, batch_size: int, reference_format: str):
-    from .reference import open_reference
+    from ..reference.index import open_reference
 
     options = None if reference_format == "auto" else {"format": reference_format}
     with obj.progress(None, "barcode", "reference") as bar:
@@ -90,7 +90,7 @@ def _log_reference(index, note: str = "") -> None:
 
 def _load_index_for_search(path: str, method: str):
     """A built index, with what the identity search needs loaded (the k-mer postings as a sparse matrix)."""
-    from .reference import ReferenceIndex
+    from ..reference.index import ReferenceIndex
 
     index = ReferenceIndex.load(path)
     if method == "identity":
@@ -165,9 +165,9 @@ def register(main: click.Group) -> None:
     def reference_build(obj, ref, output, model_name, precision, k, min_confidence, dtype, batch_size, device,
                         threads, **kwargs):
         """Embed REF (a table with taxonomy and/or BINs, or FASTA with SINTAX headers) into a calibrated index."""
-        from .atomic import check_outputs_distinct
-        from .io import ReadStats, read_barcodes
-        from .reference import build_reference
+        from ..io.atomic import check_outputs_distinct
+        from ..io.readers import ReadStats, read_barcodes
+        from ..reference.index import build_reference
 
         read_opts = gather_read_options(kwargs)
         check_outputs_distinct([output], [ref])
@@ -195,7 +195,7 @@ def register(main: click.Group) -> None:
     @handle_errors
     def reference_info(index_path):
         """Print an index's model, size, labels and calibrated thresholds."""
-        from .reference import RANKS, ReferenceIndex
+        from ..reference.index import RANKS, ReferenceIndex
 
         index = ReferenceIndex.load(index_path)
         attrs = index.attrs
@@ -270,11 +270,11 @@ def register(main: click.Group) -> None:
                          embed_below, kmer_only, k, precision, min_confidence, output_format, reference_format,
                          batch_size, chunk_size, device, threads, **kwargs):
         """Assign taxonomy (and BINs) to QUERIES (FASTA or table; `-` = stdin): one row per query, in order."""
-        from .atomic import check_outputs_distinct
-        from .classify import classify_records, write_classification
-        from .errors import UsageError
-        from .io import ReadStats, read_barcodes
-        from .reference import is_reference_file
+        from ..io.atomic import check_outputs_distinct
+        from ..classify import classify_records, write_classification
+        from ..errors import UsageError
+        from ..io.readers import ReadStats, read_barcodes
+        from ..reference.index import is_reference_file
 
         read_opts = gather_read_options(kwargs)
         check_outputs_distinct([output], [queries, reference])
@@ -286,7 +286,7 @@ def register(main: click.Group) -> None:
             raise UsageError("--candidates-embedding and --candidates-kmer cannot both be 0")
         if method == "identity" and candidates_embedding == 0 and is_reference_file(reference):
             # k-mer candidates only against a built index: no embedding, so no model to load
-            from .reference import ReferenceIndex
+            from ..reference.index import ReferenceIndex
 
             torch_device = None  # the search is numpy: PyTorch is not even imported
             pretrained = None
@@ -297,7 +297,7 @@ def register(main: click.Group) -> None:
             # the index is read (h5py, numpy) on a thread while PyTorch is imported on this one
             from concurrent.futures import ThreadPoolExecutor
 
-            from .atomic import signals_held
+            from ..io.atomic import signals_held
 
             with signals_held():  # starts a thread
                 pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="barcodetool-index")
@@ -357,10 +357,10 @@ def register(main: click.Group) -> None:
     def cluster_command(obj, input_path, output, reference, method, threshold, n_clusters, metrics_path, model_name,
                         reference_format, batch_size, device, threads, **kwargs):
         """Group barcodes of INPUT into BIN-like clusters (average linkage on identity or cosine distance)."""
-        from .atomic import check_outputs_distinct
-        from .cluster import FULL_LINKAGE_LIMIT, cluster_records
-        from .errors import UsageError
-        from .io import ReadStats, read_barcodes
+        from ..io.atomic import check_outputs_distinct
+        from ..cluster import FULL_LINKAGE_LIMIT, cluster_records
+        from ..errors import UsageError
+        from ..io.readers import ReadStats, read_barcodes
 
         if threshold is not None and n_clusters is not None:
             raise UsageError("give --threshold or --n-clusters, not both")
@@ -431,8 +431,8 @@ def register(main: click.Group) -> None:
                           device, threads, **kwargs):
         """The papers' protocol on SPLIT_FILE (a BIOSCAN-5M-style table with a `split` column): species
         (closed world), genus (open world), BIN reconstruction, optionally against VSEARCH and BLAST."""
-        from .atomic import check_outputs_distinct
-        from .benchmark import format_table, run_benchmark
+        from ..io.atomic import check_outputs_distinct
+        from ..evaluation.protocol import format_table, run_benchmark
 
         read_opts = gather_read_options(kwargs)
         check_outputs_distinct([json_path], [split_file])
