@@ -29,11 +29,12 @@ from typing import IO, Iterable, Iterator, Sequence
 import numpy as np
 
 from .errors import UsageError
-from .io.atomic import signals_held
+from .io.interrupts import signals_held
 from .io.streaming import read_ahead
+from .taxonomy import OPTIONAL_RANKS, RANKS, SINTAX_LETTERS
 from .reference.index import IdentityHits, identity_hits, nearest_bins  # noqa: F401 (part of this module's API)
 from .reference.index import (DEFAULT_K, IDENTITY_CANDIDATES_EMBEDDING, IDENTITY_CANDIDATES_KMER, IDENTITY_EMBED_BELOW,
-                        OPTIONAL_RANKS, RANKS, ReferenceIndex, ScoredCandidates, Thresholds, embedding_needed,
+                        ReferenceIndex, ScoredCandidates, Thresholds, embedding_needed,
                         identity_decide, kmer_fallback, kmer_hits, knn_search, normalize, sequence_groups, vote)
 
 log = logging.getLogger("barcodetool")
@@ -43,9 +44,6 @@ FORMATS = ("tsv", "sintax")
 CHUNK_RECORDS = 4096   # queries a pipeline stage holds (classify_records)
 TSV_COLUMNS = (["id"] + [c for r in RANKS for c in (r, f"{r}_confidence")]
                + ["rank", "nearest_id", "similarity", "bin", "identity_overlap"])
-# SINTAX rank letters, as barcodetool.io reads them (t = subfamily, a local extension).
-SINTAX_LETTERS = {"phylum": "p", "class": "c", "order": "o", "family": "f", "subfamily": "t", "genus": "g",
-                  "species": "s"}
 
 
 @dataclass

@@ -21,7 +21,8 @@ from typing import Sequence
 import numpy as np
 
 from .errors import UsageError
-from .search.knn import knn_search, normalize, sequence_groups
+from .search import (KmerIndex, SequenceStore, as_store, candidate_union, identity_graph_cluster, knn_search,
+                     neighbour_pairs, normalize, pair_identity, sequence_groups)
 
 log = logging.getLogger("barcodetool")
 
@@ -193,9 +194,7 @@ def _sparse_average(x: np.ndarray, threshold: float, neighbours: int) -> np.ndar
 def identity_neighbours(store, vectors: np.ndarray | None, k: int = IDENTITY_GRAPH_NEIGHBOURS, *,
                         device=None) -> np.ndarray:
     """Candidate graph [n, <= 2k] of distinct sequences: each one's k nearest by embedding (when `vectors` are
-    given) and its k best by shared k-mers (identity.KmerIndex over the same sequences), self excluded."""
-    from .search.identity import KmerIndex, as_store, candidate_union
-
+    given) and its k best by shared k-mers (search.KmerIndex over the same sequences), self excluded."""
     store = as_store(store)
     n = len(store)
     own = np.arange(n)
@@ -217,8 +216,6 @@ def cluster_identity(sequences, vectors: np.ndarray | None, threshold: float, *,
                      neighbours: int = IDENTITY_GRAPH_NEIGHBOURS, device=None) -> np.ndarray:
     """Average-linkage clusters of distinct sequences on identity distance cut at `threshold`, over the
     embedding + k-mer candidate graph (identity.identity_graph_cluster): int labels by first appearance."""
-    from .search.identity import as_store, identity_graph_cluster
-
     store = as_store(sequences)
     if threshold < 0 or threshold > 1:
         raise UsageError(f"the identity distance threshold must be in [0, 1], got {threshold}")
@@ -236,8 +233,6 @@ def calibrate_identity_cluster_threshold(store, vectors: np.ndarray | None, bin_
     of at most `max_size` of its distinct BIN-labelled sequences (`store` rows; `bin_codes` [rows], -1 = none).
     Candidate edges and their identities are computed once for the whole grid."""
     from sklearn.metrics import adjusted_mutual_info_score
-
-    from .search.identity import SequenceStore, as_store, neighbour_pairs
 
     store = as_store(store)
     rows = np.flatnonzero(np.asarray(bin_codes) >= 0)
@@ -275,8 +270,6 @@ def _identity_cluster_grid(store, pairs, grid, *, max_component: int = 20_000) -
     identities inside each linked component at the largest threshold are computed once (components at smaller
     thresholds are subsets of those). Thresholds linking more than `max_component` barcodes are left out."""
     from scipy.cluster.hierarchy import fcluster, linkage
-
-    from .search.identity import pair_identity
 
     n = len(store)
     i, j, identity = pairs
@@ -423,8 +416,6 @@ def cluster_records(records: Sequence, pretrained, *, reference=None, threshold:
     unique = [sequences[i] for i in first]  # groups are numbered by first occurrence, so this is group order
     vectors = normalize(embed_sequences(pretrained, unique, batch_size=batch_size, progress=progress))
     if method == "identity":
-        from .search.identity import SequenceStore
-
         store = SequenceStore.from_sequences(unique)
         if threshold is None:
             threshold = default_identity_threshold(reference)

@@ -25,7 +25,9 @@ import numpy as np
 from ._version import __version__
 from .io.atomic import atomic_path, check_outputs_distinct
 from .errors import InputError, UsageError
+from .io.readers import ReadOptions, read_barcodes
 from .io.streaming import read_ahead
+from .taxonomy import RANKS
 
 if TYPE_CHECKING:  # PyTorch is imported when a model is used, not with the package (`barcodetool --help` is fast)
     import torch
@@ -34,7 +36,6 @@ if TYPE_CHECKING:  # PyTorch is imported when a model is used, not with the pack
 
 EMBEDDINGS_FORMAT = "barcodetool-embeddings"
 EMBEDDINGS_FORMAT_VERSION = 1
-RANKS = ("phylum", "class", "order", "family", "subfamily", "genus", "species")
 Progress = Callable[[int], None]
 
 
@@ -212,13 +213,12 @@ def embed_records_to_h5(records: Iterable, output: str | os.PathLike, pretrained
 
 
 def embed_file(input_path: str | os.PathLike, output: str | os.PathLike, pretrained: PretrainedModel, *,
-               batch_size: int = 256, dtype: str = "float32", read_options: dict | None = None,
+               batch_size: int = 256, dtype: str = "float32", read_options: ReadOptions | None = None,
                stats=None, progress: Progress | None = None) -> EmbedSummary:
     """Read barcodes from FASTA or a table and write their embeddings to HDF5."""
-    from .io.readers import read_barcodes
 
     check_outputs_distinct([output], [input_path])
-    records = read_barcodes(input_path, stats=stats, **(read_options or {}))
+    records = read_barcodes(input_path, read_options, stats=stats)
     return embed_records_to_h5(records, output, pretrained, source=os.path.basename(str(input_path)),
                                batch_size=batch_size, dtype=dtype, progress=progress)
 

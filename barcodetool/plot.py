@@ -24,11 +24,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from .io.atomic import atomic_path, check_outputs_distinct
+from .taxonomy import RANKS
 from .errors import InputError, UsageError
 
 log = logging.getLogger("barcodetool")
 
-RANKS = ("phylum", "class", "order", "family", "subfamily", "genus", "species")
 COLOR_BY = RANKS + ("bin", "cluster")
 METHODS = ("pca", "umap")
 FIGURE_FORMATS = ("png", "svg", "pdf")

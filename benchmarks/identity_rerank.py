@@ -108,7 +108,7 @@ class Candidates:
     """Embedding and k-mer candidates of the query splits against train (computed once, largest N)."""
 
     def __init__(self, data: dict, n_max: int, kmer_max_df: int, alt_max_df: int | None = None):
-        from barcodetool.search.identity import KmerIndex, SequenceStore
+        from barcodetool.search import KmerIndex, SequenceStore
         from barcodetool.reference import knn_search
 
         self.train = data["train"]
@@ -229,7 +229,7 @@ def genus_mean(idx: np.ndarray, score: np.ndarray, genus: np.ndarray, species: n
 
 # ============================================================================================ sections
 def section_pairs(data, cands, args) -> list[dict]:
-    from barcodetool.search.identity import SequenceStore, aligned_identity, pair_identity
+    from barcodetool.search import SequenceStore, aligned_identity, pair_identity
 
     rng = np.random.default_rng(args.seed)
     rows = []
@@ -268,7 +268,7 @@ def section_pairs(data, cands, args) -> list[dict]:
 
 
 def section_rerank(data, cands, args) -> list[dict]:
-    from barcodetool.search.identity import rerank
+    from barcodetool.search import rerank
 
     train = data["train"]
     rows = []
@@ -304,7 +304,7 @@ def section_rerank(data, cands, args) -> list[dict]:
 def section_species(data, cands, args) -> list[dict]:
     """Species decision among the re-ranked union candidates: the top hit, or a vote among the references tied
     at (or near) the best score. Chosen on val (seen species), then applied once to test."""
-    from barcodetool.search.identity import rerank
+    from barcodetool.search import rerank
 
     train = data["train"]
     species_codes, names = codes(train["species"])
@@ -334,7 +334,7 @@ def section_species(data, cands, args) -> list[dict]:
 
 def exhaustive(split: str, data, cands, args) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """(picked query rows, identity [n, refs], overlap [n, refs], seconds) of a seeded sample; cached."""
-    from barcodetool.search.identity import pair_identity
+    from barcodetool.search import pair_identity
 
     n = args.recall_sample
     path = Path(args.cache) / f"exhaustive_{split}_{n}.npz"
@@ -356,13 +356,13 @@ def exhaustive(split: str, data, cands, args) -> tuple[np.ndarray, np.ndarray, n
 
 
 def _subset(store, rows: np.ndarray):
-    from barcodetool.search.identity import SequenceStore
+    from barcodetool.search import SequenceStore
 
     return SequenceStore.from_sequences([store.sequence(int(i)) for i in rows])
 
 
 def section_recall(data, cands, args) -> list[dict]:
-    from barcodetool.search.identity import coverage_score, rerank
+    from barcodetool.search import coverage_score, rerank
 
     rows = []
     train = data["train"]
@@ -413,7 +413,7 @@ def holdout_queries(data, args) -> dict:
 def candidates_for(rows: np.ndarray, data, cands, args, n_emb: int, n_kmer: int, exclude_species):
     """Union candidates of train rows queried against train without their own species (True or "species"),
     their own genus ("genus"), or only their own sequence (False)."""
-    from barcodetool.search.identity import SequenceStore
+    from barcodetool.search import SequenceStore
     from barcodetool.reference import knn_search
 
     train = data["train"]
@@ -447,7 +447,7 @@ def gated(rule_pred: np.ndarray, top1: np.ndarray, best: np.ndarray, gate: float
 
 
 def section_genus(data, cands, args) -> list[dict]:
-    from barcodetool.search.identity import rerank
+    from barcodetool.search import rerank
 
     train = data["train"]
     genus_codes, gnames = codes(train["genus"])
@@ -499,7 +499,7 @@ def section_thresholds(data, cands, args) -> list[dict]:
     threshold is the lowest score at which at most 1 - precision of the queries whose own taxon at that rank is
     absent from the reference still get a (necessarily wrong) label. Novel species: whole train species held
     out; novel genera: the same queries with their whole genus held out. Val (seen species) shows the cost."""
-    from barcodetool.search.identity import rerank
+    from barcodetool.search import rerank
 
     train = data["train"]
     rows = []
@@ -531,7 +531,7 @@ def section_thresholds(data, cands, args) -> list[dict]:
 
 def section_cluster(data, cands, args) -> list[dict]:
     from barcodetool.cluster import calibrate_cluster_threshold, cluster, cluster_metrics
-    from barcodetool.search.identity import SequenceStore, identity_graph_cluster, neighbour_pairs
+    from barcodetool.search import SequenceStore, identity_graph_cluster, neighbour_pairs
     from barcodetool.reference import knn_search
 
     rows = []
@@ -561,7 +561,7 @@ def section_cluster(data, cands, args) -> list[dict]:
         return nb[:, 1:]
 
     def kmer_graph(store_, k):
-        from barcodetool.search.identity import KmerIndex
+        from barcodetool.search import KmerIndex
 
         index = KmerIndex(store_)
         _, nb = index.search(store_, k + 1, max_df=cands.max_df, exclude=(np.arange(len(store_)),
@@ -609,7 +609,7 @@ def section_cluster(data, cands, args) -> list[dict]:
 
 def section_speed(data, cands, args) -> list[dict]:
     from barcodetool.embedding import embed_sequences
-    from barcodetool.search.identity import rerank
+    from barcodetool.search import rerank
     from barcodetool.model.weights import load_model
 
     rows = []

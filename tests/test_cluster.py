@@ -181,7 +181,7 @@ def test_identity_clustering_recovers_known_bins(synthetic, tiny):
 
 
 def test_identity_cluster_grid_equals_one_threshold_at_a_time(synthetic):
-    from barcodetool.search.identity import SequenceStore, identity_graph_cluster, neighbour_pairs
+    from barcodetool.search import SequenceStore, identity_graph_cluster, neighbour_pairs
 
     store = SequenceStore.from_sequences([r.sequence for r in synthetic])
     graph = identity_neighbours(store, None, 8)
@@ -193,7 +193,7 @@ def test_identity_cluster_grid_equals_one_threshold_at_a_time(synthetic):
 
 
 def test_identity_cluster_threshold_calibration(synthetic):
-    from barcodetool.search.identity import SequenceStore
+    from barcodetool.search import SequenceStore
     from barcodetool.reference import encode_labels
 
     store = SequenceStore.from_sequences([r.sequence for r in synthetic])

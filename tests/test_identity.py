@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from barcodetool.errors import InputError, UsageError
-from barcodetool.search.identity import (KmerIndex, SequenceStore, aligned_identity, anchored_identity, coverage_score,
+from barcodetool.search import (KmerIndex, SequenceStore, aligned_identity, anchored_identity, coverage_score,
                                   decode, encode, identity_graph_cluster, neighbour_pairs, pair_identity, rerank)
 from barcodetool.io.readers import read_barcodes
 from barcodetool.search.knn import largest_columns

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from barcodetool.cli import main
 from barcodetool.embedding import embed_file, embed_records_to_h5
 from barcodetool.errors import InputError, OutputError, UsageError
-from barcodetool.io.readers import BarcodeRecord, read_barcodes
+from barcodetool.io.readers import BarcodeRecord, ReadOptions, read_barcodes
 from barcodetool.plot import benchmark_groups, categorize, plot_benchmark, plot_embeddings
 from helpers_models import SAMPLE, load_tiny, make_tiny_model
 
@@ -30,7 +30,7 @@ def tiny(tmp_path_factory):
 def sample_h5(tiny, tmp_path_factory):
     """The 249-record BIOSCAN sample embedded with the tiny model (carries every rank and BINs)."""
     path = tmp_path_factory.mktemp("h5") / "sample.h5"
-    embed_file(SAMPLE, path, tiny, read_options={"min_length": 6})
+    embed_file(SAMPLE, path, tiny, read_options=ReadOptions(min_length=6))
     return path
 
 

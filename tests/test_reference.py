@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from barcodetool.cli import main
 from barcodetool.errors import IndexMismatchError, InputError, UsageError
-from barcodetool.io.readers import read_barcodes
+from barcodetool.io.readers import ReadOptions, read_barcodes
 from barcodetool.reference import (IDENTITY_PRECISION_LEVEL, LEVELS, ReferenceIndex, Thresholds, build_reference,
                                    calibrate_ranks, identity_decide, knn_search, normalize, open_reference,
                                    precision_threshold, representative_records, resolve_model_for_reference, vote)
@@ -229,7 +229,7 @@ def test_build_save_load_round_trip(tmp_path, sample_index, train_records):
 
 def test_read_identity_layer_does_not_rebuild_the_kmer_index(tmp_path, sample_index, monkeypatch):
     path = sample_index.save(tmp_path / "ref.h5")
-    import barcodetool.search.identity as identity_module
+    import barcodetool.search.kmer_index as identity_module
 
     def fail(*args, **kwargs):
         raise AssertionError("the stored k-mer index should have been read")
@@ -315,9 +315,9 @@ def test_cache_is_rebuilt_for_another_format_version(tmp_path, monkeypatch, tiny
     open_reference(SAMPLE, tiny[1])
     (old,) = list((tmp_path / "cache").rglob("*.h5"))
     # the format version is part of the cache key: a new version never finds the old file ...
-    key = reference_module.cache_key(SAMPLE, tiny[1], {"min_length": tiny[1].tokenizer.config.k})
+    key = reference_module.cache_key(SAMPLE, tiny[1], ReadOptions(min_length=tiny[1].tokenizer.config.k))
     monkeypatch.setattr(reference_module, "REFERENCE_FORMAT_VERSION", 3)
-    assert reference_module.cache_key(SAMPLE, tiny[1], {"min_length": tiny[1].tokenizer.config.k}) != key
+    assert reference_module.cache_key(SAMPLE, tiny[1], ReadOptions(min_length=tiny[1].tokenizer.config.k)) != key
     monkeypatch.undo()
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     # ... and a cached file of another version under the current key is refused and rebuilt in place
@@ -438,9 +438,10 @@ def test_kmer_only_candidates_search_again_when_the_query_kmers_are_common(synth
     """A species sampled so densely that all its k-mers are over the cap (here: a cap of 3 references, below the
     6 haplotypes a species has) is still found by k-mer-only candidates: such queries are searched again with
     the fallback cap. With embedding candidates there is no second search."""
-    import barcodetool.search.identity as identity
+    import importlib
 
     index, records, taxa, barcode, _ = synthetic
+    identity = importlib.import_module(type(index).identity_candidates.__module__)   # where the caps are read
     queries = [barcode(key) for key in list(taxa)[:6]]
     species = [lineage_species(key) for key in list(taxa)[:6]]
     layer = index.identity
@@ -497,7 +498,7 @@ def test_identity_hits_embed_only_below_the_kmer_score_and_inf_is_the_union_of_b
     that union does; with a finite embed_below the queries whose best k-mer candidate reaches it keep the k-mer
     candidates alone and no embedding is asked for them."""
     from barcodetool.embedding import embed_sequences
-    from barcodetool.search.identity import candidate_union, rerank
+    from barcodetool.search import candidate_union, rerank
     from barcodetool.reference import identity_hits, kmer_hits
 
     index, records, taxa, barcode, new_species = synthetic

@@ -19,7 +19,8 @@ import click
 
 from .._version import __version__
 from ..errors import BarcodeToolError, Interrupted
-from ..io.atomic import holding_signals
+from ..io.interrupts import holding_signals
+from ..io.readers import ReadOptions
 
 log = logging.getLogger("barcodetool")
 
@@ -68,7 +69,7 @@ class _SignalGuard:
         self.unraisablehook = None
 
     def install(self) -> None:
-        from ..io.atomic import clear_signals
+        from ..io.interrupts import clear_signals
 
         clear_signals()
         if not _main_thread():
@@ -81,7 +82,7 @@ class _SignalGuard:
         sys.unraisablehook = self.unraisable
 
     def restore(self) -> None:
-        from ..io.atomic import clear_signals
+        from ..io.interrupts import clear_signals
 
         with self.lock:
             self.caught = True
@@ -95,7 +96,7 @@ class _SignalGuard:
         clear_signals()  # the command is over (library calls in the same process write again)
 
     def handle(self, signal_number, frame):
-        from ..io.atomic import note_signal
+        from ..io.interrupts import note_signal
 
         note_signal(signal_number)
         if self.caught:
@@ -132,7 +133,7 @@ def handle_errors(function):
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
-        from ..io.atomic import interrupted
+        from ..io.interrupts import interrupted
 
         ctx = click.get_current_context()
         state: Context = ctx.find_object(Context) or Context(False, False)
@@ -206,10 +207,10 @@ def read_options(function):
     return function
 
 
-def gather_read_options(kwargs: dict) -> dict:
-    return {"format": kwargs.pop("read_format"), "id_column": kwargs.pop("id_column"),
-            "sequence_column": kwargs.pop("sequence_column"), "skip_empty": kwargs.pop("skip_empty"),
-            "allow_duplicates": kwargs.pop("allow_duplicates")}
+def gather_read_options(kwargs: dict) -> ReadOptions:
+    return ReadOptions(format=kwargs.pop("read_format"), id_column=kwargs.pop("id_column"),
+                       sequence_column=kwargs.pop("sequence_column"), skip_empty=kwargs.pop("skip_empty"),
+                       allow_duplicates=kwargs.pop("allow_duplicates"))
 
 
 def device_options(function):
@@ -408,7 +409,7 @@ def _run_training(ctx_obj: Context, kind: str, data, kwargs, read_opts, base=Non
             raise OutputError(f"{kwargs['output']}: output would overwrite the base model {base.path} "
                               "(choose another -o or --name)")
         tokenizer = base.tokenizer
-        read_opts["min_length"] = tokenizer.config.k
+        read_opts = read_opts.replace(min_length=tokenizer.config.k)
         label_ranks = FINETUNE_RANKS if kind == "finetune" else ()
     stats = []
     corpus = read_corpus(list(data), tokenizer, include_splits=splits, read_options=read_opts,
@@ -478,7 +479,7 @@ def train_command(obj, data, **kwargs):
     DistributedDataParallel."""
     read_opts = gather_read_options(kwargs)
     kwargs["stride"] = kwargs["stride"] or kwargs["k"]
-    read_opts["min_length"] = kwargs["k"]
+    read_opts = read_opts.replace(min_length=kwargs["k"])
     from ..io.atomic import check_outputs_distinct
 
     check_outputs_distinct([kwargs["output"]], data)
@@ -545,7 +546,7 @@ def embed_command(obj, input_path, output, model_name, batch_size, dtype, device
     set_threads(threads)
     torch_device = resolve_device(device)
     pretrained = load_model(model_name, device=torch_device, compute=requested_compute())
-    read_opts["min_length"] = pretrained.tokenizer.config.k
+    read_opts = read_opts.replace(min_length=pretrained.tokenizer.config.k)
     log_model(pretrained, torch_device)
     stats = ReadStats(path=input_path)
     with obj.progress(None, "barcode", "embed") as bar:

@@ -10,6 +10,7 @@ import sys
 
 import click
 
+from ..io.readers import ReadOptions
 from ..cli import (device_options, gather_read_options, handle_errors, inference_model_option, log, log_model,
                   read_options, requested_compute)
 
@@ -75,7 +76,7 @@ def _output(path: str):
 def _open_reference(obj, reference: str, pretrained, batch_size: int, reference_format: str):
     from ..reference.index import open_reference
 
-    options = None if reference_format == "auto" else {"format": reference_format}
+    options = ReadOptions(format=reference_format)
     with obj.progress(None, "barcode", "reference") as bar:
         index = open_reference(reference, pretrained, read_options=options, batch_size=batch_size,
                                progress=bar.update)
@@ -172,10 +173,10 @@ def register(main: click.Group) -> None:
         read_opts = gather_read_options(kwargs)
         check_outputs_distinct([output], [ref])
         pretrained, torch_device = _load_model_for(model_name, None, device, threads)
-        read_opts["min_length"] = pretrained.tokenizer.config.k
+        read_opts = read_opts.replace(min_length=pretrained.tokenizer.config.k)
         stats = ReadStats(path=ref)
         with obj.progress(None, "barcode", "embed") as bar:
-            index = build_reference(read_barcodes(ref, stats=stats, **read_opts), pretrained, precision=precision,
+            index = build_reference(read_barcodes(ref, read_opts, stats=stats), pretrained, precision=precision,
                                     k=k, min_confidence=min_confidence, dtype=dtype, batch_size=batch_size,
                                     source=os.path.basename(ref), progress=bar.update, display=ref)
         log.info(stats.summary())
@@ -297,7 +298,7 @@ def register(main: click.Group) -> None:
             # the index is read (h5py, numpy) on a thread while PyTorch is imported on this one
             from concurrent.futures import ThreadPoolExecutor
 
-            from ..io.atomic import signals_held
+            from ..io.interrupts import signals_held
 
             with signals_held():  # starts a thread
                 pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="barcodetool-index")
@@ -316,10 +317,10 @@ def register(main: click.Group) -> None:
             pretrained, torch_device = _load_model_for(model_name, reference, device, threads)
             index = _open_reference(obj, reference, pretrained, batch_size, reference_format)
             min_length = pretrained.tokenizer.config.k
-        read_opts["min_length"] = min_length
+        read_opts = read_opts.replace(min_length=min_length)
         search_workers = min(4, threads or os.cpu_count() or 1) if method == "identity" else None
         stats = ReadStats(path=queries)
-        records = read_barcodes(queries, stats=stats, **read_opts)
+        records = read_barcodes(queries, read_opts, stats=stats)
         with obj.progress(None, "query", "classify") as bar, _output(output) as handle:
             count = write_classification(
                 classify_records(records, index, pretrained, k=k, method=method, precision=precision,
@@ -375,9 +376,9 @@ def register(main: click.Group) -> None:
             raise UsageError("--output and --metrics name the same file")
         pretrained, torch_device = _load_model_for(model_name, reference, device, threads)
         index = _open_reference(obj, reference, pretrained, batch_size, reference_format) if reference else None
-        read_opts["min_length"] = pretrained.tokenizer.config.k
+        read_opts = read_opts.replace(min_length=pretrained.tokenizer.config.k)
         stats = ReadStats(path=input_path)
-        records = list(read_barcodes(input_path, stats=stats, **read_opts))
+        records = list(read_barcodes(input_path, read_opts, stats=stats))
         log.info(stats.summary())
         with obj.progress(None, "barcode", "embed") as bar:
             result = cluster_records(records, pretrained, reference=index, threshold=threshold,

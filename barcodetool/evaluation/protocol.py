@@ -27,6 +27,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..errors import InputError, UsageError
+from ..io.readers import ReadOptions
 
 log = logging.getLogger("barcodetool")
 
@@ -146,7 +147,7 @@ def vsearch_clusters(sequences: Path, identity: float, out: Path, threads: int) 
 # ============================================================================================ the benchmark
 def run_benchmark(split_file: str | os.PathLike, pretrained, *, compare: bool = False, sample: int | None = None,
                   threads: int = 0, k: int | None = None, precision: float | None = None, seed: int = 0,
-                  batch_size: int = 256, device=None, read_options: dict | None = None,
+                  batch_size: int = 256, device=None, read_options: ReadOptions | None = None,
                   progress: Callable[[str], None] | None = None) -> dict:
     """Run the protocol; with `compare`, VSEARCH and BLAST too (where installed). Returns a JSON-able dict."""
     from ..classify import classify_embeddings, classify_identity, nearest_labels
@@ -162,11 +163,11 @@ def run_benchmark(split_file: str | os.PathLike, pretrained, *, compare: bool = 
     k = DEFAULT_K if k is None else k
     precision = DEFAULT_PRECISION if precision is None else precision
     threads = set_threads(threads) if threads is not None else set_threads(0)
-    options = {"skip_empty": True, "min_length": pretrained.tokenizer.config.k}
-    options.update({key: value for key, value in (read_options or {}).items() if value})  # flags only turn on
+    read_options = read_options or ReadOptions()
+    options = read_options.replace(skip_empty=True, min_length=pretrained.tokenizer.config.k)
     stats = ReadStats(path=str(split_file))
     wanted = ("train", "test", "test_unseen")
-    data = unique_by_split(read_barcodes(split_file, stats=stats, **options), wanted)
+    data = unique_by_split(read_barcodes(split_file, options, stats=stats), wanted)
     say(stats.summary())
     if not data["train"]:
         raise InputError("no `train` records: the benchmark needs a `split` column with train, test and "

@@ -4,17 +4,16 @@ Every file barcodetool writes goes to a temporary file beside its destination an
 when complete. Temporary files still open when SIGINT/SIGTERM arrives are removed by the CLI's handler
 (`remove_pending`), so an interrupted run leaves no partial output.
 
-The CLI's signal handler also records each signal here (`note_signal`). A temporary file is never renamed into
-place once a signal has been recorded: Python drops an exception raised by a signal handler while it runs a
-`__del__` method or a weakref callback ("Exception ignored in ..."), and without this check a SIGTERM that
-landed there would let the run finish and publish its output.
+A temporary file is never renamed into place once a signal has been recorded (barcodetool.io.interrupts): Python
+drops an exception raised by a signal handler while it runs a `__del__` method or a weakref callback ("Exception
+ignored in ..."), and without this check a SIGTERM that landed there would let the run finish and publish its
+output.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import stat
 import tempfile
 import threading
@@ -22,10 +21,10 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from ..errors import Interrupted, OutputError
+from .interrupts import interrupted, signals_held
 
 _pending: set[str] = set()
 _pending_lock = threading.Lock()
-_signals: list[int] = []  # signals recorded by the CLI's handler during the current command
 
 
 def _read_umask() -> int:
@@ -35,50 +34,6 @@ def _read_umask() -> int:
 
 
 _UMASK = _read_umask()
-
-
-def note_signal(signal_number: int) -> None:
-    """Record that SIGINT/SIGTERM arrived (called from the CLI's signal handler)."""
-    _signals.append(signal_number)
-
-
-def interrupted() -> int | None:
-    """The first signal recorded since `clear_signals`, or None."""
-    return _signals[0] if _signals else None
-
-
-def clear_signals() -> None:
-    _signals.clear()
-
-
-_holding = threading.local()
-
-
-def holding_signals() -> bool:
-    """True inside `signals_held()` in this thread: the CLI's signal handler then records the signal and
-    returns instead of raising; the hold raises it when it ends."""
-    return getattr(_holding, "depth", 0) > 0
-
-
-@contextlib.contextmanager
-def signals_held() -> Iterator[None]:
-    """Start threads, or create and list a temporary file, here: an interruption that arrives meanwhile is raised
-    when the block ends.
-
-    An exception raised by a signal handler inside `Thread.start()` leaves the threading module's bookkeeping
-    half done (a KeyError instead of the interruption, and a traceback instead of exit status 130/143).
-    """
-    before = interrupted()
-    _holding.depth = getattr(_holding, "depth", 0) + 1
-    try:
-        yield
-    finally:
-        _holding.depth -= 1
-    signal_number = interrupted()
-    if signal_number is not None and before is None and not holding_signals():
-        if signal_number == signal.SIGINT:
-            raise KeyboardInterrupt
-        raise Interrupted(signal_number)
 
 
 def remove_pending() -> None:
@@ -105,8 +60,8 @@ def atomic_path(destination: str | os.PathLike) -> Iterator[Path]:
             _pending.add(temporary)
     try:
         yield Path(temporary)
-        if _signals:  # interrupted, even if the handler's exception was swallowed: never publish
-            raise Interrupted(_signals[0])
+        if interrupted() is not None:  # even if the handler's exception was swallowed: never publish
+            raise Interrupted(interrupted())
         # mkstemp made the file private (0600); give it the mode a plain open() would: the umask's, or that of
         # the file it replaces, so that results stay readable by whoever could read the folder's other files
         try:

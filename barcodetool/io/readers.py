@@ -18,20 +18,15 @@ import os
 import re
 import sys
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import IO, Iterable, Iterator
 
-from ..errors import InputError, OutputError
+from ..errors import InputError, OutputError, UsageError
+from ..taxonomy import RANKS, SINTAX_LETTERS, SINTAX_RANKS
 
-RANKS = ("phylum", "class", "order", "family", "subfamily", "genus", "species")
 FORMATS = ("auto", "fasta", "bioscan", "bold-v3", "bold-bcdm", "table")
 MISSING_VALUES = frozenset({"", "None", "NA", "N/A", "NaN", "nan", "null", "NULL"})
 
-# SINTAX rank letters (`;tax=k:...,p:...,s:Genus_species;`). `k`/`d` (kingdom/domain) are read and dropped;
-# `t` is a local extension for subfamily.
-SINTAX_RANKS = {"p": "phylum", "c": "class", "o": "order", "f": "family", "t": "subfamily", "g": "genus",
-                "s": "species"}
-_SINTAX_LETTER = {rank: letter for letter, rank in SINTAX_RANKS.items()}
 
 _HEAD_BYTES = 1 << 16          # how much (decompressed) content is peeked to recognise the format
 _MAX_PEEK_BYTES = 1 << 23      # at most this much compressed input is held while peeking
@@ -169,7 +164,7 @@ def parse_fasta_header(title: str) -> tuple[str, dict[str, str], str | None]:
 
 def sintax_header(record: "BarcodeRecord") -> str:
     """The SINTAX title `id;tax=p:...,s:Genus_species;` (plus `bin=...;`) for a record."""
-    items = [f"{_SINTAX_LETTER[rank]}:{record.taxonomy[rank].replace(' ', '_')}"
+    items = [f"{SINTAX_LETTERS[rank]}:{record.taxonomy[rank].replace(' ', '_')}"
              for rank in RANKS if record.taxonomy.get(rank)]
     title = record.id + ";"
     if items:
@@ -608,31 +603,61 @@ def _strip_cr(handle) -> Iterator[str]:
 # ---------------------------------------------------------------------------------------------- reading
 
 
-def read_barcodes(path: str | os.PathLike, *, format: str = "auto", id_column: str | None = None,
-                  sequence_column: str | None = None, skip_empty: bool = False,
-                  allow_duplicates: bool = False, min_length: int = 1,
-                  stats: ReadStats | None = None) -> Iterator[BarcodeRecord]:
-    """Stream BarcodeRecords from a FASTA file or a barcode table ("-" = standard input).
+@dataclass(frozen=True)
+class ReadOptions:
+    """How barcodes are read: the options every command that reads barcodes shares.
 
     `format` is "auto" (recognised from the content), "fasta", "bioscan", "bold-v3", "bold-bcdm" or "table"
     (any CSV/TSV: needs `id_column` and `sequence_column`, which also override the columns of the known
     tables). Records whose cleaned sequence is empty or shorter than `min_length` raise InputError unless
-    `skip_empty`; repeated ids raise InputError unless `allow_duplicates`. `stats` is filled in as records
-    are read. Every reading problem raises InputError; nothing else escapes.
+    `skip_empty`; repeated ids raise InputError unless `allow_duplicates`.
     """
-    if format not in FORMATS:
-        raise InputError(f"unknown input format {format!r}", path=_display(path),
+
+    format: str = "auto"
+    id_column: str | None = None
+    sequence_column: str | None = None
+    skip_empty: bool = False
+    allow_duplicates: bool = False
+    min_length: int = 1
+
+    def __post_init__(self):
+        if isinstance(self.min_length, bool) or not isinstance(self.min_length, int):
+            raise UsageError(f"min_length must be a whole number, got {self.min_length!r}")
+        object.__setattr__(self, "min_length", max(1, self.min_length))
+
+    def replace(self, **changes) -> "ReadOptions":
+        """A copy with some fields changed (unknown field names raise UsageError)."""
+        unknown = sorted(set(changes) - {f.name for f in fields(self)})
+        if unknown:
+            raise UsageError(f"unknown read option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}")
+        return replace(self, **changes)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def read_barcodes(path: str | os.PathLike, options: ReadOptions | None = None, *, stats: ReadStats | None = None,
+                  **changes) -> Iterator[BarcodeRecord]:
+    """Stream BarcodeRecords from a FASTA file or a barcode table ("-" = standard input).
+
+    How is said by `options` (ReadOptions), or by its fields as keywords (`format="fasta"`, `skip_empty=True`),
+    which also override `options`. `stats` is filled in as records are read. Every reading problem raises
+    InputError; nothing else escapes.
+    """
+    options = (options or ReadOptions()).replace(**changes) if changes else (options or ReadOptions())
+    if options.format not in FORMATS:
+        raise InputError(f"unknown input format {options.format!r}", path=_display(path),
                          fix="use one of " + ", ".join(FORMATS))
     if stats is None:
         stats = ReadStats(path=_display(path))
     elif not stats.path:
         stats.path = _display(path)
-    return _read(path, format, id_column, sequence_column, skip_empty, allow_duplicates,
-                 max(1, int(min_length)), stats)
+    return _read(path, options, stats)
 
 
-def _read(path, requested, id_column, sequence_column, skip_empty, allow_duplicates, min_length,
-          stats: ReadStats) -> Iterator[BarcodeRecord]:
+def _read(path, options: ReadOptions, stats: ReadStats) -> Iterator[BarcodeRecord]:
+    requested, id_column, sequence_column = options.format, options.id_column, options.sequence_column
+    skip_empty, allow_duplicates, min_length = options.skip_empty, options.allow_duplicates, options.min_length
     display = _display(path)
     source = _Input(path)
     sniffed = None
@@ -782,18 +807,21 @@ def _table_records(text, sniffed: _Sniffed, id_column, sequence_column, display:
         yield record_id, sequence, taxonomy, bin_uri, split, fields
 
 
-def read_fasta_taxonomy(path: str | os.PathLike, *, require_taxonomy: bool = True,
-                        **options) -> Iterator[BarcodeRecord]:
+def read_fasta_taxonomy(path: str | os.PathLike, options: ReadOptions | None = None, *,
+                        require_taxonomy: bool = True, stats: ReadStats | None = None,
+                        **changes) -> Iterator[BarcodeRecord]:
     """Read a reference FASTA whose headers carry SINTAX taxonomy (`>id;tax=p:...,g:...,s:...;`).
 
-    Takes read_barcodes' keyword options (skip_empty, allow_duplicates, min_length, stats). With
+    Takes read_barcodes' options (a ReadOptions, or its fields as keywords; the format defaults to fasta). With
     `require_taxonomy`, a record without any taxonomy in its header raises InputError.
     """
     display = _display(path)
-    options.setdefault("format", "fasta")
-    if options["format"] != "fasta":
+    options = (options or ReadOptions(format="fasta")).replace(**changes)
+    if options.format == "auto":
+        options = options.replace(format="fasta")
+    if options.format != "fasta":
         raise InputError("a taxonomy reference must be FASTA", path=display, fix="use --format fasta")
-    records = read_barcodes(path, **options)
+    records = read_barcodes(path, options, stats=stats)
 
     def checked() -> Iterator[BarcodeRecord]:
         for record in records:

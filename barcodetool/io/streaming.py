@@ -12,7 +12,7 @@ import threading
 from itertools import islice
 from typing import Iterable, Iterator, TypeVar
 
-from .atomic import signals_held
+from .interrupts import signals_held
 
 Item = TypeVar("Item")
 

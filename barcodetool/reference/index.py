@@ -50,8 +50,12 @@ import numpy as np
 
 from .._version import __version__
 from ..io.atomic import atomic_path
+from ..io.readers import ReadOptions, ReadStats, read_barcodes
 from ..errors import IndexMismatchError, InputError, UsageError
-from ..search.knn import SEARCH_BLOCK_ELEMENTS, knn_search, normalize, sequence_groups  # noqa: F401 (re-exported)
+from ..taxonomy import LABELS, OPTIONAL_RANKS, RANKS, encode_labels  # noqa: F401 (re-exported)
+from ..search import (KMER_FALLBACK_BELOW, KMER_FALLBACK_DF, KMER_MAX_DF, KMER_QUERY_STRIDE, KmerIndex, SequenceStore,
+                      as_store, candidate_union, knn_search, normalize, rank_scored, score_candidates)
+from ..search.knn import SEARCH_BLOCK_ELEMENTS, sequence_groups  # noqa: F401 (re-exported)
 
 log = logging.getLogger("barcodetool")
 
@@ -61,10 +65,6 @@ REFERENCE_FORMAT_VERSION = 2     # 2: identity layer (k-mer index, identity cali
 # (2: calibration with embedding only below --embed-below, coverage over the barcode region), so that a cached
 # index made by older code is rebuilt instead of recalibrated on every run.
 CACHE_GENERATION = 2
-RANKS = ("phylum", "class", "order", "family", "subfamily", "genus", "species")
-LABELS = RANKS + ("bin",)
-# Ranks that never block the ranks below them when left unassigned (many references leave subfamily empty).
-OPTIONAL_RANKS = frozenset({"subfamily"})
 
 DEFAULT_K = 10
 DEFAULT_PRECISION = 0.95
@@ -89,12 +89,6 @@ Progress = Callable[[int], None]
 
 
 # ============================================================================================ labels
-def encode_labels(values: Sequence[str | None]) -> tuple[np.ndarray, list[str]]:
-    """Strings (""/None = unknown) -> (int32 codes, -1 = unknown; sorted names)."""
-    names = sorted({v for v in values if v})
-    lookup = {name: i for i, name in enumerate(names)}
-    codes = np.fromiter((lookup.get(v, -1) if v else -1 for v in values), dtype=np.int32, count=len(values))
-    return codes, names
 
 
 # ============================================================================================ voting
@@ -491,8 +485,8 @@ def representative_records(groups: np.ndarray, codes: dict[str, np.ndarray]) -> 
 class IdentityLayer:
     """What identity classification needs: the distinct reference sequences, their k-mer index and labels."""
 
-    store: object                 # identity.SequenceStore of the distinct sequences, in group order
-    kmer: object                  # identity.KmerIndex over `store`
+    store: SequenceStore          # the distinct sequences, in group order
+    kmer: KmerIndex               # over `store`
     group_first: np.ndarray       # int64 [groups] first record of each distinct sequence (its embedding)
     group_record: np.ndarray      # int64 [groups] representative record (its id and labels are reported)
     codes: dict[str, np.ndarray]  # label name -> int32 [groups] the representative record's codes
@@ -558,8 +552,6 @@ def merge_ranked(kmer: ScoredCandidates, embedding: ScoredCandidates, embedded: 
     """(idx, score, identity, overlap) [Q, n_embedding + n_kmer], ranked as `rerank` ranks candidates: rows where
     `embedded` is set hold the union of the embedding candidates (first) and the k-mer ones, the others the k-mer
     candidates alone. `embedding` holds rows for the `embedded` queries only, or for every query."""
-    from ..search.identity import candidate_union, rank_scored
-
     q, n_kmer = kmer.idx.shape
     n_embedding = embedding.idx.shape[1]
     width = n_embedding + n_kmer
@@ -613,8 +605,6 @@ class IdentityHits:
 def kmer_hits(queries, index: ReferenceIndex, n_kmer: int, *, fallback: bool = True) -> ScoredCandidates:
     """The first stage of `identity_hits`: k-mer candidates of query sequences scored by identity (`fallback`:
     queries whose k-mers are nearly all too common are searched again with a higher cap)."""
-    from ..search.identity import as_store, score_candidates
-
     store = as_store(queries)
     _, km = index.identity_candidates(store, None, 0, n_kmer, fallback=fallback)
     score, identity, overlap = score_candidates(store, index.identity.store, km)
@@ -633,8 +623,6 @@ def identity_hits(queries, vectors: np.ndarray | None, index: ReferenceIndex, th
     embeddings come from `vectors` (rows for every query, or for those queries only) or from `embed`, a function
     of a list of sequences called for those queries only.
     """
-    from ..search.identity import as_store, score_candidates
-
     if thresholds is None:
         thresholds = index.identity_thresholds_for(candidates=candidates)
     if min_confidence is None:
@@ -784,8 +772,6 @@ class ReferenceIndex:
         return self._identity
 
     def _identity_base(self):
-        from ..search.identity import SequenceStore
-
         first, representative = representative_records(self.groups, self.codes)
         sequences = self.sequences
         store = SequenceStore.from_sequences([sequences[i] for i in first.tolist()])
@@ -794,8 +780,6 @@ class ReferenceIndex:
 
     def build_identity(self) -> IdentityLayer:
         """Build the identity layer from the reference sequences (the k-mer index of the distinct ones)."""
-        from ..search.identity import KmerIndex
-
         store, first, representative, codes = self._identity_base()
         log.info(f"indexing the k-mers of {len(store):,} distinct reference sequences")
         return IdentityLayer(store=store, kmer=KmerIndex(store), group_first=first, group_record=representative,
@@ -803,8 +787,6 @@ class ReferenceIndex:
 
     def _read_identity(self) -> IdentityLayer | None:
         import h5py
-
-        from ..search.identity import KmerIndex
 
         with h5py.File(self.path, "r") as handle:
             group = handle.get("identity/kmer")
@@ -838,8 +820,6 @@ class ReferenceIndex:
         reference groups) in distinct-sequence space, for leave-out calibration; `fallback` (default: without
         embedding candidates): queries whose k-mers are nearly all over the cap are searched again with a higher
         cap."""
-        from ..search.identity import KMER_FALLBACK_BELOW, KMER_FALLBACK_DF, KMER_MAX_DF, KMER_QUERY_STRIDE, as_store
-
         queries = as_store(queries)
         nq = len(queries)
         emb = np.full((nq, max(0, n_embedding)), -1, dtype=np.int64)
@@ -867,8 +847,6 @@ class ReferenceIndex:
         """(queries, scores, candidates) [m, N] of one leave-out level in distinct-sequence space, ranked; the
         candidate searches and identities are computed once (IDENTITY_CALIBRATION_CANDIDATES of each source)
         and reused for any smaller numbers of candidates. None when the reference has no labels at `level`."""
-        from ..search.identity import score_candidates
-
         if level not in LEVELS:
             raise UsageError(f"unknown calibration level {level!r}")
         self.identity_calibration = self.identity_calibration or {}
@@ -886,8 +864,6 @@ class ReferenceIndex:
                 exclude = (groups[queries], groups)
             else:
                 exclude = (layer.codes[level][queries], layer.codes[level])
-            from ..search.identity import SequenceStore
-
             flat = [layer.store.sequence(int(i)) for i in queries]
             query_store = SequenceStore.from_sequences(flat)
             width_e = max(n_embedding, IDENTITY_CALIBRATION_CANDIDATES)
@@ -1352,26 +1328,21 @@ def file_sha256(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def cache_key(path: str | os.PathLike, pretrained, read_options: dict | None = None) -> str:
+def cache_key(path: str | os.PathLike, pretrained, read_options: ReadOptions | None = None) -> str:
     digest = hashlib.sha256()
     digest.update(file_sha256(path).encode())
     digest.update(pretrained.sha256.encode())
-    digest.update(json.dumps(read_options or {}, sort_keys=True, default=str).encode())
+    digest.update(json.dumps((read_options or ReadOptions()).as_dict(), sort_keys=True, default=str).encode())
     digest.update(f"{REFERENCE_FORMAT}-{REFERENCE_FORMAT_VERSION}-{CACHE_GENERATION}".encode())
     return digest.hexdigest()[:32]
 
 
-def read_reference_records(path: str | os.PathLike, read_options: dict | None = None, stats=None,
-                           min_length: int = 1):
+def read_reference_records(path: str | os.PathLike, read_options: ReadOptions | None = None, stats=None):
     """Records of a reference table/FASTA; empty or too-short sequences (under `min_length`) are skipped."""
-    from ..io.readers import read_barcodes
-
-    options = {"skip_empty": True, "min_length": min_length}
-    options.update(read_options or {})
-    return read_barcodes(path, stats=stats, **options)
+    return read_barcodes(path, (read_options or ReadOptions()).replace(skip_empty=True), stats=stats)
 
 
-def open_reference(path: str | os.PathLike, pretrained, *, read_options: dict | None = None,
+def open_reference(path: str | os.PathLike, pretrained, *, read_options: ReadOptions | None = None,
                    use_cache: bool = True, batch_size: int = 256, progress: Progress | None = None,
                    ) -> ReferenceIndex:
     """A prebuilt index (checked against `pretrained`), or a table/FASTA built once and cached.
@@ -1387,8 +1358,7 @@ def open_reference(path: str | os.PathLike, pretrained, *, read_options: dict | 
         raise UsageError("the reference cannot be standard input (give a file)")
     if not os.path.exists(path):
         raise InputError("file not found", path=str(path), fix="check the path")
-    read_options = dict(read_options or {})
-    read_options.setdefault("min_length", pretrained.tokenizer.config.k)
+    read_options = (read_options or ReadOptions()).replace(min_length=pretrained.tokenizer.config.k)
     cached = None
     if use_cache:
         cached = reference_cache_dir() / f"{cache_key(path, pretrained, read_options)}.h5"
@@ -1400,8 +1370,6 @@ def open_reference(path: str | os.PathLike, pretrained, *, read_options: dict | 
                 return index
             except (InputError, IndexMismatchError):
                 log.info(f"rebuilding the unreadable cached index {cached}")
-    from ..io.readers import ReadStats
-
     stats = ReadStats(path=str(path))
     log.info(f"building a reference index from {path} (cached for next time)")
     index = build_reference(read_reference_records(path, read_options, stats), pretrained, batch_size=batch_size,

@@ -1,5 +1,5 @@
-"""Fast exact pairwise identity of COI barcodes: re-ranking of search candidates, k-mer candidate search, and
-average-linkage clustering on identity distance.
+"""Fast exact pairwise identity of COI barcodes: re-ranking of search candidates, and average-linkage clustering
+on identity distance.
 
 Method (docs/identity-rerank.md has the measurements)
 -----------------------------------------------------
@@ -32,23 +32,22 @@ genes or reverse complements share no anchors and get 0; identity over a short o
 use `coverage_score`, which scales the identity down when the overlap covers less than 70 % of the query (of
 its first 658 bp for a query longer than the COI-5P barcode region).
 
-Ranking and search: `rerank` orders candidate references of each query by `coverage_score`; `KmerIndex` finds
-candidates by shared distinct 12-mers (the VSEARCH idea), skipping k-mers held by more than `max_df` references.
+Ranking: `rerank` orders candidate references of each query by `coverage_score` (the candidates come from
+`barcodetool.search.kmer_index.KmerIndex`, shared distinct 12-mers, and from the embedding's k-NN).
 `identity_graph_cluster` runs average linkage on identity distance over a candidate graph.
 
 Everything is vectorised with numpy over many pairs at once; sequences are encoded once into a
-`SequenceStore` (flat uint8 codes, bit masks A=1 C=2 G=4 T=8, ambiguity codes the union of their bases).
+`SequenceStore` (barcodetool.search.sequences: flat uint8 codes, bit masks A=1 C=2 G=4 T=8, ambiguity codes the union of their bases).
 """
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
-from ..errors import InputError, UsageError
-from .knn import largest_columns
+from ..errors import UsageError
+from .sequences import IS_BASE, LETTERS, SequenceStore, as_store, encode, kmer_codes
 
 ANCHOR_K = 10               # anchor k-mer length (2 bits a base: fits int32)
 ANCHOR_STRIDE = 2           # k-mers of the second sequence looked up at every `stride`-th position
@@ -62,130 +61,12 @@ DEFAULT_COVERAGE = 0.7      # rerank: references covering less of the query than
 # ranked below a 1.5-kb one of another species at 80% (val species top hit 99.10% -> 99.28%, long queries
 # 93.2% -> 97.4%).
 BARCODE_REGION = 658
-KMER_K = 12                 # KmerIndex k-mer length
-KMER_MAX_DF = 1000          # KmerIndex.search: skip k-mers held by more references than this
-# classify: every second query k-mer is looked up. Measured on the shared split (train as the reference): 36% less
-# search time, species top hit on val 99.10% either way, genus top hit of left-out train species 77.3% vs 77.4%
-# (docs/benchmarks.md, "CPU speed").
-KMER_QUERY_STRIDE = 2
-# k-mer-only candidates (no embedding): a query most of whose k-mers are held by more than KMER_MAX_DF references
-# (a heavily sampled species) is searched again with this cap. On val against train: species top hit 97.90% ->
-# 98.94% for 1.5x the search time (a single search capped at 3,000 for every query: 98.94% for 2.9x).
-KMER_FALLBACK_DF = 3000
-KMER_FALLBACK_BELOW = 0.1   # ... when fewer than this fraction of its k-mers are within KMER_MAX_DF
-KMER_COUNT_ELEMENTS = 1 << 22   # KmerIndex.search: queries x references shared-k-mer counts held at once
 MAX_COMPONENT = 20_000      # identity_graph_cluster: largest linked group clustered exactly (m^2 / 2 pairs)
 PAIR_BLOCK = 2048           # pairs processed at once (memory ~ PAIR_BLOCK x longest sequence x 40 B)
 IUPAC_MODES = ("ignore", "compatible")
 FALLBACKS = ("none", "two-offset", "align")
 
-_BITS = {"A": 1, "C": 2, "G": 4, "T": 8, "U": 8, "R": 5, "Y": 10, "S": 6, "W": 9, "K": 12, "M": 3, "B": 14,
-         "D": 13, "H": 11, "V": 7, "N": 15}
-_CODE = np.zeros(256, dtype=np.uint8)          # ASCII -> bit mask, 0 = not a nucleotide code
-for _letter, _bits in _BITS.items():
-    _CODE[ord(_letter)] = _bits
-    _CODE[ord(_letter.lower())] = _bits
-_IS_BASE = np.zeros(16, dtype=bool)            # bit mask is one of A, C, G, T
-_IS_BASE[[1, 2, 4, 8]] = True
-_LETTER = np.frombuffer(b"-ACMGRSVTWYHKDBN", dtype=np.uint8)  # bit mask -> letter (0 -> "-")
-
-
-# ============================================================================================ encoding
-def encode(sequence: str) -> np.ndarray:
-    """uint8 bit-mask codes of a nucleotide sequence (A=1 C=2 G=4 T/U=8, IUPAC codes the union, N=15).
-
-    Raises InputError for a character that is not a nucleotide code (gaps included: give cleaned sequences).
-    """
-    raw = np.frombuffer(sequence.encode("ascii", errors="replace"), dtype=np.uint8)
-    codes = _CODE[raw]
-    if codes.size and not codes.all():
-        bad = sequence[int(np.flatnonzero(codes == 0)[0])]
-        raise InputError(f"{bad!r} is not a nucleotide code", fix="give cleaned sequences (ACGT and IUPAC codes)")
-    return codes
-
-
-def decode(codes: np.ndarray) -> str:
-    """Inverse of `encode` (T for T/U; 0 = padding becomes '-')."""
-    return _LETTER[np.asarray(codes, dtype=np.uint8)].tobytes().decode("ascii")
-
-
-class SequenceStore:
-    """Sequences encoded once for identity computations: flat uint8 bit-mask codes with start offsets.
-
-    Memory is one byte a nucleotide (no padding). `rows(idx)` gathers rows into a zero-padded matrix.
-    """
-
-    def __init__(self, flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray):
-        self.flat = flat          # uint8 [total nucleotides]
-        self.starts = starts      # int64 [n] offset of each sequence in `flat`
-        self.lengths = lengths    # int32 [n]
-
-    @classmethod
-    def from_sequences(cls, sequences: Sequence[str]) -> "SequenceStore":
-        lengths = np.fromiter((len(s) for s in sequences), dtype=np.int32, count=len(sequences))
-        starts = np.zeros(len(sequences), dtype=np.int64)
-        if len(sequences) > 1:
-            np.cumsum(lengths[:-1], out=starts[1:])
-        text = "".join(sequences)
-        raw = np.frombuffer(text.encode("ascii", errors="replace"), dtype=np.uint8)
-        flat = _CODE[raw]
-        if flat.size and not flat.all():
-            position = int(np.flatnonzero(flat == 0)[0])
-            row = int(np.searchsorted(starts, position, side="right") - 1)
-            raise InputError(f"{text[position]!r} is not a nucleotide code", record=str(row),
-                             fix="give cleaned sequences (ACGT and IUPAC codes)")
-        return cls(flat, starts, lengths)
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    def sequence(self, i: int) -> str:
-        start = int(self.starts[i])
-        return decode(self.flat[start:start + int(self.lengths[i])])
-
-    def rows(self, idx: np.ndarray, width: int | None = None) -> np.ndarray:
-        """uint8 [len(idx), width] codes of rows `idx`, zero-padded (width: their longest length by default)."""
-        idx = np.asarray(idx, dtype=np.int64)
-        lengths = self.lengths[idx]
-        if width is None:
-            width = int(lengths.max()) if len(idx) else 0
-        out = np.zeros((len(idx), width), dtype=np.uint8)
-        flat = self.flat
-        for r, (start, length) in enumerate(zip(self.starts[idx].tolist(), np.minimum(lengths, width).tolist())):
-            out[r, :length] = flat[start:start + length]
-        return out
-
-
-def as_store(sequences) -> SequenceStore:
-    """A SequenceStore as is, or one built from a sequence of strings."""
-    if isinstance(sequences, SequenceStore):
-        return sequences
-    if isinstance(sequences, str):
-        raise UsageError("give a list of sequences, not one string")
-    return SequenceStore.from_sequences(list(sequences))
-
-
 # ============================================================================================ anchoring
-def _kmer_codes(codes: np.ndarray, k: int, stride: int = 1) -> np.ndarray:
-    """int32 [rows, P] 2-bit k-mer codes starting at columns 0, stride, 2 stride, ... (P = those with a full
-    window inside the matrix); -1 where the window holds anything but A/C/G/T (padding included)."""
-    n, width = codes.shape
-    count = len(range(0, max(0, width - k + 1), stride))
-    if count == 0:
-        return np.full((n, 0), -1, dtype=np.int32)
-    base = _IS_BASE[codes]                                  # bool  [n, width]
-    two = ((codes >> 1) - (codes >> 3)).astype(np.int32)    # A1 C2 G4 T8 -> 0 1 2 3 (others masked by `base`)
-    value = np.zeros((n, count), dtype=np.int32)
-    valid = np.ones((n, count), dtype=bool)
-    for t in range(k):                                      # strided views: no gathers
-        window = slice(t, t + (count - 1) * stride + 1, stride)
-        value <<= 2
-        value |= two[:, window]
-        valid &= base[:, window]
-    value[~valid] = -1
-    return value
-
-
 @dataclass
 class _Offsets:
     best: np.ndarray          # int64 [pairs] most voted offset d1 (a[i] ~ b[i + d1]); 0 where no anchor
@@ -199,7 +80,7 @@ def _offsets(a_codes: np.ndarray, a_of_pair: np.ndarray, b_codes: np.ndarray, k:
     n_pairs = b_codes.shape[0]
     zero = np.zeros(n_pairs, dtype=np.int64)
     # a side: every valid k-mer occurring once in its row, keyed (row << 2k) | kmer, sorted
-    a_kmers = _kmer_codes(a_codes, k)                                        # [n_a, width_a - k + 1]
+    a_kmers = kmer_codes(a_codes, k)                                        # [n_a, width_a - k + 1]
     rows, pos_a = np.nonzero(a_kmers >= 0)
     keys = (rows.astype(np.int64) << (2 * k)) | a_kmers[rows, pos_a].astype(np.int64)
     order = np.argsort(keys, kind="stable")
@@ -211,7 +92,7 @@ def _offsets(a_codes: np.ndarray, a_of_pair: np.ndarray, b_codes: np.ndarray, k:
         single[:-1] &= ~repeat
         keys, pos_a = keys[single], pos_a[single]
     # b side: k-mers at every `stride`-th position, looked up among the k-mers of the pair's a row
-    b_kmers = _kmer_codes(b_codes, k, stride)                                    # [n_pairs, P]
+    b_kmers = kmer_codes(b_codes, k, stride)                                    # [n_pairs, P]
     flat = b_kmers.ravel()
     where = np.flatnonzero(flat >= 0)
     if len(keys) == 0 or len(where) == 0:
@@ -240,7 +121,7 @@ def _offsets(a_codes: np.ndarray, a_of_pair: np.ndarray, b_codes: np.ndarray, k:
 
 
 # ============================================================================================ identity
-_STRICT = np.where(_IS_BASE, np.arange(16), 0).astype(np.uint8)   # ambiguity codes -> 0 (left out)
+_STRICT = np.where(IS_BASE, np.arange(16), 0).astype(np.uint8)   # ambiguity codes -> 0 (left out)
 
 
 def _comparable(codes: np.ndarray, iupac: str) -> np.ndarray:
@@ -544,158 +425,6 @@ def rank_scored(candidate_idx: np.ndarray, score: np.ndarray, *others: np.ndarra
     return tuple(out + [np.take_along_axis(x, order, axis=1) for x in others])
 
 
-# ============================================================================================ k-mer search
-def _kept_share(q_of: np.ndarray, kept: np.ndarray, n: int) -> np.ndarray:
-    """float [n]: per query, the share of its looked-up k-mers (one entry each in `q_of`) marked in `kept`."""
-    return np.bincount(q_of[kept], minlength=n) / np.maximum(1, np.bincount(q_of, minlength=n))
-
-
-def _sparse():
-    """scipy.sparse, imported on first use (0.1 s; scipy comes with scikit-learn)."""
-    import scipy.sparse
-
-    return scipy.sparse
-
-
-class KmerIndex:
-    """Inverted index of the distinct k-mers of reference sequences, for candidate generation by shared k-mers
-    (the VSEARCH/USEARCH idea): a query's candidates are the references sharing most of its distinct k-mers.
-
-    K-mers found in more than `max_df` references (conserved stretches shared across genera and families) are
-    skipped at search time: they cost most of the work and hardly rank anything. Memory: 4 bytes per distinct
-    (k-mer, reference) pair (~19 M pairs, 80 MB, for 31 k barcodes with k = 12), 4 more once searched (the
-    postings as a sparse matrix: shared k-mers are counted by a sparse product, 2.2x faster than gathering the
-    postings and counting them with numpy).
-    """
-
-    _matrix_lock = threading.Lock()
-
-    def __init__(self, store, k: int = KMER_K, *, chunk: int = 2048):
-        if not 4 <= k <= 15:
-            raise UsageError(f"k must be 4 to 15, got {k}")
-        store = as_store(store)
-        self.k = k
-        self.size = len(store)
-        keys = []
-        for c0 in range(0, len(store), chunk):
-            rows = np.arange(c0, min(len(store), c0 + chunk))
-            kmers = _kmer_codes(store.rows(rows), k)                      # [rows, width - k + 1]
-            r, c = np.nonzero(kmers >= 0)
-            keys.append(np.unique((kmers[r, c].astype(np.int64) << 32) | rows[r]))
-        keys = np.concatenate(keys) if keys else np.zeros(0, dtype=np.int64)
-        keys.sort()
-        kmers = (keys >> 32).astype(np.int32)
-        self.refs = (keys & 0xFFFFFFFF).astype(np.int32)   # int32 [postings] reference rows, grouped by k-mer
-        self.kmers, self.starts, counts = np.unique(kmers, return_index=True, return_counts=True)
-        self.df = counts.astype(np.int32)                  # references holding each distinct k-mer
-        self._matrix = None
-
-    @classmethod
-    def from_arrays(cls, k: int, size: int, kmers: np.ndarray, df: np.ndarray, refs: np.ndarray) -> "KmerIndex":
-        """An index from its stored arrays (`kmers`, `df`, `refs` as built; `starts` is derived from `df`)."""
-        kmers = np.asarray(kmers, dtype=np.int32)
-        df = np.asarray(df, dtype=np.int32)
-        refs = np.asarray(refs, dtype=np.int32)
-        if not 4 <= k <= 15 or kmers.shape != df.shape or int(df.sum(dtype=np.int64)) != len(refs) \
-                or (len(refs) and (refs.min() < 0 or refs.max() >= size)) \
-                or (len(kmers) > 1 and (np.diff(kmers) <= 0).any()):
-            raise InputError("the stored k-mer index is inconsistent", fix="rebuild the reference index")
-        index = cls.__new__(cls)
-        index.k, index.size, index.kmers, index.df, index.refs = int(k), int(size), kmers, df, refs
-        index._matrix = None
-        index.starts = np.zeros(len(df), dtype=np.int64)
-        if len(df) > 1:
-            np.cumsum(df[:-1], out=index.starts[1:])
-        return index
-
-    def search(self, queries, n: int, *, max_df: int = KMER_MAX_DF, stride: int = 1,
-               exclude: tuple[np.ndarray, np.ndarray] | None = None, batch: int = 64,
-               fallback: tuple[int, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-n references by distinct shared k-mers: (counts int32 [Q, n], idx int64 [Q, n]), best first
-        (ties by row); slots without a shared k-mer hold 0 and -1. `stride`: use every stride-th query k-mer.
-        `exclude`: (query_groups [Q], reference_groups [size]): skip references of the query's own group.
-        `fallback` (max_df, below): a query with fewer than `below` of its k-mers within `max_df` (`kept_fraction`)
-        is searched with the fallback's max_df instead."""
-        queries = as_store(queries)
-        if n < 1:
-            raise UsageError(f"n must be at least 1, got {n}")
-        nq = len(queries)
-        out_c = np.zeros((nq, n), dtype=np.int32)
-        out_i = np.full((nq, n), -1, dtype=np.int64)
-        if nq == 0 or self.size == 0 or len(self.kmers) == 0:
-            return out_c, out_i
-        kk = min(n, self.size)
-        batch = max(1, min(batch, KMER_COUNT_ELEMENTS // max(1, self.size)))   # bound the [batch, size] counts
-        descending = np.arange(self.size - 1, -1, -1, dtype=np.int64)
-        for q0 in range(0, nq, batch):
-            rows = np.arange(q0, min(nq, q0 + batch))
-            q_of, at = self._lookup(queries, rows, stride)
-            keep = self.df[at] <= max_df
-            if fallback is not None:
-                kept = _kept_share(q_of, keep, len(rows))
-                keep |= (kept[q_of] < fallback[1]) & (self.df[at] <= fallback[0])
-            q_of, at = q_of[keep], at[keep]
-            # [rows, kmers] x [kmers, size] sparse product: shared kept k-mers of each query and reference.
-            # The (q_of, at) pairs come sorted by query, then k-mer: the CSR layout, built directly with the
-            # postings' index type (mixed types would make scipy copy the postings on every product).
-            matrix = self.matrix()
-            indptr = np.zeros(len(rows) + 1, dtype=matrix.indptr.dtype)
-            np.cumsum(np.bincount(q_of, minlength=len(rows)), out=indptr[1:])
-            chosen = _sparse().csr_array((np.ones(len(at), dtype=np.int32), at.astype(matrix.indices.dtype),
-                                          indptr), shape=(len(rows), len(self.kmers)))
-            counts = (chosen @ matrix).toarray()                                          # int32 [rows, size]
-            if exclude is not None:
-                query_groups, ref_groups = exclude
-                counts[np.asarray(query_groups)[rows][:, None] == np.asarray(ref_groups)[None, :]] = 0
-            # unique keys (count, then lower row first): the top n does not depend on n at ties
-            key = counts.astype(np.int64)
-            key *= self.size
-            key += descending
-            top = largest_columns(key, kk)
-            top_c = np.take_along_axis(counts, top, axis=1)
-            order = np.lexsort((top, -top_c), axis=1)
-            top, top_c = np.take_along_axis(top, order, axis=1), np.take_along_axis(top_c, order, axis=1)
-            out_c[rows, :kk] = top_c
-            out_i[rows, :kk] = np.where(top_c > 0, top, -1)
-        return out_c, out_i
-
-    def matrix(self):
-        """The postings as a sparse int32 [kmers, size] matrix of ones (built once, on first use)."""
-        with self._matrix_lock:
-            if self._matrix is None:
-                # int32 offsets where they fit: with int64 ones scipy would copy the postings to int64 too
-                indptr = np.zeros(len(self.df) + 1, dtype=np.int32 if len(self.refs) < 2 ** 31 else np.int64)
-                np.cumsum(self.df, out=indptr[1:])
-                self._matrix = _sparse().csr_array((np.ones(len(self.refs), dtype=np.int32), self.refs, indptr),
-                                                   shape=(len(self.kmers), self.size))
-            return self._matrix
-
-    def _lookup(self, queries: SequenceStore, rows: np.ndarray, stride: int) -> tuple[np.ndarray, np.ndarray]:
-        """The distinct indexed k-mers (every stride-th) of queries[rows]: (position in rows int64, position in
-        self.kmers int64), one pair per (query, k-mer)."""
-        kmers = _kmer_codes(queries.rows(rows), self.k)[:, ::stride]
-        r, c = np.nonzero(kmers >= 0)
-        unique = np.unique((r.astype(np.int64) << 32) | kmers[r, c].astype(np.int64))
-        q_of = unique >> 32
-        kmer = (unique & 0xFFFFFFFF).astype(np.int32)
-        at = np.minimum(np.searchsorted(self.kmers, kmer), len(self.kmers) - 1)
-        found = self.kmers[at] == kmer
-        return q_of[found], at[found]
-
-    def kept_fraction(self, queries, *, max_df: int = KMER_MAX_DF, stride: int = 1) -> np.ndarray:
-        """float [Q]: the fraction of each query's distinct indexed k-mers (every stride-th) held by at most
-        max_df references, i.e. those `search` uses (0 for a query with no indexed k-mer)."""
-        queries = as_store(queries)
-        out = np.zeros(len(queries), dtype=np.float64)
-        if len(self.kmers) == 0:
-            return out
-        for q0 in range(0, len(queries), 1024):
-            rows = np.arange(q0, min(len(queries), q0 + 1024))
-            q_of, at = self._lookup(queries, rows, stride)
-            out[rows] = _kept_share(q_of, self.df[at] <= max_df, len(rows))
-        return out
-
-
 # ============================================================================================ alignment
 _ALIGNER = None
 
@@ -735,8 +464,8 @@ def aligned_identity(a: str, b: str, *, iupac: str = "ignore", detail: bool = Fa
     ca, cb = encode(a), encode(b)
     if len(ca) == 0 or len(cb) == 0:
         return (0.0, 0) if detail else 0.0
-    letters_a = _LETTER[ca].tobytes().decode("ascii")      # U -> T, lower -> upper
-    letters_b = _LETTER[cb].tobytes().decode("ascii")
+    letters_a = LETTERS[ca].tobytes().decode("ascii")      # U -> T, lower -> upper
+    letters_b = LETTERS[cb].tobytes().decode("ascii")
     alignment = _aligner().align(letters_a, letters_b)[0]
     coordinates = alignment.coordinates                    # [2, m] breakpoints of gap-free blocks and gaps
     matches = compared = gaps = 0

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from .._version import __version__
 from ..io.atomic import atomic_path
+from ..io.readers import ReadOptions, ReadStats, read_barcodes
 from ..errors import ModelError, UsageError
 from ..model.mae import BarcodeMAE, BarcodeMAEConfig, preset as model_preset
 from ..model.runtime import autocast, resolve_device
@@ -167,16 +168,15 @@ def build_corpus(records: Iterable, tokenizer: KmerTokenizer, *, label_ranks: Se
 
 
 def read_corpus(paths: Sequence[str], tokenizer: KmerTokenizer, *, include_splits: Sequence[str] | None = None,
-                read_options: dict | None = None, label_ranks: Sequence[str] = (), stats_out: list | None = None
+                read_options: ReadOptions | None = None, label_ranks: Sequence[str] = (), stats_out: list | None = None
                 ) -> Corpus:
     """Read training files (FASTA or tables). `include_splits` keeps table rows whose `split` is listed
     (rows without a split value are kept)."""
-    from ..io.readers import ReadStats, read_barcodes
 
     def records():
         for path in paths:
             stats = ReadStats(path=str(path))
-            for record in read_barcodes(path, stats=stats, **(read_options or {})):
+            for record in read_barcodes(path, read_options, stats=stats):
                 if include_splits is not None and record.split and record.split not in include_splits:
                     continue
                 yield record

@@ -1,0 +1,114 @@
+"""Sequences encoded once for vectorised identity and k-mer work: bit-mask codes, the SequenceStore, k-mer codes."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import InputError, UsageError
+
+_BITS = {"A": 1, "C": 2, "G": 4, "T": 8, "U": 8, "R": 5, "Y": 10, "S": 6, "W": 9, "K": 12, "M": 3, "B": 14,
+         "D": 13, "H": 11, "V": 7, "N": 15}
+_CODE = np.zeros(256, dtype=np.uint8)          # ASCII -> bit mask, 0 = not a nucleotide code
+for _letter, _bits in _BITS.items():
+    _CODE[ord(_letter)] = _bits
+    _CODE[ord(_letter.lower())] = _bits
+IS_BASE = np.zeros(16, dtype=bool)            # bit mask is one of A, C, G, T
+IS_BASE[[1, 2, 4, 8]] = True
+LETTERS = np.frombuffer(b"-ACMGRSVTWYHKDBN", dtype=np.uint8)  # bit mask -> letter (0 -> "-")
+
+
+# ============================================================================================ encoding
+def encode(sequence: str) -> np.ndarray:
+    """uint8 bit-mask codes of a nucleotide sequence (A=1 C=2 G=4 T/U=8, IUPAC codes the union, N=15).
+
+    Raises InputError for a character that is not a nucleotide code (gaps included: give cleaned sequences).
+    """
+    raw = np.frombuffer(sequence.encode("ascii", errors="replace"), dtype=np.uint8)
+    codes = _CODE[raw]
+    if codes.size and not codes.all():
+        bad = sequence[int(np.flatnonzero(codes == 0)[0])]
+        raise InputError(f"{bad!r} is not a nucleotide code", fix="give cleaned sequences (ACGT and IUPAC codes)")
+    return codes
+
+
+def decode(codes: np.ndarray) -> str:
+    """Inverse of `encode` (T for T/U; 0 = padding becomes '-')."""
+    return LETTERS[np.asarray(codes, dtype=np.uint8)].tobytes().decode("ascii")
+
+
+class SequenceStore:
+    """Sequences encoded once for identity computations: flat uint8 bit-mask codes with start offsets.
+
+    Memory is one byte a nucleotide (no padding). `rows(idx)` gathers rows into a zero-padded matrix.
+    """
+
+    def __init__(self, flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray):
+        self.flat = flat          # uint8 [total nucleotides]
+        self.starts = starts      # int64 [n] offset of each sequence in `flat`
+        self.lengths = lengths    # int32 [n]
+
+    @classmethod
+    def from_sequences(cls, sequences: Sequence[str]) -> "SequenceStore":
+        lengths = np.fromiter((len(s) for s in sequences), dtype=np.int32, count=len(sequences))
+        starts = np.zeros(len(sequences), dtype=np.int64)
+        if len(sequences) > 1:
+            np.cumsum(lengths[:-1], out=starts[1:])
+        text = "".join(sequences)
+        raw = np.frombuffer(text.encode("ascii", errors="replace"), dtype=np.uint8)
+        flat = _CODE[raw]
+        if flat.size and not flat.all():
+            position = int(np.flatnonzero(flat == 0)[0])
+            row = int(np.searchsorted(starts, position, side="right") - 1)
+            raise InputError(f"{text[position]!r} is not a nucleotide code", record=str(row),
+                             fix="give cleaned sequences (ACGT and IUPAC codes)")
+        return cls(flat, starts, lengths)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def sequence(self, i: int) -> str:
+        start = int(self.starts[i])
+        return decode(self.flat[start:start + int(self.lengths[i])])
+
+    def rows(self, idx: np.ndarray, width: int | None = None) -> np.ndarray:
+        """uint8 [len(idx), width] codes of rows `idx`, zero-padded (width: their longest length by default)."""
+        idx = np.asarray(idx, dtype=np.int64)
+        lengths = self.lengths[idx]
+        if width is None:
+            width = int(lengths.max()) if len(idx) else 0
+        out = np.zeros((len(idx), width), dtype=np.uint8)
+        flat = self.flat
+        for r, (start, length) in enumerate(zip(self.starts[idx].tolist(), np.minimum(lengths, width).tolist())):
+            out[r, :length] = flat[start:start + length]
+        return out
+
+
+def as_store(sequences) -> SequenceStore:
+    """A SequenceStore as is, or one built from a sequence of strings."""
+    if isinstance(sequences, SequenceStore):
+        return sequences
+    if isinstance(sequences, str):
+        raise UsageError("give a list of sequences, not one string")
+    return SequenceStore.from_sequences(list(sequences))
+
+
+def kmer_codes(codes: np.ndarray, k: int, stride: int = 1) -> np.ndarray:
+    """int32 [rows, P] 2-bit k-mer codes starting at columns 0, stride, 2 stride, ... (P = those with a full
+    window inside the matrix); -1 where the window holds anything but A/C/G/T (padding included)."""
+    n, width = codes.shape
+    count = len(range(0, max(0, width - k + 1), stride))
+    if count == 0:
+        return np.full((n, 0), -1, dtype=np.int32)
+    base = IS_BASE[codes]                                  # bool  [n, width]
+    two = ((codes >> 1) - (codes >> 3)).astype(np.int32)    # A1 C2 G4 T8 -> 0 1 2 3 (others masked by `base`)
+    value = np.zeros((n, count), dtype=np.int32)
+    valid = np.ones((n, count), dtype=bool)
+    for t in range(k):                                      # strided views: no gathers
+        window = slice(t, t + (count - 1) * stride + 1, stride)
+        value <<= 2
+        value |= two[:, window]
+        valid &= base[:, window]
+    value[~valid] = -1
+    return value
