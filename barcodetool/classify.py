@@ -5,7 +5,7 @@ Methods (docs/classify-and-cluster.md):
 - `identity` (default): candidates are the reference sequences sharing the most 12-mers (top 10) and, for queries
   whose best k-mer candidate scores below `embed_below` (0.95: distant queries, where the embedding finds what
   shared k-mers miss), those nearest by embedding (top 20); each is scored by exact sequence identity
-  (barcodetool.identity, coverage score),
+  (barcodetool.search.identity, coverage score),
   the species is the one carried by most of the candidates tied at the best score, and the whole lineage is that
   hit's. A rank is assigned when the best score reaches the rank's threshold calibrated on the reference (and
   the tied-best candidates agree at least `min_confidence` of the time); ranks below an unassigned rank stay
@@ -22,20 +22,29 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import IO, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, fields, replace
+from typing import IO, TYPE_CHECKING
 
 import numpy as np
 
-from .errors import UsageError
+from . import embedding
+from .errors import ModelError, UsageError
 from .io.interrupts import signals_held
 from .io.streaming import read_ahead
+from .model.onnx import OnnxModel, load_onnx_model
+from .model.runtime import cuda_impossible, resolve_device, set_threads
+from .model.weights import PretrainedModel, load_model, locate_model
+from .reference import IdentityHits, identity_hits, nearest_bins  # noqa: F401 (part of this module's API)
+from .reference import (DEFAULT_K, IDENTITY_CANDIDATES_EMBEDDING, IDENTITY_CANDIDATES_KMER, IDENTITY_EMBED_BELOW,
+                        ReferenceIndex, ScoredCandidates, Thresholds, embedding_needed, index_model_name,
+                        kmer_fallback, kmer_hits, resolve_model_for_reference, thresholds_for, vote)
+from .search import knn_search, normalize, sequence_groups
 from .taxonomy import OPTIONAL_RANKS, RANKS, SINTAX_LETTERS
-from .reference.index import IdentityHits, identity_hits, nearest_bins  # noqa: F401 (part of this module's API)
-from .reference.index import (DEFAULT_K, IDENTITY_CANDIDATES_EMBEDDING, IDENTITY_CANDIDATES_KMER, IDENTITY_EMBED_BELOW,
-                        ReferenceIndex, ScoredCandidates, Thresholds, embedding_needed,
-                        identity_decide, kmer_fallback, kmer_hits, knn_search, normalize, sequence_groups, vote)
+
+if TYPE_CHECKING:  # PyTorch is imported when a model is loaded, not with this module
+    import torch
 
 log = logging.getLogger("barcodetool")
 
@@ -44,6 +53,69 @@ FORMATS = ("tsv", "sintax")
 CHUNK_RECORDS = 4096   # queries a pipeline stage holds (classify_records)
 TSV_COLUMNS = (["id"] + [c for r in RANKS for c in (r, f"{r}_confidence")]
                + ["rank", "nearest_id", "similarity", "bin", "identity_overlap"])
+
+
+@dataclass(frozen=True)
+class ClassifyOptions:
+    """How queries are classified: the options of `barcodetool classify`, validated once.
+
+    `method`: "identity" (default), "knn" or "probe". `neighbours` (knn and probe: neighbours that vote),
+    `precision` and `min_confidence` default (None) to the index's calibration. The identity method scores the
+    `candidates_kmer` reference sequences sharing the most 12-mers and, for queries whose best k-mer candidate
+    scores below `embed_below` (inf: every query), the `candidates_embedding` nearest by embedding (0: no
+    embedding, no model needed). `chunk_size` queries are read, embedded and written at a time, `batch_size` per
+    forward pass; `search_workers` chunks are searched at once by worker threads (default: 2 for identity, 1 for
+    knn and probe).
+    """
+
+    method: str = "identity"
+    neighbours: int | None = None
+    precision: float | None = None
+    min_confidence: float | None = None
+    candidates_embedding: int = IDENTITY_CANDIDATES_EMBEDDING
+    candidates_kmer: int = IDENTITY_CANDIDATES_KMER
+    embed_below: float = IDENTITY_EMBED_BELOW
+    chunk_size: int = CHUNK_RECORDS
+    batch_size: int = 256
+    search_workers: int | None = None
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise UsageError(f"unknown method {self.method!r}; choose {', '.join(METHODS)}")
+        if self.neighbours is not None and self.neighbours < 1:
+            raise UsageError(f"--neighbours must be at least 1, got {self.neighbours}")
+        if self.min_confidence is not None and not 0.0 <= self.min_confidence <= 1.0:
+            raise UsageError(f"--min-confidence must be between 0 and 1, got {self.min_confidence}")
+        if self.candidates_embedding < 0 or self.candidates_kmer < 0:
+            raise UsageError("candidate numbers must be >= 0")
+        if math.isnan(self.embed_below) or self.embed_below < 0:
+            raise UsageError(f"--embed-below must be a score >= 0 (inf: embed every query), got {self.embed_below}")
+        if self.method == "identity" and self.candidates_embedding + self.candidates_kmer == 0:
+            raise UsageError("--candidates-embedding and --candidates-kmer cannot both be 0")
+        if self.chunk_size < 1 or self.batch_size < 1:
+            raise UsageError(f"chunk_size and batch_size must be at least 1, got {self.chunk_size} and "
+                             f"{self.batch_size}")
+        if self.search_workers is not None and self.search_workers < 1:
+            raise UsageError(f"search_workers must be at least 1, got {self.search_workers}")
+
+    def replace(self, **changes) -> ClassifyOptions:
+        """A copy with some fields changed (unknown field names raise UsageError)."""
+        unknown = sorted(set(changes) - {f.name for f in fields(self)})
+        if unknown:
+            hint = " (the number of neighbours that vote is `neighbours`)" if "k" in unknown else ""
+            raise UsageError(f"unknown classify option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}{hint}")
+        return replace(self, **changes)
+
+    @property
+    def candidates(self) -> tuple[int, int]:
+        """(embedding candidates, k-mer candidates) of the identity method."""
+        return self.candidates_embedding, self.candidates_kmer
+
+    @property
+    def embeds(self) -> bool:
+        """Whether queries are embedded (and a model is needed): every method but identity with k-mer candidates
+        only."""
+        return self.method != "identity" or self.candidates_embedding > 0
 
 
 @dataclass
@@ -79,7 +151,7 @@ class LinearProbe:
         self.parents = self._parent_maps()
 
     @classmethod
-    def for_index(cls, index: ReferenceIndex) -> "LinearProbe":
+    def for_index(cls, index: ReferenceIndex) -> LinearProbe:
         key = (id(index), index.model_sha256, len(index))
         probe = cls._cache.get(key)
         if probe is None or probe.index is not index:
@@ -275,148 +347,227 @@ def nearest_labels(index: ReferenceIndex, idx: np.ndarray, rank: str) -> list[st
     return [names[codes[j]] if j >= 0 and codes[j] >= 0 else "" for j in first.tolist()]
 
 
-def classify_records(records: Iterable, index: ReferenceIndex, pretrained, *, k: int | None = None,
-                     method: str = "identity", precision: float | None = None, min_confidence: float | None = None,
-                     candidates_embedding: int = IDENTITY_CANDIDATES_EMBEDDING,
-                     candidates_kmer: int = IDENTITY_CANDIDATES_KMER, embed_below: float = IDENTITY_EMBED_BELOW,
-                     chunk_size: int = CHUNK_RECORDS, batch_size: int = 256, device=None, progress=None,
-                     search_workers: int | None = None) -> Iterator[Assignment]:
+# ============================================================================================ the model
+def load_inference_model(model_name: str | None, reference: str | None = None, *, device: str = "auto",
+                         threads: int = 0, compute: str = "auto", onnx: bool = True
+                         ) -> tuple[PretrainedModel | OnnxModel, torch.device | None]:
+    """The model that embeds queries for `reference` (a built index or a table/FASTA path, or None), and the
+    PyTorch device it runs on.
+
+    `model_name` is a bundled or user model name or a model folder; "auto" (or None) picks the model a built
+    index records, where that model is installed, else the default for the device. With `onnx`, the model's
+    exported encoder runs in ONNX Runtime where it can, so that PyTorch is never imported: on the CPU, in float32
+    (`compute` "auto" or "float32"), with onnxruntime installed and an `encoder.onnx` in the model folder; the
+    device is then None. Otherwise PyTorch runs the model on `device` with `threads` CPU threads (0 = all cores).
+    """
+    if onnx:
+        exported = _onnx_model(model_name, reference, device, threads, compute)
+        if exported is not None:
+            return exported, None
+    set_threads(threads)
+    torch_device = resolve_device(device)
+    try:
+        pretrained = load_model(resolve_model_for_reference(model_name, reference), device=torch_device,
+                                compute=compute)
+    except ModelError as error:
+        built_with = index_model_name(reference) if reference and model_name in (None, "", "auto") else None
+        if built_with is None:
+            raise
+        raise ModelError(f"{reference} was built with model {built_with!r}, which is not installed here, and the "
+                         f"default model cannot be loaded ({error}); pass --model with that model's folder") from None
+    return pretrained, torch_device
+
+
+def _onnx_model(model_name: str | None, reference: str | None, device: str, threads: int,
+                compute: str) -> OnnxModel | None:
+    """The exported encoder in ONNX Runtime where `load_inference_model` can use it, else None."""
+    if compute == "bfloat16" or not cuda_impossible(device):
+        return None
+    try:
+        path, name = locate_model(resolve_model_for_reference(model_name, reference), "cpu")
+    except ModelError:
+        return None   # loading through PyTorch says why, as without the graph
+    return load_onnx_model(path, name=name, threads=threads)
+
+
+# ============================================================================================ streaming
+def classify_records(records: Iterable, index: ReferenceIndex, model, options: ClassifyOptions | None = None, *,
+                     device=None, progress=None) -> Iterator[Assignment]:
     """Stream assignments for query records (objects with .id and .sequence), one per record, in input order.
 
-    Records are processed `chunk_size` at a time (identical sequences of a chunk searched once), so memory does
-    not grow with the number of queries. The index must have been built with `pretrained`. With
-    `method="identity"` and `candidates_embedding=0` (k-mer candidates only) no embedding is computed and
-    `pretrained` may be None. `k` applies to knn and probe only; the candidate numbers and `embed_below` (embedding
-    candidates only for queries whose best k-mer candidate scores below it; inf = every query) to identity only.
-    `search_workers`: chunks searched at once by worker threads (default: 2 for identity, 1 for knn and probe).
+    Records are processed `options.chunk_size` at a time (identical sequences of a chunk searched once), so
+    memory does not grow with the number of queries. The index must have been built with `model` (a loaded
+    model, or its exported encoder). With `method="identity"` and `candidates_embedding=0` (k-mer candidates
+    only) no embedding is computed and `model` may be None. `device` runs the neighbour search in PyTorch (None:
+    numpy); `progress` is called with the number of records of each chunk written.
     """
-    from .embedding import embed_sequences
+    options = options or ClassifyOptions()
+    if model is None and options.embeds:
+        raise UsageError(f"method {options.method} needs the model (embedding candidates)")
+    if model is not None:
+        index.check_model(model)
+    pipeline = _Pipeline(index, model, options, device)
+    yield from pipeline.run(records, progress)
 
-    if method not in METHODS:
-        raise UsageError(f"unknown method {method!r}; choose {', '.join(METHODS)}")
-    if k is not None and k < 1:
-        raise UsageError(f"--k must be at least 1, got {k}")
-    if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:
-        raise UsageError(f"--min-confidence must be between 0 and 1, got {min_confidence}")
-    if candidates_embedding < 0 or candidates_kmer < 0:
-        raise UsageError("candidate numbers must be >= 0")
-    if math.isnan(embed_below) or embed_below < 0:
-        raise UsageError(f"--embed-below must be a score >= 0 (inf: embed every query), got {embed_below}")
-    if method == "identity" and candidates_embedding + candidates_kmer == 0:
-        raise UsageError("--candidates-embedding and --candidates-kmer cannot both be 0")
-    embed = method != "identity" or candidates_embedding > 0
-    if pretrained is None and embed:
-        raise UsageError(f"method {method} needs the model (embedding candidates)")
-    if pretrained is not None:
-        index.check_model(pretrained)
-    candidates = (candidates_embedding, candidates_kmer)
-    if method == "identity":
-        thresholds = index.identity_thresholds_for(precision=precision, min_confidence=min_confidence,
-                                                   candidates=candidates, embed_below=embed_below)
-    else:
-        thresholds = index.thresholds_for(precision=precision, k=k, min_confidence=min_confidence)
-        k = thresholds.k if k is None else k
 
-    def search_and_decide(unique: list[str], vectors: np.ndarray | None, unique_ids: list[str],
-                          kmer: ScoredCandidates | None = None) -> list[Assignment]:
-        if method == "identity":
-            return classify_identity(unique, vectors, unique_ids, index, thresholds, candidates=candidates,
-                                     min_confidence=min_confidence, device=device, kmer=kmer)
-        return classify_embeddings(vectors, unique_ids, index, thresholds, k=k, method=method,
-                                   min_confidence=min_confidence, device=device)
+def classify(records: Iterable, index: ReferenceIndex, model, options: ClassifyOptions | None = None,
+             **changes) -> list[Assignment]:
+    """All assignments as a list. How is said by `options` (ClassifyOptions) or by its fields as keywords
+    (`method="knn"`, `neighbours=1`), which also override `options`; see classify_records."""
+    options = (options or ClassifyOptions()).replace(**changes) if changes else options
+    return list(classify_records(records, index, model, options))
 
-    def finish(chunk: list, groups: np.ndarray, decided: list[Future]) -> Iterator[Assignment]:
-        assignments = [a for part in decided for a in part.result()]
-        for record, group in zip(chunk, groups.tolist()):
+
+@dataclass
+class _Chunk:
+    """A chunk of query records in the pipeline, and the work submitted for it."""
+
+    records: list
+    groups: np.ndarray       # int [records]: each record's distinct sequence, numbered by first occurrence
+    unique: list[str]        # the distinct sequences
+    unique_ids: list[str]    # the id of each distinct sequence's first record
+    searches: list[tuple[int, int, Future]] = field(default_factory=list)  # k-mer candidates of unique[a:b]
+    decisions: list[Future] = field(default_factory=list)   # assignments of unique[a:b], slice after slice
+
+    @classmethod
+    def of(cls, records: list) -> _Chunk:
+        groups = sequence_groups([r.sequence for r in records])
+        _, first = np.unique(groups, return_index=True)
+        return cls(records, groups, [records[i].sequence for i in first], [records[i].id for i in first])
+
+
+class _Pipeline:
+    """The stages of classify_records, on different cores.
+
+    A thread reads ahead (read_ahead), worker threads search and decide (numpy), the caller's thread embeds
+    (PyTorch); both release the GIL in their array loops. The identity method with embedding candidates takes two
+    passes through the workers: k-mer candidates first, then, once the caller's thread has embedded the queries
+    they leave in doubt (embedding_needed), embedding candidates and the decision. Each chunk's distinct queries
+    are cut into `search_workers` slices, so that the workers share one chunk too (an input of a single chunk
+    would otherwise be searched on one core). Assignments come out in input order; at most
+    2 x (search_workers + 1) chunks are held besides read-ahead.
+    """
+
+    def __init__(self, index: ReferenceIndex, model, options: ClassifyOptions, device):
+        self.index = index
+        self.model = model
+        self.options = options
+        self.device = device
+        neighbours = options.neighbours
+        if options.method == "identity":
+            self.thresholds = thresholds_for(
+                index, "identity", precision=options.precision, min_confidence=options.min_confidence,
+                candidates=options.candidates, embed_below=options.embed_below)
+        else:
+            self.thresholds = thresholds_for(index, "knn", precision=options.precision, k=neighbours,
+                                             min_confidence=options.min_confidence)
+            neighbours = self.thresholds.k if neighbours is None else neighbours
+        self.neighbours = neighbours
+        self.two_pass = options.method == "identity" and options.candidates_embedding > 0
+        self.search_workers = options.search_workers
+        if self.search_workers is None:
+            self.search_workers = 2 if options.method == "identity" else 1
+        self.fallback = None   # identity: whether queries with too common k-mers are searched again
+        if options.method == "identity":
+            _ = index.identity  # built or loaded here, not by two workers at once
+            self.fallback = kmer_fallback(options.candidates_embedding, self.thresholds.embed_below)
+        self.workers: ThreadPoolExecutor | None = None
+        self.distinct = 0   # distinct queries seen
+        self.embedded = 0   # distinct queries embedded
+
+    def run(self, records: Iterable, progress) -> Iterator[Assignment]:
+        """Assignments in input order; the worker threads are gone when this ends (or is closed)."""
+        self.workers = ThreadPoolExecutor(max_workers=self.search_workers, thread_name_prefix="barcodetool-classify")
+        searched: deque[_Chunk] = deque()   # two-pass: k-mer candidates submitted
+        pending: deque[_Chunk] = deque()    # decisions submitted
+        try:
+            for records_chunk in read_ahead(records, self.options.chunk_size):
+                chunk = _Chunk.of(records_chunk)
+                self.distinct += len(chunk.unique)
+                if self.two_pass:
+                    searched.append(self.search_kmers(chunk))
+                    while len(searched) > self.search_workers:   # the workers search the next chunks meanwhile
+                        pending.append(self.embed_doubtful_and_decide(searched.popleft()))
+                else:
+                    pending.append(self.embed_and_decide(chunk))
+                while len(pending) > self.search_workers:
+                    yield from self.finish(pending.popleft(), progress)
+            while searched:
+                pending.append(self.embed_doubtful_and_decide(searched.popleft()))
+            while pending:
+                yield from self.finish(pending.popleft(), progress)
+            if self.two_pass:
+                log.info(f"embedding candidates for {self.embedded:,} of {self.distinct:,} distinct queries (best "
+                         f"k-mer candidate below {self.thresholds.embed_below:g})")
+        finally:
+            self.workers.shutdown(wait=True, cancel_futures=True)
+
+    def submit(self, *args, **kwargs) -> Future:
+        with signals_held():  # submit may start a worker thread
+            return self.workers.submit(*args, **kwargs)
+
+    def slices(self, n: int) -> list[tuple[int, int]]:
+        """[start, end) of each worker's share of n distinct queries."""
+        bounds = np.linspace(0, n, self.search_workers + 1).round().astype(int).tolist()
+        return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+    def embed(self, sequences: list[str]) -> np.ndarray:
+        self.embedded += len(sequences)
+        return embedding.embed_sequences(self.model, sequences, batch_size=self.options.batch_size)
+
+    def decide(self, unique: list[str], vectors: np.ndarray | None, unique_ids: list[str],
+               kmer: ScoredCandidates | None = None) -> list[Assignment]:
+        """Search (what is left to search) and decide for distinct queries: run by the workers."""
+        options = self.options
+        if options.method == "identity":
+            return classify_identity(unique, vectors, unique_ids, self.index, self.thresholds,
+                                     candidates=options.candidates, min_confidence=options.min_confidence,
+                                     device=self.device, kmer=kmer)
+        return classify_embeddings(vectors, unique_ids, self.index, self.thresholds, k=self.neighbours,
+                                   method=options.method, min_confidence=options.min_confidence, device=self.device)
+
+    def embed_and_decide(self, chunk: _Chunk) -> _Chunk:
+        """One pass: embed every distinct query of the chunk (unless k-mer candidates only), then decide."""
+        vectors = self.embed(chunk.unique) if self.options.embeds else None
+        chunk.decisions = [self.submit(self.decide, chunk.unique[a:b], None if vectors is None else vectors[a:b],
+                                       chunk.unique_ids[a:b])
+                           for a, b in self.slices(len(chunk.unique))]
+        return chunk
+
+    def search_kmers(self, chunk: _Chunk) -> _Chunk:
+        """First of two passes: the workers find the k-mer candidates."""
+        chunk.searches = [(a, b, self.submit(kmer_hits, chunk.unique[a:b], self.index, self.options.candidates_kmer,
+                                             fallback=self.fallback))
+                          for a, b in self.slices(len(chunk.unique))]
+        return chunk
+
+    def embed_doubtful_and_decide(self, chunk: _Chunk) -> _Chunk:
+        """Second pass: embed the queries the k-mer candidates leave in doubt, then the workers add their
+        embedding candidates and decide."""
+        parts = [(a, b, future.result()) for a, b, future in chunk.searches]
+        needs = [np.nonzero(embedding_needed(kmer, self.options.candidates_embedding, self.thresholds.embed_below))[0]
+                 for _, _, kmer in parts]
+        doubtful = [a + i for (a, _, _), need in zip(parts, needs) for i in need.tolist()]
+        vectors = self.embed([chunk.unique[i] for i in doubtful]) if doubtful else None
+        chunk.decisions, offset = [], 0
+        for (a, b, kmer), need in zip(parts, needs):   # each slice's doubtful queries' embeddings, in order
+            rows = vectors[offset:offset + len(need)] if len(need) else None
+            offset += len(need)
+            chunk.decisions.append(self.submit(self.decide, chunk.unique[a:b], rows, chunk.unique_ids[a:b], kmer))
+        return chunk
+
+    def finish(self, chunk: _Chunk, progress) -> Iterator[Assignment]:
+        """The chunk's assignments, one per record in order (records of one distinct sequence share its
+        decision)."""
+        assignments = [a for part in chunk.decisions for a in part.result()]
+        for record, group in zip(chunk.records, chunk.groups.tolist()):
             template = assignments[group]
             yield Assignment(id=record.id, labels=template.labels, confidence=template.confidence,
                              candidates=template.candidates, rank=template.rank,
                              nearest_id=template.nearest_id, similarity=template.similarity, bin=template.bin,
                              overlap=template.overlap, score=template.score)
         if progress is not None:
-            progress(len(chunk))
-
-    # Stages on different cores: a thread reads ahead (read_ahead), worker threads search and decide (numpy), this
-    # thread embeds (PyTorch); both release the GIL in their array loops. The identity method with embedding
-    # candidates takes two passes through the workers: k-mer candidates first, then, once this thread has
-    # embedded the queries they leave in doubt (embedding_needed), embedding candidates and the decision.
-    # Each chunk's distinct queries are cut into `search_workers` slices, so that the workers share one chunk
-    # too (an input of a single chunk would otherwise be searched on one core). Assignments come out in input
-    # order; at most 2 x (search_workers + 1) chunks are held besides read-ahead.
-    two_pass = method == "identity" and candidates_embedding > 0
-    if search_workers is None:
-        search_workers = 2 if method == "identity" else 1
-    if search_workers < 1:
-        raise UsageError(f"search_workers must be at least 1, got {search_workers}")
-    if method == "identity":
-        index.identity  # built or loaded here, not by two workers at once
-    fallback = kmer_fallback(candidates_embedding, thresholds.embed_below)
-    workers = ThreadPoolExecutor(max_workers=search_workers, thread_name_prefix="barcodetool-classify")
-
-    def submit(*args, **kwargs) -> Future:
-        with signals_held():  # submit may start a worker thread
-            return workers.submit(*args, **kwargs)
-
-    def slices(n: int) -> list[tuple[int, int]]:
-        bounds = np.linspace(0, n, search_workers + 1).round().astype(int).tolist()
-        return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-
-    def embed_and_decide(chunk, groups, unique, unique_ids, searched: list[tuple[int, int, Future]]):
-        parts = [(a, b, future.result()) for a, b, future in searched]
-        needs = [np.nonzero(embedding_needed(kmer, candidates_embedding, thresholds.embed_below))[0]
-                 for _, _, kmer in parts]
-        doubtful = [a + i for (a, _, _), need in zip(parts, needs) for i in need.tolist()]
-        counts[1] += len(doubtful)
-        vectors = (embed_sequences(pretrained, [unique[i] for i in doubtful], batch_size=batch_size)
-                   if doubtful else None)
-        decided, offset = [], 0
-        for (a, b, kmer), need in zip(parts, needs):   # each slice's doubtful queries' embeddings, in order
-            rows = vectors[offset:offset + len(need)] if len(need) else None
-            offset += len(need)
-            decided.append(submit(search_and_decide, unique[a:b], rows, unique_ids[a:b], kmer))
-        return chunk, groups, decided
-
-    counts = [0, 0]   # distinct queries, embedded ones
-    searched: deque = deque()
-    pending: deque = deque()
-    try:
-        for chunk in read_ahead(records, chunk_size):
-            groups = sequence_groups([r.sequence for r in chunk])
-            _, first = np.unique(groups, return_index=True)
-            unique = [chunk[i].sequence for i in first]
-            unique_ids = [chunk[i].id for i in first]
-            counts[0] += len(unique)
-            if two_pass:
-                searched.append((chunk, groups, unique, unique_ids,
-                                 [(a, b, submit(kmer_hits, unique[a:b], index, candidates_kmer, fallback=fallback))
-                                  for a, b in slices(len(unique))]))
-                while len(searched) > search_workers:   # the workers search the next chunks meanwhile
-                    pending.append(embed_and_decide(*searched.popleft()))
-            else:
-                if embed:
-                    vectors = embed_sequences(pretrained, unique, batch_size=batch_size)
-                    counts[1] += len(unique)
-                else:
-                    vectors = None
-                pending.append((chunk, groups, [submit(search_and_decide, unique[a:b],
-                                                       None if vectors is None else vectors[a:b], unique_ids[a:b])
-                                                for a, b in slices(len(unique))]))
-            while len(pending) > search_workers:
-                yield from finish(*pending.popleft())
-        while searched:
-            pending.append(embed_and_decide(*searched.popleft()))
-        while pending:
-            yield from finish(*pending.popleft())
-        if two_pass:
-            log.info(f"embedding candidates for {counts[1]:,} of {counts[0]:,} distinct queries (best k-mer "
-                     f"candidate below {thresholds.embed_below:g})")
-    finally:
-        workers.shutdown(wait=True, cancel_futures=True)
-
-
-def classify(query_records: Iterable, index: ReferenceIndex, pretrained, **options) -> list[Assignment]:
-    """All assignments as a list (see classify_records for the options)."""
-    return list(classify_records(query_records, index, pretrained, **options))
+            progress(len(chunk.records))
 
 
 # ============================================================================================ writing

@@ -1,6 +1,6 @@
 """Cluster barcodes into BIN-like groups, match clusters to reference BINs, score clusterings.
 
-Default method (docs/classify-and-cluster.md, docs/identity-rerank.md): average linkage on identity distance
+Default method (docs/classify-and-cluster.md, docs/research/identity-rerank.md): average linkage on identity distance
 (1 - sequence identity) over a candidate graph of each barcode's 30 nearest embeddings and 30 best k-mer matches,
 cut at an identity distance (`cluster_identity`). The embedding method (`cluster`, `--method cosine`):
 average-linkage agglomerative clustering on cosine distance, cut at a distance threshold (or at a given number
@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
-from typing import Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields, replace
+from typing import IO
 
 import numpy as np
 
+from . import embedding
 from .errors import UsageError
 from .search import (KmerIndex, SequenceStore, as_store, candidate_union, identity_graph_cluster, knn_search,
                      neighbour_pairs, normalize, pair_identity, sequence_groups)
@@ -31,7 +33,7 @@ GRAPH_NEIGHBOURS = 30           # neighbours per point in the k-NN graph of larg
 # Used when neither --threshold, nor a calibrated reference, nor the model card gives one. Cosine distance;
 # it depends on the model, so calibrate on a reference (`--reference`) whenever one is at hand.
 DEFAULT_DISTANCE_THRESHOLD = 0.02
-# Identity clustering (the default method; docs/identity-rerank.md): average linkage on identity distance
+# Identity clustering (the default method; docs/research/identity-rerank.md): average linkage on identity distance
 # (1 - identity) over a candidate graph of embedding and k-mer neighbours. Without a calibrated reference the cut
 # is 0.035, the value calibrated on the BOLD insect train split (AMI 0.989 on its test barcodes; BOLD's RESL
 # starts from a 2.2 % single-linkage cut).
@@ -39,6 +41,45 @@ DEFAULT_IDENTITY_DISTANCE_THRESHOLD = 0.035
 IDENTITY_GRAPH_NEIGHBOURS = 30  # embedding neighbours and k-mer neighbours per barcode in the candidate graph
 IDENTITY_CLUSTER_GRID = (0.01, 0.015, 0.02, 0.025, 0.03, 0.035, 0.04, 0.045, 0.05)
 METHODS = ("identity", "cosine")
+TSV_COLUMNS = ["id", "cluster", "reference_bin", "similarity"]
+
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    """How records are clustered: the options of `barcodetool cluster`, validated once.
+
+    `method`: "identity" (default: average linkage on identity distance over the embedding + k-mer candidate
+    graph) or "cosine" (average linkage on the embeddings' cosine distance). The cut is `threshold` (identity
+    distance, 1 - identity, or cosine distance), else the reference's calibrated one, else a default
+    (cluster_records); the cosine method may instead cut into exactly `n_clusters`. `batch_size`: barcodes per
+    forward pass; `neighbours`: neighbours per barcode in the candidate graph (identity) or the k-NN graph of
+    inputs larger than `full_limit` (cosine) [default: IDENTITY_GRAPH_NEIGHBOURS, GRAPH_NEIGHBOURS].
+    """
+
+    method: str = "identity"
+    threshold: float | None = None
+    n_clusters: int | None = None
+    batch_size: int = 256
+    neighbours: int | None = None
+    full_limit: int = FULL_LINKAGE_LIMIT
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise UsageError(f"unknown clustering method {self.method!r}; choose {' or '.join(METHODS)}")
+        if self.threshold is not None and self.n_clusters is not None:
+            raise UsageError("give --threshold or --n-clusters, not both")
+        if self.n_clusters is not None and self.method != "cosine":
+            raise UsageError("--n-clusters needs --method cosine (identity clusters are cut at an identity "
+                             "distance: give --threshold)")
+        if self.method == "identity" and self.threshold is not None and self.threshold > 1:
+            raise UsageError(f"an identity distance is at most 1, got --threshold {self.threshold}")
+
+    def replace(self, **changes) -> ClusterOptions:
+        """A copy with some fields changed (unknown field names raise UsageError)."""
+        unknown = sorted(set(changes) - {f.name for f in fields(self)})
+        if unknown:
+            raise UsageError(f"unknown cluster option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}")
+        return replace(self, **changes)
 
 
 # ============================================================================================ metrics
@@ -367,6 +408,7 @@ class ClusterResult:
     similarity: np.ndarray | None = None        # per record: similarity (identity method: identity) to the
     metrics: dict = field(default_factory=dict)  # nearest reference barcode
     method: str = "identity"
+    distinct_sequences: int = 0                 # distinct sequences among the records (what was clustered)
 
 
 def match_reference_bins(clusters: np.ndarray, nearest_bins: Sequence[str]) -> dict[int, str]:
@@ -389,32 +431,27 @@ def match_reference_bins(clusters: np.ndarray, nearest_bins: Sequence[str]) -> d
     return out
 
 
-def cluster_records(records: Sequence, pretrained, *, reference=None, threshold: float | None = None,
-                    n_clusters: int | None = None, method: str = "identity", batch_size: int = 256,
-                    neighbours: int | None = None, full_limit: int = FULL_LINKAGE_LIMIT, device=None,
-                    progress=None) -> ClusterResult:
+def cluster_records(records: Sequence, model, options: ClusterOptions | None = None, *, reference=None,
+                    device=None, progress=None, **changes) -> ClusterResult:
     """Embed records, cluster their distinct sequences, and (with a ReferenceIndex) match clusters to BINs.
 
-    method "identity" (default): average linkage on identity distance over the embedding + k-mer candidate
-    graph; the threshold is `threshold`, else the reference's calibrated identity cut, else
-    DEFAULT_IDENTITY_DISTANCE_THRESHOLD; `n_clusters` is not supported. method "cosine": average linkage on the
-    embeddings' cosine distance; the threshold is `threshold`, the reference's calibrated cosine cut, the model
-    card's `metrics.cluster_distance_threshold`, DEFAULT_DISTANCE_THRESHOLD; or `n_clusters`.
+    How is said by `options` (ClusterOptions) or by its fields as keywords (`method="cosine"`, `threshold=0.03`),
+    which also override `options`. method "identity" (default): average linkage on identity distance over the
+    embedding + k-mer candidate graph; the threshold is `threshold`, else the reference's calibrated identity cut,
+    else DEFAULT_IDENTITY_DISTANCE_THRESHOLD; `n_clusters` is not supported. method "cosine": average linkage on
+    the embeddings' cosine distance; the threshold is `threshold`, the reference's calibrated cosine cut, the
+    model card's `metrics.cluster_distance_threshold`, DEFAULT_DISTANCE_THRESHOLD; or `n_clusters`. `device` runs
+    the neighbour searches in PyTorch; `progress` is called with the number of sequences of each embedded batch.
     """
-    from .embedding import embed_sequences
-
-    if method not in METHODS:
-        raise UsageError(f"unknown clustering method {method!r}; choose {' or '.join(METHODS)}")
-    if method == "identity" and n_clusters is not None:
-        raise UsageError("--n-clusters needs --method cosine: identity clustering is cut at an identity distance "
-                         "(give --threshold)")
+    options = (options or ClusterOptions()).replace(**changes) if changes else (options or ClusterOptions())
+    method, threshold, neighbours = options.method, options.threshold, options.neighbours
     records = list(records)
     ids = [r.id for r in records]
     sequences = [r.sequence for r in records]
     groups = sequence_groups(sequences)
     _, first = np.unique(groups, return_index=True)
     unique = [sequences[i] for i in first]  # groups are numbered by first occurrence, so this is group order
-    vectors = normalize(embed_sequences(pretrained, unique, batch_size=batch_size, progress=progress))
+    vectors = normalize(embedding.embed_sequences(model, unique, batch_size=options.batch_size, progress=progress))
     if method == "identity":
         store = SequenceStore.from_sequences(unique)
         if threshold is None:
@@ -422,16 +459,16 @@ def cluster_records(records: Sequence, pretrained, *, reference=None, threshold:
         labels_unique = cluster_identity(store, vectors, threshold, device=device,
                                          neighbours=IDENTITY_GRAPH_NEIGHBOURS if neighbours is None else neighbours)
     else:
-        if n_clusters is None and threshold is None:
-            threshold = default_threshold(pretrained, reference)
-        labels_unique = cluster(vectors, threshold=threshold, n_clusters=n_clusters,
+        if options.n_clusters is None and threshold is None:
+            threshold = default_threshold(model, reference)
+        labels_unique = cluster(vectors, threshold=threshold, n_clusters=options.n_clusters,
                                 neighbours=GRAPH_NEIGHBOURS if neighbours is None else neighbours,
-                                full_limit=full_limit, device=device)
+                                full_limit=options.full_limit, device=device)
     clusters = renumber(labels_unique[groups])
     result = ClusterResult(ids=ids, clusters=clusters, threshold=threshold, n_clusters=int(clusters.max()) + 1
-                           if len(clusters) else 0, method=method)
+                           if len(clusters) else 0, method=method, distinct_sequences=len(unique))
     if reference is not None:
-        reference.check_model(pretrained)
+        reference.check_model(model)
         if method == "identity":
             hits = reference.identity_hits(store, vectors, device=device)
             nearest_sim, nearest_bins = hits.similarity, hits.bins
@@ -459,7 +496,8 @@ def default_identity_threshold(reference=None) -> float:
     if t is not None and not math.isnan(t.cluster_distance):
         return float(t.cluster_distance)
     if reference is not None:
-        log.info(f"the reference has no calibrated identity cut (no BINs?): using {DEFAULT_IDENTITY_DISTANCE_THRESHOLD}")
+        log.info("the reference has no calibrated identity cut (no BINs?): using "
+                 f"{DEFAULT_IDENTITY_DISTANCE_THRESHOLD}")
     return DEFAULT_IDENTITY_DISTANCE_THRESHOLD
 
 
@@ -473,3 +511,16 @@ def default_threshold(pretrained, reference=None) -> float:
     log.warning(f"no calibrated cluster threshold for model {pretrained.name}: using the default cosine distance "
                 f"{DEFAULT_DISTANCE_THRESHOLD} (pass --reference with BINs to calibrate, or --threshold)")
     return DEFAULT_DISTANCE_THRESHOLD
+
+
+# ============================================================================================ writing
+def write_clusters(result: ClusterResult, handle: IO[str]) -> int:
+    """Write a clustering as the TSV of `barcodetool cluster` (with a header): id, cluster (numbered from 1 by
+    first appearance), reference_bin and similarity (with a reference); returns the number of rows written."""
+    handle.write("\t".join(TSV_COLUMNS) + "\n")
+    for row, record_id in enumerate(result.ids):
+        ref_bin = result.reference_bin[row] if result.reference_bin is not None else ""
+        sim = (f"{result.similarity[row]:.4f}" if result.similarity is not None
+               and math.isfinite(result.similarity[row]) else "")
+        handle.write(f"{record_id}\t{int(result.clusters[row]) + 1}\t{ref_bin}\t{sim}\n")
+    return len(result.ids)

@@ -1,4 +1,4 @@
-"""Barcodes -> embeddings, in memory or streamed into a self-describing HDF5 file.
+"""Barcodes -> embeddings, in memory or streamed into a self-describing HDF5 file, and such files read back.
 
 HDF5 layout (format `barcodetool-embeddings`, version 1; see docs/file-formats.md):
 
@@ -16,23 +16,25 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ._version import __version__
-from .io.atomic import atomic_path, check_outputs_distinct
 from .errors import InputError, UsageError
+from .io.atomic import atomic_path, check_outputs_distinct
+from .io.hdf5 import open_hdf5
 from .io.readers import ReadOptions, read_barcodes
 from .io.streaming import read_ahead
-from .taxonomy import RANKS
+from .model.onnx import OnnxModel
+from .model.runtime import autocast
+from .model.weights import PretrainedModel
 
 if TYPE_CHECKING:  # PyTorch is imported when a model is used, not with the package (`barcodetool --help` is fast)
     import torch
-
-    from .model.weights import PretrainedModel
 
 EMBEDDINGS_FORMAT = "barcodetool-embeddings"
 EMBEDDINGS_FORMAT_VERSION = 1
@@ -49,16 +51,12 @@ def embed_sequences(pretrained: PretrainedModel, sequences: Sequence[str], *, ba
 
     Batches are formed over sequences sorted by length and padded only to their own longest member, so little
     work is spent on padding; the result does not depend on batch composition. `pretrained` may also be an
-    exported encoder in ONNX Runtime (onnx_encoder.OnnxModel): then PyTorch is not imported.
+    exported encoder in ONNX Runtime (model.onnx.OnnxModel): then PyTorch is not imported.
     """
-    from .model.onnx import OnnxModel
-
     if isinstance(pretrained, OnnxModel):
         return _embed_sequences(pretrained, sequences, pretrained.embed_batch, batch_size=batch_size,
                                 progress=progress)
     import torch
-
-    from .model.runtime import autocast
 
     model = pretrained.model
     device = model_device(pretrained)
@@ -196,18 +194,17 @@ def embed_records_to_h5(records: Iterable, output: str | os.PathLike, pretrained
         raise UsageError(f"--dtype must be float32 or float16, got {dtype!r}")
     max_length = pretrained.tokenizer.config.max_length
     truncated = 0
-    with atomic_path(output) as temporary:
-        with h5py.File(temporary, "w") as handle:
-            writer = EmbeddingWriter(handle, dim=pretrained.embedding_dim, dtype=dtype)
-            for chunk in read_ahead(records, chunk_records):  # the next chunk is read while this one is embedded
-                truncated += sum(len(r.sequence) > max_length for r in chunk)
-                vectors = embed_sequences(pretrained, [r.sequence for r in chunk], batch_size=batch_size,
-                                          progress=progress)
-                writer.append(chunk, vectors)
-            if writer.count == 0:
-                raise InputError("no records to embed", path=source or None)
-            write_attributes(handle, pretrained, source=source, dtype=dtype, count=writer.count)
-            handle.attrs["truncated"] = truncated
+    with atomic_path(output) as temporary, h5py.File(temporary, "w") as handle:
+        writer = EmbeddingWriter(handle, dim=pretrained.embedding_dim, dtype=dtype)
+        for chunk in read_ahead(records, chunk_records):  # the next chunk is read while this one is embedded
+            truncated += sum(len(r.sequence) > max_length for r in chunk)
+            vectors = embed_sequences(pretrained, [r.sequence for r in chunk], batch_size=batch_size,
+                                      progress=progress)
+            writer.append(chunk, vectors)
+        if writer.count == 0:
+            raise InputError("no records to embed", path=source or None)
+        write_attributes(handle, pretrained, source=source, dtype=dtype, count=writer.count)
+        handle.attrs["truncated"] = truncated
     return EmbedSummary(count=writer.count, dim=pretrained.embedding_dim, output=str(output),
                         model_name=pretrained.name, truncated=truncated)
 
@@ -224,26 +221,47 @@ def embed_file(input_path: str | os.PathLike, output: str | os.PathLike, pretrai
 
 
 def read_embeddings(path: str | os.PathLike) -> EmbeddingSet:
-    import h5py
+    """An embeddings file written by `barcodetool embed`, read back into memory whole."""
+    return read_embedding_rows(path)[0]
 
+
+def read_embedding_rows(path: str | os.PathLike, max_points: int | None = None,
+                        seed: int = 0) -> tuple[EmbeddingSet, int]:
+    """(EmbeddingSet of at most `max_points` random rows in file order (all rows when None or fewer), total rows).
+
+    Only the chosen rows are read, block by block, so that a sample of a file larger than memory can be drawn.
+    The rows are the same for the same `seed`.
+    """
     path = Path(path)
-    try:
-        handle = h5py.File(path, "r")
-    except (OSError, ValueError) as error:
-        raise InputError(f"cannot open as HDF5 ({error})", path=str(path)) from None
-    with handle:
+    with open_hdf5(path, format_name=EMBEDDINGS_FORMAT, version=EMBEDDINGS_FORMAT_VERSION, what="embeddings file",
+                   fix="give the HDF5 file written by `barcodetool embed`") as handle:
         attrs = dict(handle.attrs)
-        if attrs.get("format") != EMBEDDINGS_FORMAT:
-            raise InputError(f"not a barcodetool embeddings file (format {attrs.get('format')!r})",
-                             path=str(path))
-        if int(attrs.get("format_version", 0)) > EMBEDDINGS_FORMAT_VERSION:
-            raise InputError(f"embeddings format version {attrs['format_version']} is newer than this "
-                             "barcodetool reads", path=str(path), fix="upgrade barcodetool")
-        ids = [x.decode("utf-8") if isinstance(x, bytes) else x for x in handle["ids"][:]]
-        taxonomy = {}
-        if "taxonomy" in handle:
-            for rank in handle["taxonomy"]:
-                taxonomy[rank] = [x.decode("utf-8") for x in handle["taxonomy"][rank][:]]
-        bins = [x.decode("utf-8") for x in handle["bin"][:]] if "bin" in handle else None
-        return EmbeddingSet(ids=ids, embeddings=handle["embeddings"][:].astype(np.float32),
-                            lengths=handle["lengths"][:], taxonomy=taxonomy, bins=bins, attrs=attrs)
+        try:
+            total = len(handle["ids"])
+            rows = None
+            if max_points is not None and total > max_points:
+                rows = np.sort(np.random.default_rng(seed).choice(total, size=max_points, replace=False))
+            ids = _read_rows(handle["ids"], rows, strings=True).tolist()
+            embeddings = _read_rows(handle["embeddings"], rows).astype(np.float32)
+            lengths = _read_rows(handle["lengths"], rows) if "lengths" in handle else np.zeros(len(ids), np.int32)
+            taxonomy = {rank: _read_rows(handle["taxonomy"][rank], rows, strings=True).tolist()
+                        for rank in handle.get("taxonomy", {})}
+            bins = _read_rows(handle["bin"], rows, strings=True).tolist() if "bin" in handle else None
+        except KeyError as error:
+            raise InputError(f"the embeddings file is incomplete ({error})", path=str(path)) from None
+    return EmbeddingSet(ids=ids, embeddings=embeddings, lengths=lengths, taxonomy=taxonomy, bins=bins,
+                        attrs=attrs), total
+
+
+def _read_rows(dataset, rows: np.ndarray | None, *, strings: bool = False, block: int = 65536) -> np.ndarray:
+    """Rows (sorted indices, or None = all) of an HDF5 dataset, read block by block: memory holds one block
+    and the selected rows, whatever the file's size."""
+    source = dataset.asstr() if strings else dataset
+    if rows is None:
+        return np.asarray(source[:])
+    parts = []
+    for start in range(0, len(dataset), block):
+        lo, hi = np.searchsorted(rows, [start, start + block])
+        if hi > lo:
+            parts.append(np.asarray(source[start:start + block])[rows[lo:hi] - start])
+    return np.concatenate(parts) if parts else np.asarray(source[0:0])

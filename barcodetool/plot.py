@@ -17,15 +17,17 @@ import json
 import logging
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
+from .embedding import read_embedding_rows
+from .errors import InputError, UsageError
 from .io.atomic import atomic_path, check_outputs_distinct
 from .taxonomy import RANKS
-from .errors import InputError, UsageError
 
 log = logging.getLogger("barcodetool")
 
@@ -226,61 +228,6 @@ def embedding_labels(data, color_by: str | None, clusters_tsv: str | os.PathLike
                          f"{', '.join(carried) if carried else 'no taxonomy (embed a table or SINTAX FASTA)'}"
                          "; or colour by --clusters")
     return list(data.taxonomy[color_by]), {}, color_by
-
-
-def _read_rows(dataset, rows: np.ndarray | None, *, strings: bool = False, block: int = 65536) -> np.ndarray:
-    """Rows (sorted indices, or None = all) of an HDF5 dataset, read block by block: memory holds one block
-    and the selected rows, whatever the file's size."""
-    source = dataset.asstr() if strings else dataset
-    if rows is None:
-        return np.asarray(source[:])
-    parts = []
-    for start in range(0, len(dataset), block):
-        lo, hi = np.searchsorted(rows, [start, start + block])
-        if hi > lo:
-            parts.append(np.asarray(source[start:start + block])[rows[lo:hi] - start])
-    return np.concatenate(parts) if parts else np.asarray(source[0:0])
-
-
-def read_embedding_rows(h5_path: str | os.PathLike, max_points: int | None = None, seed: int = 0):
-    """(EmbeddingSet of at most `max_points` random rows in file order (all rows when None or fewer), total rows).
-
-    Like barcodetool.embed.read_embeddings, but reads only the chosen rows, so that a map of a file larger than
-    memory can be drawn."""
-    import h5py
-
-    from .embedding import EMBEDDINGS_FORMAT, EMBEDDINGS_FORMAT_VERSION, EmbeddingSet
-
-    path = Path(h5_path)
-    try:
-        handle = h5py.File(path, "r")
-    except FileNotFoundError:
-        raise InputError("file not found", path=str(path), fix="check the path") from None
-    except (OSError, ValueError) as error:
-        raise InputError(f"cannot open as HDF5 ({error})", path=str(path)) from None
-    with handle:
-        attrs = dict(handle.attrs)
-        if attrs.get("format") != EMBEDDINGS_FORMAT:
-            raise InputError(f"not a barcodetool embeddings file (format {attrs.get('format')!r})", path=str(path),
-                             fix="give the HDF5 file written by `barcodetool embed`")
-        if int(attrs.get("format_version", 0)) > EMBEDDINGS_FORMAT_VERSION:
-            raise InputError(f"embeddings format version {attrs['format_version']} is newer than this barcodetool "
-                             "reads", path=str(path), fix="upgrade barcodetool")
-        try:
-            total = len(handle["ids"])
-            rows = None
-            if max_points is not None and total > max_points:
-                rows = np.sort(np.random.default_rng(seed).choice(total, size=max_points, replace=False))
-            ids = _read_rows(handle["ids"], rows, strings=True).tolist()
-            embeddings = _read_rows(handle["embeddings"], rows).astype(np.float32)
-            lengths = _read_rows(handle["lengths"], rows) if "lengths" in handle else np.zeros(len(ids), np.int32)
-            taxonomy = {rank: _read_rows(handle["taxonomy"][rank], rows, strings=True).tolist()
-                        for rank in handle.get("taxonomy", {})}
-            bins = _read_rows(handle["bin"], rows, strings=True).tolist() if "bin" in handle else None
-        except KeyError as error:
-            raise InputError(f"the embeddings file is incomplete ({error})", path=str(path)) from None
-    return EmbeddingSet(ids=ids, embeddings=embeddings, lengths=lengths, taxonomy=taxonomy, bins=bins,
-                        attrs=attrs), total
 
 
 def plot_embeddings(h5_path: str | os.PathLike, out_png: str | os.PathLike, color_by: str | None = None,
@@ -517,7 +464,7 @@ def benchmark_groups(data: dict) -> list[Group]:
 
 def _notes(data: dict) -> list[str]:
     notes = []
-    for name, task in (data.get("tasks") or {}).items():
+    for task in (data.get("tasks") or {}).values():
         if not isinstance(task, dict):
             continue
         for tool, entry in task.items():

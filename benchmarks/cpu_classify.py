@@ -36,9 +36,6 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
 RANKS = ("phylum", "class", "order", "family", "subfamily", "genus", "species")
 VARIANTS = (("default (identity, embedding below 0.95, --compute auto)", []),
             ("identity, every query embedded (--embed-below inf)", ["--embed-below", "inf"]),

@@ -19,10 +19,10 @@ import torch
 
 
 def measure_model(pretrained, *, batch_size: int = 2048, batches: int = 20, compile: bool = False) -> dict:
+    from gpu_train import synthetic_sequences
+
     from barcodetool.model.mae import embedding_flops_per_barcode
     from barcodetool.model.runtime import autocast
-
-    from gpu_train import synthetic_sequences
 
     device = next(pretrained.model.parameters()).device
     ids, lengths = pretrained.tokenizer.encode_batch(synthetic_sequences(batch_size, 660), pad_to=None)

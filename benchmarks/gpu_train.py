@@ -26,9 +26,10 @@ def synthetic_sequences(n: int, length: int = 658, seed: int = 0) -> list[str]:
 
 def measure_training(corpus=None, *, preset: str = "base", batch_size: int = 1024, steps: int = 30,
                      warmup: int = 10, compile: bool = True, device: str = "cuda", lr: float = 5e-4) -> dict:
-    from barcodetool.model.mae import BarcodeMAE, preset as model_preset, training_flops_per_barcode
+    from barcodetool.model.mae import BarcodeMAE, training_flops_per_barcode
+    from barcodetool.model.mae import preset as model_preset
     from barcodetool.model.tokenizer import KmerTokenizer
-    from barcodetool.train import Distributed, MAETask, TrainConfig, Trainer, build_corpus
+    from barcodetool.train import Distributed, MAETask, RunOutput, TrainConfig, Trainer, build_corpus
 
     torch_device = torch.device(device)
     tokenizer = KmerTokenizer()
@@ -44,8 +45,8 @@ def measure_training(corpus=None, *, preset: str = "base", batch_size: int = 102
     torch.manual_seed(0)
     model = BarcodeMAE(model_config).to(torch_device)
     with tempfile.TemporaryDirectory() as output:
-        trainer = Trainer(MAETask(model, config.mask_ratio), model, corpus, None, config, tokenizer.config,
-                          output, kind="pretrain", dist=Distributed(), device=torch_device)
+        trainer = Trainer(MAETask(model, config.mask_ratio), corpus, None, config, tokenizer.config,
+                          RunOutput(output), dist=Distributed(), device=torch_device)
         start = time.perf_counter()
         for _ in range(warmup):
             loss, _, _ = trainer.train_step()

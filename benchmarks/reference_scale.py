@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/reference_scale.py search --n-ref 1000000 --n-query 10000 --dim 128
     .venv/bin/python benchmarks/reference_scale.py cluster --n 100000 --dim 128
 
-`search`: exact blocked cosine k-NN (barcodetool.reference.knn_search) of n-query random unit vectors against a
+`search`: exact blocked cosine k-NN (barcodetool.search.knn_search) of n-query random unit vectors against a
 synthetic reference of n-ref unit vectors (float32, or float16 with --float16). `cluster`: the k-NN-graph path of
 barcodetool.cluster.cluster on n points drawn around many centres (BIN-like groups of 1-60 members).
 Each measurement reports wall time and peak resident memory (ru_maxrss) of its own process; `all` runs each case
@@ -20,11 +20,8 @@ import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def peak_mib() -> float:
@@ -43,7 +40,7 @@ def unit_rows(rng, n: int, dim: int, dtype=np.float32, block: int = 100_000) -> 
 def run_search(args) -> dict:
     import torch
 
-    from barcodetool.reference import knn_search
+    from barcodetool.search import knn_search
 
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
@@ -55,9 +52,9 @@ def run_search(args) -> dict:
     seconds = time.perf_counter() - start
     peak = peak_mib()
     # spot check of the first query against brute force, a block at a time
-    best = max(((float(s), r0 + int(np.argmax(block))) for r0 in range(0, args.n_ref, 100_000)
-                for block in [np.asarray(reference[r0:r0 + 100_000], dtype=np.float32) @ queries[0]]
-                for s in [block.max()]))
+    best = max((float(s), r0 + int(np.argmax(block))) for r0 in range(0, args.n_ref, 100_000)
+               for block in [np.asarray(reference[r0:r0 + 100_000], dtype=np.float32) @ queries[0]]
+               for s in [block.max()])
     assert best[1] == idx[0, 0], (best, idx[0, :3])
     return {"case": "search", "n_ref": args.n_ref, "n_query": args.n_query, "dim": args.dim, "k": args.k,
             "dtype": "float16" if args.float16 else "float32", "threads": args.threads,

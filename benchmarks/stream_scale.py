@@ -35,7 +35,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 SAMPLE = ROOT / "tests" / "data" / "bioscan_sample.csv"
 BASES = np.frombuffer(b"ACGT", dtype=np.uint8)
 
@@ -71,7 +70,7 @@ def write_reference_table(path: Path, train) -> None:
     """The sample's train rows as a BIOSCAN-style CSV (processid, ranks, dna_bin, dna_barcode)."""
     import csv
 
-    from barcodetool.io import RANKS
+    from barcodetool.taxonomy import RANKS
 
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)

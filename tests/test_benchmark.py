@@ -8,12 +8,14 @@ import shutil
 
 import pytest
 from click.testing import CliRunner
-
-import barcodetool.evaluation.protocol as benchmark
-from barcodetool.evaluation.protocol import accuracy, draw, format_table, harmonic_mean, run_benchmark, unique_by_split
-from barcodetool.cli import main
-from barcodetool.io.readers import BarcodeRecord
 from helpers_models import SAMPLE, load_tiny, make_tiny_model, restore_torch_threads  # noqa: F401
+
+import barcodetool.evaluation.external as external
+from barcodetool.cli import main
+from barcodetool.evaluation import format_table, run_benchmark
+from barcodetool.evaluation.protocol import draw, unique_by_split
+from barcodetool.evaluation.scoring import accuracy, assigned_and_precision, harmonic_mean
+from barcodetool.io import BarcodeRecord
 
 HAS_VSEARCH = shutil.which("vsearch") is not None
 HAS_BLAST = shutil.which("blastn") is not None and shutil.which("makeblastdb") is not None
@@ -29,6 +31,8 @@ def test_helpers():
     assert accuracy(["a", "b", "", "c"], ["a", "x", "y", ""]) == pytest.approx(1 / 3)
     assert harmonic_mean([0.5, 1.0]) == pytest.approx(2 / 3)
     assert harmonic_mean([0.0, 1.0]) == 0.0 and math.isnan(harmonic_mean([math.nan, 1.0]))
+    assert assigned_and_precision(["a", "b", "", "c"], ["a", "x", "y", ""]) == (pytest.approx(2 / 3), 0.5)
+    assert all(math.isnan(v) for v in assigned_and_precision(["", ""], ["a", ""]))
     assert draw(list(range(10)), 3, 0) == draw(list(range(10)), 3, 0) and len(draw(list(range(10)), 3, 0)) == 3
     assert draw([1, 2], 5, 0) == [1, 2]
     records = [BarcodeRecord("a", "ACGT", {}, split="train"), BarcodeRecord("b", "ACGT", {}, split="train"),
@@ -62,7 +66,8 @@ def test_run_benchmark_on_sample(tiny):
     assert "barcodetool_threshold" in bins
     identity = bins["barcodetool_identity"]
     assert identity["threshold"] == result["thresholds"]["identity"]["cluster_distance"] and identity["ami"] > 0.5
-    assert 0 <= result["harmonic_mean"]["barcodetool"] <= 1 and 0 <= result["harmonic_mean"]["barcodetool_identity"] <= 1
+    harmonic = result["harmonic_mean"]
+    assert 0 <= harmonic["barcodetool"] <= 1 and 0 <= harmonic["barcodetool_identity"] <= 1
     assert result["unique_barcodes"]["train"] > 50 and result["tools"] == {}
     table = format_table(result)
     assert "species, closed world" in table and "genus, open world" in table and "harmonic mean" in table
@@ -75,7 +80,7 @@ def test_run_benchmark_on_sample(tiny):
 
 
 def test_missing_tools_are_reported_not_errors(tiny, monkeypatch):
-    monkeypatch.setattr(benchmark.shutil, "which", lambda name: None)
+    monkeypatch.setattr(external.shutil, "which", lambda name: None)
     result = run_benchmark(SAMPLE, tiny[1], sample=5, compare=True, threads=1)
     assert result["tools"] == {"vsearch": "not installed", "blast": "not installed"}
     assert result["tasks"]["species"]["vsearch"] == {"note": "not installed"}

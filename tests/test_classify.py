@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from barcodetool.classify import (TSV_COLUMNS, Assignment, classify, classify_records, sintax_row,
+from barcodetool.classify import (TSV_COLUMNS, Assignment, ClassifyOptions, classify, classify_records, sintax_row,
                                   write_classification)
 from barcodetool.cli import main
 from barcodetool.errors import IndexMismatchError, UsageError
 from barcodetool.io.readers import BarcodeRecord, parse_sintax_taxonomy, read_barcodes
-from barcodetool.reference import OPTIONAL_RANKS, RANKS, ReferenceIndex, build_reference
+from barcodetool.reference import ReferenceIndex, build_reference, calibrate_thresholds
+from barcodetool.taxonomy import OPTIONAL_RANKS, RANKS
 from helpers_models import SAMPLE, load_tiny, make_tiny_model, restore_torch_threads  # noqa: F401
 from helpers_sequences import lineage, synthetic_records
 
@@ -81,7 +82,7 @@ def test_assignments_are_hierarchical_and_consistent(index, tiny, records):
         if "species" in a.labels:  # the genus shown is the assigned species' genus
             assert lineage[a.labels["species"]]["genus"] == a.labels["genus"]
         assert 0 <= a.similarity <= 1.0001 and a.nearest_id in index.ids
-        for rank, share in a.confidence.items():
+        for share in a.confidence.values():
             assert share >= 0.5 - 1e-6 and share <= 1 + 1e-6
 
 
@@ -101,9 +102,9 @@ def test_open_world_species_absent_genus_kept(index, tiny, records):
         assert a.rank == "genus"
 
 
-def test_k1_is_nearest_neighbour(index, tiny, records):
+def test_one_neighbour_is_the_nearest_neighbour(index, tiny, records):
     queries = [r for r in records if r.split == "test"][:10]
-    result = classify(queries, index, tiny[1], k=1, method="knn")
+    result = classify(queries, index, tiny[1], neighbours=1, method="knn")
     for a in result:
         j = index.ids.index(a.nearest_id)
         for rank, label in a.labels.items():
@@ -119,8 +120,8 @@ def test_min_confidence_one_and_strict_precision_assign_less(index, tiny, record
     knn = classify(queries, index, tiny[1], method="knn")
     knn_strict = classify(queries, index, tiny[1], method="knn", min_confidence=1.0, precision=0.999)
     assert sum(len(a.labels) for a in knn_strict) <= sum(len(a.labels) for a in knn)
-    index.calibrate()  # back to the stored defaults for the other tests
-    index.calibrate_identity()
+    calibrate_thresholds(index, "knn")  # back to the stored defaults for the other tests
+    calibrate_thresholds(index, "identity")
 
 
 def test_probe_method(index, tiny, records):
@@ -131,6 +132,20 @@ def test_probe_method(index, tiny, records):
         assert_hierarchical(a)
     with pytest.raises(UsageError):
         classify(queries, index, tiny[1], method="blast")
+
+
+def test_options_are_checked_once_and_keywords_override_them(index, tiny, records):
+    for bad in ({"method": "blast"}, {"neighbours": 0}, {"min_confidence": 1.5}, {"candidates_kmer": -1},
+                {"embed_below": float("nan")}, {"candidates_embedding": 0, "candidates_kmer": 0},
+                {"chunk_size": 0}, {"search_workers": 0}):
+        with pytest.raises(UsageError):
+            ClassifyOptions(**bad)
+    with pytest.raises(UsageError, match="unknown classify option k"):
+        ClassifyOptions().replace(k=1)
+    queries = [r for r in records if r.split == "test"][:8]
+    given = classify(queries, index, tiny[1], ClassifyOptions(method="knn", neighbours=5), neighbours=1)
+    keywords = classify(queries, index, tiny[1], method="knn", neighbours=1)
+    assert [(a.labels, a.nearest_id) for a in given] == [(a.labels, a.nearest_id) for a in keywords]
 
 
 def test_mismatched_model_is_refused(index, tmp_path, records):
@@ -183,7 +198,7 @@ def test_identity_kmer_only_needs_no_model(synthetic, tiny):
         classify(queries, index, None)
     with pytest.raises(UsageError):
         classify(queries, index, tiny[1], candidates_embedding=0, candidates_kmer=0)
-    index.calibrate_identity()
+    calibrate_thresholds(index, "identity")
 
 
 # ============================================================================================ output formats
@@ -256,10 +271,26 @@ def test_cli_classify_tsv_and_sintax(tmp_path, tiny, index_path, records):
     assert [row["id"] for row in rows] == [q.id for q in queries]
     assert list(rows[0]) == TSV_COLUMNS
     stdout = runner.invoke(main, ["-q", "classify", str(fasta), "-r", str(index_path), "-o", "-", "--model",
-                                  str(tiny[0]), "--output-format", "sintax", "--k", "1"])
+                                  str(tiny[0]), "--output-format", "sintax", "--neighbours", "1"])
     assert stdout.exit_code == 0, stdout.output
     lines = stdout.stdout.splitlines()
     assert len(lines) == len(queries) and lines[0].startswith(queries[0].id + "\t")
+
+
+def test_cli_k_is_a_deprecated_name_of_neighbours(tmp_path, tiny, index_path, records):
+    fasta = tmp_path / "queries.fasta"
+    write_queries(fasta, [r for r in records if r.split == "test"][:10])
+    runner = CliRunner()
+    common = ["-q", "classify", str(fasta), "-r", str(index_path), "-o", "-", "--model", str(tiny[0]),
+              "--method", "knn"]
+    new = runner.invoke(main, common + ["--neighbours", "1"])
+    old = runner.invoke(main, common + ["--k", "1"])
+    assert new.exit_code == 0 and old.exit_code == 0, old.output
+    assert old.stdout == new.stdout
+    assert old.stderr.splitlines() == ["barcodetool: --k is deprecated; use --neighbours"]
+    assert "deprecated" not in new.stderr
+    both = runner.invoke(main, common + ["--neighbours", "1", "--k", "1"])
+    assert both.exit_code == 2 and "--neighbours or --k" in both.output
 
 
 def test_cli_classify_with_table_reference_builds_and_caches(tmp_path, monkeypatch, caplog, tiny, records):
@@ -340,7 +371,7 @@ def test_classify_records_streams(index, tiny, records):
             consumed.append(r.id)
             yield r
 
-    stream = classify_records(source(), index, tiny[1], chunk_size=10)
+    stream = classify_records(source(), index, tiny[1], ClassifyOptions(chunk_size=10))
     first = next(stream)
     assert first.id == records[0].id and 50 <= len(consumed) <= 70 < len(records)
     assert isinstance(index, ReferenceIndex) and np.isfinite(first.similarity)
@@ -434,7 +465,7 @@ def test_classify_records_embeds_only_the_queries_in_doubt(synthetic, tiny, monk
             assert (a.nearest_id, a.similarity) == (b.nearest_id, b.similarity)
     with pytest.raises(UsageError, match="embed-below"):
         classify(queries, index, tiny[1], embed_below=-1.0)
-    index.calibrate_identity()
+    calibrate_thresholds(index, "identity")
 
 
 def test_cli_classify_embed_below(tmp_path, tiny, index_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from math import factorial, log
@@ -12,13 +13,14 @@ import pytest
 from click.testing import CliRunner
 
 from barcodetool.cli import main
-from barcodetool.cluster import (DEFAULT_IDENTITY_DISTANCE_THRESHOLD, _identity_cluster_grid,
+from barcodetool.cluster import (DEFAULT_IDENTITY_DISTANCE_THRESHOLD, ClusterOptions, _identity_cluster_grid,
                                  calibrate_cluster_threshold, calibrate_identity_cluster_threshold, cluster,
                                  cluster_identity, cluster_metrics, cluster_records, identity_neighbours,
-                                 match_reference_bins, renumber)
+                                 match_reference_bins, renumber, write_clusters)
 from barcodetool.errors import UsageError
 from barcodetool.io.readers import read_barcodes
-from barcodetool.reference import build_reference, normalize
+from barcodetool.reference import build_reference
+from barcodetool.search import normalize
 from helpers_models import SAMPLE, load_tiny, make_tiny_model, restore_torch_threads  # noqa: F401
 from helpers_sequences import synthetic_records
 
@@ -48,7 +50,7 @@ def ami_by_hand(true, pred):
     b = [sum(table[i][j] for i in range(len(a))) for j in range(len(b_labels))]
     mi = sum(nij / n * log(n * nij / (a[i] * b[j])) for i, row in enumerate(table) for j, nij in enumerate(row)
              if nij)
-    h = lambda sizes: -sum(s / n * log(s / n) for s in sizes)  # noqa: E731
+    h = lambda sizes: -sum(s / n * log(s / n) for s in sizes)
     emi = 0.0
     for ai in a:
         for bj in b:
@@ -180,6 +182,25 @@ def test_identity_clustering_recovers_known_bins(synthetic, tiny):
         cluster_identity(sequences, None, 1.5)
 
 
+def test_cluster_options_and_the_tsv_writer(synthetic, tiny):
+    for bad, words in (({"method": "cosine", "threshold": 0.1, "n_clusters": 3}, "not both"),
+                       ({"n_clusters": 3}, "needs --method cosine"),
+                       ({"threshold": 1.5}, "at most 1"),
+                       ({"method": "ward"}, "unknown clustering method")):
+        with pytest.raises(UsageError, match=words):
+            ClusterOptions(**bad)
+    records = synthetic[:12]
+    result = cluster_records(records, tiny[1], ClusterOptions(threshold=0.02), threshold=0.035)
+    assert result.threshold == 0.035 and result.distinct_sequences == len({r.sequence for r in records})
+    handle = io.StringIO()
+    assert write_clusters(result, handle) == len(records)
+    rows = [line.split("\t") for line in handle.getvalue().splitlines()]
+    assert rows[0] == ["id", "cluster", "reference_bin", "similarity"]
+    assert [row[0] for row in rows[1:]] == result.ids
+    assert [int(row[1]) for row in rows[1:]] == (result.clusters + 1).tolist()   # numbered from 1
+    assert all(row[2:] == ["", ""] for row in rows[1:])                           # no reference
+
+
 def test_identity_cluster_grid_equals_one_threshold_at_a_time(synthetic):
     from barcodetool.search import SequenceStore, identity_graph_cluster, neighbour_pairs
 
@@ -194,7 +215,7 @@ def test_identity_cluster_grid_equals_one_threshold_at_a_time(synthetic):
 
 def test_identity_cluster_threshold_calibration(synthetic):
     from barcodetool.search import SequenceStore
-    from barcodetool.reference import encode_labels
+    from barcodetool.taxonomy import encode_labels
 
     store = SequenceStore.from_sequences([r.sequence for r in synthetic])
     codes, _ = encode_labels([r.bin for r in synthetic])

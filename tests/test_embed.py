@@ -12,8 +12,9 @@ import pytest
 
 from barcodetool._version import __version__
 from barcodetool.embedding import (EMBEDDINGS_FORMAT, EMBEDDINGS_FORMAT_VERSION, embed_file, embed_sequences,
-                               read_embeddings)
+                                   read_embeddings)
 from barcodetool.errors import InputError, OutputError, UsageError
+from barcodetool.io.hdf5 import open_hdf5
 from barcodetool.io.readers import read_barcodes
 
 embed_module = importlib.import_module("barcodetool.embedding")  # `barcodetool.embed` the attribute is a function
@@ -179,6 +180,32 @@ def test_read_embeddings_rejects_other_files(tmp_path):
         handle.attrs["format_version"] = EMBEDDINGS_FORMAT_VERSION + 1
     with pytest.raises(InputError, match="upgrade"):
         read_embeddings(path)
+    with pytest.raises(InputError, match="file not found"):
+        read_embeddings(tmp_path / "missing.h5")
+
+
+@pytest.mark.parametrize("version, rebuild, word", [(0, None, None), (1, None, None), (2, None, "newer"),
+                                                    (0, "rebuild it", "older"), (2, "rebuild it", "newer")])
+def test_open_hdf5_checks_the_format_version(tmp_path, version, rebuild, word):
+    """Older versions are read unless a `rebuild` fix says that only the current one is; newer ones never are."""
+    path = tmp_path / "file.h5"
+    with h5py.File(path, "w") as handle:
+        handle.attrs["format"] = "barcodetool-test"
+        if version:
+            handle.attrs["format_version"] = version
+    kind = dict(format_name="barcodetool-test", version=1, what="test file", fix="make one", rebuild=rebuild)
+    if word is None:
+        with open_hdf5(path, **kind) as handle:
+            assert handle.attrs["format"] == "barcodetool-test"
+        return
+    with pytest.raises(InputError) as error:
+        open_hdf5(path, **kind)
+    message = str(error.value)
+    assert str(path) in message and f"test file format version {version} is {word}" in message
+    assert ("rebuild it" in message) == (rebuild is not None)
+    assert ("upgrade barcodetool" in message) == (word == "newer")
+    with h5py.File(path, "r+"):  # the refused file was closed
+        pass
 
 
 def test_bfloat16_embeddings_match_float32_and_barely_depend_on_batches(tiny_model_dir, bioscan_records):

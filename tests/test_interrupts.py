@@ -17,17 +17,17 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import click
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from barcodetool.cli._common import handle_errors
 from barcodetool.io.atomic import atomic_text
-from barcodetool.cli import handle_errors
 from barcodetool.io.readers import BarcodeRecord, read_barcodes, sintax_header
 from barcodetool.reference import build_reference
 from barcodetool.train import CHECKPOINT_DIR, STATE_FILE, checkpoint_folder, read_training_state
@@ -62,7 +62,7 @@ class Run:
     signal: int
     arguments: list[str]
     folder: Path                       # holds the outputs (and nothing else)
-    ready: Callable[["Run"], bool]
+    ready: Callable[[Run], bool]
     process: subprocess.Popen | None = None
     signalled: bool = False
     returncode: int | None = None

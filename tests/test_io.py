@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from barcodetool.errors import BarcodeToolError, InputError, OutputError
-from barcodetool.io.readers import (RANKS, BarcodeRecord, ReadStats, clean_sequence, detect_format,
-                            parse_fasta_header, read_barcodes, read_fasta_taxonomy, write_fasta)
+from barcodetool.io import (BarcodeRecord, ReadStats, clean_sequence, detect_format, parse_fasta_header, read_barcodes,
+                            read_fasta_taxonomy, write_fasta)
+from barcodetool.taxonomy import RANKS
 
 DATA = Path(__file__).parent / "data"
 BAD = DATA / "bad"

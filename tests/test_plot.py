@@ -8,13 +8,13 @@ import sys
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers_models import SAMPLE, load_tiny, make_tiny_model
 
 from barcodetool.cli import main
 from barcodetool.embedding import embed_file, embed_records_to_h5
 from barcodetool.errors import InputError, OutputError, UsageError
 from barcodetool.io.readers import BarcodeRecord, ReadOptions, read_barcodes
 from barcodetool.plot import benchmark_groups, categorize, plot_benchmark, plot_embeddings
-from helpers_models import SAMPLE, load_tiny, make_tiny_model
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -160,8 +160,7 @@ def test_missing_matplotlib_is_a_usage_error(sample_h5, tmp_path, monkeypatch):
 
 
 def test_read_embedding_rows_reads_a_subset_blockwise(sample_h5):
-    from barcodetool.embedding import read_embeddings
-    from barcodetool.plot import _read_rows, read_embedding_rows
+    from barcodetool.embedding import _read_rows, read_embedding_rows, read_embeddings
 
     full = read_embeddings(sample_h5)
     subset, total = read_embedding_rows(sample_h5, max_points=40, seed=3)

@@ -7,16 +7,18 @@ import math
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers_models import SAMPLE, SINTAX_REFERENCE, load_tiny, make_tiny_model, restore_torch_threads  # noqa: F401
+from helpers_sequences import synthetic_records
 
 from barcodetool.cli import main
 from barcodetool.errors import IndexMismatchError, InputError, UsageError
 from barcodetool.io.readers import ReadOptions, read_barcodes
-from barcodetool.reference import (IDENTITY_PRECISION_LEVEL, LEVELS, ReferenceIndex, Thresholds, build_reference,
-                                   calibrate_ranks, identity_decide, knn_search, normalize, open_reference,
-                                   precision_threshold, representative_records, resolve_model_for_reference, vote)
-from helpers_models import (SAMPLE, SINTAX_REFERENCE, load_tiny, make_tiny_model,  # noqa: F401
-                            restore_torch_threads)
-from helpers_sequences import synthetic_records
+from barcodetool.reference import (IDENTITY_PRECISION_LEVEL, LEVELS, IdentityCalibration, IdentityThresholds,
+                                   KnnCalibration, KnnThresholds, ReferenceIndex, build_reference, calibrate_ranks,
+                                   calibrate_thresholds, identity_decide, open_reference, precision_threshold,
+                                   representative_records, resolve_model_for_reference, search_candidates,
+                                   thresholds_for, vote)
+from barcodetool.search import knn_search, normalize
 
 
 # ============================================================================================ fixtures
@@ -59,7 +61,7 @@ def synthetic_index(seed: int = 0, dim: int = 24, genera: int = 4, species: int 
                 species_labels.append(f"G{g} s{s}")
     embeddings = normalize(np.array(vectors))
     n = len(embeddings)
-    from barcodetool.reference import encode_labels
+    from barcodetool.taxonomy import encode_labels
 
     codes, names = {}, {}
     for rank, values in (("phylum", ["Arthropoda"] * n), ("genus", genus_labels), ("species", species_labels)):
@@ -140,9 +142,9 @@ def test_precision_threshold_is_lowest_meeting_target():
 @pytest.mark.parametrize("precision", [0.8, 0.95])
 def test_calibrated_thresholds_reach_precision_on_calibration_set(precision):
     index, _ = synthetic_index(species_spread=0.25, genus_spread=0.3)
-    thresholds = index.calibrate(precision=precision, k=5, cluster=False)
+    thresholds = calibrate_thresholds(index, "knn", precision=precision, k=5, cluster=False)
     codes = index.rank_codes()
-    levels = {level: index.calibration_neighbours(level, 5) for level in ("sequence", "species", "genus")}
+    levels = {level: KnnCalibration(index).leave_out(level, {"k": 5}) for level in ("sequence", "species", "genus")}
     for rank, level in (("genus", "species"), ("species", "sequence")):
         queries, sims, idx = levels[level]
         votes = vote(sims[:, :5], idx[:, :5], codes, thresholds=thresholds.ranks, min_confidence=0.5)
@@ -162,7 +164,7 @@ def test_calibrated_thresholds_reach_precision_on_calibration_set(precision):
 
 def test_open_world_synthetic_species_empty_genus_assigned():
     index, rng = synthetic_index(species_spread=0.05, genus_spread=0.3)
-    thresholds = index.calibrate(precision=0.95, k=5, cluster=False)
+    thresholds = calibrate_thresholds(index, "knn", precision=0.95, k=5, cluster=False)
     # a query of a new species of genus G1: near the genus, far from its known species
     members = [i for i, g in enumerate(index.codes["genus"]) if index.label_names["genus"][g] == "G1"]
     centre = index.embeddings[members].mean(axis=0)
@@ -218,7 +220,7 @@ def test_build_save_load_round_trip(tmp_path, sample_index, train_records):
     np.testing.assert_array_equal(read.group_record, built.group_record)
     assert [read.store.sequence(i) for i in range(len(read))] == [built.store.sequence(i) for i in range(len(built))]
     a, b = loaded.identity_thresholds, sample_index.identity_thresholds
-    assert a.kind == "identity" and a.candidates == b.candidates == (20, 10)
+    assert isinstance(a, IdentityThresholds) and a.candidates == b.candidates == (20, 10)
     for rank, value in b.ranks.items():
         assert a.ranks[rank] == pytest.approx(value, nan_ok=True)
     assert a.bin == pytest.approx(b.bin, nan_ok=True) and a.cluster_distance == pytest.approx(b.cluster_distance)
@@ -294,7 +296,7 @@ def test_table_reference_is_cached(tmp_path, monkeypatch, tiny):
     first = open_reference(SAMPLE, tiny[1])
     cached = list((tmp_path / "cache").rglob("*.h5"))
     assert len(cached) == 1
-    import barcodetool.reference.index as reference_module
+    import barcodetool.reference.build as reference_module
 
     def fail(*args, **kwargs):
         raise AssertionError("the cached index should have been reused")
@@ -309,7 +311,7 @@ def test_table_reference_is_cached(tmp_path, monkeypatch, tiny):
 def test_cache_is_rebuilt_for_another_format_version(tmp_path, monkeypatch, tiny):
     import h5py
 
-    import barcodetool.reference.index as reference_module
+    import barcodetool.reference.build as reference_module
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     open_reference(SAMPLE, tiny[1])
@@ -346,13 +348,13 @@ def test_auto_model_follows_a_named_index(tmp_path, monkeypatch, sample_index):
 
 def test_thresholds_for_recalibrates_only_when_settings_change(sample_index):
     stored = sample_index.thresholds
-    assert sample_index.thresholds_for() is stored
-    stricter = sample_index.thresholds_for(precision=0.99)
-    assert isinstance(stricter, Thresholds) and stricter.precision == 0.99
+    assert thresholds_for(sample_index, "knn") is stored
+    stricter = thresholds_for(sample_index, "knn", precision=0.99)
+    assert isinstance(stricter, KnnThresholds) and stricter.precision == 0.99
     for rank in sample_index.ranks:
         a, b = stricter.ranks[rank], stored.ranks[rank]
         assert math.isnan(a) or a >= b or math.isnan(b)
-    sample_index.calibrate()  # restore the defaults for the other tests
+    calibrate_thresholds(sample_index, "knn")  # restore the defaults for the other tests
 
 
 # ============================================================================================ identity calibration
@@ -367,10 +369,10 @@ def synthetic(tiny):
 @pytest.mark.parametrize("precision", [0.8, 0.95])
 def test_identity_thresholds_reach_precision_on_calibration_set(synthetic, precision):
     index = synthetic[0]
-    thresholds = index.calibrate_identity(precision=precision)
+    thresholds = calibrate_thresholds(index, "identity", precision=precision)
     layer = index.identity
     codes = {r: layer.codes[r] for r in index.ranks}
-    levels = {level: index.identity_calibration_level(level, 10, 10) for level in LEVELS}
+    levels = {level: IdentityCalibration(index).leave_out(level, {"candidates": (10, 10)}) for level in LEVELS}
     assert 0 < thresholds.ranks["species"] <= 1 and 0 < thresholds.ranks["genus"] <= 1
     for rank in ("genus", "species"):
         names = IDENTITY_PRECISION_LEVEL[rank]
@@ -389,9 +391,9 @@ def test_identity_thresholds_reach_precision_on_calibration_set(synthetic, preci
         novel_queries, novel_scores, novel_idx = levels[rank]
         novel, _ = identity_decide(novel_idx, novel_scores, codes, thresholds=thresholds.ranks, min_confidence=0.5)
         assert novel.assigned[rank].mean() <= 1 - precision + 1e-9
-    again = index.identity_thresholds_for(precision=precision)
+    again = thresholds_for(index, "identity", precision=precision)
     assert again is thresholds
-    index.calibrate_identity()  # back to the defaults
+    calibrate_thresholds(index, "identity")  # back to the defaults
 
 
 def test_identity_decide_tie_vote_lineage_and_confidence():
@@ -441,7 +443,7 @@ def test_kmer_only_candidates_search_again_when_the_query_kmers_are_common(synth
     import importlib
 
     index, records, taxa, barcode, _ = synthetic
-    identity = importlib.import_module(type(index).identity_candidates.__module__)   # where the caps are read
+    identity = importlib.import_module(search_candidates.__module__)   # where the caps are read
     queries = [barcode(key) for key in list(taxa)[:6]]
     species = [lineage_species(key) for key in list(taxa)[:6]]
     layer = index.identity
@@ -454,10 +456,10 @@ def test_kmer_only_candidates_search_again_when_the_query_kmers_are_common(synth
     monkeypatch.setattr(identity, "KMER_MAX_DF", 3)
     monkeypatch.setattr(identity, "KMER_FALLBACK_DF", 1000)
     monkeypatch.setattr(identity, "KMER_FALLBACK_BELOW", 0.0)     # no second search
-    emb, km = index.identity_candidates(queries, None, 0, 5)
+    emb, km = search_candidates(index, queries, None, 0, 5)
     assert sum(a == b for a, b in zip(found(emb, km), species)) < len(queries)
     monkeypatch.setattr(identity, "KMER_FALLBACK_BELOW", 0.1)
-    emb, km = index.identity_candidates(queries, None, 0, 5)
+    emb, km = search_candidates(index, queries, None, 0, 5)
     assert found(emb, km) == species
 
 
@@ -498,15 +500,15 @@ def test_identity_hits_embed_only_below_the_kmer_score_and_inf_is_the_union_of_b
     that union does; with a finite embed_below the queries whose best k-mer candidate reaches it keep the k-mer
     candidates alone and no embedding is asked for them."""
     from barcodetool.embedding import embed_sequences
-    from barcodetool.search import candidate_union, rerank
     from barcodetool.reference import identity_hits, kmer_hits
+    from barcodetool.search import candidate_union, rerank
 
     index, records, taxa, barcode, new_species = synthetic
     queries = [barcode(key) for key in list(taxa)[:6]] + [new_species(f, g) for f in range(2) for g in range(3)]
     vectors = embed_sequences(tiny[1], queries)
-    everything = index.identity_thresholds_for(embed_below=math.inf)
+    everything = thresholds_for(index, "identity", embed_below=math.inf)
     hits = identity_hits(queries, vectors, index, everything)
-    emb, km = index.identity_candidates(queries, vectors, *everything.candidates)
+    emb, km = search_candidates(index, queries, vectors, *everything.candidates)
     idx, score, identity, overlap = rerank(queries, index.identity.store, candidate_union(emb, km), detail=True)
     assert hits.embedded.all()
     assert (hits.idx == idx).all() and np.allclose(hits.score, score) and (hits.overlap == overlap).all()
@@ -520,12 +522,12 @@ def test_identity_hits_embed_only_below_the_kmer_score_and_inf_is_the_union_of_b
         asked.extend(sequences)
         return embed_sequences(tiny[1], sequences)
 
-    doubt = index.identity_thresholds_for(embed_below=embed_below)
+    doubt = thresholds_for(index, "identity", embed_below=embed_below)
     assert doubt.embed_below == embed_below
     mixed = identity_hits(queries, None, index, doubt, embed=embed)
     below = best < embed_below
     assert asked == [q for q, b in zip(queries, below) if b] and mixed.embedded.tolist() == below.tolist()
-    kmer_only = identity_hits(queries, None, index, index.identity_thresholds_for(candidates=(0, 10)),
+    kmer_only = identity_hits(queries, None, index, thresholds_for(index, "identity", candidates=(0, 10)),
                               candidates=(0, 10))
     for row in range(len(queries)):
         source = hits if below[row] else kmer_only
@@ -533,7 +535,7 @@ def test_identity_hits_embed_only_below_the_kmer_score_and_inf_is_the_union_of_b
         assert mixed.hit[row] == source.hit[row]
     with pytest.raises(UsageError, match="embeddings"):
         identity_hits(queries, None, index, doubt)
-    index.calibrate_identity()
+    calibrate_thresholds(index, "identity")
 
 
 def test_embed_below_is_stored_with_the_calibration(synthetic, tmp_path):
@@ -549,4 +551,4 @@ def test_embed_below_is_stored_with_the_calibration(synthetic, tmp_path):
         del handle.attrs["identity_calibration_embed_below"]
     older = ReferenceIndex.load(path)
     assert older.identity_thresholds.embed_below == math.inf
-    assert older.identity_thresholds_for(embed_below=IDENTITY_EMBED_BELOW).embed_below == IDENTITY_EMBED_BELOW
+    assert thresholds_for(older, "identity", embed_below=IDENTITY_EMBED_BELOW).embed_below == IDENTITY_EMBED_BELOW

@@ -26,10 +26,10 @@ from barcodetool.errors import ModelError, UsageError
 from barcodetool.io.readers import BarcodeRecord
 from barcodetool.model.mae import BarcodeMAE, preset
 from barcodetool.model.tokenizer import KmerTokenizer
-from barcodetool.train import (CHECKPOINT_DIR, FINETUNE_RANKS, METRICS_FILE, OPTIMIZER_FILE, STATE_FILE,
-                               DistillTask, TrainConfig, build_corpus, distill, finetune, pretrain, read_corpus,
-                               read_training_state, student_from_teacher)
 from barcodetool.model.weights import CARD_FILE, TENSORS_FILE, load_model_folder, read_card, save_model
+from barcodetool.train import (CHECKPOINT_DIR, FINETUNE_RANKS, METRICS_FILE, OPTIMIZER_FILE, STATE_FILE, DistillTask,
+                               Distributed, MAETask, RunOutput, TrainConfig, Trainer, build_corpus, distill, finetune,
+                               pretrain, read_corpus, read_training_state, student_from_teacher)
 
 DATA = Path(__file__).resolve().parent / "data"
 BIOSCAN = DATA / "bioscan_sample.csv"
@@ -100,6 +100,17 @@ def test_build_corpus_labels_and_conflicts():
         build_corpus(records[3:], KmerTokenizer())
 
 
+def test_train_config_is_checked_when_built():
+    with pytest.raises(UsageError, match="batch_size must be at least 1"):
+        TrainConfig(batch_size=0)
+    # every problem at once, also for a copy made with replace()
+    with pytest.raises(UsageError, match="mask_ratio must be strictly between 0 and 1.*; log_every"):
+        replace(SHORT, mask_ratio=1.0, log_every=0)
+    with pytest.raises(UsageError, match="max_steps"):
+        TrainConfig(max_steps=0)   # 0 would have fallen back to --epochs
+    assert TrainConfig.from_dict(SHORT.to_dict() | {"setting_of_a_newer_version": 1}) == SHORT
+
+
 # ============================================================================================ pretraining
 def test_pretrain_loss_falls_and_writes_outputs(corpus, tmp_path):
     entries = []
@@ -128,6 +139,18 @@ def test_pretrain_loss_falls_and_writes_outputs(corpus, tmp_path):
     loaded = load_model_folder(folder)
     assert loaded.name == "falling" and loaded.config == preset("tiny")
     assert loaded.model.include_decoder
+
+
+def test_trainer_takes_its_model_and_kind_from_the_task(corpus, tmp_path):
+    """A Trainer built by hand, as benchmarks/gpu_train.py does, and stepped without run()."""
+    torch.manual_seed(0)
+    model = BarcodeMAE(preset("tiny"))
+    trainer = Trainer(MAETask(model, SHORT.mask_ratio), corpus, None, SHORT, KmerTokenizer().config,
+                      RunOutput(tmp_path / "run"), dist=Distributed(), device=torch.device("cpu"))
+    assert trainer.model is model and trainer.kind == "pretrain" and trainer.label_ranks == []
+    assert trainer.model_name == "run" and trainer.output == tmp_path / "run"
+    _, _, rows = trainer.train_step()
+    assert trainer.step == 1 and rows == SHORT.batch_size
 
 
 def test_same_seed_gives_identical_weights(corpus, reference_run, tmp_path):

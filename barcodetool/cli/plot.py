@@ -1,11 +1,11 @@
-"""Command group `plot` (added by `register`): `plot embeddings` and `plot benchmark`. Needs matplotlib."""
+"""Command group `plot`: `plot embeddings` and `plot benchmark` (barcodetool.plot). Needs matplotlib."""
 
 from __future__ import annotations
 
 import click
 
-from ..cli import handle_errors, log
-from ..plot import COLOR_BY, DEFAULT_MAX_POINTS, DEFAULT_TOP, MAX_TOP, METHODS
+from ..plot import COLOR_BY, DEFAULT_MAX_POINTS, DEFAULT_TOP, MAX_TOP, METHODS, plot_benchmark, plot_embeddings
+from ._common import handle_errors, log
 
 
 @click.group("plot")
@@ -32,8 +32,6 @@ def plot_group():
 @handle_errors
 def plot_embeddings_command(h5, output, color_by, clusters_tsv, method, top, max_points, seed):
     """Map the embeddings in H5 (from `barcodetool embed`) to 2-D and colour them by taxonomy or clusters."""
-    from ..plot import plot_embeddings
-
     path = plot_embeddings(h5, output, color_by=color_by.lower() if color_by else None, clusters_tsv=clusters_tsv,
                            method=method, top=top, max_points=max_points, seed=seed)
     log.info(f"wrote {path}")
@@ -46,12 +44,6 @@ def plot_embeddings_command(h5, output, color_by, clusters_tsv, method, top, max
 @handle_errors
 def plot_benchmark_command(json_path, output):
     """Bar chart of a `barcodetool benchmark --json` result: barcodetool vs VSEARCH vs BLAST per task."""
-    from ..plot import plot_benchmark
-
     path = plot_benchmark(json_path, output)
     log.info(f"wrote {path}")
 
-
-def register(main: click.Group) -> None:
-    """Add the `plot` group to the main command group."""
-    main.add_command(plot_group)

@@ -17,8 +17,8 @@ import os
 import stat
 import tempfile
 import threading
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from ..errors import Interrupted, OutputError
 from .interrupts import interrupted, signals_held
@@ -88,9 +88,8 @@ def _forget(temporary: str) -> None:
 @contextlib.contextmanager
 def atomic_text(destination: str | os.PathLike, newline: str | None = None):
     """A text file handle whose content replaces `destination` only once the block ends without error."""
-    with atomic_path(destination) as temporary:
-        with open(temporary, "w", encoding="utf-8", newline=newline) as handle:
-            yield handle
+    with atomic_path(destination) as temporary, open(temporary, "w", encoding="utf-8", newline=newline) as handle:
+        yield handle
 
 
 def check_outputs_distinct(outputs: Iterable[str | os.PathLike | None],

@@ -1,16 +1,19 @@
-"""Interruption state of the running command: the signals its handler recorded, and blocks that hold them.
+"""Interruption state of the running command: the signals its handler recorded, blocks that hold them, and the
+handler itself.
 
-The CLI's SIGINT/SIGTERM handler records each signal here (`note_signal`); `barcodetool.io.atomic` then refuses to
-publish any output, and `signals_held` defers the interruption while a thread is started or a temporary file is
-created and listed.
+`SignalGuard` (installed by the CLI around each command) records each SIGINT/SIGTERM here (`note_signal`);
+`barcodetool.io.atomic` then refuses to publish any output, and `signals_held` defers the interruption while a
+thread is started or a temporary file is created and listed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import sys
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 from ..errors import Interrupted
 
@@ -59,3 +62,74 @@ def signals_held() -> Iterator[None]:
         if signal_number == signal.SIGINT:
             raise KeyboardInterrupt
         raise Interrupted(signal_number)
+
+
+class SignalGuard:
+    """SIGINT/SIGTERM handlers for one command.
+
+    The handler records the signal (barcodetool.io.atomic then refuses to publish any output) and raises
+    KeyboardInterrupt (SIGINT) or Interrupted (SIGTERM). Python drops an exception raised while it runs a
+    `__del__` method or a weakref callback, so until the command's error handler has caught the interruption
+    (`caught`), a watchdog thread sends the signal again every REDELIVER_S seconds.
+    """
+
+    REDELIVER_S = 0.5
+
+    def __init__(self):
+        self.caught = False  # the error handler has the interruption in hand (or the command is over)
+        self.previous: dict[int, object] = {}
+        self.watchdog = None
+        self.lock = threading.Lock()  # no signal is sent again once the handlers are restored
+        self.over = threading.Event()
+        self.unraisablehook = None
+
+    def install(self) -> None:
+        clear_signals()
+        if threading.current_thread() is not threading.main_thread():
+            return
+        self.previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, self.handle)
+        # SIGINT ignored by whoever started us (a background job of a shell) stays ignored.
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self.previous[signal.SIGINT] = signal.signal(signal.SIGINT, self.handle)
+        self.unraisablehook = sys.unraisablehook
+        sys.unraisablehook = self.unraisable
+
+    def restore(self) -> None:
+        with self.lock:
+            self.caught = True
+            self.over.set()
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+        self.previous.clear()
+        if self.unraisablehook is not None:
+            sys.unraisablehook = self.unraisablehook
+            self.unraisablehook = None
+        clear_signals()  # the command is over (library calls in the same process write again)
+
+    def handle(self, signal_number, frame):
+        note_signal(signal_number)
+        if self.caught:
+            return
+        if self.watchdog is None and self.previous:
+            self.watchdog = threading.Thread(target=self._redeliver, args=(signal_number,), daemon=True,
+                                             name="barcodetool-signal-watchdog")
+            self.watchdog.start()
+        if holding_signals():  # a thread is being started: raised when that is done (signals_held)
+            return
+        if signal_number == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise Interrupted(signal_number)
+
+    def unraisable(self, info) -> None:
+        """Python's report of an exception it had to drop: silent for our own interruption (it is recorded
+        and delivered again), as usual for anything else."""
+        if isinstance(info.exc_value, (KeyboardInterrupt, Interrupted)) and not self.caught:
+            return
+        (self.unraisablehook or sys.__unraisablehook__)(info)
+
+    def _redeliver(self, signal_number: int) -> None:
+        while not self.over.wait(self.REDELIVER_S):
+            with self.lock:
+                if self.caught:
+                    return
+                os.kill(os.getpid(), signal_number)

@@ -58,7 +58,7 @@ class BarcodeMAEConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict) -> "BarcodeMAEConfig":
+    def from_dict(cls, data: dict) -> BarcodeMAEConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:

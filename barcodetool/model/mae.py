@@ -220,6 +220,7 @@ def training_flops_per_barcode(config: BarcodeMAEConfig, mask_ratio: float | Non
 def embedding_flops_per_barcode(config: BarcodeMAEConfig, tokens: int | None = None) -> float:
     c = config
     L = tokens or c.max_tokens
-    per_token = c.encoder_layers * 2 * (4 * c.encoder_width ** 2 + 2 * c.encoder_width * int(c.encoder_width * c.mlp_ratio))
+    hidden = int(c.encoder_width * c.mlp_ratio)
+    per_token = c.encoder_layers * 2 * (4 * c.encoder_width ** 2 + 2 * c.encoder_width * hidden)
     attention = c.encoder_layers * 4 * L * L * c.encoder_width
     return per_token * L + attention + 2 * c.encoder_width * c.embedding_width   # the last: the embedding map

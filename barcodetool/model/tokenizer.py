@@ -14,7 +14,7 @@ Padding always uses [PAD] (id 0), never a nucleotide k-mer.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -59,7 +59,7 @@ class TokenizerConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TokenizerConfig":
+    def from_dict(cls, data: dict) -> TokenizerConfig:
         unknown = set(data) - {"k", "stride", "max_length"}
         if unknown:
             raise TokenizerError(f"unknown tokenizer settings: {', '.join(sorted(unknown))}")

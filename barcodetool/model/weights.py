@@ -26,12 +26,14 @@ from typing import TYPE_CHECKING, Any
 from .._version import __version__
 from ..io.atomic import atomic_path
 from ..errors import ModelError, TokenizerError
+from .config import BarcodeMAEConfig
+from .runtime import resolve_compute
 from .tokenizer import KmerTokenizer, TokenizerConfig
 
 if TYPE_CHECKING:   # PyTorch is imported when a model is loaded or saved: naming and listing models stay instant
     import torch
 
-    from .mae import BarcodeMAE, BarcodeMAEConfig
+    from .mae import BarcodeMAE
 
 MODEL_FORMAT = "barcodetool-model"
 MODEL_FORMAT_VERSION = 1
@@ -199,7 +201,7 @@ def load_model_folder(directory: str | os.PathLike, *, device: str | torch.devic
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from .mae import BarcodeMAE, BarcodeMAEConfig
+    from .mae import BarcodeMAE   # PyTorch: imported when a model is loaded, not with the registry
 
     directory = Path(directory)
     card = read_card(directory)
@@ -316,8 +318,6 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, device: str | t
     wherever the hardware runs it natively, CPUs with AVX-512 BF16 or AMX included).
     """
     import torch
-
-    from .runtime import resolve_compute
 
     path, name = locate_model(name_or_path, device)
     loaded = load_model_folder(path, device=device, verify=verify, name=name)

@@ -1,7 +1,7 @@
 """Fast exact pairwise identity of COI barcodes: re-ranking of search candidates, and average-linkage clustering
 on identity distance.
 
-Method (docs/identity-rerank.md has the measurements)
+Method (docs/research/identity-rerank.md has the measurements)
 -----------------------------------------------------
 COI-5P barcodes are protein-coding and almost free of indels, so two barcodes of the region align without gaps
 once their relative offset is known; only their ends differ (primers, trimming). For each pair (a, b):
@@ -37,12 +37,13 @@ Ranking: `rerank` orders candidate references of each query by `coverage_score` 
 `identity_graph_cluster` runs average linkage on identity distance over a candidate graph.
 
 Everything is vectorised with numpy over many pairs at once; sequences are encoded once into a
-`SequenceStore` (barcodetool.search.sequences: flat uint8 codes, bit masks A=1 C=2 G=4 T=8, ambiguity codes the union of their bases).
+`SequenceStore` (barcodetool.search.sequences: flat uint8 codes, bit masks A=1 C=2 G=4 T=8, ambiguity codes the
+union of their bases).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -222,11 +223,11 @@ class PairIdentity:
     suspect: np.ndarray    # bool: a 40-column stretch looks unrelated (several indels?): identity approximate
 
     @classmethod
-    def empty(cls, n: int) -> "PairIdentity":
+    def empty(cls, n: int) -> PairIdentity:
         return cls(np.zeros(n, dtype=np.float32), np.zeros(n, dtype=np.int32), np.zeros(n, dtype=np.int32),
                    np.zeros(n, dtype=np.int32), np.zeros(n, dtype=np.uint8), np.zeros(n, dtype=bool))
 
-    def put(self, where: np.ndarray, part: "PairIdentity") -> None:
+    def put(self, where: np.ndarray, part: PairIdentity) -> None:
         for name in ("identity", "overlap", "offset", "votes", "method", "suspect"):
             getattr(self, name)[where] = getattr(part, name)
 
@@ -280,7 +281,6 @@ def pair_identity(a_store, a_idx, b_store, b_idx, *, iupac: str = "ignore", fall
 
 def _pair_block(a_store: SequenceStore, a_idx: np.ndarray, b_store: SequenceStore, b_idx: np.ndarray, *,
                 iupac: str, fallback: str, k: int, stride: int, min_votes: int) -> PairIdentity:
-    n = len(a_idx)
     unique_a, a_of_pair = np.unique(a_idx, return_inverse=True)
     width_a = -(-int(a_store.lengths[unique_a].max()) // MISALIGNED_BLOCK) * MISALIGNED_BLOCK
     a_codes = a_store.rows(unique_a, width_a)             # uint8 [distinct a rows, width_a] (block multiple)

@@ -8,7 +8,7 @@ import numpy as np
 
 from ..errors import InputError, UsageError
 from .knn import largest_columns
-from .sequences import as_store, kmer_codes
+from .sequences import SequenceStore, as_store, kmer_codes
 
 KMER_K = 12                 # KmerIndex k-mer length
 KMER_MAX_DF = 1000          # KmerIndex.search: skip k-mers held by more references than this
@@ -70,7 +70,7 @@ class KmerIndex:
         self._matrix = None
 
     @classmethod
-    def from_arrays(cls, k: int, size: int, kmers: np.ndarray, df: np.ndarray, refs: np.ndarray) -> "KmerIndex":
+    def from_arrays(cls, k: int, size: int, kmers: np.ndarray, df: np.ndarray, refs: np.ndarray) -> KmerIndex:
         """An index from its stored arrays (`kmers`, `df`, `refs` as built; `starts` is derived from `df`)."""
         kmers = np.asarray(kmers, dtype=np.int32)
         df = np.asarray(df, dtype=np.int32)

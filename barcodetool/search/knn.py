@@ -7,7 +7,7 @@ in bounded memory, on CPU or GPU) and the numbering of identical sequences, so t
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -50,7 +50,7 @@ class SequenceStore:
         self.lengths = lengths    # int32 [n]
 
     @classmethod
-    def from_sequences(cls, sequences: Sequence[str]) -> "SequenceStore":
+    def from_sequences(cls, sequences: Sequence[str]) -> SequenceStore:
         lengths = np.fromiter((len(s) for s in sequences), dtype=np.int32, count=len(sequences))
         starts = np.zeros(len(sequences), dtype=np.int64)
         if len(sequences) > 1:

@@ -1,3 +1,20 @@
-"""Training: masked-autoencoder pretraining, taxonomy fine-tuning and distillation, on one device or under torchrun."""
+"""Training: masked-autoencoder pretraining, taxonomy fine-tuning and distillation, on one device or under torchrun.
 
-from .trainer import *  # noqa: F401,F403
+The settings and file names (config), the data (data: Corpus, read_corpus), the objectives (tasks: MAETask,
+FinetuneTask, DistillTask), torchrun's process group (distributed) and the loop with its checkpoints and entry
+points (trainer: Trainer, pretrain, finetune, distill).
+"""
+
+from .config import CHECKPOINT_DIR, FINETUNE_RANKS, METRICS_FILE, OPTIMIZER_FILE, STATE_FILE, RunOutput, TrainConfig
+from .data import Corpus, build_corpus, read_corpus, split_validation, tokenize_corpus
+from .distributed import Distributed, init_distributed
+from .tasks import DistillTask, FinetuneTask, MAETask, TaxonomyHeads, student_from_teacher
+from .trainer import (Trainer, TrainResult, checkpoint_folder, distill, distill_trainer, finetune, finetune_trainer,
+                      lr_at, make_optimizer, pretrain, pretrain_trainer, read_training_state)
+
+__all__ = ["CHECKPOINT_DIR", "FINETUNE_RANKS", "METRICS_FILE", "OPTIMIZER_FILE", "STATE_FILE", "RunOutput",
+           "TrainConfig", "Corpus", "build_corpus", "read_corpus", "split_validation", "tokenize_corpus",
+           "Distributed", "init_distributed", "DistillTask", "FinetuneTask", "MAETask", "TaxonomyHeads",
+           "student_from_teacher", "TrainResult", "Trainer", "checkpoint_folder", "distill", "distill_trainer",
+           "finetune", "finetune_trainer", "lr_at", "make_optimizer", "pretrain", "pretrain_trainer",
+           "read_training_state"]

@@ -1,231 +1,46 @@
-"""Pretraining (MAE) and taxonomy fine-tuning of BarcodeMAE, on one device or under torchrun (DDP).
+"""The training loop: pretraining (MAE), taxonomy fine-tuning and distillation of BarcodeMAE, on one device or
+under torchrun (DDP), with checkpoints that carry their config and optimizer state.
 
 Reproducibility: every random draw of a step (data order, offsets, mask noise, dropout) derives from
 (seed, step, rank) alone, and checkpoints hold the full optimizer state, so a run resumed from a checkpoint ends
 with the same weights as an uninterrupted one on the same device and number of processes.
 
-Data: barcodes are read with `barcodetool.io`, cleaned, deduplicated (identical sequences once) and tokenized up
-front for every start offset 0..k-1 (the paper's random-offset augmentation drops 0..k-1 leading bases), so the
-training loop only gathers rows of a uint16 array that can sit on the GPU.
+`pretrain`, `finetune` and `distill` build a Trainer and run it; `pretrain_trainer`, `finetune_trainer` and
+`distill_trainer` return it unstarted, for a benchmark to step. The settings (`.config`), the data (`.data`), the
+objectives (`.tasks`) and the process group (`.distributed`) live in their own modules.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from .._version import __version__
-from ..io.atomic import atomic_path
-from ..io.readers import ReadOptions, ReadStats, read_barcodes
 from ..errors import ModelError, UsageError
-from ..model.mae import BarcodeMAE, BarcodeMAEConfig, preset as model_preset
-from ..model.runtime import autocast, resolve_device
-from ..model.tokenizer import KmerTokenizer, TokenizerConfig
-from ..model.weights import PretrainedModel, load_model, load_model_folder, save_model, sha256_file
-
-CHECKPOINT_DIR = "checkpoint"
-OPTIMIZER_FILE = "optimizer.safetensors"
-STATE_FILE = "training_state.json"
-METRICS_FILE = "metrics.jsonl"
-FINETUNE_RANKS = ("species", "genus", "family", "bin")
-
-
-# ============================================================================================ configuration
-@dataclass
-class TrainConfig:
-    preset: str = "small"
-    epochs: float = 1.0
-    max_steps: int | None = None  # overrides epochs
-    max_minutes: float | None = None  # safety stop; the run still saves its weights
-    batch_size: int = 256  # per process
-    lr: float = 5e-4
-    min_lr_ratio: float = 0.1
-    warmup_steps: int | None = None  # default: 5% of the steps, at most 1000
-    weight_decay: float = 0.05
-    grad_clip: float = 1.0
-    mask_ratio: float = 0.5
-    val_fraction: float = 0.02
-    seed: int = 0
-    checkpoint_every: int = 1000
-    log_every: int = 50
-    compile: bool = False
-    device: str = "auto"
-    offset_augmentation: bool = True
-    # fine-tuning only
-    rank_weights: dict = field(default_factory=lambda: {"species": 1.0, "genus": 1.0, "family": 0.5, "bin": 1.0})
-    mae_weight: float = 0.25
-    cosine_scale: float = 16.0
-    cosine_margin: float = 0.1
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-
-# ============================================================================================ data
-@dataclass
-class Corpus:
-    """Unique cleaned barcodes, tokenized at every offset, with optional integer labels per rank."""
-
-    sequences: list[str]
-    tokens: np.ndarray  # uint16 [offsets, N, L]
-    lengths: np.ndarray  # int16 [offsets, N]
-    labels: dict[str, np.ndarray] = field(default_factory=dict)  # rank -> int64 [N], -1 = unknown
-    label_names: dict[str, list[str]] = field(default_factory=dict)
-    summary: dict = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.sequences)
-
-    @property
-    def fingerprint(self) -> str:
-        digest = hashlib.sha256()
-        for sequence in self.sequences:
-            digest.update(sequence.encode("ascii", "replace"))
-            digest.update(b"\n")
-        return digest.hexdigest()
-
-    def subset(self, index: np.ndarray) -> "Corpus":
-        return Corpus(sequences=[self.sequences[i] for i in index], tokens=self.tokens[:, index],
-                      lengths=self.lengths[:, index], labels={r: v[index] for r, v in self.labels.items()},
-                      label_names=self.label_names, summary=self.summary)
-
-
-def tokenize_corpus(sequences: Sequence[str], tokenizer: KmerTokenizer, offsets: bool = True,
-                    chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
-    k = tokenizer.config.k if offsets else 1
-    n, L = len(sequences), tokenizer.max_tokens
-    tokens = np.zeros((k, n, L), dtype=np.uint16)
-    lengths = np.zeros((k, n), dtype=np.int16)
-    for offset in range(k):
-        for start in range(0, n, chunk):
-            ids, lens = tokenizer.encode_batch(sequences[start:start + chunk], offset=offset, pad_to=L)
-            tokens[offset, start:start + chunk] = ids
-            lengths[offset, start:start + chunk] = lens
-    return tokens, lengths
-
-
-def build_corpus(records: Iterable, tokenizer: KmerTokenizer, *, label_ranks: Sequence[str] = (),
-                 offsets: bool = True, sources: Sequence[str] = ()) -> Corpus:
-    """Deduplicate identical barcodes (first record's labels win; a rank whose labels conflict becomes
-    unknown), drop sequences shorter than k, and tokenize."""
-    index_of: dict[str, int] = {}
-    sequences: list[str] = []
-    labels: dict[str, list[str | None]] = {rank: [] for rank in label_ranks}
-    records_seen = too_short = truncated = 0
-    k, max_length = tokenizer.config.k, tokenizer.config.max_length
-    for record in records:
-        records_seen += 1
-        sequence = record.sequence
-        if len(sequence) < k:
-            too_short += 1
-            continue
-        truncated += len(sequence) > max_length
-        values = {rank: (record.bin if rank == "bin" else record.taxonomy.get(rank)) or None
-                  for rank in label_ranks}
-        row = index_of.get(sequence)
-        if row is None:
-            index_of[sequence] = len(sequences)
-            sequences.append(sequence)
-            for rank in label_ranks:
-                labels[rank].append(values[rank])
-        else:
-            for rank in label_ranks:
-                if labels[rank][row] != values[rank]:
-                    labels[rank][row] = None
-    if not sequences:
-        raise UsageError("no usable barcodes to train on (all empty or shorter than k)")
-    tokens, lengths = tokenize_corpus(sequences, tokenizer, offsets=offsets)
-    label_arrays, label_names = {}, {}
-    for rank in label_ranks:
-        names = sorted({v for v in labels[rank] if v})
-        lookup = {name: i for i, name in enumerate(names)}
-        label_arrays[rank] = np.array([lookup[v] if v else -1 for v in labels[rank]], dtype=np.int64)
-        label_names[rank] = names
-    summary = {"files": [os.path.basename(str(s)) for s in sources], "records": records_seen,
-               "unique_barcodes": len(sequences), "duplicates_removed": records_seen - too_short - len(sequences),
-               "shorter_than_k": too_short, "truncated": int(truncated)}
-    for rank in label_ranks:
-        summary[f"{rank}_labels"] = len(label_names[rank])
-    return Corpus(sequences, tokens, lengths, label_arrays, label_names, summary)
-
-
-def read_corpus(paths: Sequence[str], tokenizer: KmerTokenizer, *, include_splits: Sequence[str] | None = None,
-                read_options: ReadOptions | None = None, label_ranks: Sequence[str] = (), stats_out: list | None = None
-                ) -> Corpus:
-    """Read training files (FASTA or tables). `include_splits` keeps table rows whose `split` is listed
-    (rows without a split value are kept)."""
-
-    def records():
-        for path in paths:
-            stats = ReadStats(path=str(path))
-            for record in read_barcodes(path, read_options, stats=stats):
-                if include_splits is not None and record.split and record.split not in include_splits:
-                    continue
-                yield record
-            if stats_out is not None:
-                stats_out.append(stats)
-
-    corpus = build_corpus(records(), tokenizer, label_ranks=label_ranks, sources=paths)
-    if include_splits is not None:
-        corpus.summary["splits"] = list(include_splits)
-    return corpus
-
-
-# ============================================================================================ distributed
-@dataclass
-class Distributed:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device_name: str) -> tuple[Distributed, torch.device]:
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1): NCCL on CUDA, gloo on CPU."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    dist = Distributed(rank=int(os.environ.get("RANK", "0")), world_size=world_size,
-                       local_rank=int(os.environ.get("LOCAL_RANK", "0")))
-    device = resolve_device(device_name)
-    if dist.enabled and not torch.distributed.is_initialized():
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return dist, device
-
-
-def _all_reduce_sum(values: torch.Tensor, dist: Distributed) -> torch.Tensor:
-    if dist.enabled:
-        torch.distributed.all_reduce(values)
-    return values
+from ..io.atomic import atomic_path
+from ..model.mae import BarcodeMAE, BarcodeMAEConfig
+from ..model.mae import preset as model_preset
+from ..model.runtime import autocast, resolve_compute
+from ..model.tokenizer import TokenizerConfig
+from ..model.weights import PretrainedModel, load_model, load_model_folder, save_model, sha256_file, user_models_dir
+from .config import CHECKPOINT_DIR, METRICS_FILE, OPTIMIZER_FILE, STATE_FILE, RunOutput, TrainConfig
+from .data import Corpus, split_validation
+from .distributed import Distributed, all_reduce_sum, init_distributed
+from .tasks import DistillTask, FinetuneTask, MAETask, student_from_teacher
 
 
 # ============================================================================================ schedule/optim
 def lr_at(step: int, total_steps: int, config: TrainConfig) -> float:
+    """The learning rate of `step`: linear warm-up to config.lr, then cosine decay to lr * min_lr_ratio."""
     warmup = config.warmup_steps if config.warmup_steps is not None else min(1000, max(1, total_steps // 20))
     if step < warmup:
         return config.lr * (step + 1) / warmup
@@ -235,6 +50,7 @@ def lr_at(step: int, total_steps: int, config: TrainConfig) -> float:
 
 
 def make_optimizer(module: nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW with weight decay on the matrices only (not on biases, norms or position tables)."""
     decay, no_decay = [], []
     for name, parameter in module.named_parameters():
         if not parameter.requires_grad:
@@ -246,136 +62,17 @@ def make_optimizer(module: nn.Module, config: TrainConfig, device: torch.device)
 
 
 def _step_seed(seed: int, step: int, rank: int, salt: int = 0) -> int:
+    """The seed of one random draw: a function of (seed, step, rank) and the draw's salt alone, so that a resumed
+    run draws what the uninterrupted one would have."""
     return (seed * 1_000_003 + step * 7_919 + rank * 104_729 + salt * 15_485_863) % (2 ** 63 - 1)
-
-
-# ============================================================================================ tasks
-class MAETask(nn.Module):
-    """Pretraining objective; forward returns (loss, stats) where stats = [correct, hidden, rows]."""
-
-    first_metric = "masked_token_accuracy"   # stats[0] / stats[1], as the trainer reports it
-
-    def __init__(self, model: BarcodeMAE, mask_ratio: float):
-        super().__init__()
-        self.model = model
-        self.mask_ratio = mask_ratio
-
-    def forward(self, ids, lengths, noise, labels=None):
-        loss, correct, count = self.model(ids, lengths, self.mask_ratio, noise)
-        stats = torch.stack([correct.float(), count.float(), torch.tensor(float(ids.shape[0]), device=ids.device)])
-        return loss, stats
-
-
-class TaxonomyHeads(nn.Module):
-    """Cosine-softmax classifiers (CosFace margin) on the pooled embedding, one per rank."""
-
-    def __init__(self, dim: int, classes: dict[str, int], scale: float, margin: float):
-        super().__init__()
-        self.ranks = list(classes)
-        self.scale, self.margin = scale, margin
-        self.proxies = nn.ParameterDict({r: nn.Parameter(torch.randn(n, dim) * 0.02) for r, n in classes.items()})
-
-    def forward(self, embedding: torch.Tensor, labels: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        # embedding [B, D]; labels [B, ranks] (-1 = unknown)
-        normed = F.normalize(embedding.float(), dim=-1)
-        out = []
-        for i, rank in enumerate(self.ranks):
-            target = labels[:, i]
-            cosine = normed @ F.normalize(self.proxies[rank].float(), dim=-1).T  # [B, C]
-            margin = F.one_hot(target.clamp(min=0), cosine.shape[1]).to(cosine.dtype) * self.margin
-            logits = self.scale * (cosine - margin)
-            loss_sum = F.cross_entropy(logits, target, ignore_index=-1, reduction="sum")
-            known = (target >= 0).sum()
-            out.append((loss_sum / known.clamp(min=1), ((logits.argmax(1) == target) & (target >= 0)).sum()))
-        return out
-
-
-class FinetuneTask(nn.Module):
-    """Taxonomy fine-tuning: cosine classifiers on the whole-sequence embedding, plus the MAE loss (if the
-    model still has its decoder) so the embedding keeps sequence detail for unseen taxa and new BINs."""
-
-    first_metric = "masked_token_accuracy"
-
-    def __init__(self, model: BarcodeMAE, classes: dict[str, int], config: TrainConfig):
-        super().__init__()
-        self.model = model
-        self.heads = TaxonomyHeads(model.config.embedding_dim, classes, config.cosine_scale, config.cosine_margin)
-        self.weights = [float(config.rank_weights.get(rank, 1.0)) for rank in classes]
-        self.mae_weight = config.mae_weight if model.include_decoder else 0.0
-        self.mask_ratio = config.mask_ratio
-
-    def forward(self, ids, lengths, noise, labels):
-        embedding = self.model.embed(ids, lengths)
-        losses = self.heads(embedding, labels)
-        loss = sum(w * l for w, (l, _) in zip(self.weights, losses))
-        correct = [c.float() for _, c in losses]
-        known = [(labels[:, i] >= 0).sum().float() for i in range(labels.shape[1])]
-        if self.mae_weight > 0:
-            mae_loss, mae_correct, mae_count = self.model(ids, lengths, self.mask_ratio, noise)
-            loss = loss + self.mae_weight * mae_loss
-        else:
-            mae_correct = mae_count = torch.zeros((), device=ids.device)
-        rows = torch.tensor(float(ids.shape[0]), device=ids.device)
-        stats = torch.stack([mae_correct.float(), mae_count.float(), rows, *correct, *known])
-        return loss, stats
-
-
-class DistillTask(nn.Module):
-    """Distillation into a smaller encoder: the student's embedding (masked mean of its last layer, the whole
-    sequence unmasked, as embeddings are taken) learns the frozen teacher's direction on the same tokens (loss
-    1 - cosine). stats = [summed cosine, rows, rows]."""
-
-    first_metric = "teacher_cosine"
-
-    def __init__(self, student: BarcodeMAE, teacher: BarcodeMAE, teacher_compute: str = "float32"):
-        super().__init__()
-        if student.config.embedding_dim != teacher.config.embedding_dim:
-            raise UsageError(f"the student's embedding width ({student.config.embedding_dim}) must be the "
-                             f"teacher's ({teacher.config.embedding_dim})")
-        self.model = student
-        self.teacher = teacher.requires_grad_(False).eval()
-        self.teacher_compute = teacher_compute
-
-    def train(self, mode: bool = True) -> "DistillTask":
-        super().train(mode)
-        self.teacher.eval()
-        return self
-
-    def forward(self, ids, lengths, noise=None, labels=None):
-        with torch.no_grad(), autocast(ids.device, self.teacher_compute):
-            target = F.normalize(self.teacher.embed(ids, lengths).float(), dim=-1)   # [B, D]
-        cosine = (F.normalize(self.model.embed(ids, lengths).float(), dim=-1) * target).sum(-1)   # [B]
-        rows = torch.tensor(float(ids.shape[0]), device=ids.device)
-        return (1.0 - cosine).mean(), torch.stack([cosine.detach().sum(), rows, rows])
-
-
-def student_from_teacher(teacher: BarcodeMAE, config: BarcodeMAEConfig) -> BarcodeMAE:
-    """A student encoder of `config`. Where its width, heads and token settings are the teacher's it starts
-    from the teacher's token embedding, positions, final norm and evenly spaced blocks (first and last kept),
-    which converges far faster than a random start."""
-    student = BarcodeMAE(config, include_decoder=False)
-    t = teacher.config
-    if (config.encoder_width, config.encoder_heads, config.k, config.max_tokens, config.mlp_ratio) != \
-            (t.encoder_width, t.encoder_heads, t.k, t.max_tokens, t.mlp_ratio) or \
-            config.encoder_layers > t.encoder_layers:
-        return student
-    n, m = config.encoder_layers, t.encoder_layers
-    chosen = [0] if n == 1 else [round(i * (m - 1) / (n - 1)) for i in range(n)]
-    state = {}
-    for name, tensor in teacher.encoder_state_dict().items():
-        if name.startswith("encoder_blocks."):
-            _, layer, rest = name.split(".", 2)
-            if int(layer) in chosen:
-                state[f"encoder_blocks.{chosen.index(int(layer))}.{rest}"] = tensor
-        else:
-            state[name] = tensor
-    student.load_state_dict(state, strict=True)
-    return student
 
 
 # ============================================================================================ loop
 @dataclass
 class TrainResult:
+    """A finished run: its folder, optimizer steps, barcodes seen, seconds (those before a resume included), the
+    validation metrics, and whether max_minutes stopped it before its last step."""
+
     output: Path
     steps: int
     barcodes_seen: int
@@ -385,20 +82,22 @@ class TrainResult:
 
 
 class Trainer:
-    """Runs a task over a corpus; owns batching, schedule, logging, checkpoints and resume."""
+    """Runs a task over a corpus; owns batching, schedule, logging, checkpoints and resume.
 
-    def __init__(self, task: nn.Module, model: BarcodeMAE, corpus: Corpus, val: Corpus | None,
-                 config: TrainConfig, tokenizer_config: TokenizerConfig, output: Path, *, kind: str,
-                 dist: Distributed, device: torch.device, label_ranks: Sequence[str] = (),
-                 log: Callable[[str], None] | None = None, progress: Callable[[int, int, dict], None] | None = None,
-                 model_name: str | None = None, base_card: dict | None = None):
-        self.task, self.model, self.corpus, self.val = task, model, corpus, val
-        self.config, self.tokenizer_config, self.output = config, tokenizer_config, Path(output)
-        self.kind, self.dist, self.device = kind, dist, device
-        self.label_ranks = list(label_ranks)
-        self.log = log or (lambda message: None)
-        self.progress = progress
-        self.model_name = model_name or self.output.name
+    The task (MAETask, FinetuneTask, DistillTask) brings the model it trains (`task.model`, the weights saved), the
+    run's kind and its label ranks; `val` (or None) is the held-out part evaluated at the end; `run_output` says
+    where the run writes; `base_card` is the card of the model it started from (fine-tuning, distillation)."""
+
+    def __init__(self, task: MAETask | FinetuneTask | DistillTask, corpus: Corpus, val: Corpus | None,
+                 config: TrainConfig, tokenizer_config: TokenizerConfig, run_output: RunOutput, *,
+                 dist: Distributed, device: torch.device, base_card: dict | None = None):
+        self.task, self.model, self.corpus, self.val = task, task.model, corpus, val
+        self.config, self.tokenizer_config, self.output = config, tokenizer_config, run_output.folder
+        self.kind, self.dist, self.device = task.kind, dist, device
+        self.label_ranks = list(task.label_ranks)
+        self.log = run_output.log or (lambda message: None)
+        self.progress = run_output.progress
+        self.model_name = run_output.name
         self.base_card = base_card or {}
         n = len(corpus)
         self.global_batch = min(config.batch_size * dist.world_size, n)
@@ -494,7 +193,7 @@ class Trainer:
     def save_checkpoint(self, seconds: float) -> None:
         if not self.dist.is_main:
             return
-        from safetensors.torch import save_file
+        from safetensors.torch import save_file  # looked up at each save (the tests interrupt it there)
 
         # Written whole into a staging folder, then swapped in: a crash (even kill -9) while saving never
         # leaves a checkpoint whose files disagree with each other.
@@ -593,8 +292,8 @@ class Trainer:
                 running_n += 1
                 last = self.step == self.total_steps
                 if self.step % config.log_every == 0 or last:
-                    totals = _all_reduce_sum(running.float().clone(), self.dist)
-                    mean_loss = float(_all_reduce_sum(running_loss.float().reshape(1).clone(), self.dist)) / (
+                    totals = all_reduce_sum(running.float().clone(), self.dist)
+                    mean_loss = float(all_reduce_sum(running_loss.float().reshape(1).clone(), self.dist)) / (
                         running_n * self.dist.world_size)
                     now = time.perf_counter()
                     rate = window_rows * self.dist.world_size / max(1e-9, now - window_start)
@@ -632,6 +331,8 @@ class Trainer:
                            seconds=seconds, metrics=evaluation, stopped_early=stopped_early)
 
 
+
+# ============================================================================================ checkpoints
 def _trim_metrics(path: Path, step: int) -> None:
     """Keep the metrics log of a resumed run up to its checkpoint's step: the steps after it are trained (and
     logged) again, and a line cut short by a kill is dropped, so the log holds each step once."""
@@ -698,19 +399,12 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], param_groups: list) -
 
 
 # ============================================================================================ entry points
-def split_validation(corpus: Corpus, fraction: float, seed: int) -> tuple[Corpus, Corpus | None]:
-    if fraction <= 0 or len(corpus) < 10:
-        return corpus, None
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(corpus))
-    n_val = max(1, int(round(fraction * len(corpus))))
-    return corpus.subset(np.sort(order[n_val:])), corpus.subset(np.sort(order[:n_val]))
+Log = Callable[[str], None]
+Progress = Callable[[int, int, dict], None]
 
 
 def _prepare_output(output: str | os.PathLike | None, name: str | None, resume: bool) -> Path:
     if output is None:
-        from ..model.weights import user_models_dir
-
         output = user_models_dir() / (name or time.strftime("model-%Y%m%d-%H%M%S"))
     output = Path(output)
     if output.exists() and not resume and checkpoint_folder(output) is not None:
@@ -723,7 +417,7 @@ def _prepare_output(output: str | os.PathLike | None, name: str | None, resume: 
 def pretrain_trainer(corpus: Corpus, *, config: TrainConfig, output: str | os.PathLike | None = None,
                      name: str | None = None, model_config: BarcodeMAEConfig | None = None,
                      tokenizer_config: TokenizerConfig | None = None, resume: bool = False,
-                     log: Callable[[str], None] | None = None, progress=None) -> Trainer:
+                     log: Log | None = None, progress: Progress | None = None) -> Trainer:
     """A Trainer for MAE pretraining, ready to `run()` (or to be stepped by a benchmark)."""
     dist, device = init_distributed(config.device)
     tokenizer_config = tokenizer_config or TokenizerConfig()
@@ -733,19 +427,23 @@ def pretrain_trainer(corpus: Corpus, *, config: TrainConfig, output: str | os.Pa
     torch.manual_seed(config.seed)
     model = BarcodeMAE(model_config).to(device)
     train_part, val_part = split_validation(corpus, config.val_fraction, config.seed)
-    return Trainer(MAETask(model, config.mask_ratio), model, train_part, val_part, config, tokenizer_config,
-                   output, kind="pretrain", dist=dist, device=device, log=log, progress=progress,
-                   model_name=name or output.name)
+    return Trainer(MAETask(model, config.mask_ratio), train_part, val_part, config, tokenizer_config,
+                   RunOutput(output, name, log, progress), dist=dist, device=device)
 
 
-def pretrain(corpus: Corpus, *, resume: bool = False, **options) -> TrainResult:
+def pretrain(corpus: Corpus, *, config: TrainConfig, output: str | os.PathLike | None = None,
+             name: str | None = None, model_config: BarcodeMAEConfig | None = None,
+             tokenizer_config: TokenizerConfig | None = None, resume: bool = False, log: Log | None = None,
+             progress: Progress | None = None) -> TrainResult:
     """Pretrain a BarcodeMAE model with the masked-autoencoder objective (options: see pretrain_trainer)."""
-    return pretrain_trainer(corpus, resume=resume, **options).run(resume=resume)
+    return pretrain_trainer(corpus, config=config, output=output, name=name, model_config=model_config,
+                            tokenizer_config=tokenizer_config, resume=resume, log=log,
+                            progress=progress).run(resume=resume)
 
 
 def finetune_trainer(corpus: Corpus, base: PretrainedModel | str | os.PathLike, *, config: TrainConfig,
                      output: str | os.PathLike | None = None, name: str | None = None, resume: bool = False,
-                     log: Callable[[str], None] | None = None, progress=None) -> Trainer:
+                     log: Log | None = None, progress: Progress | None = None) -> Trainer:
     """A Trainer for taxonomy fine-tuning of a pretrained model, ready to `run()`."""
     dist, device = init_distributed(config.device)
     if not isinstance(base, PretrainedModel):
@@ -761,25 +459,24 @@ def finetune_trainer(corpus: Corpus, base: PretrainedModel | str | os.PathLike, 
     torch.manual_seed(config.seed)
     task = FinetuneTask(model, {r: len(corpus.label_names[r]) for r in ranks}, config).to(device)
     train_part, val_part = split_validation(corpus, config.val_fraction, config.seed)
-    return Trainer(task, model, train_part, val_part, config, base.tokenizer.config, output, kind="finetune",
-                   dist=dist, device=device, label_ranks=ranks, log=log, progress=progress,
-                   model_name=name or output.name, base_card=base.card)
+    return Trainer(task, train_part, val_part, config, base.tokenizer.config, RunOutput(output, name, log, progress),
+                   dist=dist, device=device, base_card=base.card)
 
 
-def finetune(corpus: Corpus, base: PretrainedModel | str | os.PathLike, *, resume: bool = False,
-             **options) -> TrainResult:
+def finetune(corpus: Corpus, base: PretrainedModel | str | os.PathLike, *, config: TrainConfig,
+             output: str | os.PathLike | None = None, name: str | None = None, resume: bool = False,
+             log: Log | None = None, progress: Progress | None = None) -> TrainResult:
     """Fine-tune a pretrained model on the taxonomy (and BINs) of labelled barcodes."""
-    return finetune_trainer(corpus, base, resume=resume, **options).run(resume=resume)
+    return finetune_trainer(corpus, base, config=config, output=output, name=name, resume=resume, log=log,
+                            progress=progress).run(resume=resume)
 
 
 def distill_trainer(corpus: Corpus, teacher: PretrainedModel | str | os.PathLike, *, config: TrainConfig,
                     output: str | os.PathLike | None = None, name: str | None = None, resume: bool = False,
-                    log: Callable[[str], None] | None = None, progress=None) -> Trainer:
+                    log: Log | None = None, progress: Progress | None = None) -> Trainer:
     """A Trainer that distills `teacher` into a smaller encoder of preset `config.preset` (same tokenizer; an
     encoder of another width gets a linear map of its pooled state to the teacher's embedding width), ready to
     `run()`. The teacher runs in bf16 wherever the hardware has it natively."""
-    from ..model.runtime import resolve_compute
-
     dist, device = init_distributed(config.device)
     if not isinstance(teacher, PretrainedModel):
         teacher = load_model(teacher, device="cpu")
@@ -796,12 +493,13 @@ def distill_trainer(corpus: Corpus, teacher: PretrainedModel | str | os.PathLike
     task.to(device)
     output = _prepare_output(output, name, resume)   # after the checks: a refused run leaves no folder
     train_part, val_part = split_validation(corpus, config.val_fraction, config.seed)
-    return Trainer(task, student, train_part, val_part, config, tokenizer_config, output, kind="distill",
-                   dist=dist, device=device, log=log, progress=progress, model_name=name or output.name,
-                   base_card=teacher.card)
+    return Trainer(task, train_part, val_part, config, tokenizer_config, RunOutput(output, name, log, progress),
+                   dist=dist, device=device, base_card=teacher.card)
 
 
-def distill(corpus: Corpus, teacher: PretrainedModel | str | os.PathLike, *, resume: bool = False,
-            **options) -> TrainResult:
+def distill(corpus: Corpus, teacher: PretrainedModel | str | os.PathLike, *, config: TrainConfig,
+            output: str | os.PathLike | None = None, name: str | None = None, resume: bool = False,
+            log: Log | None = None, progress: Progress | None = None) -> TrainResult:
     """Distill a model into a smaller, faster encoder whose embeddings follow the teacher's."""
-    return distill_trainer(corpus, teacher, resume=resume, **options).run(resume=resume)
+    return distill_trainer(corpus, teacher, config=config, output=output, name=name, resume=resume, log=log,
+                           progress=progress).run(resume=resume)

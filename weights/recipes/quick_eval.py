@@ -4,9 +4,10 @@ It scores raw embeddings the way the BarcodeMAE/BarcodeBERT papers do (unique ba
 against `train`; 1-NN genus of `test_unseen` against `train`; AMI of average-linkage clusters of
 `test` + `test_unseen` against their BINs with the true number of BINs and over a grid of distance thresholds).
 The user-facing benchmark with the full classifier, calibrated thresholds and VSEARCH/BLAST side by side is
-`barcodetool benchmark`.
+`barcodetool benchmark`. device_weights.py (beside this script) runs it on every weight it trains; the model
+cards' embedding figures come from it.
 
-    python benchmarks/quick_eval.py ../shared/data/bold_insects.csv.gz --model barcodemae-fast
+    python weights/recipes/quick_eval.py ../shared/data/bold_insects.csv.gz --model barcodemae-fast
 """
 
 from __future__ import annotations

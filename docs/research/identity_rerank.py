@@ -1,6 +1,7 @@
-"""Identity re-ranking experiments: what the exact-similarity layer (barcodetool.identity) earns on the benchmark.
+"""Identity re-ranking experiments: what the exact-similarity layer (barcodetool.search.identity) earns on the
+benchmark.
 
-Sections (docs/identity-rerank.md explains them and holds the measured table):
+Sections (identity-rerank.md, beside this script, explains them and holds the measured table):
     pairs     anchored identity vs Biopython PairwiseAligner on real pairs (query x one of its top-50 embedding
               neighbours): mean absolute error, share within 0.5 / 0.1 points, time a pair, per fallback mode
     rerank    species (test vs train) and genus (test_unseen vs train) accuracy of the top identity hit among
@@ -18,7 +19,7 @@ Sections (docs/identity-rerank.md explains them and holds the measured table):
 Rules: nothing is tuned on test, test_unseen or key_unseen (key_unseen is not read at all). Embeddings of the
 splits are cached in --cache (as .npy, with the unique barcodes as .json) and reused.
 
-    python benchmarks/identity_rerank.py ../shared/data/bold_insects.csv.gz --cache /tmp/identity_cache
+    python docs/research/identity_rerank.py ../shared/data/bold_insects.csv.gz --cache /tmp/identity_cache
 """
 
 from __future__ import annotations
@@ -31,137 +32,16 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+from identity_rerank_data import Candidates, Timer, codes, load_splits, union
 
-SPLITS = ("train", "val", "test", "test_unseen")
-
-
-# ============================================================================================ data
-def load_splits(path: str, cache: Path, model_name: str, splits=SPLITS) -> dict[str, dict]:
-    """Unique barcodes of each split (first record of each cleaned sequence) with labels and embeddings."""
-    from barcodetool.reference import normalize
-
-    cache.mkdir(parents=True, exist_ok=True)
-    missing = [s for s in splits if not (cache / f"{s}.json").is_file()]
-    if missing:
-        from barcodetool.io import read_barcodes
-        from barcodetool.model.weights import load_model
-
-        k = load_model(model_name).tokenizer.config.k
-        found: dict[str, dict] = {}
-        seen: dict[str, set] = {}
-        for r in read_barcodes(path, skip_empty=True, min_length=k):
-            if r.split not in splits or r.sequence in seen.setdefault(r.split, set()):
-                continue
-            seen[r.split].add(r.sequence)
-            d = found.setdefault(r.split, {"id": [], "seq": [], "species": [], "genus": [], "family": [], "bin": []})
-            d["id"].append(r.id)
-            d["seq"].append(r.sequence)
-            d["species"].append(r.taxonomy.get("species", ""))
-            d["genus"].append(r.taxonomy.get("genus", ""))
-            d["family"].append(r.taxonomy.get("family", ""))
-            d["bin"].append(r.bin or "")
-        for s in missing:
-            with open(cache / f"{s}.json", "w") as handle:
-                json.dump(found[s], handle)
-    out = {}
-    pretrained = None
-    for s in splits:
-        with open(cache / f"{s}.json") as handle:
-            d = json.load(handle)
-        d = {key: (value if key == "seq" else np.array(value)) for key, value in d.items()}
-        if not (cache / f"{s}.npy").is_file():
-            from barcodetool.embedding import embed_sequences
-            from barcodetool.model.weights import load_model
-
-            pretrained = pretrained or load_model(model_name)
-            print(f"embedding {len(d['seq']):,} {s} barcodes (cached in {cache})", file=sys.stderr, flush=True)
-            np.save(cache / f"{s}.npy", embed_sequences(pretrained, d["seq"], batch_size=256))
-        d["emb"] = normalize(np.load(cache / f"{s}.npy"))
-        out[s] = d
-    return out
-
-
-def codes(values: np.ndarray, names: dict | None = None) -> tuple[np.ndarray, dict]:
-    names = {} if names is None else names
-    out = np.array([names.setdefault(v, len(names)) if v else -1 for v in values], dtype=np.int64)
-    return out, names
-
-
-class Timer:
-    def __init__(self):
-        self.seconds = 0.0
-
-    def __enter__(self):
-        self.start = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc):
-        self.seconds = time.perf_counter() - self.start
-
-
-# ============================================================================================ candidates
-class Candidates:
-    """Embedding and k-mer candidates of the query splits against train (computed once, largest N)."""
-
-    def __init__(self, data: dict, n_max: int, kmer_max_df: int, alt_max_df: int | None = None):
-        from barcodetool.search import KmerIndex, SequenceStore
-        from barcodetool.reference import knn_search
-
-        self.train = data["train"]
-        self.store = SequenceStore.from_sequences(self.train["seq"])
-        with Timer() as t:
-            self.kmer = KmerIndex(self.store)
-        self.kmer_build_seconds = t.seconds
-        self.max_df = kmer_max_df
-        self.alt_max_df = alt_max_df
-        self.n_max = n_max
-        self.queries: dict[str, dict] = {}
-        for split in ("val", "test", "test_unseen"):
-            q = data[split]
-            store = SequenceStore.from_sequences(q["seq"])
-            with Timer() as te:
-                _, emb = knn_search(q["emb"], self.train["emb"], n_max)
-            with Timer() as tk:
-                _, km = self.kmer.search(store, n_max, max_df=kmer_max_df)
-            self.queries[split] = {"store": store, "emb": emb, "kmer": km, "emb_seconds": te.seconds,
-                                   "kmer_seconds": tk.seconds}
-            if alt_max_df and split != "val":
-                with Timer() as ta:
-                    _, self.queries[split]["kmer-alt"] = self.kmer.search(store, n_max, max_df=alt_max_df)
-                self.queries[split]["kmer_alt_seconds"] = ta.seconds
-
-    def sources(self) -> list[str]:
-        return ["embedding", "kmer", "union"] + (["kmer-alt", "union-alt"] if self.alt_max_df else [])
-
-    def label(self, source: str) -> str:
-        return {"kmer": f"kmer(df<={self.max_df})", "union": f"emb+kmer(df<={self.max_df})",
-                "kmer-alt": f"kmer(df<={self.alt_max_df})",
-                "union-alt": f"emb+kmer(df<={self.alt_max_df})"}.get(source, source)
-
-    def get(self, split: str, source: str, n: int) -> np.ndarray:
-        q = self.queries[split]
-        if source == "embedding":
-            return q["emb"][:, :n]
-        if source in ("kmer", "kmer-alt"):
-            return q[source][:, :n]
-        kmer = q["kmer-alt" if source == "union-alt" else "kmer"]
-        return union(q["emb"][:, :n], kmer[:, :n])
-
-
-def union(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise union of two candidate tables (-1 = empty), duplicates replaced by -1."""
-    both = np.concatenate([a, b], axis=1)
-    s = np.sort(both, axis=1)
-    order = np.argsort(both, axis=1, kind="stable")
-    dup_sorted = np.zeros_like(s, dtype=bool)
-    dup_sorted[:, 1:] = s[:, 1:] == s[:, :-1]
-    dup = np.zeros_like(dup_sorted)
-    np.put_along_axis(dup, order, dup_sorted, axis=1)
-    return np.where(dup, -1, both)
+from barcodetool.cluster import calibrate_cluster_threshold, cluster, cluster_metrics
+from barcodetool.embedding import embed_sequences
+from barcodetool.model.weights import load_model
+from barcodetool.search import (KmerIndex, SequenceStore, aligned_identity, coverage_score, identity_graph_cluster,
+                                knn_search, neighbour_pairs, pair_identity, rerank)
 
 
 # ============================================================================================ decisions
@@ -229,8 +109,6 @@ def genus_mean(idx: np.ndarray, score: np.ndarray, genus: np.ndarray, species: n
 
 # ============================================================================================ sections
 def section_pairs(data, cands, args) -> list[dict]:
-    from barcodetool.search import SequenceStore, aligned_identity, pair_identity
-
     rng = np.random.default_rng(args.seed)
     rows = []
     per = args.pairs // 2
@@ -268,8 +146,6 @@ def section_pairs(data, cands, args) -> list[dict]:
 
 
 def section_rerank(data, cands, args) -> list[dict]:
-    from barcodetool.search import rerank
-
     train = data["train"]
     rows = []
     for split, rank in (("test", "species"), ("test_unseen", "genus")):
@@ -304,8 +180,6 @@ def section_rerank(data, cands, args) -> list[dict]:
 def section_species(data, cands, args) -> list[dict]:
     """Species decision among the re-ranked union candidates: the top hit, or a vote among the references tied
     at (or near) the best score. Chosen on val (seen species), then applied once to test."""
-    from barcodetool.search import rerank
-
     train = data["train"]
     species_codes, names = codes(train["species"])
     rules = {"top1": lambda i, s: top_label(i, species_codes),
@@ -334,8 +208,6 @@ def section_species(data, cands, args) -> list[dict]:
 
 def exhaustive(split: str, data, cands, args) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """(picked query rows, identity [n, refs], overlap [n, refs], seconds) of a seeded sample; cached."""
-    from barcodetool.search import pair_identity
-
     n = args.recall_sample
     path = Path(args.cache) / f"exhaustive_{split}_{n}.npz"
     if path.is_file():
@@ -356,14 +228,10 @@ def exhaustive(split: str, data, cands, args) -> tuple[np.ndarray, np.ndarray, n
 
 
 def _subset(store, rows: np.ndarray):
-    from barcodetool.search import SequenceStore
-
     return SequenceStore.from_sequences([store.sequence(int(i)) for i in rows])
 
 
 def section_recall(data, cands, args) -> list[dict]:
-    from barcodetool.search import coverage_score, rerank
-
     rows = []
     train = data["train"]
     for split, rank in (("test", "species"), ("test_unseen", "genus")):
@@ -413,9 +281,6 @@ def holdout_queries(data, args) -> dict:
 def candidates_for(rows: np.ndarray, data, cands, args, n_emb: int, n_kmer: int, exclude_species):
     """Union candidates of train rows queried against train without their own species (True or "species"),
     their own genus ("genus"), or only their own sequence (False)."""
-    from barcodetool.search import SequenceStore
-    from barcodetool.reference import knn_search
-
     train = data["train"]
     if exclude_species:
         groups, _ = codes(train["genus" if exclude_species == "genus" else "species"])
@@ -447,8 +312,6 @@ def gated(rule_pred: np.ndarray, top1: np.ndarray, best: np.ndarray, gate: float
 
 
 def section_genus(data, cands, args) -> list[dict]:
-    from barcodetool.search import rerank
-
     train = data["train"]
     genus_codes, gnames = codes(train["genus"])
     species_codes, snames = codes(train["species"])
@@ -499,8 +362,6 @@ def section_thresholds(data, cands, args) -> list[dict]:
     threshold is the lowest score at which at most 1 - precision of the queries whose own taxon at that rank is
     absent from the reference still get a (necessarily wrong) label. Novel species: whole train species held
     out; novel genera: the same queries with their whole genus held out. Val (seen species) shows the cost."""
-    from barcodetool.search import rerank
-
     train = data["train"]
     rows = []
     hold = holdout_queries(data, args)
@@ -530,10 +391,6 @@ def section_thresholds(data, cands, args) -> list[dict]:
 
 
 def section_cluster(data, cands, args) -> list[dict]:
-    from barcodetool.cluster import calibrate_cluster_threshold, cluster, cluster_metrics
-    from barcodetool.search import SequenceStore, identity_graph_cluster, neighbour_pairs
-    from barcodetool.reference import knn_search
-
     rows = []
     train = data["train"]
     # the items: test + test_unseen with a BIN, each sequence once
@@ -561,8 +418,6 @@ def section_cluster(data, cands, args) -> list[dict]:
         return nb[:, 1:]
 
     def kmer_graph(store_, k):
-        from barcodetool.search import KmerIndex
-
         index = KmerIndex(store_)
         _, nb = index.search(store_, k + 1, max_df=cands.max_df, exclude=(np.arange(len(store_)),
                                                                             np.arange(len(store_))))
@@ -571,7 +426,7 @@ def section_cluster(data, cands, args) -> list[dict]:
     thresholds = [float(t) for t in args.cluster_thresholds]
     # ---- identity, embedding-kNN candidate graph (and the union with a k-mer graph)
     for source in ("embedding", "union"):
-        def edges(vectors, store_):
+        def edges(vectors, store_, source=source):   # called within this iteration only
             nb = graph(vectors, store_, args.cluster_k)
             if source == "union":
                 nb = union(nb, kmer_graph(store_, args.cluster_k))
@@ -608,10 +463,6 @@ def section_cluster(data, cands, args) -> list[dict]:
 
 
 def section_speed(data, cands, args) -> list[dict]:
-    from barcodetool.embedding import embed_sequences
-    from barcodetool.search import rerank
-    from barcodetool.model.weights import load_model
-
     rows = []
     pretrained = load_model(args.model)
     test = data["test"]

@@ -1,27 +1,23 @@
 """Distill barcodemae-fast into a smaller CPU model: barcodemae-mini (half the encoder depth) or barcodemae-nano
 (half mini's width, its pooled state mapped to the teacher's 128 dimensions).
 
-    .venv/bin/python benchmarks/distill_mini.py /work/shared/data --output /tmp/mini --minutes 40 --threads 2
-    .venv/bin/python benchmarks/distill_mini.py /work/shared/data --preset nano --lr 1e-3 --epochs 6 \
+    .venv/bin/python weights/recipes/distill_mini.py /work/shared/data --output /tmp/mini --minutes 40 --threads 2
+    .venv/bin/python weights/recipes/distill_mini.py /work/shared/data --preset nano --lr 1e-3 --epochs 6 \
         --output /tmp/nano --minutes 40 --threads 2
 
-The corpus is the teacher's fine-tuning corpus (benchmarks/device_weights.py): unique barcodes of bold_insects
-`train` and `val`, and of coi_extra the records whose species is not held out (`test_unseen`/`key_unseen`
-species of bold_insects); `test` and `test_unseen` barcodes are never seen. The student starts from the teacher's
-token embedding, positions, final norm and its first and last blocks where the shapes allow (mini; nano starts
-from random weights: train.student_from_teacher) and learns the teacher's embedding direction
-(train.DistillTask). The run stops after --minutes and still writes its weights; `--package` then writes the
-float16 folder for weights/.
+The corpus is the teacher's fine-tuning corpus (device_weights.py; corpora.py, beside this script): unique barcodes
+of bold_insects `train` and `val`, and of coi_extra the records whose species is not held out
+(`test_unseen`/`key_unseen` species of bold_insects); `test` and `test_unseen` barcodes are never seen. The student
+starts from the teacher's token embedding, positions, final norm and its first and last blocks where the shapes
+allow (mini; nano starts from random weights: train.student_from_teacher) and learns the teacher's embedding
+direction (train.DistillTask). The run stops after --minutes and still writes its weights; `--package` then writes
+the float16 folder for weights/.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 
 DESCRIPTIONS = {"mini": "barcodemae-fast distilled into 2 encoder layers",
                 "nano": "barcodemae-fast distilled into 2 encoder layers of width 64, mapped to 128 dimensions"}
@@ -42,10 +38,11 @@ def main() -> None:
     parser.add_argument("--package", help="write the trained student as a float16 model folder here")
     args = parser.parse_args()
 
-    from barcodetool.model.runtime import set_threads
     from corpora import FINE_TUNING_SPLITS, SOURCES, fine_tuning_records, read_shared
-    from barcodetool.train import TrainConfig, build_corpus, distill
+
+    from barcodetool.model.runtime import set_threads
     from barcodetool.model.weights import load_model, save_model
+    from barcodetool.train import TrainConfig, build_corpus, distill
 
     set_threads(args.threads)
     teacher = load_model(args.teacher)
@@ -67,7 +64,7 @@ def main() -> None:
         save_model(trained.model, trained.tokenizer.config, args.package, name=name, dtype="float16",
                    training=trained.card.get("training"), metrics=trained.card.get("metrics"),
                    description=DESCRIPTIONS.get(args.preset, f"{args.teacher} distilled into the {args.preset} preset")
-                   + " (benchmarks/distill_mini.py)")
+                   + " (weights/recipes/distill_mini.py)")
 
 
 if __name__ == "__main__":

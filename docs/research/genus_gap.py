@@ -1,6 +1,6 @@
 """Would a barcoding-gap feature make the open-world genus call more frequent at the same error rates?
 
-    .venv/bin/python benchmarks/genus_gap.py /tmp/cpu_classify/train_unique.h5
+    .venv/bin/python docs/research/genus_gap.py /tmp/cpu_classify/train_unique.h5
 
 Uses only the reference index's own leave-out calibration queries (the distinct train sequences searched without
 their own sequence, species or genus; the stored candidates of both searches, as classify takes them) and
@@ -8,21 +8,17 @@ compares, at most 5% of novel genera named (the calibration's open-world rule), 
 alone with rules that also ask for a gap between the best score and the best score of a candidate of another
 genus (unbounded when every candidate shares the genus). Prints the identity-only rule, the best gap rules of a
 grid, and each rule's recall on new species of known genera, on known species, and its novel-genus rate
-(docs/identity-rerank.md, section 10). Nothing here touches the test splits.
+(identity-rerank.md, section 10). Nothing here touches the test splits.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from barcodetool.reference import (IDENTITY_CANDIDATES_EMBEDDING, IDENTITY_CANDIDATES_KMER, LEVELS,  # noqa: E402
-                                   ReferenceIndex, _taxon_present, identity_decide)
+from barcodetool.reference import (IDENTITY_CANDIDATES_EMBEDDING, IDENTITY_CANDIDATES_KMER, LEVELS, ReferenceIndex,
+                                   calibration, identity_decide, taxon_present, thresholds_for)
 
 
 def features(level, codes: dict[str, np.ndarray], rank: str = "genus"):
@@ -60,15 +56,17 @@ def main() -> None:
     index = ReferenceIndex.load(args.index)
     layer = index.identity
     codes = {r: layer.codes[r] for r in index.ranks}
-    thresholds = index.identity_thresholds_for()
-    levels = {level: index.identity_calibration_level(level, IDENTITY_CANDIDATES_EMBEDDING, IDENTITY_CANDIDATES_KMER,
-                                                      embed_below=thresholds.embed_below) for level in LEVELS}
+    thresholds = thresholds_for(index, "identity")
+    settings = {"candidates": (IDENTITY_CANDIDATES_EMBEDDING, IDENTITY_CANDIDATES_KMER),
+                "embed_below": thresholds.embed_below}
+    leave_out = calibration(index, "identity").leave_out   # the calibration's own leave-out searches
+    levels = {level: leave_out(level, settings) for level in LEVELS}
     known = features(levels["sequence"], codes)
-    new_species = features(_taxon_present(levels["species"], codes, "genus", "species"), codes)
+    new_species = features(taxon_present(levels["species"], codes, "genus", "species"), codes)
     new_genera = features(levels["genus"], codes)
     family = thresholds.ranks.get("family", -np.inf)
     genus = thresholds.ranks["genus"]
-    rows = [("score >= %.4f (calibrated)" % genus, evaluate(lambda b, g: b >= genus, known, new_species,
+    rows = [(f"score >= {genus:.4f} (calibrated)", evaluate(lambda b, g: b >= genus, known, new_species,
                                                            new_genera, family))]
     grid = []
     for alone in (genus, 0.96, 0.97, np.inf):

@@ -11,19 +11,22 @@ and results are written under --out as soon as they exist:
                    after warm-up, then the run sized to its time budget), then taxonomy fine-tuning
     4. fast        the same for the CPU default preset
     5. package     barcodemae-base (encoder, int8 rows) and barcodemae-fast (fp16) model folders
-    6. eval        benchmarks/quick_eval.py on the shared split for every stage and weight format
+    6. eval        quick_eval.py (beside this script) on the shared split for every stage and weight format
     7. embed       benchmarks/gpu_embed.py: model-only and end-to-end embedding throughput; then, time allowing,
                    benchmarks/gpu_train.py's eager (uncompiled) training throughput for comparison
 
-    python benchmarks/device_weights.py --data-dir .devdata --out "$OUT"            # on the GPU
-    python benchmarks/device_weights.py --data-dir .devdata --out /tmp/dry --dry-run  # CPU rehearsal, tiny presets
+    python weights/recipes/device_weights.py --data-dir .devdata --out "$OUT"            # on the GPU
+    python weights/recipes/device_weights.py --data-dir .devdata --out /tmp/dry --dry-run  # CPU rehearsal, tiny presets
+
+corpora.py and quick_eval.py are imported as siblings (Python puts this script's folder first on sys.path); the
+two benchmarks/ scripts are imported by their path (benchmark_script).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
-import os
 import shutil
 import sys
 import tarfile
@@ -33,10 +36,20 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 T0 = time.perf_counter()
 LOG_HANDLE = None
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def benchmark_script(name: str):
+    """benchmarks/<name>.py imported by its path (that folder is not on sys.path when this script runs), under its
+    own name, so that its imports of its siblings (gpu_embed's `from gpu_train import ...`) find them once loaded."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
 
 def log(message: str) -> None:
@@ -103,11 +116,10 @@ def main():
     dry = args.dry_run
     device = "cpu" if dry else "cuda"
     big, small = ("tiny", "tiny") if dry else ("base", "fast")
-    scale = 0.08 if dry else 1.0  # phase budgets in the dry run
 
     from barcodetool.model.tokenizer import KmerTokenizer
-    from barcodetool.train import FINETUNE_RANKS, TrainConfig, build_corpus, finetune, pretrain
     from barcodetool.model.weights import load_model, save_model
+    from barcodetool.train import FINETUNE_RANKS, TrainConfig, build_corpus
 
     results["env"] = {"torch": torch.__version__, "cuda": torch.cuda.is_available(),
                       "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
@@ -120,8 +132,8 @@ def main():
 
     # ------------------------------------------------------------------ 1. data
     def load_data():
-        from corpora import (FINE_TUNING_SPLITS, PRETRAINING_SPLITS, SOURCES, fine_tuning_records,
-                             pretraining_records, read_shared)
+        from corpora import (FINE_TUNING_SPLITS, PRETRAINING_SPLITS, SOURCES, fine_tuning_records, pretraining_records,
+                             read_shared)
 
         insects, extra = read_shared(data, limit=4000 if dry else None)
         corpora["pretrain"] = build_corpus(pretraining_records(insects, extra), tokenizer, sources=SOURCES)
@@ -167,7 +179,8 @@ def main():
 
     def train_pair(label: str, preset_name: str, batch: int, pre_seconds: float, tune_seconds: float,
                    lr: float, tune_lr: float, compile_: bool):
-        from barcodetool.model.mae import preset as model_preset, training_flops_per_barcode
+        from barcodetool.model.mae import preset as model_preset
+        from barcodetool.model.mae import training_flops_per_barcode
         from barcodetool.train import finetune_trainer, pretrain_trainer
 
         pre_dir, tune_dir = work / f"{label}-pretrained", work / f"{label}"
@@ -266,8 +279,9 @@ def main():
 
     # ------------------------------------------------------------------ 6. evaluation
     def evaluate():
-        from barcodetool.embedding import embed_sequences
         from quick_eval import evaluate_embeddings
+
+        from barcodetool.embedding import embed_sequences
 
         splits = corpora["splits"]
         found = {}
@@ -294,7 +308,9 @@ def main():
 
     # ------------------------------------------------------------------ 7. embedding throughput
     def bench_embed():
-        from gpu_embed import measure_end_to_end, measure_model
+        benchmark_script("gpu_train")   # gpu_embed.measure_model imports synthetic_sequences from it
+        gpu_embed = benchmark_script("gpu_embed")
+        measure_model, measure_end_to_end = gpu_embed.measure_model, gpu_embed.measure_end_to_end
 
         path = work / "weights" / "barcodemae-base"
         if not path.exists():
@@ -314,7 +330,7 @@ def main():
     if elapsed() < args.budget - 15:
         phase(results, "bench_embed")(bench_embed)
     def bench_train(compile_: bool):
-        from gpu_train import measure_training
+        measure_training = benchmark_script("gpu_train").measure_training
 
         return measure_training(corpora["pretrain"], preset=big, batch_size=64 if dry else 1024,
                                 steps=5 if dry else 20, warmup=2 if dry else 5, compile=compile_, device=device)

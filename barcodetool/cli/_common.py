@@ -1,0 +1,247 @@
+"""What the command modules share: the run context (progress bars), the error handler that maps errors to exit
+statuses, the shared options, the log lines about models and references, and the output helpers.
+
+Exit status: 0 success; 1 a problem with the input, a model or an output (one line on stderr); 2 a usage error;
+130 / 143 interrupted by SIGINT / SIGTERM (no partial outputs are left). `--debug` shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import math
+import sys
+import traceback
+from collections.abc import Iterator
+from typing import IO
+
+import click
+from click.core import ParameterSource
+
+from ..errors import BarcodeToolError, Interrupted
+from ..io import ReadOptions
+from ..io.atomic import atomic_text, remove_pending
+from ..io.interrupts import SignalGuard, interrupted
+from ..reference import open_reference
+
+log = logging.getLogger("barcodetool")
+
+READ_FORMATS = ["auto", "fasta", "bioscan", "bold-v3", "bold-bcdm", "table"]
+
+
+# ============================================================================================ running a command
+class Context:
+    """The global options of a run (`ctx.obj` of every command)."""
+
+    def __init__(self, debug: bool, quiet: bool):
+        self.debug = debug
+        self.quiet = quiet
+
+    def progress(self, total: int | None, unit: str, desc: str):
+        """A tqdm bar on a terminal, otherwise nothing."""
+        from tqdm import tqdm
+
+        disable = self.quiet or not sys.stderr.isatty()
+        return tqdm(total=total, unit=unit, desc=desc, disable=disable, file=sys.stderr, dynamic_ncols=True,
+                    leave=False)
+
+
+def handle_errors(function):
+    """Run a command under a SignalGuard: BarcodeToolError -> one line + its exit status; interrupts -> 130/143;
+    outputs in progress are removed on every error."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        ctx = click.get_current_context()
+        state: Context = ctx.find_object(Context) or Context(False, False)
+        guard = SignalGuard()
+        guard.install()
+        try:
+            result = function(*args, **kwargs)
+            if interrupted() is None:
+                return result
+            raise Interrupted(interrupted())  # the handler's exception was swallowed on the way
+        except KeyboardInterrupt:
+            guard.caught = True
+            remove_pending()
+            click.echo("barcodetool: interrupted (SIGINT); no partial output was left", err=True)
+            ctx.exit(130)
+        except Interrupted as error:
+            guard.caught = True
+            remove_pending()
+            click.echo(f"barcodetool: {error}", err=True)
+            ctx.exit(error.exit_code)
+        except BarcodeToolError as error:
+            guard.caught = True
+            remove_pending()
+            if state.debug:  # the traceback, then the same line and exit status as without --debug
+                traceback.print_exc(file=sys.stderr)
+            click.echo(f"barcodetool: error: {error}", err=True)
+            ctx.exit(error.exit_code)
+        except BrokenPipeError:
+            guard.caught = True
+            remove_pending()
+            ctx.exit(1)
+        except (OSError, MemoryError) as error:
+            guard.caught = True
+            remove_pending()
+            if state.debug:
+                raise
+            click.echo(f"barcodetool: error: {error.__class__.__name__}: {error}", err=True)
+            ctx.exit(1)
+        finally:
+            guard.restore()
+
+    return wrapper
+
+
+# ============================================================================================ shared options
+def read_options(function):
+    """Options shared by every command that reads barcodes; the command gets them as one ReadOptions,
+    `read_options`."""
+
+    @functools.wraps(function)
+    def with_read_options(*args, read_format, id_column, sequence_column, skip_empty, allow_duplicates, **kwargs):
+        kwargs["read_options"] = ReadOptions(format=read_format, id_column=id_column, sequence_column=sequence_column,
+                                             skip_empty=skip_empty, allow_duplicates=allow_duplicates)
+        return function(*args, **kwargs)
+
+    options = [
+        click.option("--format", "read_format", type=click.Choice(READ_FORMATS), default="auto", show_default=True,
+                     help="Input format; auto detects FASTA and BIOSCAN-5M / BOLD tables from the content."),
+        click.option("--id-column", help="Column holding record ids (any CSV/TSV)."),
+        click.option("--sequence-column", help="Column holding sequences (any CSV/TSV)."),
+        click.option("--skip-empty", is_flag=True, help="Skip empty (or shorter than k) sequences instead of failing."),
+        click.option("--allow-duplicates", is_flag=True, help="Accept repeated record ids instead of failing."),
+    ]
+    for option in reversed(options):
+        with_read_options = option(with_read_options)
+    return with_read_options
+
+
+def device_options(function):
+    function = click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
+                            help="CPU threads (0 = all cores).")(function)
+    function = click.option("--device", default="auto", show_default=True,
+                            help="auto, cpu, cuda or cuda:N.")(function)
+    return function
+
+
+def model_option(function):
+    return click.option("--model", "-m", "model_name", default="auto", show_default=True,
+                        help="Bundled model name (see `barcodetool models`) or a model folder; auto = "
+                             "barcodemae-base on a GPU, barcodemae-nano on a CPU.")(function)
+
+
+def _remember_compute(ctx, param, value):
+    ctx.meta["barcodetool.compute"] = value
+    return value
+
+
+def inference_model_option(function):
+    """--model plus --compute, for commands that embed barcodes (the value of --compute: `requested_compute`)."""
+    function = click.option("--compute", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto",
+                            show_default=True, expose_value=False, callback=_remember_compute,
+                            help="Inference arithmetic: auto = bfloat16 on GPUs and on CPUs that run it natively "
+                                 "(AVX-512 BF16, AMX), float32 elsewhere. `classify` against a built index on a "
+                                 "CPU runs a model's exported encoder.onnx, where there is one, in float32 with ONNX "
+                                 "Runtime and never imports PyTorch; bfloat16 keeps PyTorch.")(function)
+    return model_option(function)
+
+
+def requested_compute() -> str:
+    """The --compute value of the running command (auto outside a command that has the option)."""
+    context = click.get_current_context(silent=True)
+    return context.meta.get("barcodetool.compute", "auto") if context else "auto"
+
+
+def renamed_option(name: str, old_name: str, destination: str, **attributes):
+    """The option `name` (Click attributes as for click.option), with its former name `old_name` still accepted as
+    a hidden alias that logs a notice. Giving both is a usage error."""
+
+    def decorate(function):
+        @functools.wraps(function)
+        def with_old_name(*args, **kwargs):
+            old_value = kwargs.pop(f"old_{destination}")
+            if old_value is not None:
+                if click.get_current_context().get_parameter_source(destination) is not ParameterSource.DEFAULT:
+                    raise click.UsageError(f"give {name} or {old_name}, not both")
+                log.warning(f"{old_name} is deprecated; use {name}")
+                kwargs[destination] = old_value
+            return function(*args, **kwargs)
+
+        with_old_name = click.option(old_name, f"old_{destination}", type=attributes.get("type"), default=None,
+                                     hidden=True)(with_old_name)
+        return click.option(name, destination, **attributes)(with_old_name)
+
+    return decorate
+
+
+reference_format_option = click.option(
+    "--reference-format", type=click.Choice(["auto", "fasta", "bioscan", "bold-v3", "bold-bcdm"]), default="auto",
+    show_default=True, help="Format of a --reference that is a table or FASTA (a built index is recognised).")
+
+
+# ============================================================================================ models, references
+def log_model(model, device) -> None:
+    """The log line naming the model in use, its shape, device and arithmetic."""
+    config = model.config
+    shape = f"{config.encoder_layers} layers, width {config.encoder_width}"
+    if config.embedding_dim != config.encoder_width:
+        shape += f", embedding {config.embedding_dim}"
+    log.info(f"model {model.name} ({shape}) on {device}, {model.compute}")
+
+
+def log_reference(index, note: str = "") -> None:
+    """The log line saying what a reference index holds."""
+    log.info(f"reference: {len(index):,} barcodes, ranks {', '.join(index.ranks) or 'none'}"
+             f"{', BINs' if index.bin_codes is not None else ''}{note}")
+
+
+def open_reference_index(obj: Context, reference: str, model, batch_size: int, reference_format: str):
+    """A built index, or a table/FASTA indexed once and cached (barcodetool.reference.open_reference), logged."""
+    options = ReadOptions(format=reference_format)
+    with obj.progress(None, "barcode", "reference") as bar:
+        index = open_reference(reference, model, read_options=options, batch_size=batch_size, progress=bar.update)
+    log_reference(index)
+    return index
+
+
+# ============================================================================================ outputs
+@contextlib.contextmanager
+def output(path: str) -> Iterator[IO[str]]:
+    """A text handle: stdout for `-`, else an atomic file."""
+    if path == "-":
+        yield sys.stdout
+        sys.stdout.flush()
+    else:
+        with atomic_text(path) as handle:
+            yield handle
+
+
+def _json_default(value):
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+def _clean_json(value):
+    """Plain JSON values: numpy scalars as Python numbers, non-finite floats as null, "inf" or "-inf"."""
+    if isinstance(value, dict):
+        return {str(k): _clean_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean_json(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return value
+
+
+def write_json(path: str, data: dict) -> None:
+    """`data` as indented JSON to `path` (`-` = stdout)."""
+    with output(path) as handle:
+        json.dump(_clean_json(data), handle, indent=2, default=_json_default)
+        handle.write("\n")

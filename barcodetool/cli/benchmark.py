@@ -1,0 +1,44 @@
+"""Command `benchmark`: the papers' protocol on a split file (barcodetool.evaluation)."""
+
+from __future__ import annotations
+
+import click
+
+from ..classify import load_inference_model
+from ..evaluation import format_table, run_benchmark
+from ..io import ReadOptions
+from ..io.atomic import check_outputs_distinct
+from ._common import (Context, device_options, handle_errors, inference_model_option, log_model, read_options,
+                      renamed_option, requested_compute, write_json)
+
+
+@click.command("benchmark")
+@click.argument("split_file", metavar="SPLIT_FILE")
+@inference_model_option
+@click.option("--compare", is_flag=True, help="Also run VSEARCH and BLAST (where installed) on the same tasks.")
+@click.option("--sample", type=click.IntRange(min=1), help="Draw this many queries per task (fixed seed).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --sample.")
+@renamed_option("--neighbours", "--k", "neighbours", type=click.IntRange(min=1), default=10, show_default=True,
+                help="Neighbours of the embedding k-NN vote.")
+@click.option("--precision", type=click.FloatRange(0, 1, min_open=True), default=0.95, show_default=True)
+@click.option("--json", "json_path", help="Write every figure as JSON.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@device_options
+@read_options
+@click.pass_obj
+@handle_errors
+def benchmark_command(obj: Context, split_file: str, model_name: str, json_path: str | None, device: str,
+                      threads: int, read_options: ReadOptions, **settings):
+    """The papers' protocol on SPLIT_FILE (a BIOSCAN-5M-style table with a `split` column): species
+    (closed world), genus (open world), BIN reconstruction, optionally against VSEARCH and BLAST."""
+    check_outputs_distinct([json_path], [split_file])
+    pretrained, torch_device = load_inference_model(model_name, None, device=device, threads=threads,
+                                                    compute=requested_compute(), onnx=False)
+    log_model(pretrained, torch_device)
+    result = run_benchmark(split_file, pretrained, compare=settings["compare"], sample=settings["sample"],
+                           threads=threads, neighbours=settings["neighbours"], precision=settings["precision"],
+                           seed=settings["seed"], batch_size=settings["batch_size"], device=torch_device,
+                           read_options=read_options)
+    click.echo(format_table(result))
+    if json_path:
+        write_json(json_path, result)

@@ -1,0 +1,87 @@
+"""Command `cluster`: BIN-like clusters of barcodes, matched to a reference's BINs (barcodetool.cluster)."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from ..classify import load_inference_model
+from ..cluster import FULL_LINKAGE_LIMIT, ClusterOptions, cluster_records, write_clusters
+from ..errors import UsageError
+from ..io import ReadOptions, ReadStats, read_barcodes
+from ..io.atomic import check_outputs_distinct
+from ._common import (Context, device_options, handle_errors, inference_model_option, log, log_model,
+                      open_reference_index, output, read_options, reference_format_option, requested_compute,
+                      write_json)
+
+
+@click.command("cluster")
+@click.argument("input_path", metavar="INPUT")
+@click.option("--output", "-o", "output_path", required=True, help="Output TSV; `-` = standard output.")
+@click.option("--reference", "-r", help="Index or table/FASTA with BINs: calibrates the threshold and names "
+              "each cluster's reference BIN.")
+@click.option("--method", type=click.Choice(["identity", "cosine"]), default="identity", show_default=True,
+              help="identity: average linkage on sequence identity distance over embedding + k-mer neighbours; "
+                   "cosine: average linkage on embedding cosine distance (the papers' protocol).")
+@click.option("--threshold", type=click.FloatRange(min=0), help="Distance cut: identity distance (1 - "
+              "identity) for identity, cosine distance for cosine [default: the reference's calibrated one; "
+              "identity without a reference: 0.035].")
+@click.option("--n-clusters", type=click.IntRange(min=1), help="--method cosine: cut into exactly this many "
+              "clusters (the papers' protocol with the true number of BINs).")
+@click.option("--metrics", "metrics_path", help="Write AMI, ARI and match ratio (JSON) when INPUT has BINs "
+              "or species.")
+@inference_model_option
+@reference_format_option
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@device_options
+@read_options
+@click.pass_obj
+@handle_errors
+def cluster_command(obj: Context, input_path: str, output_path: str, reference: str | None, metrics_path: str | None,
+                    model_name: str, reference_format: str, device: str, threads: int, read_options: ReadOptions,
+                    **settings):
+    """Group barcodes of INPUT into BIN-like clusters (average linkage on identity or cosine distance)."""
+    options = ClusterOptions(**settings)
+    check_outputs_distinct([output_path, metrics_path], [input_path, reference])
+    if output_path != "-" and metrics_path and os.path.realpath(output_path) == os.path.realpath(metrics_path):
+        raise UsageError("--output and --metrics name the same file")
+    model, torch_device = load_inference_model(model_name, reference, device=device, threads=threads,
+                                               compute=requested_compute(), onnx=False)
+    log_model(model, torch_device)
+    index = (open_reference_index(obj, reference, model, options.batch_size, reference_format) if reference
+             else None)
+    read_options = read_options.replace(min_length=model.tokenizer.config.k)
+    stats = ReadStats(path=input_path)
+    records = list(read_barcodes(input_path, read_options, stats=stats))
+    log.info(stats.summary())
+    with obj.progress(None, "barcode", "embed") as bar:
+        result = cluster_records(records, model, options, reference=index, device=torch_device, progress=bar.update)
+    _log_clustering(result, options, len(records))
+    with output(output_path) as handle:
+        write_clusters(result, handle)
+    if result.reference_bin is not None:
+        matched = {c for c, b in zip(result.clusters.tolist(), result.reference_bin) if b != "new"}
+        log.info(f"{len(matched):,} clusters matched to reference BINs, {result.n_clusters - len(matched):,} new")
+    for name, m in result.metrics.items():
+        log.info(f"against the input's {name} labels ({m['n']:,} barcodes, {m['true_groups']:,} groups): "
+                 f"AMI {m['ami']:.4f}, ARI {m['ari']:.4f}, match ratio {m['match_ratio']:.4f}")
+    if metrics_path:
+        write_json(metrics_path, {"method": options.method, "threshold": result.threshold,
+                                  "n_clusters": result.n_clusters, "barcodes": len(records),
+                                  "distinct_sequences": result.distinct_sequences,
+                                  "metrics": result.metrics, "model": model.fingerprint})
+
+
+def _log_clustering(result, options: ClusterOptions, barcodes: int) -> None:
+    """The log line saying how many clusters were made, from what, and how."""
+    if options.n_clusters is not None:
+        how = f"{options.n_clusters} clusters asked"
+    else:
+        how = f"{'identity' if options.method == 'identity' else 'cosine'} distance threshold {result.threshold:.4g}"
+    distinct = result.distinct_sequences
+    if options.method == "identity":
+        linkage = "average linkage on identity over embedding + k-mer neighbours"
+    else:
+        linkage = "full average linkage" if distinct <= FULL_LINKAGE_LIMIT else "k-NN graph + average linkage"
+    log.info(f"{result.n_clusters:,} clusters from {barcodes:,} barcodes ({distinct:,} distinct), {how}, {linkage}")

@@ -1,0 +1,218 @@
+"""Building and opening reference indexes: records embedded and calibrated into an index, tables and FASTA
+indexed once and cached, and the model a built index asks for."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+import numpy as np
+
+from ..embedding import embed_sequences
+from ..errors import IndexMismatchError, InputError, UsageError
+from ..io.readers import ReadOptions, ReadStats, read_barcodes
+from ..model.weights import available_models, sha256_file
+from ..search import normalize
+from ..taxonomy import LABELS, RANKS, encode_labels
+from .calibrate import calibrate_thresholds
+from .decide import DEFAULT_K, DEFAULT_MIN_CONFIDENCE, DEFAULT_PRECISION
+from .index import REFERENCE_FORMAT, REFERENCE_FORMAT_VERSION, ReferenceIndex, is_reference_file
+
+log = logging.getLogger("barcodetool")
+
+# Part of the cache key of indexes built from tables: raised when the same inputs would now give another index
+# (2: calibration with embedding only below --embed-below, coverage over the barcode region), so that a cached
+# index made by older code is rebuilt instead of recalibrated on every run.
+CACHE_GENERATION = 2
+
+Progress = Callable[[int], None]
+
+
+# ============================================================================================ building
+@dataclass(frozen=True)
+class BuildOptions:
+    """How a reference index is built: the calibration targets, the stored embeddings' type, the batches.
+
+    `precision`: each rank's threshold is set so that calls are right this often on the reference's own leave-out
+    queries; `neighbours`: the neighbours that vote in the k-NN rule; `min_confidence`: the share of the tied-best
+    candidates (k-NN: of the vote) a label needs; `dtype`: float32, or float16 to halve a very large reference;
+    `calibrate`: False leaves the index without thresholds; `chunk_records`: distinct sequences embedded at once.
+    """
+
+    precision: float = DEFAULT_PRECISION
+    neighbours: int = DEFAULT_K
+    min_confidence: float = DEFAULT_MIN_CONFIDENCE
+    dtype: str = "float32"
+    batch_size: int = 256
+    calibrate: bool = True
+    chunk_records: int = 16384
+
+    def __post_init__(self):
+        if self.dtype not in {"float32", "float16"}:
+            raise UsageError(f"index dtype must be float32 or float16, got {self.dtype!r}")
+        if not 0.0 < self.precision <= 1.0:
+            raise UsageError(f"precision must be in (0, 1], got {self.precision}")
+        if self.neighbours < 1:
+            raise UsageError(f"neighbours must be at least 1, got {self.neighbours}")
+        if not 0.0 <= self.min_confidence <= 1.0:
+            raise UsageError(f"min_confidence must be between 0 and 1, got {self.min_confidence}")
+        if self.batch_size < 1 or self.chunk_records < 1:
+            raise UsageError("batch_size and chunk_records must be at least 1")
+
+
+def build_reference(records: Iterable, model, options: BuildOptions | None = None, *, source: str = "",
+                    display: str | None = None, progress: Progress | None = None, **changes) -> ReferenceIndex:
+    """Embed reference records (objects with .id, .sequence, .taxonomy, .bin) with `model` into a calibrated index.
+
+    How is said by `options` (BuildOptions) or by its fields as keywords (`precision=0.99`), which also override
+    `options`. Identical sequences are embedded once. Embeddings are stored L2-normalised. `source` is recorded in
+    the index; errors name `display` (the path as given), or `source` without it.
+    """
+    unknown = sorted(set(changes) - {f.name for f in fields(BuildOptions)})
+    if unknown:
+        raise UsageError(f"unknown build option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}")
+    options = replace(options or BuildOptions(), **changes)
+    display = display or source or None
+    pretrained = model
+    ids: list[str] = []
+    sequences: list[str] = []
+    labels: dict[str, list[str]] = {name: [] for name in LABELS}
+    group_of: dict[str, int] = {}
+    groups: list[int] = []
+    unique: list[str] = []
+    for record in records:
+        ids.append(record.id)
+        sequences.append(record.sequence)
+        for rank in RANKS:
+            labels[rank].append(record.taxonomy.get(rank) or "")
+        labels["bin"].append(record.bin or "")
+        group = group_of.get(record.sequence)
+        if group is None:
+            group = group_of[record.sequence] = len(unique)
+            unique.append(record.sequence)
+        groups.append(group)
+    if not ids:
+        raise InputError("the reference holds no records", path=display)
+    if not any(labels[name][i] for name in LABELS for i in range(len(ids))):
+        raise InputError("the reference records carry no taxonomy and no BIN", path=display,
+                         fix="give a table with taxonomy or BIN columns, or a FASTA with SINTAX headers "
+                             "(>id;tax=p:...,g:...,s:...;)")
+    vectors = np.empty((len(unique), pretrained.embedding_dim), dtype=np.float32)
+    for start in range(0, len(unique), options.chunk_records):
+        part = unique[start:start + options.chunk_records]
+        vectors[start:start + len(part)] = embed_sequences(pretrained, part, batch_size=options.batch_size,
+                                                           progress=progress)
+    vectors = normalize(vectors)
+    group_array = np.asarray(groups, dtype=np.int32)
+    embeddings = vectors[group_array]
+    del vectors
+    if options.dtype == "float16":
+        embeddings = embeddings.astype(np.float16)
+    codes, names = {}, {}
+    for name in LABELS:
+        if any(labels[name]):
+            codes[name], names[name] = encode_labels(labels[name])
+    index = ReferenceIndex(ids=ids, embeddings=embeddings, codes=codes, label_names=names, groups=group_array,
+                           model_name=pretrained.name, model_sha256=pretrained.sha256,
+                           attrs={"pooling": pretrained.pooling, "source": source,
+                                  "tokenizer": json.dumps(pretrained.tokenizer.config.to_dict())})
+    index.hold_sequences(sequences)
+    if options.calibrate:
+        calibrate_thresholds(index, "knn", precision=options.precision, k=options.neighbours,
+                             min_confidence=options.min_confidence)
+        calibrate_thresholds(index, "identity", precision=options.precision, min_confidence=options.min_confidence)
+    return index
+
+
+# ============================================================================================ loading/caching
+def reference_cache_dir() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("barcodetool", appauthor=False)) / "references"
+
+
+def cache_key(path: str | os.PathLike, pretrained, read_options: ReadOptions | None = None) -> str:
+    digest = hashlib.sha256()
+    digest.update(sha256_file(path).encode())
+    digest.update(pretrained.sha256.encode())
+    digest.update(json.dumps((read_options or ReadOptions()).as_dict(), sort_keys=True, default=str).encode())
+    digest.update(f"{REFERENCE_FORMAT}-{REFERENCE_FORMAT_VERSION}-{CACHE_GENERATION}".encode())
+    return digest.hexdigest()[:32]
+
+
+def read_reference_records(path: str | os.PathLike, read_options: ReadOptions | None = None, stats=None):
+    """Records of a reference table/FASTA; empty or too-short sequences (under `min_length`) are skipped."""
+    return read_barcodes(path, (read_options or ReadOptions()).replace(skip_empty=True), stats=stats)
+
+
+def open_reference(path: str | os.PathLike, pretrained, *, read_options: ReadOptions | None = None,
+                   use_cache: bool = True, batch_size: int = 256, progress: Progress | None = None,
+                   ) -> ReferenceIndex:
+    """A prebuilt index (checked against `pretrained`), or a table/FASTA built once and cached.
+
+    Cached indexes live in the user cache folder (platformdirs), keyed by the file's content hash, the model's
+    sha256 and the read options; a second call with the same file and model reuses the cached index.
+    """
+    if is_reference_file(path):
+        index = ReferenceIndex.load(path)
+        index.check_model(pretrained, source=str(path))
+        return index
+    if str(path) == "-":
+        raise UsageError("the reference cannot be standard input (give a file)")
+    if not os.path.exists(path):
+        raise InputError("file not found", path=str(path), fix="check the path")
+    read_options = (read_options or ReadOptions()).replace(min_length=pretrained.tokenizer.config.k)
+    cached = None
+    if use_cache:
+        cached = reference_cache_dir() / f"{cache_key(path, pretrained, read_options)}.h5"
+        if cached.is_file():
+            try:
+                index = ReferenceIndex.load(cached)
+                index.check_model(pretrained)
+                log.info(f"using the cached reference index {cached}")
+                return index
+            except (InputError, IndexMismatchError):
+                log.info(f"rebuilding the unreadable cached index {cached}")
+    stats = ReadStats(path=str(path))
+    log.info(f"building a reference index from {path} (cached for next time)")
+    index = build_reference(read_reference_records(path, read_options, stats), pretrained, batch_size=batch_size,
+                            source=os.path.basename(str(path)), progress=progress, display=str(path))
+    log.info(stats.summary())
+    if cached is not None:
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            index.save(cached, source=os.path.basename(str(path)))
+            index.release_sequences()  # re-read lazily from the cache when needed
+        except OSError as error:  # a read-only cache must not stop classification
+            log.warning(f"could not cache the reference index in {cached} ({error})")
+    return index
+
+
+def index_model_name(path: str | os.PathLike) -> str | None:
+    """The model name recorded in a prebuilt index (None for tables/FASTA or unreadable files)."""
+    if not is_reference_file(path):
+        return None
+    try:
+        import h5py
+
+        with h5py.File(path, "r") as handle:
+            if handle.attrs.get("format") != REFERENCE_FORMAT:
+                return None
+            return str(handle.attrs.get("model_name", "")) or None
+    except (OSError, ValueError):
+        return None
+
+
+def resolve_model_for_reference(model_name: str | None, reference: str | os.PathLike | None) -> str | None:
+    """With `--model auto` and a prebuilt index made with a known named model, use that model."""
+    if model_name not in (None, "", "auto") or reference is None:
+        return model_name
+    name = index_model_name(reference)
+    if name and name in available_models():
+        return name
+    return model_name

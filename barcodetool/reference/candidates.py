@@ -1,0 +1,241 @@
+"""Candidates of the identity rule: k-mer and embedding searches of the reference's distinct sequences, scored by
+sequence identity, merged and ranked, then decided (`identity_hits`); and the nearest BINs of k-NN neighbours.
+
+Candidates are rows of the identity layer (distinct reference sequences, `ReferenceIndex.identity`). K-mer
+candidates come first; embedding candidates are added for the queries whose best k-mer candidate scores below
+`embed_below` (`embedding_needed`), the queries in doubt.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..errors import UsageError
+from ..search import (KMER_FALLBACK_BELOW, KMER_FALLBACK_DF, KMER_MAX_DF, KMER_QUERY_STRIDE, as_store, candidate_union,
+                      knn_search, normalize, rank_scored, score_candidates)
+from .decide import IDENTITY_CANDIDATES_EMBEDDING, IDENTITY_CANDIDATES_KMER, IdentityThresholds, Votes, identity_decide
+
+if TYPE_CHECKING:   # the index is passed in; this module never needs its class at run time
+    from .index import ReferenceIndex
+
+
+def search_candidates(index: ReferenceIndex, queries, vectors: np.ndarray | None, n_embedding: int, n_kmer: int, *,
+                        exclude: tuple[np.ndarray, np.ndarray] | None = None, device=None,
+                        max_df: int | None = None, fallback: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(embedding candidates [Q, n_embedding], k-mer candidates [Q, n_kmer]) as distinct-sequence rows
+    (-1 = none). `vectors`: the queries' embeddings (needed when n_embedding > 0); `exclude`: (query groups,
+    reference groups) in distinct-sequence space, for leave-out calibration; `fallback` (default: without
+    embedding candidates): queries whose k-mers are nearly all over the cap are searched again with a higher
+    cap."""
+    queries = as_store(queries)
+    nq = len(queries)
+    emb = np.full((nq, max(0, n_embedding)), -1, dtype=np.int64)
+    km = np.full((nq, max(0, n_kmer)), -1, dtype=np.int64)
+    if n_embedding > 0 and nq:
+        if vectors is None:
+            raise UsageError("embedding candidates need the queries' embeddings")
+        _, emb = knn_search(normalize(vectors), index.group_embeddings, n_embedding,
+                            exclude=[exclude] if exclude is not None else (), device=device)
+    if n_kmer > 0 and nq:
+        kmer_index = index.identity.kmer
+        cap = KMER_MAX_DF if max_df is None else max_df
+        if fallback is None:
+            fallback = n_embedding == 0
+        # queries of heavily sampled species, whose k-mers are nearly all over the cap, need the commoner
+        # k-mers too when no embedding candidates make up for them
+        second = (KMER_FALLBACK_DF, KMER_FALLBACK_BELOW) if fallback and max_df is None else None
+        _, km = kmer_index.search(queries, n_kmer, max_df=cap, stride=KMER_QUERY_STRIDE, exclude=exclude,
+                                  fallback=second)
+    return emb, km
+
+
+@dataclass
+class ScoredCandidates:
+    """Candidates of one search (distinct-sequence rows of the reference) scored by identity, in the search's
+    order (not ranked)."""
+
+    idx: np.ndarray       # int64 [Q, N] (-1 = empty)
+    score: np.ndarray     # float32 [Q, N] coverage scores (-inf = empty)
+    identity: np.ndarray  # float32 [Q, N]
+    overlap: np.ndarray   # int32 [Q, N]
+
+    def best(self) -> np.ndarray:
+        """float [Q]: the best score of each row (-inf without candidates)."""
+        valid = self.idx >= 0
+        return np.where(valid, self.score, -np.inf).max(axis=1, initial=-np.inf)
+
+    def rows(self, rows: np.ndarray) -> ScoredCandidates:
+        return ScoredCandidates(self.idx[rows], self.score[rows], self.identity[rows], self.overlap[rows])
+
+
+def kmer_fallback(n_embedding: int, embed_below: float) -> bool:
+    """Whether the k-mer search also searches again, with a higher cap, the queries whose k-mers are nearly all
+    too common (densely sampled species): needed unless every query gets embedding candidates as well."""
+    return n_embedding == 0 or math.isfinite(embed_below)
+
+
+def embedding_needed(kmer: ScoredCandidates, n_embedding: int, embed_below: float) -> np.ndarray:
+    """bool [Q]: the queries that get embedding candidates: every one when there are no k-mer candidates to
+    judge by, else those whose best k-mer candidate scores below `embed_below`; none without embedding
+    candidates."""
+    q = len(kmer.idx)
+    if n_embedding <= 0:
+        return np.zeros(q, dtype=bool)
+    if kmer.idx.shape[1] == 0:
+        return np.ones(q, dtype=bool)
+    return ~(kmer.best() >= embed_below)
+
+
+def merge_ranked(kmer: ScoredCandidates, embedding: ScoredCandidates, embedded: np.ndarray):
+    """(idx, score, identity, overlap) [Q, n_embedding + n_kmer], ranked as `rerank` ranks candidates: rows where
+    `embedded` is set hold the union of the embedding candidates (first) and the k-mer ones, the others the k-mer
+    candidates alone. `embedding` holds rows for the `embedded` queries only, or for every query."""
+    q, n_kmer = kmer.idx.shape
+    n_embedding = embedding.idx.shape[1]
+    width = n_embedding + n_kmer
+    idx = np.full((q, width), -1, dtype=np.int64)
+    score = np.full((q, width), -np.inf, dtype=np.float32)
+    identity = np.full((q, width), -np.inf, dtype=np.float32)
+    overlap = np.zeros((q, width), dtype=np.int32)
+
+    def place(rows: np.ndarray, found: ScoredCandidates) -> None:
+        ranked_idx, ranked_score, ranked_overlap, ranked_identity = rank_scored(
+            found.idx, found.score, found.overlap, found.identity)
+        real = ranked_idx >= 0           # empty slots (and repeated candidates) carry no identity or overlap
+        columns = ranked_idx.shape[1]
+        idx[rows, :columns] = ranked_idx
+        score[rows, :columns] = ranked_score
+        identity[rows, :columns] = np.where(real, ranked_identity, -np.inf)
+        overlap[rows, :columns] = np.where(real, ranked_overlap, 0)
+
+    rows = np.nonzero(embedded)[0]
+    if len(embedding.idx) == q and len(rows) < q:
+        embedding = embedding.rows(rows)
+    if len(rows):
+        part = kmer.rows(rows)
+        place(rows, ScoredCandidates(candidate_union(embedding.idx, part.idx),
+                                     *(np.concatenate([getattr(embedding, name), getattr(part, name)], axis=1)
+                                       for name in ("score", "identity", "overlap"))))
+    alone = np.nonzero(~np.asarray(embedded, dtype=bool))[0]
+    if len(alone) and n_kmer:
+        place(alone, kmer.rows(alone))
+    return idx, score, identity, overlap
+
+
+@dataclass
+class IdentityHits:
+    """Identity search results of a batch of queries (distinct-sequence rows of the reference)."""
+
+    idx: np.ndarray          # int64 [Q, N] candidates ranked by score (-1 = empty)
+    score: np.ndarray        # float32 [Q, N] coverage scores
+    identity: np.ndarray     # float32 [Q, N]
+    overlap: np.ndarray      # int32 [Q, N]
+    votes: Votes             # of the identity decision
+    chosen: np.ndarray       # int64 [Q] column of the hit whose lineage is reported
+    hit: np.ndarray          # int64 [Q] its distinct-sequence row (-1 = no candidate)
+    bins: list[str]          # per query: BIN within the BIN threshold, else ""
+    similarity: np.ndarray   # float32 [Q] identity of the hit (nan = none)
+    embedded: np.ndarray     # bool [Q] the query got embedding candidates (embedding_needed)
+
+
+def kmer_hits(queries, index: ReferenceIndex, n_kmer: int, *, fallback: bool = True) -> ScoredCandidates:
+    """The first stage of `identity_hits`: k-mer candidates of query sequences scored by identity (`fallback`:
+    queries whose k-mers are nearly all too common are searched again with a higher cap)."""
+    store = as_store(queries)
+    _, km = search_candidates(index, store, None, 0, n_kmer, fallback=fallback)
+    score, identity, overlap = score_candidates(store, index.identity.store, km)
+    return ScoredCandidates(km, score, identity, overlap)
+
+
+def identity_hits(queries, vectors: np.ndarray | None, index: ReferenceIndex, thresholds: IdentityThresholds, *,
+                  candidates: tuple[int, int] = (IDENTITY_CANDIDATES_EMBEDDING, IDENTITY_CANDIDATES_KMER),
+                  min_confidence: float | None = None, device=None, embed: Callable | None = None,
+                  kmer: ScoredCandidates | None = None) -> IdentityHits:
+    """Search, re-rank by identity and decide (decide.identity_decide) for a batch of query sequences
+    (a list of cleaned sequences or a SequenceStore).
+
+    K-mer candidates come first (`kmer`: already computed by `kmer_hits`); embedding candidates are added for the
+    queries whose best k-mer candidate scores below `thresholds.embed_below` (`embedding_needed`). Their
+    embeddings come from `vectors` (rows for every query, or for those queries only) or from `embed`, a function
+    of a list of sequences called for those queries only.
+    """
+    if min_confidence is None:
+        min_confidence = thresholds.min_confidence
+    n_embedding, n_kmer = candidates
+    store = as_store(queries)
+    n = len(store)
+    layer = index.identity
+    if kmer is None:
+        kmer = kmer_hits(store, index, n_kmer, fallback=kmer_fallback(n_embedding, thresholds.embed_below))
+    need = embedding_needed(kmer, n_embedding, thresholds.embed_below)
+    rows = np.nonzero(need)[0]
+    embedding = ScoredCandidates(np.zeros((len(rows), 0), dtype=np.int64), np.zeros((len(rows), 0), np.float32),
+                                 np.zeros((len(rows), 0), np.float32), np.zeros((len(rows), 0), np.int32))
+    if len(rows):
+        if vectors is not None:
+            vectors = np.asarray(vectors)
+            if len(vectors) not in (n, len(rows)):
+                raise UsageError(f"vectors must have a row for each of the {n} queries or for the {len(rows)} "
+                                 f"queries that need embedding candidates, got {len(vectors)}")
+            if len(vectors) == n:
+                vectors = vectors[rows]
+        elif embed is not None:
+            vectors = np.asarray(embed([store.sequence(int(i)) for i in rows]))
+        else:
+            raise UsageError("embedding candidates need the queries' embeddings")
+        subset = as_store([store.sequence(int(i)) for i in rows]) if len(rows) < n else store
+        emb, _ = search_candidates(index, subset, vectors, n_embedding, 0, device=device)
+        known = kmer.rows(rows)
+        # a candidate both searches found is scored once: its k-mer stage values are copied
+        same = (emb[:, :, None] == known.idx[:, None, :]) & (emb[:, :, None] >= 0)
+        found = same.any(axis=2)
+        embedding = ScoredCandidates(emb, *score_candidates(subset, layer.store, np.where(found, -1, emb)))
+        if found.any():
+            column = np.argmax(same, axis=2)
+            for name in ("score", "identity", "overlap"):
+                values = getattr(embedding, name)
+                values[found] = np.take_along_axis(getattr(known, name), column, axis=1)[found]
+    idx, score, identity, overlap = merge_ranked(kmer, embedding, need)
+    codes = {r: layer.codes[r] for r in index.ranks}
+    votes, chosen = identity_decide(idx, score, codes, thresholds=thresholds.ranks, min_confidence=min_confidence)
+    n = len(store)
+    rows = np.arange(n)
+    if idx.shape[1]:
+        hit = np.where(idx[rows, chosen] >= 0, idx[rows, chosen], -1)
+        similarity = np.where(hit >= 0, identity[rows, chosen], np.nan).astype(np.float32)
+    else:
+        hit = np.full(n, -1, dtype=np.int64)
+        similarity = np.full(n, np.nan, dtype=np.float32)
+    bins = [""] * n
+    bin_codes = layer.codes.get("bin")
+    if bin_codes is not None and not math.isnan(thresholds.bin) and idx.shape[1]:
+        labels = np.where(idx >= 0, bin_codes[np.maximum(idx, 0)], -1)
+        first = np.argmax(labels >= 0, axis=1)           # the best-scoring BIN-labelled candidate ...
+        use = np.where(labels[rows, chosen] >= 0, chosen, first)   # ... unless the reported hit has a BIN
+        label = labels[rows, use]
+        ok = (label >= 0) & (score[rows, use] >= thresholds.bin)
+        names = index.label_names["bin"]
+        bins = [names[c] if good else "" for c, good in zip(label.tolist(), ok.tolist())]
+    return IdentityHits(idx=idx, score=score, identity=identity, overlap=overlap, votes=votes, chosen=chosen,
+                        hit=hit, bins=bins, similarity=similarity, embedded=need)
+
+
+def nearest_bins(index: ReferenceIndex, sims: np.ndarray, idx: np.ndarray, threshold: float) -> list[str]:
+    """Per query: the BIN of the nearest BIN-labelled neighbour when its similarity >= threshold, else ""."""
+    n = len(idx)
+    codes = index.bin_codes
+    if codes is None or math.isnan(threshold) or n == 0:
+        return [""] * n
+    labels = np.where(idx >= 0, codes[np.where(idx >= 0, idx, 0)], -1)
+    has = (labels >= 0).any(axis=1)
+    first = np.argmax(labels >= 0, axis=1)
+    rows = np.arange(n)
+    ok = has & (sims[rows, first] >= threshold)
+    chosen = labels[rows, first]
+    names = index.label_names["bin"]
+    return [names[c] if good else "" for c, good in zip(chosen.tolist(), ok.tolist())]

@@ -1,0 +1,205 @@
+"""The decision: per-rank labels from ranked neighbours or candidates, gated by calibrated thresholds.
+
+Two rules, one shape of output (`Votes`): the similarity-weighted k-NN vote over embedding neighbours (`vote`,
+`classify --method knn`) and the identity rule over identity-scored candidates (`identity_decide`, the default).
+Both assign ranks top-down: a rank is assigned when its support reaches the rank's threshold, its confidence
+reaches `min_confidence`, and no rank above it was left unassigned with a candidate (optional ranks, subfamily,
+never block). The thresholds are calibrated on the reference itself (barcodetool.reference.calibrate).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..taxonomy import OPTIONAL_RANKS, RANKS
+
+DEFAULT_K = 10                    # neighbours that vote (--neighbours)
+DEFAULT_PRECISION = 0.95
+DEFAULT_MIN_CONFIDENCE = 0.5
+VOTE_BLOCK_ELEMENTS = 1 << 22     # queries x k x k label comparisons held at once while voting
+# classify --candidates-embedding: for the queries in doubt only (IDENTITY_EMBED_BELOW); 20 rather than 10 raises
+# the genus top hit of train species left out from 76.81% to 78.60% (docs/research/identity-rerank.md, section 8)
+IDENTITY_CANDIDATES_EMBEDDING = 20
+IDENTITY_CANDIDATES_KMER = 10          # classify --candidates-kmer
+# classify --embed-below: embedding candidates are sought only for queries whose best k-mer candidate scores below
+# this; above it the embedding's candidates hardly ever change the call (docs/research/identity-rerank.md,
+# "Embedding only where it helps"). inf = every query is embedded.
+IDENTITY_EMBED_BELOW = 0.95
+
+
+# ============================================================================================ thresholds
+@dataclass
+class Thresholds:
+    """Calibrated decision thresholds of a reference: what both rules share."""
+
+    ranks: dict[str, float]                 # rank -> support threshold (inf: never; nan: no labels)
+    bin: float = math.nan                   # support within which the best BIN-labelled neighbour's BIN is reported
+    cluster_distance: float = math.nan      # distance cut of average-linkage clustering
+    precision: float = DEFAULT_PRECISION
+    min_confidence: float = DEFAULT_MIN_CONFIDENCE
+    details: dict = field(default_factory=dict)
+
+
+@dataclass
+class KnnThresholds(Thresholds):
+    """Thresholds of the k-NN vote: cosine similarities; cluster_distance is a cosine distance."""
+
+    k: int = DEFAULT_K                      # neighbours that vote
+
+
+@dataclass
+class IdentityThresholds(Thresholds):
+    """Thresholds of the identity rule: identity (coverage) scores; cluster_distance is an identity distance."""
+
+    candidates: tuple[int, int] = (IDENTITY_CANDIDATES_EMBEDDING, IDENTITY_CANDIDATES_KMER)  # (embedding, k-mer)
+    embed_below: float = math.inf           # embedding candidates only below this best k-mer score
+
+
+# ============================================================================================ the gate
+def gate(rank: str, has: np.ndarray, support: np.ndarray, share: np.ndarray, thresholds: dict[str, float] | None,
+         min_confidence: float, blocked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(assigned, blocked) [n] at `rank`, ranks taken top-down: a candidate (`has`) is assigned where its support
+    reaches the rank's threshold, its share reaches `min_confidence`, and no rank above blocks it; a candidate that
+    fails blocks every rank below (unless the rank is optional). A rank without a calibrated threshold (nan: no
+    labelled calibration query) assigns nothing and blocks nothing; without `thresholds` nothing is assigned."""
+    n = len(has)
+    if thresholds is None:
+        return np.zeros(n, dtype=bool), blocked
+    threshold = thresholds.get(rank, math.nan)
+    if math.isnan(threshold):
+        return np.zeros(n, dtype=bool), blocked
+    assigned = has & (support >= threshold) & (share >= min_confidence - 1e-6) & ~blocked
+    if rank not in OPTIONAL_RANKS:
+        blocked = blocked | (has & ~assigned)
+    return assigned, blocked
+
+
+# ============================================================================================ k-NN vote
+@dataclass
+class Votes:
+    """Hierarchical k-NN votes for a batch of queries (codes index `ReferenceIndex.label_names[rank]`)."""
+
+    label: dict[str, np.ndarray]       # rank -> int32 [n] candidate label, -1 = no neighbour labelled
+    confidence: dict[str, np.ndarray]  # rank -> float32 [n] weighted vote share of the candidate
+    support: dict[str, np.ndarray]     # rank -> float32 [n] similarity of the nearest neighbour with it
+    assigned: dict[str, np.ndarray]    # rank -> bool [n]
+
+
+def neighbour_weights(sims: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Vote weights: cosine similarity, clipped at 0; nothing for empty slots."""
+    weights = np.where(idx >= 0, np.clip(sims, 0.0, None), 0.0).astype(np.float32)
+    return weights
+
+
+def vote(sims: np.ndarray, idx: np.ndarray, codes: dict[str, np.ndarray], *,
+         thresholds: dict[str, float] | None = None, min_confidence: float = DEFAULT_MIN_CONFIDENCE,
+         ranks: Sequence[str] = RANKS) -> Votes:
+    """Similarity-weighted k-NN vote, rank by rank from phylum down.
+
+    At each rank only neighbours that agree with every candidate above (or are unlabelled there) vote, so the
+    candidates form one consistent lineage. A candidate's confidence is its vote weight over the weight of all
+    neighbours labelled at that rank; its support is the similarity of its nearest neighbour. A rank is
+    assigned when support >= the rank's threshold, confidence >= `min_confidence`, and no rank above has a
+    candidate left unassigned (optional ranks such as subfamily never block; a rank with no labelled
+    neighbour blocks nothing). Without `thresholds` nothing is assigned.
+    """
+    n = len(idx)
+    rows_per_block = max(1, VOTE_BLOCK_ELEMENTS // max(1, idx.shape[1] ** 2))
+    if n > rows_per_block:  # bound the [rows, k, k] comparison arrays
+        parts = [vote(sims[i:i + rows_per_block], idx[i:i + rows_per_block], codes, thresholds=thresholds,
+                      min_confidence=min_confidence, ranks=ranks) for i in range(0, n, rows_per_block)]
+        return Votes(*({rank: np.concatenate([getattr(p, name)[rank] for p in parts])
+                        for rank in parts[0].label} for name in ("label", "confidence", "support", "assigned")))
+    valid = idx >= 0
+    weights = neighbour_weights(sims, idx)
+    safe_idx = np.where(valid, idx, 0)
+    out = Votes({}, {}, {}, {})
+    consistent = valid.copy()   # [n, k] neighbour agrees with every candidate so far (or is unlabelled there)
+    blocked = np.zeros(n, dtype=bool)
+    rows = np.arange(n)
+    for rank in ranks:
+        if rank not in codes:
+            continue
+        labels = np.where(valid, codes[rank][safe_idx], -1)
+        known = labels >= 0
+        total = (weights * known).sum(axis=1)
+        eligible = known & consistent
+        has = eligible.any(axis=1)
+        # total weight of each neighbour's label among the eligible neighbours: [n, k]
+        same = labels[:, :, None] == labels[:, None, :]
+        label_weight = (same * (weights * eligible)[:, None, :]).sum(axis=2)
+        label_weight = np.where(eligible, label_weight, -1.0)
+        best = np.argmax(label_weight, axis=1)  # first maximum = the nearest neighbour of the heaviest label
+        choice = np.where(has, labels[rows, best], -1).astype(np.int32)
+        won = label_weight[rows, best]
+        share = np.where(total > 0, won / np.where(total > 0, total, 1.0), 1.0)
+        share = np.where(has, share, 0.0)
+        # rows are sorted by similarity, so `best` is already the nearest neighbour carrying the candidate
+        support = np.where(has, sims[rows, best], -np.inf).astype(np.float32)
+        out.label[rank] = choice
+        out.confidence[rank] = share.astype(np.float32)
+        out.support[rank] = support
+        out.assigned[rank], blocked = gate(rank, has, support, share, thresholds, min_confidence, blocked)
+        agrees = (labels == choice[:, None]) | ~known | ~has[:, None]
+        if rank in OPTIONAL_RANKS:  # an optional rank constrains the ranks below only where it is assigned
+            agrees |= ~out.assigned[rank][:, None]
+        consistent &= agrees
+    return out
+
+
+# ============================================================================================ identity rule
+def identity_decide(idx: np.ndarray, score: np.ndarray, codes: dict[str, np.ndarray], *,
+                    thresholds: dict[str, float] | None = None, min_confidence: float = DEFAULT_MIN_CONFIDENCE,
+                    ranks: Sequence[str] = RANKS) -> tuple[Votes, np.ndarray]:
+    """The identity classifier's decision on re-ranked candidates (idx, score [Q, N], best first, -1 = empty).
+
+    The tied-best candidates are those whose score equals the best one. The chosen hit is the first of them
+    carrying the species most of them carry (the "tie vote"; the top hit when no tied candidate has a species),
+    and every rank's candidate label is the chosen hit's. A label's confidence is the share of the tied-best
+    candidates labelled at that rank that carry it (1.0 when they agree); its support is the best score. Ranks
+    are assigned top-down as in `vote`: support >= the rank's threshold, confidence >= `min_confidence`, and no
+    rank above left unassigned with a candidate (optional ranks never block; nan thresholds never assign).
+    Returns (Votes, chosen column [Q]).
+    """
+    n = len(idx)
+    rows = np.arange(n)
+    valid = (idx >= 0) & np.isfinite(score)
+    best = np.where(valid[:, 0], score[:, 0], -np.inf) if idx.shape[1] else np.full(n, -np.inf)
+    tied = valid & (score >= best[:, None])
+    safe = np.where(valid, idx, 0)
+
+    def tied_labels(name):
+        return np.where(tied, codes[name][safe], -1)
+
+    chosen = np.zeros(n, dtype=np.int64)
+    if "species" in codes and idx.shape[1]:
+        species = tied_labels("species")
+        known = species >= 0
+        counts = ((species[:, :, None] == species[:, None, :]) & known[:, None, :]).sum(axis=2)
+        counts = np.where(known, counts, -1)
+        chosen = np.where(known.any(axis=1), np.argmax(counts, axis=1), 0)
+    hit = np.where(valid[rows, chosen], idx[rows, chosen], -1) if idx.shape[1] else np.full(n, -1)
+    out = Votes({}, {}, {}, {})
+    blocked = np.zeros(n, dtype=bool)
+    for rank in ranks:
+        if rank not in codes:
+            continue
+        label = np.where(hit >= 0, codes[rank][np.maximum(hit, 0)], -1).astype(np.int32)
+        has = label >= 0
+        labels = tied_labels(rank)
+        labelled = (labels >= 0).sum(axis=1)
+        agree = (labels == label[:, None]).sum(axis=1)
+        share = np.where(has & (labelled > 0), agree / np.maximum(labelled, 1), 0.0).astype(np.float32)
+        out.label[rank] = label
+        out.confidence[rank] = share
+        out.support[rank] = np.where(has, best, -np.inf).astype(np.float32)
+        out.assigned[rank], blocked = gate(rank, has, best, share, thresholds, min_confidence, blocked)
+    return out, chosen
+
+
+def identity_votes(sims, idx, codes, *, thresholds, min_confidence, ranks):
+    return identity_decide(idx, sims, codes, thresholds=thresholds, min_confidence=min_confidence, ranks=ranks)[0]
