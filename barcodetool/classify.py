@@ -24,7 +24,7 @@ import math
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING
 
 import numpy as np
@@ -36,12 +36,13 @@ from .io.streaming import read_ahead
 from .model.onnx import OnnxModel, load_onnx_model
 from .model.runtime import cuda_impossible, resolve_device, set_threads
 from .model.weights import PretrainedModel, load_model, locate_model
+from .options import Options
 from .reference import IdentityHits, identity_hits, nearest_bins  # noqa: F401 (part of this module's API)
 from .reference import (DEFAULT_K, IDENTITY_CANDIDATES_EMBEDDING, IDENTITY_CANDIDATES_KMER, IDENTITY_EMBED_BELOW,
-                        ReferenceIndex, ScoredCandidates, Thresholds, embedding_needed, index_model_name,
+                        ReferenceIndex, ScoredCandidates, Thresholds, embedding_needed, gate, index_model_name,
                         kmer_fallback, kmer_hits, resolve_model_for_reference, thresholds_for, vote)
 from .search import knn_search, normalize, sequence_groups
-from .taxonomy import OPTIONAL_RANKS, RANKS, SINTAX_LETTERS
+from .taxonomy import RANKS, SINTAX_LETTERS
 
 if TYPE_CHECKING:  # PyTorch is imported when a model is loaded, not with this module
     import torch
@@ -56,7 +57,7 @@ TSV_COLUMNS = (["id"] + [c for r in RANKS for c in (r, f"{r}_confidence")]
 
 
 @dataclass(frozen=True)
-class ClassifyOptions:
+class ClassifyOptions(Options):
     """How queries are classified: the options of `barcodetool classify`, validated once.
 
     `method`: "identity" (default), "knn" or "probe". `neighbours` (knn and probe: neighbours that vote),
@@ -79,6 +80,9 @@ class ClassifyOptions:
     batch_size: int = 256
     search_workers: int | None = None
 
+    kind = "classify"
+    renamed = {"k": "neighbours"}
+
     def __post_init__(self):
         if self.method not in METHODS:
             raise UsageError(f"unknown method {self.method!r}; choose {', '.join(METHODS)}")
@@ -97,14 +101,6 @@ class ClassifyOptions:
                              f"{self.batch_size}")
         if self.search_workers is not None and self.search_workers < 1:
             raise UsageError(f"search_workers must be at least 1, got {self.search_workers}")
-
-    def replace(self, **changes) -> ClassifyOptions:
-        """A copy with some fields changed (unknown field names raise UsageError)."""
-        unknown = sorted(set(changes) - {f.name for f in fields(self)})
-        if unknown:
-            hint = " (the number of neighbours that vote is `neighbours`)" if "k" in unknown else ""
-            raise UsageError(f"unknown classify option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}{hint}")
-        return replace(self, **changes)
 
     @property
     def candidates(self) -> tuple[int, int]:
@@ -240,13 +236,7 @@ class LinearProbe:
             share = masked[np.arange(n), best]
             has = share >= 0
             choice = np.where(has, best, -1)
-            threshold = thresholds.get(rank, math.nan)
-            if math.isnan(threshold):
-                ok_rank = np.zeros(n, dtype=bool)
-            else:
-                ok_rank = has & (top >= threshold) & (share >= min_confidence - 1e-6) & ~blocked
-                if rank not in OPTIONAL_RANKS:
-                    blocked |= has & ~ok_rank
+            ok_rank, blocked = gate(rank, has, top, share, thresholds, min_confidence, blocked)
             labels[rank], confidences[rank], assigned[rank] = choice, np.clip(share, 0, 1), ok_rank
             chosen[rank] = choice
         return labels, confidences, assigned
@@ -254,7 +244,7 @@ class LinearProbe:
 
 # ============================================================================================ classification
 def classify_embeddings(vectors: np.ndarray, ids: Sequence[str], index: ReferenceIndex, thresholds: Thresholds,
-                        *, k: int = DEFAULT_K, method: str = "knn", min_confidence: float | None = None,
+                        *, neighbours: int = DEFAULT_K, method: str = "knn", min_confidence: float | None = None,
                         device=None) -> list[Assignment]:
     """Assignments for query embeddings (rows in `ids` order)."""
     if method not in ("knn", "probe"):
@@ -262,7 +252,7 @@ def classify_embeddings(vectors: np.ndarray, ids: Sequence[str], index: Referenc
     if min_confidence is None:
         min_confidence = thresholds.min_confidence
     vectors = normalize(vectors)
-    sims, idx = knn_search(vectors, index.embeddings, max(1, k), device=device)
+    sims, idx = knn_search(vectors, index.embeddings, max(1, neighbours), device=device)
     codes = index.rank_codes()
     if method == "knn":
         votes = vote(sims, idx, codes, thresholds=thresholds.ranks, min_confidence=min_confidence)
@@ -367,7 +357,7 @@ def load_inference_model(model_name: str | None, reference: str | None = None, *
     set_threads(threads)
     torch_device = resolve_device(device)
     try:
-        pretrained = load_model(resolve_model_for_reference(model_name, reference), device=torch_device,
+        model = load_model(resolve_model_for_reference(model_name, reference), device=torch_device,
                                 compute=compute)
     except ModelError as error:
         built_with = index_model_name(reference) if reference and model_name in (None, "", "auto") else None
@@ -375,7 +365,7 @@ def load_inference_model(model_name: str | None, reference: str | None = None, *
             raise
         raise ModelError(f"{reference} was built with model {built_with!r}, which is not installed here, and the "
                          f"default model cannot be loaded ({error}); pass --model with that model's folder") from None
-    return pretrained, torch_device
+    return model, torch_device
 
 
 def _onnx_model(model_name: str | None, reference: str | None, device: str, threads: int,
@@ -523,7 +513,7 @@ class _Pipeline:
             return classify_identity(unique, vectors, unique_ids, self.index, self.thresholds,
                                      candidates=options.candidates, min_confidence=options.min_confidence,
                                      device=self.device, kmer=kmer)
-        return classify_embeddings(vectors, unique_ids, self.index, self.thresholds, k=self.neighbours,
+        return classify_embeddings(vectors, unique_ids, self.index, self.thresholds, neighbours=self.neighbours,
                                    method=options.method, min_confidence=options.min_confidence, device=self.device)
 
     def embed_and_decide(self, chunk: _Chunk) -> _Chunk:

@@ -16,13 +16,14 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from typing import IO
 
 import numpy as np
 
 from . import embedding
 from .errors import UsageError
+from .options import Options
 from .search import (KmerIndex, SequenceStore, as_store, candidate_union, identity_graph_cluster, knn_search,
                      neighbour_pairs, normalize, pair_identity, sequence_groups)
 
@@ -45,7 +46,7 @@ TSV_COLUMNS = ["id", "cluster", "reference_bin", "similarity"]
 
 
 @dataclass(frozen=True)
-class ClusterOptions:
+class ClusterOptions(Options):
     """How records are clustered: the options of `barcodetool cluster`, validated once.
 
     `method`: "identity" (default: average linkage on identity distance over the embedding + k-mer candidate
@@ -63,6 +64,8 @@ class ClusterOptions:
     neighbours: int | None = None
     full_limit: int = FULL_LINKAGE_LIMIT
 
+    kind = "cluster"
+
     def __post_init__(self):
         if self.method not in METHODS:
             raise UsageError(f"unknown clustering method {self.method!r}; choose {' or '.join(METHODS)}")
@@ -73,13 +76,6 @@ class ClusterOptions:
                              "distance: give --threshold)")
         if self.method == "identity" and self.threshold is not None and self.threshold > 1:
             raise UsageError(f"an identity distance is at most 1, got --threshold {self.threshold}")
-
-    def replace(self, **changes) -> ClusterOptions:
-        """A copy with some fields changed (unknown field names raise UsageError)."""
-        unknown = sorted(set(changes) - {f.name for f in fields(self)})
-        if unknown:
-            raise UsageError(f"unknown cluster option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}")
-        return replace(self, **changes)
 
 
 # ============================================================================================ metrics
@@ -501,14 +497,14 @@ def default_identity_threshold(reference=None) -> float:
     return DEFAULT_IDENTITY_DISTANCE_THRESHOLD
 
 
-def default_threshold(pretrained, reference=None) -> float:
+def default_threshold(model, reference=None) -> float:
     if reference is not None and reference.thresholds is not None \
             and not math.isnan(reference.thresholds.cluster_distance):
         return float(reference.thresholds.cluster_distance)
-    value = (getattr(pretrained, "card", {}) or {}).get("metrics", {}).get("cluster_distance_threshold")
+    value = (getattr(model, "card", {}) or {}).get("metrics", {}).get("cluster_distance_threshold")
     if isinstance(value, (int, float)) and value >= 0:
         return float(value)
-    log.warning(f"no calibrated cluster threshold for model {pretrained.name}: using the default cosine distance "
+    log.warning(f"no calibrated cluster threshold for model {model.name}: using the default cosine distance "
                 f"{DEFAULT_DISTANCE_THRESHOLD} (pass --reference with BINs to calibrate, or --threshold)")
     return DEFAULT_DISTANCE_THRESHOLD
 

@@ -41,44 +41,44 @@ EMBEDDINGS_FORMAT_VERSION = 1
 Progress = Callable[[int], None]
 
 
-def model_device(pretrained: PretrainedModel) -> torch.device:
-    return next(pretrained.model.parameters()).device
+def model_device(model: PretrainedModel) -> torch.device:
+    return next(model.model.parameters()).device
 
 
-def embed_sequences(pretrained: PretrainedModel, sequences: Sequence[str], *, batch_size: int = 256,
+def embed_sequences(model: PretrainedModel, sequences: Sequence[str], *, batch_size: int = 256,
                     progress: Progress | None = None) -> np.ndarray:
     """Embeddings [n, dim] float32 of cleaned sequences, in input order.
 
     Batches are formed over sequences sorted by length and padded only to their own longest member, so little
-    work is spent on padding; the result does not depend on batch composition. `pretrained` may also be an
+    work is spent on padding; the result does not depend on batch composition. `model` may also be an
     exported encoder in ONNX Runtime (model.onnx.OnnxModel): then PyTorch is not imported.
     """
-    if isinstance(pretrained, OnnxModel):
-        return _embed_sequences(pretrained, sequences, pretrained.embed_batch, batch_size=batch_size,
+    if isinstance(model, OnnxModel):
+        return _embed_sequences(model, sequences, model.embed_batch, batch_size=batch_size,
                                 progress=progress)
     import torch
 
-    model = pretrained.model
-    device = model_device(pretrained)
-    model.eval()
+    network = model.model
+    device = model_device(model)
+    network.eval()
 
     def forward(ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         ids_t = torch.from_numpy(ids).to(device, non_blocking=True)
         lengths_t = torch.from_numpy(lengths).to(device, non_blocking=True)
-        with autocast(device, pretrained.compute):
-            return model.embed(ids_t, lengths_t).float().cpu().numpy()
+        with autocast(device, model.compute):
+            return network.embed(ids_t, lengths_t).float().cpu().numpy()
 
     with torch.inference_mode():
-        return _embed_sequences(pretrained, sequences, forward, batch_size=batch_size, progress=progress)
+        return _embed_sequences(model, sequences, forward, batch_size=batch_size, progress=progress)
 
 
-def _embed_sequences(pretrained, sequences: Sequence[str], forward: Callable[[np.ndarray, np.ndarray], np.ndarray],
+def _embed_sequences(model, sequences: Sequence[str], forward: Callable[[np.ndarray, np.ndarray], np.ndarray],
                      *, batch_size: int, progress: Progress | None) -> np.ndarray:
     if batch_size < 1:
         raise UsageError(f"batch size must be at least 1, got {batch_size}")
-    tokenizer = pretrained.tokenizer
+    tokenizer = model.tokenizer
     n = len(sequences)
-    out = np.empty((n, pretrained.embedding_dim), dtype=np.float32)
+    out = np.empty((n, model.embedding_dim), dtype=np.float32)
     if n == 0:
         return out
     k = tokenizer.config.k
@@ -158,20 +158,20 @@ class EmbeddingWriter:
         self.count = end
 
 
-def write_attributes(handle, pretrained: PretrainedModel, *, source: str, dtype: str, count: int) -> None:
+def write_attributes(handle, model: PretrainedModel, *, source: str, dtype: str, count: int) -> None:
     handle.attrs.update({
         "format": EMBEDDINGS_FORMAT,
         "format_version": EMBEDDINGS_FORMAT_VERSION,
         "barcodetool_version": __version__,
-        "model_name": pretrained.name,
-        "model_sha256": pretrained.sha256,
-        "pooling": pretrained.pooling,
-        "embedding_dim": pretrained.embedding_dim,
+        "model_name": model.name,
+        "model_sha256": model.sha256,
+        "pooling": model.pooling,
+        "embedding_dim": model.embedding_dim,
         "dtype": dtype,
         "count": count,
         "source": source,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "tokenizer": json.dumps(pretrained.tokenizer.config.to_dict()),
+        "tokenizer": json.dumps(model.tokenizer.config.to_dict()),
     })
 
 
@@ -184,7 +184,7 @@ class EmbedSummary:
     truncated: int = 0
 
 
-def embed_records_to_h5(records: Iterable, output: str | os.PathLike, pretrained: PretrainedModel, *,
+def embed_records_to_h5(records: Iterable, output: str | os.PathLike, model: PretrainedModel, *,
                         source: str = "", batch_size: int = 256, dtype: str = "float32",
                         chunk_records: int = 16384, progress: Progress | None = None) -> EmbedSummary:
     """Stream records (objects with .id, .sequence, .taxonomy, .bin) into an HDF5 file, atomically."""
@@ -192,31 +192,31 @@ def embed_records_to_h5(records: Iterable, output: str | os.PathLike, pretrained
 
     if dtype not in {"float32", "float16"}:
         raise UsageError(f"--dtype must be float32 or float16, got {dtype!r}")
-    max_length = pretrained.tokenizer.config.max_length
+    max_length = model.tokenizer.config.max_length
     truncated = 0
     with atomic_path(output) as temporary, h5py.File(temporary, "w") as handle:
-        writer = EmbeddingWriter(handle, dim=pretrained.embedding_dim, dtype=dtype)
+        writer = EmbeddingWriter(handle, dim=model.embedding_dim, dtype=dtype)
         for chunk in read_ahead(records, chunk_records):  # the next chunk is read while this one is embedded
             truncated += sum(len(r.sequence) > max_length for r in chunk)
-            vectors = embed_sequences(pretrained, [r.sequence for r in chunk], batch_size=batch_size,
+            vectors = embed_sequences(model, [r.sequence for r in chunk], batch_size=batch_size,
                                       progress=progress)
             writer.append(chunk, vectors)
         if writer.count == 0:
             raise InputError("no records to embed", path=source or None)
-        write_attributes(handle, pretrained, source=source, dtype=dtype, count=writer.count)
+        write_attributes(handle, model, source=source, dtype=dtype, count=writer.count)
         handle.attrs["truncated"] = truncated
-    return EmbedSummary(count=writer.count, dim=pretrained.embedding_dim, output=str(output),
-                        model_name=pretrained.name, truncated=truncated)
+    return EmbedSummary(count=writer.count, dim=model.embedding_dim, output=str(output),
+                        model_name=model.name, truncated=truncated)
 
 
-def embed_file(input_path: str | os.PathLike, output: str | os.PathLike, pretrained: PretrainedModel, *,
+def embed_file(input_path: str | os.PathLike, output: str | os.PathLike, model: PretrainedModel, *,
                batch_size: int = 256, dtype: str = "float32", read_options: ReadOptions | None = None,
                stats=None, progress: Progress | None = None) -> EmbedSummary:
     """Read barcodes from FASTA or a table and write their embeddings to HDF5."""
 
     check_outputs_distinct([output], [input_path])
     records = read_barcodes(input_path, read_options, stats=stats)
-    return embed_records_to_h5(records, output, pretrained, source=os.path.basename(str(input_path)),
+    return embed_records_to_h5(records, output, model, source=os.path.basename(str(input_path)),
                                batch_size=batch_size, dtype=dtype, progress=progress)
 
 

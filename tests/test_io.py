@@ -715,3 +715,17 @@ def test_outputs_get_the_umask_mode_or_keep_the_replaced_files(tmp_path):
     with atomic_text(existing) as handle:
         handle.write("new\n")
     assert existing.read_text() == "new\n" and stat.S_IMODE(existing.stat().st_mode) == 0o640
+
+
+def test_json_values_are_plain_json():
+    import json
+    import math
+
+    import numpy as np
+
+    from barcodetool.io.json_values import json_values
+
+    data = {1: [np.float32(0.5), np.int64(3), (math.inf, -math.inf)], "nan": math.nan, "ok": "text", "flag": True}
+    assert json_values(data) == {"1": [0.5, 3, ["inf", "-inf"]], "nan": None, "ok": "text", "flag": True}
+    assert json_values(data, nan="nan")["nan"] == "nan"
+    json.dumps(json_values(data), allow_nan=False)   # valid JSON: no NaN or Infinity literals

@@ -11,7 +11,6 @@ import contextlib
 import functools
 import json
 import logging
-import math
 import sys
 import traceback
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from ..errors import BarcodeToolError, Interrupted
 from ..io import ReadOptions
 from ..io.atomic import atomic_text, remove_pending
 from ..io.interrupts import SignalGuard, interrupted
+from ..io.json_values import json_values
 from ..reference import open_reference
 
 log = logging.getLogger("barcodetool")
@@ -227,21 +227,8 @@ def _json_default(value):
     return str(value)
 
 
-def _clean_json(value):
-    """Plain JSON values: numpy scalars as Python numbers, non-finite floats as null, "inf" or "-inf"."""
-    if isinstance(value, dict):
-        return {str(k): _clean_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean_json(v) for v in value]
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    return value
-
-
 def write_json(path: str, data: dict) -> None:
     """`data` as indented JSON to `path` (`-` = stdout)."""
     with output(path) as handle:
-        json.dump(_clean_json(data), handle, indent=2, default=_json_default)
+        json.dump(json_values(data), handle, indent=2, default=_json_default)
         handle.write("\n")

@@ -32,10 +32,10 @@ def benchmark_command(obj: Context, split_file: str, model_name: str, json_path:
     """The papers' protocol on SPLIT_FILE (a BIOSCAN-5M-style table with a `split` column): species
     (closed world), genus (open world), BIN reconstruction, optionally against VSEARCH and BLAST."""
     check_outputs_distinct([json_path], [split_file])
-    pretrained, torch_device = load_inference_model(model_name, None, device=device, threads=threads,
+    model, torch_device = load_inference_model(model_name, None, device=device, threads=threads,
                                                     compute=requested_compute(), onnx=False)
-    log_model(pretrained, torch_device)
-    result = run_benchmark(split_file, pretrained, compare=settings["compare"], sample=settings["sample"],
+    log_model(model, torch_device)
+    result = run_benchmark(split_file, model, compare=settings["compare"], sample=settings["sample"],
                            threads=threads, neighbours=settings["neighbours"], precision=settings["precision"],
                            seed=settings["seed"], batch_size=settings["batch_size"], device=torch_device,
                            read_options=read_options)

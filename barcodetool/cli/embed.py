@@ -29,15 +29,15 @@ def embed_command(obj: Context, input_path: str, output: str, model_name: str, b
     """Embed barcodes from INPUT (FASTA, tables; `-` = stdin) into an HDF5 file, in input order."""
     set_threads(threads)
     torch_device = resolve_device(device)
-    pretrained = load_model(model_name, device=torch_device, compute=requested_compute())
-    read_options = read_options.replace(min_length=pretrained.tokenizer.config.k)
-    log_model(pretrained, torch_device)
+    model = load_model(model_name, device=torch_device, compute=requested_compute())
+    read_options = read_options.replace(min_length=model.tokenizer.config.k)
+    log_model(model, torch_device)
     stats = ReadStats(path=input_path)
     with obj.progress(None, "barcode", "embed") as bar:
-        summary = embed_file(input_path, output, pretrained, batch_size=batch_size, dtype=dtype,
+        summary = embed_file(input_path, output, model, batch_size=batch_size, dtype=dtype,
                              read_options=read_options, stats=stats, progress=bar.update)
     log.info(stats.summary())
     if summary.truncated:
-        log.info(f"{summary.truncated} sequences longer than {pretrained.tokenizer.config.max_length} nt were "
+        log.info(f"{summary.truncated} sequences longer than {model.tokenizer.config.max_length} nt were "
                  "truncated")
     log.info(f"wrote {summary.count} embeddings of dimension {summary.dim} to {output}")

@@ -53,13 +53,13 @@ def reference_build(obj: Context, ref: str, output: str, model_name: str, device
     """Embed REF (a table with taxonomy and/or BINs, or FASTA with SINTAX headers) into a calibrated index."""
     options = BuildOptions(**settings)
     check_outputs_distinct([output], [ref])
-    pretrained, torch_device = load_inference_model(model_name, None, device=device, threads=threads,
+    model, torch_device = load_inference_model(model_name, None, device=device, threads=threads,
                                                     compute=requested_compute(), onnx=False)
-    log_model(pretrained, torch_device)
-    read_options = read_options.replace(min_length=pretrained.tokenizer.config.k)
+    log_model(model, torch_device)
+    read_options = read_options.replace(min_length=model.tokenizer.config.k)
     stats = ReadStats(path=ref)
     with obj.progress(None, "barcode", "embed") as bar:
-        index = build_reference(read_barcodes(ref, read_options, stats=stats), pretrained, options,
+        index = build_reference(read_barcodes(ref, read_options, stats=stats), model, options,
                                 source=os.path.basename(ref), progress=bar.update, display=ref)
     log.info(stats.summary())
     index.save(output, source=os.path.basename(ref))

@@ -104,7 +104,7 @@ class BenchmarkRun:
     """What the steps of one run share: the model, the reference index built from `train` with the thresholds it
     was calibrated to (read once, right after building), and how to embed and search."""
 
-    pretrained: PretrainedModel
+    model: PretrainedModel
     index: ReferenceIndex
     thresholds: KnnThresholds
     identity_thresholds: IdentityThresholds
@@ -114,10 +114,10 @@ class BenchmarkRun:
     say: Callable[[str], None]
 
     def embed(self, sequences: list[str]) -> np.ndarray:
-        return embed_sequences(self.pretrained, sequences, batch_size=self.batch_size)
+        return embed_sequences(self.model, sequences, batch_size=self.batch_size)
 
 
-def run_benchmark(split_file: str | os.PathLike, pretrained: PretrainedModel, *, compare: bool = False,
+def run_benchmark(split_file: str | os.PathLike, model: PretrainedModel, *, compare: bool = False,
                   sample: int | None = None, threads: int = 0, neighbours: int | None = None,
                   precision: float | None = None, seed: int = 0, batch_size: int = 256, device=None,
                   read_options: ReadOptions | None = None, progress: Callable[[str], None] | None = None) -> dict:
@@ -133,19 +133,19 @@ def run_benchmark(split_file: str | os.PathLike, pretrained: PretrainedModel, *,
     precision = DEFAULT_PRECISION if precision is None else precision
     threads = set_threads(threads) if threads is not None else set_threads(0)
     read_options = read_options or ReadOptions()
-    data = read_splits(split_file, read_options.replace(skip_empty=True, min_length=pretrained.tokenizer.config.k),
+    data = read_splits(split_file, read_options.replace(skip_empty=True, min_length=model.tokenizer.config.k),
                        say)
     result: dict = {
-        "split_file": str(split_file), "model": pretrained.fingerprint, "embedding_dim": pretrained.embedding_dim,
+        "split_file": str(split_file), "model": model.fingerprint, "embedding_dim": model.embedding_dim,
         "threads": threads, "sample": sample, "seed": seed, "k": neighbours, "precision": precision,
         "unique_barcodes": {s: len(v) for s, v in data.items()}, "tasks": {}, "tools": {},
     }
     say(f"embedding the reference: {len(data['train']):,} unique train barcodes")
     start = time.perf_counter()
-    index = build_reference(data["train"], pretrained, precision=precision, neighbours=neighbours,
+    index = build_reference(data["train"], model, precision=precision, neighbours=neighbours,
                             batch_size=batch_size, source=os.path.basename(str(split_file)))
     result["reference_seconds"] = time.perf_counter() - start
-    run = BenchmarkRun(pretrained, index, index.thresholds, index.identity_thresholds, neighbours, batch_size,
+    run = BenchmarkRun(model, index, index.thresholds, index.identity_thresholds, neighbours, batch_size,
                        device, say)
     result["thresholds"] = thresholds_summary(run.thresholds, run.identity_thresholds)
     species_queries, genus_queries, cluster_items = draw_queries(data, sample, seed)
@@ -196,7 +196,7 @@ def embedding_calls(run: BenchmarkRun, sequences: list[str], ids: list[str], ran
     one_nn = nearest_labels(run.index, idx, rank)
     one_nn_seconds = embed_seconds + time.perf_counter() - start
     start = time.perf_counter()
-    knn = classify_embeddings(vectors, ids, run.index, run.thresholds, k=run.neighbours, device=run.device)
+    knn = classify_embeddings(vectors, ids, run.index, run.thresholds, neighbours=run.neighbours, device=run.device)
     knn_seconds = embed_seconds + time.perf_counter() - start
     return EmbeddingCalls(one_nn, knn, embed_seconds, one_nn_seconds, knn_seconds)
 

@@ -16,9 +16,10 @@ import csv
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass
 
 from ..errors import InputError, UsageError
+from ..options import Options
 from .fasta import fasta_records, parse_fasta_header, parse_sintax_taxonomy, sintax_header, write_fasta
 from .sniff import CORRUPT_ERRORS, InputSource, corrupt_error, detect_format, display_name, open_text, sniff
 from .records import MISSING_VALUES, BarcodeRecord
@@ -114,7 +115,7 @@ def clean_sequence(raw: str, *, path: str = "<string>", record_id: str = "?") ->
 
 
 @dataclass(frozen=True)
-class ReadOptions:
+class ReadOptions(Options):
     """How barcodes are read: the options every command that reads barcodes shares.
 
     `format` is "auto" (recognised from the content), "fasta", "bioscan", "bold-v3", "bold-bcdm" or "table"
@@ -130,20 +131,12 @@ class ReadOptions:
     allow_duplicates: bool = False
     min_length: int = 1
 
+    kind = "read"
+
     def __post_init__(self):
         if isinstance(self.min_length, bool) or not isinstance(self.min_length, int):
             raise UsageError(f"min_length must be a whole number, got {self.min_length!r}")
         object.__setattr__(self, "min_length", max(1, self.min_length))
-
-    def replace(self, **changes) -> ReadOptions:
-        """A copy with some fields changed (unknown field names raise UsageError)."""
-        unknown = sorted(set(changes) - {f.name for f in fields(self)})
-        if unknown:
-            raise UsageError(f"unknown read option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}")
-        return replace(self, **changes)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def read_barcodes(path: str | os.PathLike, options: ReadOptions | None = None, *, stats: ReadStats | None = None,

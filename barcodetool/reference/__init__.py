@@ -17,7 +17,7 @@ from .candidates import (IdentityHits, ScoredCandidates, embedding_needed, ident
                          merge_ranked, nearest_bins, search_candidates)
 from .decide import (DEFAULT_K, DEFAULT_MIN_CONFIDENCE, DEFAULT_PRECISION, IDENTITY_CANDIDATES_EMBEDDING,
                      IDENTITY_CANDIDATES_KMER, IDENTITY_EMBED_BELOW, IdentityThresholds, KnnThresholds, Thresholds,
-                     Votes, identity_decide, vote)
+                     Votes, gate, identity_decide, vote)
 from .index import (REFERENCE_FORMAT, REFERENCE_FORMAT_VERSION, IdentityLayer, ReferenceIndex, is_reference_file,
                     representative_records)
 
@@ -31,7 +31,7 @@ __all__ = [
     "merge_ranked", "nearest_bins", "search_candidates",
     "DEFAULT_K", "DEFAULT_MIN_CONFIDENCE", "DEFAULT_PRECISION", "IDENTITY_CANDIDATES_EMBEDDING",
     "IDENTITY_CANDIDATES_KMER", "IDENTITY_EMBED_BELOW", "IdentityThresholds", "KnnThresholds", "Thresholds",
-    "Votes", "identity_decide", "vote",
+    "Votes", "gate", "identity_decide", "vote",
     "REFERENCE_FORMAT", "REFERENCE_FORMAT_VERSION", "IdentityLayer", "ReferenceIndex", "is_reference_file",
     "representative_records",
 ]

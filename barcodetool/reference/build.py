@@ -8,7 +8,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +17,7 @@ from ..embedding import embed_sequences
 from ..errors import IndexMismatchError, InputError, UsageError
 from ..io.readers import ReadOptions, ReadStats, read_barcodes
 from ..model.weights import available_models, sha256_file
+from ..options import Options
 from ..search import normalize
 from ..taxonomy import LABELS, RANKS, encode_labels
 from .calibrate import calibrate_thresholds
@@ -35,7 +36,7 @@ Progress = Callable[[int], None]
 
 # ============================================================================================ building
 @dataclass(frozen=True)
-class BuildOptions:
+class BuildOptions(Options):
     """How a reference index is built: the calibration targets, the stored embeddings' type, the batches.
 
     `precision`: each rank's threshold is set so that calls are right this often on the reference's own leave-out
@@ -51,6 +52,8 @@ class BuildOptions:
     batch_size: int = 256
     calibrate: bool = True
     chunk_records: int = 16384
+
+    kind = "build"
 
     def __post_init__(self):
         if self.dtype not in {"float32", "float16"}:
@@ -73,12 +76,8 @@ def build_reference(records: Iterable, model, options: BuildOptions | None = Non
     `options`. Identical sequences are embedded once. Embeddings are stored L2-normalised. `source` is recorded in
     the index; errors name `display` (the path as given), or `source` without it.
     """
-    unknown = sorted(set(changes) - {f.name for f in fields(BuildOptions)})
-    if unknown:
-        raise UsageError(f"unknown build option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}")
-    options = replace(options or BuildOptions(), **changes)
+    options = (options or BuildOptions()).replace(**changes)
     display = display or source or None
-    pretrained = model
     ids: list[str] = []
     sequences: list[str] = []
     labels: dict[str, list[str]] = {name: [] for name in LABELS}
@@ -102,10 +101,10 @@ def build_reference(records: Iterable, model, options: BuildOptions | None = Non
         raise InputError("the reference records carry no taxonomy and no BIN", path=display,
                          fix="give a table with taxonomy or BIN columns, or a FASTA with SINTAX headers "
                              "(>id;tax=p:...,g:...,s:...;)")
-    vectors = np.empty((len(unique), pretrained.embedding_dim), dtype=np.float32)
+    vectors = np.empty((len(unique), model.embedding_dim), dtype=np.float32)
     for start in range(0, len(unique), options.chunk_records):
         part = unique[start:start + options.chunk_records]
-        vectors[start:start + len(part)] = embed_sequences(pretrained, part, batch_size=options.batch_size,
+        vectors[start:start + len(part)] = embed_sequences(model, part, batch_size=options.batch_size,
                                                            progress=progress)
     vectors = normalize(vectors)
     group_array = np.asarray(groups, dtype=np.int32)
@@ -118,9 +117,9 @@ def build_reference(records: Iterable, model, options: BuildOptions | None = Non
         if any(labels[name]):
             codes[name], names[name] = encode_labels(labels[name])
     index = ReferenceIndex(ids=ids, embeddings=embeddings, codes=codes, label_names=names, groups=group_array,
-                           model_name=pretrained.name, model_sha256=pretrained.sha256,
-                           attrs={"pooling": pretrained.pooling, "source": source,
-                                  "tokenizer": json.dumps(pretrained.tokenizer.config.to_dict())})
+                           model_name=model.name, model_sha256=model.sha256,
+                           attrs={"pooling": model.pooling, "source": source,
+                                  "tokenizer": json.dumps(model.tokenizer.config.to_dict())})
     index.hold_sequences(sequences)
     if options.calibrate:
         calibrate_thresholds(index, "knn", precision=options.precision, k=options.neighbours,
@@ -136,10 +135,10 @@ def reference_cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir("barcodetool", appauthor=False)) / "references"
 
 
-def cache_key(path: str | os.PathLike, pretrained, read_options: ReadOptions | None = None) -> str:
+def cache_key(path: str | os.PathLike, model, read_options: ReadOptions | None = None) -> str:
     digest = hashlib.sha256()
     digest.update(sha256_file(path).encode())
-    digest.update(pretrained.sha256.encode())
+    digest.update(model.sha256.encode())
     digest.update(json.dumps((read_options or ReadOptions()).as_dict(), sort_keys=True, default=str).encode())
     digest.update(f"{REFERENCE_FORMAT}-{REFERENCE_FORMAT_VERSION}-{CACHE_GENERATION}".encode())
     return digest.hexdigest()[:32]
@@ -150,37 +149,37 @@ def read_reference_records(path: str | os.PathLike, read_options: ReadOptions | 
     return read_barcodes(path, (read_options or ReadOptions()).replace(skip_empty=True), stats=stats)
 
 
-def open_reference(path: str | os.PathLike, pretrained, *, read_options: ReadOptions | None = None,
+def open_reference(path: str | os.PathLike, model, *, read_options: ReadOptions | None = None,
                    use_cache: bool = True, batch_size: int = 256, progress: Progress | None = None,
                    ) -> ReferenceIndex:
-    """A prebuilt index (checked against `pretrained`), or a table/FASTA built once and cached.
+    """A prebuilt index (checked against `model`), or a table/FASTA built once and cached.
 
     Cached indexes live in the user cache folder (platformdirs), keyed by the file's content hash, the model's
     sha256 and the read options; a second call with the same file and model reuses the cached index.
     """
     if is_reference_file(path):
         index = ReferenceIndex.load(path)
-        index.check_model(pretrained, source=str(path))
+        index.check_model(model, source=str(path))
         return index
     if str(path) == "-":
         raise UsageError("the reference cannot be standard input (give a file)")
     if not os.path.exists(path):
         raise InputError("file not found", path=str(path), fix="check the path")
-    read_options = (read_options or ReadOptions()).replace(min_length=pretrained.tokenizer.config.k)
+    read_options = (read_options or ReadOptions()).replace(min_length=model.tokenizer.config.k)
     cached = None
     if use_cache:
-        cached = reference_cache_dir() / f"{cache_key(path, pretrained, read_options)}.h5"
+        cached = reference_cache_dir() / f"{cache_key(path, model, read_options)}.h5"
         if cached.is_file():
             try:
                 index = ReferenceIndex.load(cached)
-                index.check_model(pretrained)
+                index.check_model(model)
                 log.info(f"using the cached reference index {cached}")
                 return index
             except (InputError, IndexMismatchError):
                 log.info(f"rebuilding the unreadable cached index {cached}")
     stats = ReadStats(path=str(path))
     log.info(f"building a reference index from {path} (cached for next time)")
-    index = build_reference(read_reference_records(path, read_options, stats), pretrained, batch_size=batch_size,
+    index = build_reference(read_reference_records(path, read_options, stats), model, batch_size=batch_size,
                             source=os.path.basename(str(path)), progress=progress, display=str(path))
     log.info(stats.summary())
     if cached is not None:

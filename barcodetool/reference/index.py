@@ -51,6 +51,7 @@ from .._version import __version__
 from ..errors import IndexMismatchError, InputError, UsageError
 from ..io.atomic import atomic_path
 from ..io.hdf5 import open_hdf5
+from ..io.json_values import json_values
 from ..search import KmerIndex, SequenceStore, knn_search, normalize
 from ..taxonomy import LABELS, RANKS
 from .calibrate import thresholds_for
@@ -239,16 +240,16 @@ class ReferenceIndex:
         """Top-k neighbours of query embeddings (normalised here): (similarities, indices)."""
         return knn_search(normalize(queries), self.embeddings, k, device=device, progress=progress)
 
-    def check_model(self, pretrained, *, source: str | None = None) -> None:
-        """Raise IndexMismatchError unless `pretrained` is the model the index was built with."""
-        if pretrained.sha256 == self.model_sha256:
+    def check_model(self, model, *, source: str | None = None) -> None:
+        """Raise IndexMismatchError unless `model` is the model the index was built with."""
+        if model.sha256 == self.model_sha256:
             return
         where = source or (str(self.path) if self.path else "the reference index")
         raise IndexMismatchError(
             f"{where} was built with model {self.model_name!r} (sha256 {self.model_sha256[:12]}), but model "
-            f"{pretrained.name!r} (sha256 {pretrained.sha256[:12]}) is in use; embeddings of different models "
+            f"{model.name!r} (sha256 {model.sha256[:12]}) is in use; embeddings of different models "
             f"cannot be compared (rebuild the index with `barcodetool reference build ... --model "
-            f"{pretrained.name}` or pass --model {self.model_name})")
+            f"{model.name}` or pass --model {self.model_name})")
 
     # ------------------------------------------------------------------------------------ calibration
     # ------------------------------------------------------------------------------------ saving
@@ -373,7 +374,7 @@ def _thresholds_attrs(thresholds: Thresholds, prefix: str) -> dict:
                   f"{prefix}cluster_distance_threshold": float(thresholds.cluster_distance),
                   f"{prefix}calibration_precision": float(thresholds.precision),
                   f"{prefix}calibration_min_confidence": float(thresholds.min_confidence),
-                  f"{prefix}calibration": json.dumps(_jsonable(thresholds.details))})
+                  f"{prefix}calibration": json.dumps(json_values(thresholds.details, nan="nan"))})
     return attrs
 
 
@@ -388,19 +389,6 @@ def _thresholds_from_attrs(attrs, prefix: str, kind: type[Thresholds], **fixed) 
         precision=float(attrs[f"{prefix}calibration_precision"]),
         min_confidence=float(attrs.get(f"{prefix}calibration_min_confidence", DEFAULT_MIN_CONFIDENCE)),
         details=json.loads(attrs.get(f"{prefix}calibration", "{}") or "{}"), **fixed)
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (np.floating, float)):
-        value = float(value)
-        return value if math.isfinite(value) else str(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
 
 
 def is_reference_file(path: str | os.PathLike) -> bool:
