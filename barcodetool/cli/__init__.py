@@ -1,8 +1,9 @@
 """The `barcodetool` command line: parses and validates options, calls the library, maps errors to exit codes.
 
-The group `main` (the console script) is defined here and every command is registered with it; each command
-lives in a module of its own (models, train, embed, reference, classify, cluster, benchmark, plot) that imports
-only `_common` and the library.
+The group `main` (the console script) is defined here; each command lives in a module of its own (models, train,
+embed, reference, classify, cluster, benchmark, plot) that imports only `_common` and the library. A command's
+module is imported when that command runs (Click's lazily loaded subcommands), so that `barcodetool classify` does
+not pay for the imports of `benchmark` or `plot`, and `--version` for none of them.
 
 Exit status: 0 success; 1 a problem with the input, a model or an output (one line on stderr); 2 a usage error;
 130 / 143 interrupted by SIGINT / SIGTERM (no partial outputs are left). `--debug` shows tracebacks.
@@ -10,6 +11,7 @@ Exit status: 0 success; 1 a problem with the input, a model or an output (one li
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
@@ -17,8 +19,14 @@ import sys
 import click
 
 from .._version import __version__
-from . import benchmark, classify, cluster, embed, models, plot, reference, train
 from ._common import Context
+
+# command name -> (module of this package, the Click command in it); `--help` lists them alphabetically
+COMMANDS = {"train": ("train", "train_command"), "finetune": ("train", "finetune_command"),
+            "distill": ("train", "distill_command"), "embed": ("embed", "embed_command"),
+            "reference": ("reference", "reference_group"), "classify": ("classify", "classify_command"),
+            "cluster": ("cluster", "cluster_command"), "benchmark": ("benchmark", "benchmark_command"),
+            "plot": ("plot", "plot_group"), "models": ("models", "models_command")}
 
 CITATION = (
     "If you use barcodetool, please cite BarcodeMAE: Safari et al., 'Enhancing DNA Foundation Models to Address "
@@ -35,7 +43,20 @@ def _print_version(ctx, param, value):
     ctx.exit()
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class LazyGroup(click.Group):
+    """A group whose commands are imported from their modules when asked for (COMMANDS)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module, attribute = COMMANDS[name]
+        return getattr(importlib.import_module(f".{module}", __name__), attribute)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--version", is_flag=True, callback=_print_version, expose_value=False, is_eager=True,
               help="Print the version (first line) and the citation, then exit.")
 @click.option("--debug", is_flag=True, help="Show Python tracebacks for errors.")
@@ -71,11 +92,6 @@ class _StderrHandler(logging.StreamHandler):
     def stream(self, value):
         pass
 
-
-for _command in (models.models_command, train.train_command, train.finetune_command, train.distill_command,
-                 embed.embed_command, reference.reference_group, classify.classify_command,
-                 cluster.cluster_command, benchmark.benchmark_command, plot.plot_group):
-    main.add_command(_command)
 
 if __name__ == "__main__":  # pragma: no cover
     main()
