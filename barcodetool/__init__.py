@@ -11,7 +11,12 @@ reference (reference, classify), clusters (cluster) and evaluates (evaluation); 
 layout. Importing it does not import PyTorch: that happens when a model is loaded into PyTorch.
 """
 
+# First, standard library only: the `barcodetool` program ends an early SIGINT/SIGTERM in one line (a library
+# user's own signal handling is left alone)
+from . import _startup  # noqa: F401  isort: skip
+
 import importlib
+import re
 
 from ._version import __version__
 from .embedding import embed_sequences
@@ -33,12 +38,35 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+# A cleaned sequence: upper-case nucleotides and IUPAC ambiguity codes, nothing else (barcodetool.io.clean_sequence)
+_CLEANED = re.compile("[ACGTRYSWKMBDHVN]*").fullmatch
+_NOT_CLEANED = re.compile("[^ACGTRYSWKMBDHVN]").search
+
+
+def _check_cleaned(sequences: list) -> None:
+    """InputError naming the first sequence (0-based index) that is not a cleaned sequence, and its character."""
+    for number, sequence in enumerate(sequences):
+        if not isinstance(sequence, str):
+            raise InputError(f"sequence {number} is a {type(sequence).__name__}, not a string",
+                             fix="give the sequences as strings")
+        if _CLEANED(sequence) is None:
+            found = _NOT_CLEANED(sequence)
+            raise InputError(f"sequence {number}: {found.group()!r} at position {found.start() + 1} is not an "
+                             "upper-case nucleotide or IUPAC code",
+                             fix="clean the sequences with barcodetool.io.clean_sequence, which removes gaps and "
+                                 "white space and upper-cases")
+
+
 def embed(sequences, model=None, *, batch_size: int = 256, device: str = "auto"):
-    """Embed cleaned sequences (strings) with a model (name, folder, PretrainedModel, or an exported encoder from
-    barcodetool.model.onnx.load_onnx_model): numpy [n, dim]."""
+    """Embed cleaned sequences (strings of upper-case nucleotides and IUPAC codes: barcodetool.io.clean_sequence)
+    with a model (name, folder, PretrainedModel, or an exported encoder from
+    barcodetool.model.onnx.load_onnx_model): numpy [n, dim]. A gap, a lower-case letter or any other character
+    raises InputError naming the sequence's index and the character."""
+    sequences = list(sequences)
+    _check_cleaned(sequences)
     if not isinstance(model, (PretrainedModel, OnnxModel)):
         model = load_model(model, device=resolve_device(device))
-    return embed_sequences(model, list(sequences), batch_size=batch_size)
+    return embed_sequences(model, sequences, batch_size=batch_size)
 
 
 __all__ = [

@@ -1,3 +1,6 @@
+"""`python -m barcodetool`: the command line (barcodetool.cli), with the same early signal handling as the
+`barcodetool` program (installed by barcodetool.cli as its first step)."""
+
 from .cli import main
 
 main(prog_name="barcodetool")

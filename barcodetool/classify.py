@@ -31,6 +31,7 @@ import numpy as np
 
 from . import embedding
 from .errors import ModelError, UsageError
+from .io.fasta import sintax_label, tab_separated
 from .io.interrupts import signals_held
 from .io.streaming import read_ahead
 from .model.onnx import OnnxModel, load_onnx_model
@@ -578,7 +579,7 @@ def tsv_row(a: Assignment) -> str:
         cells.append(label)
         cells.append(_number(a.confidence.get(rank), 3) if label else "")
     cells += [a.rank, a.nearest_id, _number(a.similarity, 4), a.bin, "" if a.overlap is None else str(a.overlap)]
-    return "\t".join(cell.replace("\t", " ") for cell in cells) + "\n"
+    return tab_separated(cells)
 
 
 def sintax_row(a: Assignment) -> str:
@@ -588,21 +589,29 @@ def sintax_row(a: Assignment) -> str:
         if rank not in a.candidates:
             continue
         label, share = a.candidates[rank]
-        name = label.replace(" ", "_").replace(",", "_")
+        name = sintax_label(label)
         full.append(f"{SINTAX_LETTERS[rank]}:{name}({share:.2f})")
         if rank in a.labels:
             cut.append(f"{SINTAX_LETTERS[rank]}:{name}")
-    return f"{a.id}\t{','.join(full)}\t+\t{','.join(cut)}\n"
+    return tab_separated([a.id, ",".join(full), "+", ",".join(cut)])
 
 
 def write_classification(assignments: Iterable[Assignment], handle: IO[str], fmt: str = "tsv") -> int:
-    """Write assignments as TSV (with a header) or SINTAX lines; returns the number of rows written."""
+    """Write assignments as TSV (with a header) or SINTAX lines; returns the number of rows written.
+
+    Nothing is written before the first assignment is ready, so that an error met on the way (an input error in
+    the first chunk) leaves the output empty, not a TSV header alone."""
     if fmt not in FORMATS:
         raise UsageError(f"unknown output format {fmt!r}; choose {' or '.join(FORMATS)}")
     row = tsv_row if fmt == "tsv" else sintax_row
+    assignments = iter(assignments)
+    first = next(assignments, None)
     if fmt == "tsv":
         handle.write(tsv_header())
-    count = 0
+    if first is None:
+        return 0
+    handle.write(row(first))
+    count = 1
     for assignment in assignments:
         handle.write(row(assignment))
         count += 1

@@ -23,6 +23,7 @@ import numpy as np
 
 from . import embedding
 from .errors import UsageError
+from .io.fasta import tab_separated
 from .options import Options
 from .search import (KmerIndex, SequenceStore, as_store, candidate_union, identity_graph_cluster, knn_search,
                      neighbour_pairs, normalize, pair_identity, sequence_groups)
@@ -518,5 +519,5 @@ def write_clusters(result: ClusterResult, handle: IO[str]) -> int:
         ref_bin = result.reference_bin[row] if result.reference_bin is not None else ""
         sim = (f"{result.similarity[row]:.4f}" if result.similarity is not None
                and math.isfinite(result.similarity[row]) else "")
-        handle.write(f"{record_id}\t{int(result.clusters[row]) + 1}\t{ref_bin}\t{sim}\n")
+        handle.write(tab_separated([record_id, str(int(result.clusters[row]) + 1), ref_bin, sim]))
     return len(result.ids)

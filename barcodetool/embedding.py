@@ -25,19 +25,20 @@ import numpy as np
 
 from ._version import __version__
 from .errors import InputError, UsageError
-from .io.atomic import atomic_path, check_outputs_distinct
+from .io.atomic import atomic_hdf5, check_outputs_distinct, check_outputs_spare_model
 from .io.hdf5 import open_hdf5
 from .io.readers import ReadOptions, read_barcodes
 from .io.streaming import read_ahead
-from .model.onnx import OnnxModel
+from .model.onnx import ONNX_FILE, OnnxModel
 from .model.runtime import autocast
-from .model.weights import PretrainedModel
+from .model.weights import CARD_FILE, TENSORS_FILE, PretrainedModel
 
 if TYPE_CHECKING:  # PyTorch is imported when a model is used, not with the package (`barcodetool --help` is fast)
     import torch
 
 EMBEDDINGS_FORMAT = "barcodetool-embeddings"
 EMBEDDINGS_FORMAT_VERSION = 1
+MODEL_FILES = (CARD_FILE, TENSORS_FILE, ONNX_FILE)   # an output may not replace these in the model's folder
 Progress = Callable[[int], None]
 
 
@@ -188,13 +189,11 @@ def embed_records_to_h5(records: Iterable, output: str | os.PathLike, model: Pre
                         source: str = "", batch_size: int = 256, dtype: str = "float32",
                         chunk_records: int = 16384, progress: Progress | None = None) -> EmbedSummary:
     """Stream records (objects with .id, .sequence, .taxonomy, .bin) into an HDF5 file, atomically."""
-    import h5py
-
     if dtype not in {"float32", "float16"}:
         raise UsageError(f"--dtype must be float32 or float16, got {dtype!r}")
     max_length = model.tokenizer.config.max_length
     truncated = 0
-    with atomic_path(output) as temporary, h5py.File(temporary, "w") as handle:
+    with atomic_hdf5(output) as handle:
         writer = EmbeddingWriter(handle, dim=model.embedding_dim, dtype=dtype)
         for chunk in read_ahead(records, chunk_records):  # the next chunk is read while this one is embedded
             truncated += sum(len(r.sequence) > max_length for r in chunk)
@@ -215,6 +214,7 @@ def embed_file(input_path: str | os.PathLike, output: str | os.PathLike, model: 
     """Read barcodes from FASTA or a table and write their embeddings to HDF5."""
 
     check_outputs_distinct([output], [input_path])
+    check_outputs_spare_model([output], getattr(model, "path", None), MODEL_FILES)
     records = read_barcodes(input_path, read_options, stats=stats)
     return embed_records_to_h5(records, output, model, source=os.path.basename(str(input_path)),
                                batch_size=batch_size, dtype=dtype, progress=progress)

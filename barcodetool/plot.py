@@ -1,9 +1,9 @@
 """Figures: a 2-D map of an embeddings file and a bar chart of a benchmark result.
 
-matplotlib is an optional dependency (`pip install 'barcodetool[plot]'`); it is imported only when a figure is
-drawn, and a missing matplotlib raises UsageError. Figures are drawn with the Agg canvas on a private
-`matplotlib.figure.Figure` (pyplot is never used, so no global backend or figure state is touched), and are
-written atomically: the output appears whole or not at all.
+matplotlib is an optional dependency (`pip install matplotlib`, or the `plot` extra: `pip install -e '.[plot]'` in
+a clone); it is imported only when a figure is drawn, and a missing matplotlib raises UsageError. Figures are drawn
+with the Agg canvas on a private `matplotlib.figure.Figure` (pyplot is never used, so no global backend or figure
+state is touched), and are written atomically: the output appears whole or not at all.
 
     plot_embeddings("queries.h5", "map.png", color_by="order")            # PCA, coloured by the HDF5's orders
     plot_embeddings("queries.h5", "bins.png", clusters_tsv="clusters.tsv")  # coloured by `barcodetool cluster`
@@ -41,7 +41,7 @@ OTHER_COLOR = "#b8b8b8"      # categories beyond the top N
 UNKNOWN_COLOR = "#e2e2e2"    # no label at all
 TOOL_COLORS = {"barcodetool": "#1f77b4", "vsearch": "#ff7f0e", "blast": "#2ca02c"}
 TOOL_TITLES = {"barcodetool": "barcodetool", "vsearch": "VSEARCH", "blast": "BLAST"}
-INSTALL_HINT = "install barcodetool[plot] (pip install 'barcodetool[plot]') or matplotlib"
+INSTALL_HINT = "install matplotlib (pip install matplotlib; in a clone: pip install -e '.[plot]')"
 
 
 # ============================================================================================ plumbing
@@ -54,6 +54,11 @@ def _matplotlib():
         raise UsageError(f"plotting needs matplotlib, which is not installed: {INSTALL_HINT}") from None
     logging.getLogger("matplotlib").setLevel(logging.WARNING)  # not its font-cache notes in our log
     return Figure, FigureCanvasAgg
+
+
+def require_matplotlib() -> None:
+    """UsageError when matplotlib is not installed (checked by the commands before anything else)."""
+    _matplotlib()
 
 
 def _figure_format(out: str | os.PathLike) -> str:

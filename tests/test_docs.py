@@ -66,6 +66,15 @@ def has_matplotlib() -> bool:
     return importlib.util.find_spec("matplotlib") is not None
 
 
+def missing_modules(block: str) -> list[str]:
+    """The optional modules a documented Python block needs that are not installed (pandas, anndata; matplotlib
+    for barcodetool.plot): such a block is shown to users but skipped here."""
+    names = set(re.findall(r"^(?:import|from) +([A-Za-z_]\w*)", block, flags=re.M))
+    if "barcodetool.plot" in block:
+        names.add("matplotlib")
+    return sorted(n for n in names if importlib.util.find_spec(n) is None)
+
+
 # ============================================================================================ cli.md
 def load_generator():
     spec = importlib.util.spec_from_file_location("generate_cli_reference", DOCS / "generate_cli_reference.py")
@@ -86,7 +95,7 @@ def test_cli_reference_covers_every_command():
     text = generator.render()
     import click
 
-    ctx = click.Context(main, info_name="barcodetool")
+    ctx = click.Context(main, info_name="barcodetool", **main.context_settings)
     for command, command_ctx in generator.walk(main, ctx):
         assert f"## `{command_ctx.command_path}`" in text
         for param in command.get_params(command_ctx):
@@ -101,8 +110,10 @@ def test_python_api_examples_run(docs_env, capsys):
     blocks = code_blocks(DOCS / "python-api.md", "python")
     assert len(blocks) >= 7
     namespace: dict = {"__name__": "__docs__"}
+    skipped = []
     for number, block in enumerate(blocks, start=1):
-        if "barcodetool.plot" in block and not has_matplotlib():
+        if missing_modules(block):
+            skipped.append(missing_modules(block))
             continue
         exec(compile(block, f"docs/python-api.md block {number}", "exec"), namespace)
     out = capsys.readouterr().out
@@ -112,6 +123,19 @@ def test_python_api_examples_run(docs_env, capsys):
     if has_matplotlib():
         assert (docs_env / "sample.order.png").read_bytes()[:4] == b"\x89PNG"
     assert namespace["vectors"].shape[0] == 3
+    # "Embeddings in numpy, pandas and AnnData": the h5py block reads what read_embeddings reads
+    data = namespace["data"]
+    assert list(namespace["ids"]) == data.ids and np.array_equal(namespace["matrix"], data.embeddings)
+    assert {rank: list(v) for rank, v in namespace["taxonomy"].items()} == data.taxonomy
+    assert list(namespace["bins"]) == data.bins and namespace["model_name"] == data.attrs["model_name"]
+    if "frame" in namespace:                                      # pandas is installed
+        frame = namespace["frame"]
+        assert list(frame.index) == data.ids and frame.shape == (len(data.ids), len(data.taxonomy) + 1
+                                                                 + data.embeddings.shape[1])
+        assert list(frame["genus"]) == data.taxonomy["genus"]
+    if "adata" in namespace:                                      # anndata is installed
+        assert namespace["adata"].shape == data.embeddings.shape and (docs_env / "sample.h5ad").is_file()
+    assert all(set(missing) <= {"matplotlib", "pandas", "anndata"} for missing in skipped), skipped
 
 
 def test_barcodetool_embed_stays_callable_after_the_embed_module_is_imported(tiny_folder):

@@ -685,8 +685,9 @@ def test_bad_bcdm_none_values():
     assert all(r.taxonomy.get("phylum") for r in records)
 
 
-def test_bad_fastq():
-    raises_input_error(BAD / "reads.fastq", match="FASTQ", fix="convert it to FASTA")
+def test_bad_corpus_fastq_is_read():
+    records, stats = read(BAD / "reads.fastq")
+    assert [r.id for r in records] == ["read1"] and len(records[0].sequence) == 50 and stats.format == "fastq"
 
 
 def test_bad_ragged_table():

@@ -5,12 +5,15 @@ embed, reference, classify, cluster, benchmark, plot) that imports only `_common
 module is imported when that command runs (Click's lazily loaded subcommands), so that `barcodetool classify` does
 not pay for the imports of `benchmark` or `plot`, and `--version` for none of them.
 
-Exit status: 0 success; 1 a problem with the input, a model or an output (one line on stderr); 2 a usage error;
-130 / 143 interrupted by SIGINT / SIGTERM (no partial outputs are left). `--debug` shows tracebacks.
+Exit status: 0 success (also when the reader of standard output stops early, as `| head` does); 1 a problem with
+the input, a model or an output (one line on stderr); 2 a usage error; 130 / 143 interrupted by SIGINT / SIGTERM
+(no partial outputs are left). `--debug` shows tracebacks. The global options (--quiet, --debug) are accepted
+before or after the command's name.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
@@ -19,7 +22,25 @@ import sys
 import click
 
 from .._version import __version__
+from ..io.interrupts import install_early_handlers, interruption_message, launched_as_program, reported
 from ._common import Context
+
+
+def _exit_on_signal(signal_number, frame):  # pragma: no cover - runs in the barcodetool program only
+    """SIGINT/SIGTERM before a command runs or after it ended: nothing is being written, so end now, in one line."""
+    if reported():  # the command has reported its interruption and is exiting
+        return
+    with contextlib.suppress(Exception):  # a closed or busy stdout must not stop the exit
+        sys.stdout.flush()
+    try:
+        os.write(2, f"barcodetool: {interruption_message(signal_number)}\n".encode())
+    finally:
+        os._exit(128 + signal_number)
+
+
+# barcodetool._startup covered the imports; from here this handler says what an interruption left behind
+if launched_as_program():
+    install_early_handlers(_exit_on_signal)
 
 # command name -> (module of this package, the Click command in it); `--help` lists them alphabetically
 COMMANDS = {"train": ("train", "train_command"), "finetune": ("train", "finetune_command"),
@@ -43,6 +64,43 @@ def _print_version(ctx, param, value):
     ctx.exit()
 
 
+def _set_quiet(ctx, param, value):
+    if value and not ctx.resilient_parsing:
+        state = ctx.find_object(Context)
+        if state is not None:
+            state.quiet = True
+        _configure_logging(True)
+    return value
+
+
+def _set_debug(ctx, param, value):
+    if value and not ctx.resilient_parsing:
+        state = ctx.find_object(Context)
+        if state is not None:
+            state.debug = True
+    return value
+
+
+def _global_options() -> list[click.Option]:
+    """--quiet and --debug as a command accepts them after its name (the group's own come before it)."""
+    return [click.Option(["--debug"], is_flag=True, expose_value=False, callback=_set_debug, is_eager=True,
+                         help="Show Python tracebacks for errors (global option, also accepted before the command)."),
+            click.Option(["--quiet", "-q"], is_flag=True, expose_value=False, callback=_set_quiet, is_eager=True,
+                         help="Only warnings and errors on stderr; no progress bars (global option, also accepted "
+                              "before the command).")]
+
+
+def _accept_global_options(command: click.Command) -> click.Command:
+    """Give `command` (and the commands of a group) the global options, once."""
+    names = {name for param in command.params for name in getattr(param, "opts", [])}
+    if "--quiet" not in names and "--debug" not in names:
+        command.params.extend(_global_options())
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _accept_global_options(sub)
+    return command
+
+
 class LazyGroup(click.Group):
     """A group whose commands are imported from their modules when asked for (COMMANDS)."""
 
@@ -53,11 +111,11 @@ class LazyGroup(click.Group):
         if name not in COMMANDS:
             return None
         module, attribute = COMMANDS[name]
-        return getattr(importlib.import_module(f".{module}", __name__), attribute)
+        return _accept_global_options(getattr(importlib.import_module(f".{module}", __name__), attribute))
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--version", is_flag=True, callback=_print_version, expose_value=False, is_eager=True,
+@click.option("--version", "-V", is_flag=True, callback=_print_version, expose_value=False, is_eager=True,
               help="Print the version (first line) and the citation, then exit.")
 @click.option("--debug", is_flag=True, help="Show Python tracebacks for errors.")
 @click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors on stderr; no progress bars.")
@@ -82,7 +140,8 @@ def _configure_logging(quiet: bool) -> None:
 
 
 class _StderrHandler(logging.StreamHandler):
-    """Writes to whatever sys.stderr is at the time of each record (test runners swap it)."""
+    """Writes to whatever sys.stderr is at the time of each record (test runners swap it), above any progress bar
+    on the screen (the bar is cleared, the line written, the bar drawn again)."""
 
     @property
     def stream(self):
@@ -91,6 +150,14 @@ class _StderrHandler(logging.StreamHandler):
     @stream.setter
     def stream(self, value):
         pass
+
+    def emit(self, record):
+        tqdm_module = sys.modules.get("tqdm")  # a bar exists only once tqdm is imported (never import it here)
+        if tqdm_module is None or not getattr(tqdm_module.tqdm, "_instances", None):
+            super().emit(record)
+            return
+        with tqdm_module.tqdm.external_write_mode(file=sys.stderr):
+            super().emit(record)
 
 
 if __name__ == "__main__":  # pragma: no cover

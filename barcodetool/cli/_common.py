@@ -11,46 +11,74 @@ import contextlib
 import functools
 import json
 import logging
+import os
+import select
+import signal
+import stat
 import sys
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import IO
 
 import click
 from click.core import ParameterSource
 
-from ..errors import BarcodeToolError, Interrupted
+from ..errors import BarcodeToolError, InputError, Interrupted, UsageError
 from ..io import ReadOptions
-from ..io.atomic import atomic_text, remove_pending
-from ..io.interrupts import SignalGuard, interrupted
+from ..io.atomic import (atomic_text, check_output_path, check_outputs_distinct, check_outputs_spare_model, is_stdout,
+                         remove_pending)
+from ..io.interrupts import SignalGuard, interrupted, interruption_message, note_reported
 from ..io.json_values import json_values
+from ..model.onnx import ONNX_FILE
+from ..model.weights import CARD_FILE, TENSORS_FILE
 from ..reference import open_reference
 
 log = logging.getLogger("barcodetool")
-
-READ_FORMATS = ["auto", "fasta", "bioscan", "bold-v3", "bold-bcdm", "table"]
 
 
 # ============================================================================================ running a command
 class Context:
     """The global options of a run (`ctx.obj` of every command)."""
 
+    UNITS = {"query": "queries", "barcode": "barcodes", "step": "steps"}
+
     def __init__(self, debug: bool, quiet: bool):
         self.debug = debug
         self.quiet = quiet
 
     def progress(self, total: int | None, unit: str, desc: str):
-        """A tqdm bar on a terminal, otherwise nothing."""
+        """A tqdm bar on a terminal, otherwise nothing. `unit` is singular ("barcode"): the bar counts in
+        " barcodes". The bar's `update` also has a `set_total(n)`, which library code calls once it knows how
+        many items to expect (barcodetool.reference.build); the bar then shows a percentage and an ETA."""
         from tqdm import tqdm
 
         disable = self.quiet or not sys.stderr.isatty()
-        return tqdm(total=total, unit=unit, desc=desc, disable=disable, file=sys.stderr, dynamic_ncols=True,
-                    leave=False)
+        bar = tqdm(total=total, unit=" " + self.UNITS.get(unit, unit), desc=desc, disable=disable, file=sys.stderr,
+                   dynamic_ncols=True, leave=False)
+        update = bar.update
+
+        def counted(n: int = 1):
+            return update(n)
+
+        def set_total(n: int) -> None:
+            bar.total = n
+            bar.refresh()
+
+        counted.set_total = set_total
+        bar.update = counted
+        return bar
+
+    def read_summary(self, records: Iterable, stats) -> Iterator:
+        """`records`, then the log line of their ReadStats as soon as the input is read to its end (before the
+        log lines of the work that follows)."""
+        yield from records
+        log.info(stats.summary())
 
 
 def handle_errors(function):
     """Run a command under a SignalGuard: BarcodeToolError -> one line + its exit status; interrupts -> 130/143;
-    outputs in progress are removed on every error."""
+    outputs in progress are removed on every error; a reader of standard output that goes away (`| head`) ends
+    the command quietly with status 0."""
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
@@ -60,19 +88,16 @@ def handle_errors(function):
         guard.install()
         try:
             result = function(*args, **kwargs)
+            _flush_stdout()  # a closed pipe is found here, not when Python flushes at exit
             if interrupted() is None:
                 return result
             raise Interrupted(interrupted())  # the handler's exception was swallowed on the way
         except KeyboardInterrupt:
             guard.caught = True
-            remove_pending()
-            click.echo("barcodetool: interrupted (SIGINT); no partial output was left", err=True)
-            ctx.exit(130)
+            _interrupted(ctx, signal.SIGINT)
         except Interrupted as error:
             guard.caught = True
-            remove_pending()
-            click.echo(f"barcodetool: {error}", err=True)
-            ctx.exit(error.exit_code)
+            _interrupted(ctx, error.signal_number)
         except BarcodeToolError as error:
             guard.caught = True
             remove_pending()
@@ -80,12 +105,12 @@ def handle_errors(function):
                 traceback.print_exc(file=sys.stderr)
             click.echo(f"barcodetool: error: {error}", err=True)
             ctx.exit(error.exit_code)
-        except BrokenPipeError:
-            guard.caught = True
-            remove_pending()
-            ctx.exit(1)
         except (OSError, MemoryError) as error:
             guard.caught = True
+            if isinstance(error, BrokenPipeError) and _stdout_closed():
+                remove_pending()
+                _silence_stdout()
+                ctx.exit(0)  # the reader took what it wanted (`| head`): as after SIGPIPE, quietly, and a success
             remove_pending()
             if state.debug:
                 raise
@@ -97,24 +122,67 @@ def handle_errors(function):
     return wrapper
 
 
+def _interrupted(ctx: click.Context, signal_number: int) -> None:
+    """Report an interruption (what was left) and exit 128 + N."""
+    remove_pending()
+    note_reported()
+    with contextlib.suppress(OSError):
+        click.echo(f"barcodetool: {interruption_message(signal_number)}", err=True)
+    ctx.exit(128 + signal_number)
+
+
+def _flush_stdout() -> None:
+    with contextlib.suppress(ValueError):  # closed by the command
+        sys.stdout.flush()
+
+
+def _stdout_closed() -> bool:
+    """True when standard output is a pipe whose reader has gone (POLLERR), as after `| head`."""
+    try:
+        descriptor = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return False
+    if not hasattr(select, "poll"):  # Windows: a BrokenPipeError is on standard output there in practice
+        return True
+    poller = select.poll()
+    poller.register(descriptor, select.POLLOUT)
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+
+
+def _silence_stdout() -> None:
+    """Point standard output at the null device, so that Python's flush of what is still buffered at exit does
+    not fail again ("Exception ignored ... BrokenPipeError"; see "Note on SIGPIPE" in Python's signal docs)."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
 # ============================================================================================ shared options
 def read_options(function):
     """Options shared by every command that reads barcodes; the command gets them as one ReadOptions,
     `read_options`."""
 
     @functools.wraps(function)
-    def with_read_options(*args, read_format, id_column, sequence_column, skip_empty, allow_duplicates, **kwargs):
+    def with_read_options(*args, read_format, id_column, sequence_column, skip_empty, allow_duplicates, skip_invalid,
+                          **kwargs):
         kwargs["read_options"] = ReadOptions(format=read_format, id_column=id_column, sequence_column=sequence_column,
-                                             skip_empty=skip_empty, allow_duplicates=allow_duplicates)
+                                             skip_empty=skip_empty, allow_duplicates=allow_duplicates,
+                                             skip_invalid=skip_invalid)
         return function(*args, **kwargs)
 
     options = [
-        click.option("--format", "read_format", type=click.Choice(READ_FORMATS), default="auto", show_default=True,
-                     help="Input format; auto detects FASTA and BIOSCAN-5M / BOLD tables from the content."),
+        click.option("--format", "read_format", type=click.Choice(list(ReadOptions.formats)), default="auto",
+                     show_default=True,
+                     help="Input format; auto detects FASTA, FASTQ and BIOSCAN-5M / BOLD tables from the content."),
         click.option("--id-column", help="Column holding record ids (any CSV/TSV)."),
         click.option("--sequence-column", help="Column holding sequences (any CSV/TSV)."),
         click.option("--skip-empty", is_flag=True, help="Skip empty (or shorter than k) sequences instead of failing."),
         click.option("--allow-duplicates", is_flag=True, help="Accept repeated record ids instead of failing."),
+        click.option("--skip-invalid", is_flag=True,
+                     help="Skip invalid records (a sequence character that is not a nucleotide code; a line break, "
+                          "tab or control character in an id or label) instead of failing; they are counted and "
+                          "the first few named in the log."),
     ]
     for option in reversed(options):
         with_read_options = option(with_read_options)
@@ -180,8 +248,9 @@ def renamed_option(name: str, old_name: str, destination: str, **attributes):
 
 
 reference_format_option = click.option(
-    "--reference-format", type=click.Choice(["auto", "fasta", "bioscan", "bold-v3", "bold-bcdm"]), default="auto",
-    show_default=True, help="Format of a --reference that is a table or FASTA (a built index is recognised).")
+    "--reference-format", type=click.Choice(["auto", "fasta", "fastq", "bioscan", "bold-v3", "bold-bcdm"]),
+    default="auto", show_default=True,
+    help="Format of a --reference that is a table or FASTA (a built index is recognised).")
 
 
 # ============================================================================================ models, references
@@ -200,9 +269,10 @@ def log_reference(index, note: str = "") -> None:
              f"{', BINs' if index.bin_codes is not None else ''}{note}")
 
 
-def open_reference_index(obj: Context, reference: str, model, batch_size: int, reference_format: str):
+def open_reference_index(obj: Context, reference: str, model, batch_size: int, reference_format: str,
+                         skip_invalid: bool = False):
     """A built index, or a table/FASTA indexed once and cached (barcodetool.reference.open_reference), logged."""
-    options = ReadOptions(format=reference_format)
+    options = ReadOptions(format=reference_format, skip_invalid=skip_invalid)
     with obj.progress(None, "barcode", "reference") as bar:
         index = open_reference(reference, model, read_options=options, batch_size=batch_size, progress=bar.update)
     log_reference(index)
@@ -212,8 +282,8 @@ def open_reference_index(obj: Context, reference: str, model, batch_size: int, r
 # ============================================================================================ outputs
 @contextlib.contextmanager
 def output(path: str) -> Iterator[IO[str]]:
-    """A text handle: stdout for `-`, else an atomic file."""
-    if path == "-":
+    """A text handle: stdout for `-` (or /dev/stdout), else an atomic file (written through to a device or FIFO)."""
+    if is_stdout(path):
         yield sys.stdout
         sys.stdout.flush()
     else:
@@ -232,3 +302,65 @@ def write_json(path: str, data: dict) -> None:
     with output(path) as handle:
         json.dump(json_values(data), handle, indent=2, default=_json_default)
         handle.write("\n")
+
+
+# ============================================================================================ checks before the work
+INPUT_FIX = "give a FASTA, FASTQ file or a table"
+REFERENCE_FIX = "give a built index (`barcodetool reference build`), a table or FASTA"
+MODEL_FILES = (CARD_FILE, TENSORS_FILE, ONNX_FILE)
+
+
+def check_paths(inputs: Iterable[tuple[str | None, str]] = (),
+                outputs: Iterable[tuple[str | None, str]] = ()) -> None:
+    """Before any model is loaded or record read: every input (path, fix if it is a directory) exists and can be
+    read (or is `-`), every output (path, option) can be written (see io.atomic.check_output_path), no output
+    names an input, and no two outputs name the same file or both standard output."""
+    inputs, outputs = list(inputs), [(path, option) for path, option in outputs if path is not None]
+    for path, fix in inputs:
+        check_input_path(path, fix)
+    for path, option in outputs:
+        check_output_path(path, option)
+    check_outputs_distinct([path for path, _ in outputs], [path for path, _ in inputs])
+    seen: dict[str, str] = {}
+    for path, option in outputs:
+        key = "-" if is_stdout(path) else os.path.realpath(path)
+        if key in seen:
+            what = "cannot both be standard output" if key == "-" else "name the same file"
+            raise UsageError(f"{seen[key]} and {option} {what}")
+        seen[key] = option
+
+
+def check_input_path(path: str | None, fix: str = INPUT_FIX) -> None:
+    """An input that exists, is not a directory and can be read; `-` (standard input) and None pass. Inputs are
+    not opened here (a FIFO must be read once), only looked at."""
+    if path is None or str(path) == "-":
+        return
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        raise InputError("file not found", path=str(path), fix="check the path") from None
+    except OSError as error:
+        raise InputError(f"cannot open ({error.strerror or error})", path=str(path)) from None
+    if stat.S_ISDIR(mode):
+        raise InputError("is a directory, not a file", path=str(path), fix=fix)
+    if not os.access(path, os.R_OK):
+        raise InputError("permission denied", path=str(path), fix="check the file's permissions")
+
+
+def check_model_outputs(model, *outputs: str | None) -> None:
+    """Refuse an output that would overwrite a file of the model in use (its folder's existing files and the
+    files a model folder holds), once the model is known and before the work."""
+    if model is not None:
+        check_outputs_spare_model(outputs, getattr(model, "path", None), MODEL_FILES)
+
+
+def refuse_binary_terminal(path: str, option: str = "-o") -> None:
+    """A binary output (HDF5, a figure) to standard output that is a terminal is a usage error."""
+    if is_stdout(path) and sys.stdout is not None and sys.stdout.isatty():
+        raise UsageError(f"{option} {path}: standard output is a terminal, and this output is binary; redirect it "
+                         "(> file, | command) or give a file name")
+
+
+def output_name(path: str) -> str:
+    """How log lines name an output."""
+    return "standard output" if is_stdout(path) else path

@@ -7,9 +7,10 @@ import click
 from ..classify import load_inference_model
 from ..evaluation import format_table, run_benchmark
 from ..io import ReadOptions
-from ..io.atomic import check_outputs_distinct
-from ._common import (Context, device_options, handle_errors, inference_model_option, log_model, read_options,
-                      renamed_option, requested_compute, write_json)
+from ..errors import UsageError
+from ..io.atomic import is_stdout
+from ._common import (INPUT_FIX, Context, check_model_outputs, check_paths, device_options, handle_errors,
+                      inference_model_option, log_model, read_options, renamed_option, requested_compute, write_json)
 
 
 @click.command("benchmark")
@@ -31,9 +32,12 @@ def benchmark_command(obj: Context, split_file: str, model_name: str, json_path:
                       threads: int, read_options: ReadOptions, **settings):
     """The papers' protocol on SPLIT_FILE (a BIOSCAN-5M-style table with a `split` column): species
     (closed world), genus (open world), BIN reconstruction, optionally against VSEARCH and BLAST."""
-    check_outputs_distinct([json_path], [split_file])
+    if is_stdout(json_path):
+        raise UsageError("--json -: the table goes to standard output; give --json a file name")
+    check_paths(inputs=[(split_file, INPUT_FIX)], outputs=[(json_path, "--json")])
     model, torch_device = load_inference_model(model_name, None, device=device, threads=threads,
                                                     compute=requested_compute(), onnx=False)
+    check_model_outputs(model, json_path)
     log_model(model, torch_device)
     result = run_benchmark(split_file, model, compare=settings["compare"], sample=settings["sample"],
                            threads=threads, neighbours=settings["neighbours"], precision=settings["precision"],

@@ -10,12 +10,11 @@ import click
 from ..classify import ClassifyOptions, classify_records, load_inference_model, write_classification
 from ..errors import UsageError
 from ..io import ReadOptions, ReadStats, read_barcodes
-from ..io.atomic import check_outputs_distinct
 from ..io.interrupts import signals_held
 from ..reference import ReferenceIndex, is_reference_file
-from ._common import (Context, device_options, handle_errors, inference_model_option, log, log_model, log_reference,
-                      open_reference_index, output, read_options, reference_format_option, renamed_option,
-                      requested_compute)
+from ._common import (INPUT_FIX, REFERENCE_FIX, Context, check_model_outputs, check_paths, device_options,
+                      handle_errors, inference_model_option, log, log_model, log_reference, open_reference_index,
+                      output, read_options, reference_format_option, renamed_option, requested_compute)
 
 
 @click.command("classify")
@@ -65,7 +64,7 @@ def classify_command(obj: Context, queries: str, reference: str, output_path: st
                      output_format: str, reference_format: str, device: str, threads: int, read_options: ReadOptions,
                      **settings):
     """Assign taxonomy (and BINs) to QUERIES (FASTA or table; `-` = stdin): one row per query, in order."""
-    check_outputs_distinct([output_path], [queries, reference])
+    check_paths(inputs=[(queries, INPUT_FIX), (reference, REFERENCE_FIX)], outputs=[(output_path, "-o")])
     if kmer_only:
         if settings["method"] != "identity":
             raise UsageError("--kmer-only is a mode of --method identity")
@@ -74,19 +73,19 @@ def classify_command(obj: Context, queries: str, reference: str, output_path: st
     search_workers = min(4, threads or os.cpu_count() or 1) if settings["method"] == "identity" else None
     options = ClassifyOptions(**settings, search_workers=search_workers)
     index, model, torch_device = _index_and_model(obj, reference, model_name, options, reference_format,
-                                                  device, threads)
+                                                  device, threads, read_options.skip_invalid)
+    check_model_outputs(model, output_path)
     read_options = read_options.replace(min_length=model.tokenizer.config.k if model is not None else 1)
     stats = ReadStats(path=queries)
-    records = read_barcodes(queries, read_options, stats=stats)
+    records = obj.read_summary(read_barcodes(queries, read_options, stats=stats), stats)
     with obj.progress(None, "query", "classify") as bar, output(output_path) as handle:
         count = write_classification(classify_records(records, index, model, options, device=torch_device,
                                                       progress=bar.update), handle, output_format)
-    log.info(stats.summary())
     log.info(f"classified {count:,} queries" + (f" into {output_path}" if output_path != "-" else ""))
 
 
 def _index_and_model(obj: Context, reference: str, model_name: str, options: ClassifyOptions, reference_format: str,
-                     device: str, threads: int):
+                     device: str, threads: int, skip_invalid: bool = False):
     """(index, model, PyTorch device) for the classification, logged. k-mer candidates only against a built
     index need no model (None); the model of a built index may be its exported encoder in ONNX Runtime (device
     None); a table or FASTA reference is indexed with the PyTorch model (once, then cached)."""
@@ -101,7 +100,8 @@ def _index_and_model(obj: Context, reference: str, model_name: str, options: Cla
         model, torch_device = load_inference_model(model_name, reference, device=device, threads=threads,
                                                    compute=compute, onnx=False)
         log_model(model, torch_device)
-        return open_reference_index(obj, reference, model, options.batch_size, reference_format), model, torch_device
+        return open_reference_index(obj, reference, model, options.batch_size, reference_format,
+                                    skip_invalid), model, torch_device
     # the index is read (h5py, numpy) on a thread while PyTorch is imported on this one
     with signals_held():  # starts a thread
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="barcodetool-index")

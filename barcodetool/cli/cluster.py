@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import os
-
 import click
 
 from ..classify import load_inference_model
 from ..cluster import FULL_LINKAGE_LIMIT, ClusterOptions, cluster_records, write_clusters
-from ..errors import UsageError
 from ..io import ReadOptions, ReadStats, read_barcodes
-from ..io.atomic import check_outputs_distinct
-from ._common import (Context, device_options, handle_errors, inference_model_option, log, log_model,
-                      open_reference_index, output, read_options, reference_format_option, requested_compute,
-                      write_json)
+from ._common import (INPUT_FIX, REFERENCE_FIX, Context, check_model_outputs, check_paths, device_options,
+                      handle_errors, inference_model_option, log, log_model, open_reference_index, output,
+                      read_options, reference_format_option, requested_compute, write_json)
 
 
 @click.command("cluster")
@@ -30,7 +26,7 @@ from ._common import (Context, device_options, handle_errors, inference_model_op
 @click.option("--n-clusters", type=click.IntRange(min=1), help="--method cosine: cut into exactly this many "
               "clusters (the papers' protocol with the true number of BINs).")
 @click.option("--metrics", "metrics_path", help="Write AMI, ARI and match ratio (JSON) when INPUT has BINs "
-              "or species.")
+              "or species; `-` = standard output (with --output a file).")
 @inference_model_option
 @reference_format_option
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
@@ -43,14 +39,14 @@ def cluster_command(obj: Context, input_path: str, output_path: str, reference: 
                     **settings):
     """Group barcodes of INPUT into BIN-like clusters (average linkage on identity or cosine distance)."""
     options = ClusterOptions(**settings)
-    check_outputs_distinct([output_path, metrics_path], [input_path, reference])
-    if output_path != "-" and metrics_path and os.path.realpath(output_path) == os.path.realpath(metrics_path):
-        raise UsageError("--output and --metrics name the same file")
+    check_paths(inputs=[(input_path, INPUT_FIX), (reference, REFERENCE_FIX)],
+                outputs=[(output_path, "--output"), (metrics_path, "--metrics")])
     model, torch_device = load_inference_model(model_name, reference, device=device, threads=threads,
                                                compute=requested_compute(), onnx=False)
+    check_model_outputs(model, output_path, metrics_path)
     log_model(model, torch_device)
-    index = (open_reference_index(obj, reference, model, options.batch_size, reference_format) if reference
-             else None)
+    index = (open_reference_index(obj, reference, model, options.batch_size, reference_format,
+                                  read_options.skip_invalid) if reference else None)
     read_options = read_options.replace(min_length=model.tokenizer.config.k)
     stats = ReadStats(path=input_path)
     records = list(read_barcodes(input_path, read_options, stats=stats))

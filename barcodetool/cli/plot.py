@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import click
 
-from ..plot import COLOR_BY, DEFAULT_MAX_POINTS, DEFAULT_TOP, MAX_TOP, METHODS, plot_benchmark, plot_embeddings
-from ._common import handle_errors, log
+from ..plot import (COLOR_BY, DEFAULT_MAX_POINTS, DEFAULT_TOP, MAX_TOP, METHODS, plot_benchmark, plot_embeddings,
+                    require_matplotlib)
+from ..io.atomic import is_stdout
+from ._common import check_paths, handle_errors, log, refuse_binary_terminal
 
 
 @click.group("plot")
 def plot_group():
-    """Draw figures: a map of embeddings, a benchmark chart (needs matplotlib: pip install 'barcodetool[plot]')."""
+    """Draw figures: a map of embeddings, a benchmark chart (needs matplotlib: pip install matplotlib)."""
 
 
 @plot_group.command("embeddings")
@@ -32,9 +34,13 @@ def plot_group():
 @handle_errors
 def plot_embeddings_command(h5, output, color_by, clusters_tsv, method, top, max_points, seed):
     """Map the embeddings in H5 (from `barcodetool embed`) to 2-D and colour them by taxonomy or clusters."""
-    path = plot_embeddings(h5, output, color_by=color_by.lower() if color_by else None, clusters_tsv=clusters_tsv,
-                           method=method, top=top, max_points=max_points, seed=seed)
-    log.info(f"wrote {path}")
+    require_matplotlib()
+    check_paths(inputs=[(h5, "give the HDF5 file of `barcodetool embed`"),
+                        (clusters_tsv, "give the TSV of `barcodetool cluster`")], outputs=[(output, "-o")])
+    refuse_binary_terminal(output)
+    plot_embeddings(h5, output, color_by=color_by.lower() if color_by else None, clusters_tsv=clusters_tsv,
+                    method=method, top=top, max_points=max_points, seed=seed)
+    log.info(f"wrote {output}" if not is_stdout(output) else "wrote the figure to standard output")
 
 
 @plot_group.command("benchmark")
@@ -44,6 +50,9 @@ def plot_embeddings_command(h5, output, color_by, clusters_tsv, method, top, max
 @handle_errors
 def plot_benchmark_command(json_path, output):
     """Bar chart of a `barcodetool benchmark --json` result: barcodetool vs VSEARCH vs BLAST per task."""
-    path = plot_benchmark(json_path, output)
-    log.info(f"wrote {path}")
+    require_matplotlib()
+    check_paths(inputs=[(json_path, "give the JSON of `barcodetool benchmark --json`")], outputs=[(output, "-o")])
+    refuse_binary_terminal(output)
+    plot_benchmark(json_path, output)
+    log.info(f"wrote {output}" if not is_stdout(output) else "wrote the figure to standard output")
 

@@ -9,10 +9,10 @@ import click
 
 from ..classify import load_inference_model
 from ..io import ReadOptions, ReadStats, read_barcodes
-from ..io.atomic import check_outputs_distinct
 from ..reference import BuildOptions, ReferenceIndex, build_reference
 from ..taxonomy import RANKS
-from ._common import (Context, device_options, handle_errors, inference_model_option, log, log_model, read_options,
+from ._common import (INPUT_FIX, Context, check_model_outputs, check_paths, device_options, handle_errors,
+                      inference_model_option, log, log_model, output_name, read_options, refuse_binary_terminal,
                       renamed_option, requested_compute)
 
 
@@ -31,7 +31,8 @@ def reference_group():
 
 @reference_group.command("build")
 @click.argument("ref", metavar="REF")
-@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Index file (HDF5).")
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False),
+              help="Index file (HDF5); `-` = standard output (made in the temporary folder, then copied).")
 @inference_model_option
 @click.option("--precision", type=click.FloatRange(0, 1, min_open=True), default=0.95, show_default=True,
               help="Calibrate each rank's threshold (identity score, and cosine similarity for --method knn) "
@@ -52,9 +53,11 @@ def reference_build(obj: Context, ref: str, output: str, model_name: str, device
                     read_options: ReadOptions, **settings):
     """Embed REF (a table with taxonomy and/or BINs, or FASTA with SINTAX headers) into a calibrated index."""
     options = BuildOptions(**settings)
-    check_outputs_distinct([output], [ref])
+    check_paths(inputs=[(ref, INPUT_FIX)], outputs=[(output, "-o")])
+    refuse_binary_terminal(output)
     model, torch_device = load_inference_model(model_name, None, device=device, threads=threads,
                                                     compute=requested_compute(), onnx=False)
+    check_model_outputs(model, output)
     log_model(model, torch_device)
     read_options = read_options.replace(min_length=model.tokenizer.config.k)
     stats = ReadStats(path=ref)
@@ -71,7 +74,7 @@ def reference_build(obj: Context, ref: str, output: str, model_name: str, device
     ranks = ", ".join(f"{r} {_threshold_text(t.ranks[r])}" for r in index.ranks)
     log.info(f"--method knn thresholds (cosine similarity): {ranks}; BIN {_threshold_text(t.bin)}; "
              f"cluster cosine distance {_threshold_text(t.cluster_distance)}")
-    log.info(f"wrote {len(index):,} reference barcodes to {output}")
+    log.info(f"wrote {len(index):,} reference barcodes to {output_name(output)}")
 
 
 @reference_group.command("info")

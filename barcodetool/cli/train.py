@@ -39,7 +39,8 @@ def training_options(function):
         click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True),
         click.option("--max-steps", type=click.IntRange(min=1), help="Optimizer steps (overrides --epochs)."),
         click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True),
-                     help="Stop (and save) after this long even if steps remain."),
+                     help="Stop (and save) after this long even if steps remain: a budget for this run alone "
+                          "(a run continued with --resume gets its own)."),
         click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True,
                      help="Barcodes per step and process."),
         click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=5e-4, show_default=True,
@@ -53,7 +54,9 @@ def training_options(function):
         click.option("--seed", type=int, default=0, show_default=True),
         click.option("--resume", is_flag=True, help="Continue the run in --output from its last checkpoint."),
         click.option("--checkpoint-every", type=click.IntRange(min=1), default=1000, show_default=True),
-        click.option("--log-every", type=click.IntRange(min=1), default=50, show_default=True),
+        click.option("--log-every", type=click.IntRange(min=1), default=50, show_default=True,
+                     help="Steps between the lines of metrics.jsonl; when standard error is not a terminal (a "
+                          "batch job's log), also between progress lines there (step, loss, speed, ETA)."),
         click.option("--compile/--no-compile", default=False, show_default=True,
                      help="torch.compile the training step (CUDA)."),
         click.option("--include-splits", help="Comma list: keep only table rows whose `split` is listed "
@@ -163,13 +166,18 @@ def _run_training(obj: Context, kind: str, data: tuple[str, ...], settings: dict
              f"({summary['duplicates_removed']} duplicates removed, {summary['truncated']} truncated to "
              f"{tokenizer.config.max_length} nt)")
     bar = obj.progress(None, "step", kind)
+    pace: list[tuple[float, int]] = []  # (time, step) of the first progress line: the pace is measured from there
 
     def progress(step, total, entry):
-        bar.total = total
-        bar.n = step
         shown = {k: entry[k] for k in ("loss", "masked_token_accuracy", "teacher_cosine", "barcodes_per_s")
                  if k in entry}
-        bar.set_postfix(shown, refresh=True)
+        if not bar.disable:
+            bar.total = total
+            bar.n = step
+            bar.set_postfix(shown, refresh=True)
+        elif not obj.quiet:  # no bar (a batch job's log file): one line every --log-every steps
+            pace[:] = pace or [(time.monotonic(), step)]
+            log.info(_progress_line(kind, step, total, entry, time.monotonic() - pace[0][0], pace[0][1]))
 
     try:
         if kind == "pretrain":
@@ -188,6 +196,27 @@ def _run_training(obj: Context, kind: str, data: tuple[str, ...], settings: dict
     log.info(f"{result.steps} steps, {result.barcodes_seen} barcodes in {result.seconds:.0f} s; {metrics}")
     if int(os.environ.get("RANK", "0")) == 0:
         click.echo(str(result.output))
+
+
+def _progress_line(kind: str, step: int, total: int, entry: dict, seconds: float, since_step: int) -> str:
+    """`pretrain step 200/5000 (4%): loss 2.1034, masked_token_accuracy 0.2104, 812 barcodes/s, about 45 min left`,
+    the time left from the pace of the `seconds` since step `since_step`."""
+    metrics = [f"{key} {entry[key]:.4f}" for key in ("loss", "masked_token_accuracy", "teacher_cosine")
+               if key in entry]
+    if "barcodes_per_s" in entry:
+        metrics.append(f"{entry['barcodes_per_s']:,.0f} barcodes/s")
+    line = f"{kind} step {step:,}/{total:,} ({100 * step / max(1, total):.0f}%): {', '.join(metrics)}"
+    if step > since_step and step < total:
+        line += f", about {_duration(seconds / (step - since_step) * (total - step))} left"
+    return line
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _discard_staged_checkpoint(output: str, error: BaseException) -> None:

@@ -1,4 +1,4 @@
-"""FASTA: title lines (ids, SINTAX taxonomy, BINs), the record reader, and writing FASTA."""
+"""FASTA and FASTQ: title lines (ids, SINTAX taxonomy, BINs), the record readers, and writing FASTA."""
 
 from __future__ import annotations
 
@@ -13,6 +13,11 @@ from .atomic import atomic_text
 from .records import MISSING_VALUES, BarcodeRecord
 
 _KEY_VALUE = re.compile(r"(?:^|[;\s])(tax|bin)=([^;\s]*)")
+# What a SINTAX title cannot hold inside a label: white space and control characters, the ',' between ranks and
+# the ';' that ends an attribute; each becomes '_' (which parse_sintax_taxonomy reads back as a space)
+_SINTAX_UNSAFE = re.compile(r"[\s,;\x00-\x1f\x7f-\x9f]")
+# What a field of a tab-separated line cannot hold: tabs, line breaks and the other control characters
+_FIELD_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def parse_sintax_taxonomy(value: str) -> dict[str, str]:
@@ -53,14 +58,27 @@ def parse_fasta_header(title: str) -> tuple[str, dict[str, str], str | None]:
 
 def sintax_header(record: BarcodeRecord) -> str:
     """The SINTAX title `id;tax=p:...,s:Genus_species;` (plus `bin=...;`) for a record."""
-    items = [f"{SINTAX_LETTERS[rank]}:{record.taxonomy[rank].replace(' ', '_')}"
+    items = [f"{SINTAX_LETTERS[rank]}:{sintax_label(record.taxonomy[rank])}"
              for rank in RANKS if record.taxonomy.get(rank)]
     title = record.id + ";"
     if items:
         title += "tax=" + ",".join(items) + ";"
     if record.bin:
-        title += f"bin={record.bin};"
+        title += f"bin={sintax_label(record.bin)};"
     return title
+
+
+def sintax_label(label: str) -> str:
+    """A label as SINTAX writes it: white space, ',', ';' and control characters become '_'."""
+    return _SINTAX_UNSAFE.sub("_", label)
+
+
+def tab_separated(cells: list[str]) -> str:
+    """One line of tab-separated cells (with its newline); a tab, line break or control character inside a cell
+    becomes a space, so that the line always has as many fields as cells."""
+    if _FIELD_UNSAFE.search("".join(cells)):
+        cells = [_FIELD_UNSAFE.sub(" ", cell) for cell in cells]
+    return "\t".join(cells) + "\n"
 
 
 def write_fasta(records_or_pairs: Iterable, handle: IO[str] | str | os.PathLike, *, width: int = 0,
@@ -104,4 +122,60 @@ def fasta_records(text: IO[str], display: str) -> Iterator[tuple[str, str, dict,
         if not record_id:
             raise InputError(f"FASTA record #{number} has no id after '>'", path=display,
                              fix="give every record an id on its '>' line")
+        yield record_id, sequence, taxonomy, bin_uri, None, {}
+
+
+def fastq_records(text: IO[str], display: str) -> Iterator[tuple[str, str, dict, str | None, None, dict]]:
+    """(id, raw sequence, taxonomy, bin, split, fields) of each record of a FASTQ text stream, uncleaned.
+
+    Reads the common four-line records and wrapped (multi-line) ones: an `@` title (read as a FASTA title: the
+    id is its first word, SINTAX `;tax=` attributes are read), sequence lines up to a line starting with `+`,
+    then quality lines until they are as long as the sequence. Qualities are checked for length and otherwise
+    ignored. A malformed record raises InputError naming the record and the line. `display` names the input.
+    """
+    lines = iter(text)
+    line_number = 0
+    number = 0
+    line = next(lines, None)
+    while True:
+        while line is not None and not line.strip():  # blank lines between records (and at the end)
+            line_number += 1
+            line = next(lines, None)
+        if line is None:
+            return
+        line_number += 1
+        number += 1
+        if not line.startswith("@"):
+            raise InputError(f"line {line_number}: FASTQ record #{number} does not start with '@' (found "
+                             f"{line.strip()[:20]!r})", path=display,
+                             fix="check the file: each FASTQ record is an '@' title, the sequence, a '+' line "
+                                 "and the qualities")
+        record_id, taxonomy, bin_uri = parse_fasta_header(line[1:])
+        if not record_id:
+            raise InputError(f"line {line_number}: FASTQ record #{number} has no id after '@'", path=display,
+                             fix="give every record an id on its '@' line")
+        parts = []
+        line = next(lines, None)
+        while line is not None and not line.startswith("+"):
+            line_number += 1
+            parts.append(line.strip())
+            line = next(lines, None)
+        if line is None:
+            raise InputError(f"line {line_number}: the FASTQ record ends without its '+' line", path=display,
+                             record=record_id, fix="the file may be truncated, or it is not FASTQ")
+        line_number += 1
+        sequence = "".join(parts)
+        quality = 0
+        line = next(lines, None)
+        while line is not None and quality < len(sequence):
+            line_number += 1
+            quality += len(line.strip())
+            line = next(lines, None)
+            if len(parts) <= 1:
+                break  # a sequence on one line has its qualities on one line
+        if quality != len(sequence):
+            raise InputError(f"line {line_number}: the quality line holds {quality} characters but the "
+                             f"sequence {len(sequence)}", path=display, record=record_id,
+                             fix="the file may be truncated or corrupt: each quality must match the sequence "
+                                 "in length")
         yield record_id, sequence, taxonomy, bin_uri, None, {}

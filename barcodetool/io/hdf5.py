@@ -40,7 +40,11 @@ def open_hdf5(path: str | os.PathLike, *, format_name: str, version: int, what: 
         found = handle.attrs.get("format")
         if found != format_name:
             raise InputError(f"not a barcodetool {what} (format {found!r})", path=str(path), fix=fix)
-        found_version = int(handle.attrs.get("format_version", 0))
+        try:
+            found_version = int(handle.attrs.get("format_version", 0))
+        except (TypeError, ValueError):
+            raise InputError(f"the {what}'s format_version is not an integer", path=str(path),
+                             fix=rebuild or fix) from None
         newer = found_version > version
         if newer or (rebuild is not None and found_version != version):
             if rebuild is None:

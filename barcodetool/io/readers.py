@@ -16,11 +16,11 @@ import csv
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..errors import InputError, UsageError
 from ..options import Options
-from .fasta import fasta_records, parse_fasta_header, parse_sintax_taxonomy, sintax_header, write_fasta
+from .fasta import fasta_records, fastq_records, parse_fasta_header, parse_sintax_taxonomy, sintax_header, write_fasta
 from .sniff import CORRUPT_ERRORS, InputSource, corrupt_error, detect_format, display_name, open_text, sniff
 from .records import MISSING_VALUES, BarcodeRecord
 from .tables import table_records
@@ -30,7 +30,8 @@ __all__ = ["FORMATS", "MISSING_VALUES", "BarcodeRecord", "ReadOptions", "ReadSta
            "parse_fasta_header", "parse_sintax_taxonomy", "read_barcodes", "read_fasta_taxonomy", "sintax_header",
            "write_fasta"]
 
-FORMATS = ("auto", "fasta", "bioscan", "bold-v3", "bold-bcdm", "table")
+FORMATS = ("auto", "fasta", "fastq", "bioscan", "bold-v3", "bold-bcdm", "table")
+_SHOWN_INVALID = 5   # how many ids of skipped invalid records ReadStats keeps to name
 
 # -------------------------------------------------------------------------------------------- statistics
 
@@ -38,12 +39,14 @@ FORMATS = ("auto", "fasta", "bioscan", "bold-v3", "bold-bcdm", "table")
 @dataclass
 class ReadStats:
     path: str
-    format: str = ""                  # "fasta", "bioscan", "bold-v3", "bold-bcdm", "table"
+    format: str = ""                  # "fasta", "fastq", "bioscan", "bold-v3", "bold-bcdm", "table"
     records: int = 0                  # records yielded
     skipped_empty: int = 0            # empty (or shorter than min_length) records skipped with skip_empty
     duplicates: int = 0               # duplicate ids seen (yielded with allow_duplicates)
     gaps_removed: int = 0             # records that had gap characters
     ambiguous: int = 0                # records holding IUPAC codes other than ACGT
+    skipped_invalid: int = 0          # invalid records skipped with skip_invalid
+    invalid_ids: list[str] = field(default_factory=list)  # the ids of the first few of them
 
     def summary(self) -> str:
         """One human line for the log."""
@@ -58,6 +61,10 @@ class ReadStats:
             parts.append(f"{self.skipped_empty:,} empty or too short skipped")
         if self.duplicates:
             parts.append(f"{self.duplicates:,} duplicate id{'s' if self.duplicates != 1 else ''} kept")
+        if self.skipped_invalid:
+            first = ", ".join(self.invalid_ids)
+            more = ", ..." if self.skipped_invalid > len(self.invalid_ids) else ""
+            parts.append(f"{self.skipped_invalid:,} invalid skipped (first: {first}{more})")
         return f"{display_name(self.path)}: read " + ", ".join(parts)
 
 
@@ -83,7 +90,7 @@ def _clean_table() -> dict[int, int | None]:
 _CLEAN = _clean_table()
 
 
-def _bad_character_error(raw: str, match: re.Match, path: str, record_id: str) -> InputError:
+def _bad_character_error(raw: str, match: re.Match, path: str, record_id: str, hint: str = "") -> InputError:
     char = match.group()
     position = match.start() + 1
     shown = "an undecodable (non-UTF-8) byte" if char == "\ufffd" else repr(char)
@@ -97,7 +104,37 @@ def _bad_character_error(raw: str, match: re.Match, path: str, record_id: str) -
         fix = ("not a nucleotide sequence; only A C G T U, IUPAC codes R Y S W K M B D H V N and gaps - . "
                "are allowed; is this a protein FASTA?")
     return InputError(f"invalid character {shown} at position {position} of the sequence",
-                      path=path, record=record_id, fix=fix)
+                      path=path, record=record_id, fix=fix + hint)
+
+
+# Characters that would break a line or a field of the outputs (TSV, SINTAX, FASTA) if an id or a label held them:
+# the C0 and C1 controls (tab and line breaks among them), DEL, and the Unicode line and paragraph separators
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_SKIP_HINT = "; or use --skip-invalid to skip such records"
+
+
+def _control_error(record_id: str, taxonomy: dict[str, str], bin_uri: str | None, path: str) -> InputError | None:
+    """The InputError for a record whose id, taxonomy labels or BIN hold a control character, or None."""
+    if _CONTROL.search(record_id):
+        what, value = "id", record_id
+    else:
+        found = [(f"{rank} label", label) for rank, label in taxonomy.items() if _CONTROL.search(label)]
+        if bin_uri and _CONTROL.search(bin_uri):
+            found.append(("BIN", bin_uri))
+        if not found:
+            return None
+        what, value = found[0]
+    char = _CONTROL.search(value).group()
+    name = {"\n": "a line break", "\r": "a carriage return", "\t": "a tab"}.get(char, "a control character")
+    shown = "" if what == "id" else f" {value!r}"
+    return InputError(f"the {what}{shown} holds {name} ({char!r}), which would break the output's rows",
+                      path=path, record=record_id,
+                      fix="remove line breaks, tabs and control characters from ids and labels" + _SKIP_HINT)
+
+
+def _shown(record_id: str) -> str:
+    """An id as ReadStats names it: as is, or escaped when it holds control characters."""
+    return ascii(record_id) if _CONTROL.search(record_id) else record_id
 
 
 def clean_sequence(raw: str, *, path: str = "<string>", record_id: str = "?") -> str:
@@ -118,10 +155,12 @@ def clean_sequence(raw: str, *, path: str = "<string>", record_id: str = "?") ->
 class ReadOptions(Options):
     """How barcodes are read: the options every command that reads barcodes shares.
 
-    `format` is "auto" (recognised from the content), "fasta", "bioscan", "bold-v3", "bold-bcdm" or "table"
-    (any CSV/TSV: needs `id_column` and `sequence_column`, which also override the columns of the known
+    `format` is "auto" (recognised from the content), "fasta", "fastq", "bioscan", "bold-v3", "bold-bcdm" or
+    "table" (any CSV/TSV: needs `id_column` and `sequence_column`, which also override the columns of the known
     tables). Records whose cleaned sequence is empty or shorter than `min_length` raise InputError unless
-    `skip_empty`; repeated ids raise InputError unless `allow_duplicates`.
+    `skip_empty`; repeated ids raise InputError unless `allow_duplicates`; invalid records (a sequence with a
+    character that is not a nucleotide code, or an id, label or BIN holding a line break, tab or other control
+    character) raise InputError unless `skip_invalid`, which skips them (counted in ReadStats).
     """
 
     format: str = "auto"
@@ -130,8 +169,10 @@ class ReadOptions(Options):
     skip_empty: bool = False
     allow_duplicates: bool = False
     min_length: int = 1
+    skip_invalid: bool = False
 
     kind = "read"
+    formats = FORMATS   # the values of `format`
 
     def __post_init__(self):
         if isinstance(self.min_length, bool) or not isinstance(self.min_length, int):
@@ -170,10 +211,12 @@ def _read(path, options: ReadOptions, stats: ReadStats) -> Iterator[BarcodeRecor
             text = open_text(source, sniffed, stack)  # closes the decompressor; the raw input closes last
             if sniffed.format == "fasta":
                 records = fasta_records(text, display)
+            elif sniffed.format == "fastq":
+                records = fastq_records(text, display)
             else:
                 records = table_records(text, sniffed.format, sniffed.delimiter, options.id_column,
                                         options.sequence_column, display)
-            no_records = "" if sniffed.format == "fasta" else ": the table has a header line but no rows"
+            no_records = "" if sniffed.format in ("fasta", "fastq") else ": the table has a header line but no rows"
             yield from _checked(records, display, options, stats, no_records)
         except CORRUPT_ERRORS as error:
             raise corrupt_error(sniffed.compression if sniffed else None, display, error) from None
@@ -185,13 +228,25 @@ def _checked(records: Iterator[tuple[str, str, dict, str | None, str | None, dic
              options: ReadOptions, stats: ReadStats, no_records: str = "") -> Iterator[BarcodeRecord]:
     """Clean and check the raw records of a reader (see ReadOptions), counting into `stats`."""
     skip_empty, allow_duplicates, min_length = options.skip_empty, options.allow_duplicates, options.min_length
+    skip_invalid = options.skip_invalid
+    hint = "" if skip_invalid else _SKIP_HINT
     seen: set[str] = set()
     found = 0
-    all_valid, acgt_only = _ALL_VALID, _ACGT_ONLY
+    all_valid, acgt_only, control = _ALL_VALID, _ACGT_ONLY, _CONTROL.search
     for record_id, raw, taxonomy, bin_uri, split, other_fields in records:
         found += 1
+        invalid = None
         if all_valid(raw) is None:
-            raise _bad_character_error(raw, _INVALID.search(raw), display, record_id)
+            invalid = _bad_character_error(raw, _INVALID.search(raw), display, record_id, hint)
+        elif control(record_id) or (taxonomy and control("".join(taxonomy.values()))) or (bin_uri and control(bin_uri)):
+            invalid = _control_error(record_id, taxonomy, bin_uri, display)
+        if invalid is not None:
+            if not skip_invalid:
+                raise invalid
+            stats.skipped_invalid += 1
+            if len(stats.invalid_ids) < _SHOWN_INVALID:
+                stats.invalid_ids.append(_shown(record_id))
+            continue
         sequence = raw.translate(_CLEAN).strip("N")
         if len(sequence) < min_length:
             if skip_empty:
@@ -215,6 +270,11 @@ def _checked(records: Iterator[tuple[str, str, dict, str | None, str | None, dic
         stats.records += 1
         yield BarcodeRecord(record_id, sequence, taxonomy, bin_uri, split, other_fields)
     if stats.records == 0:
+        if found and stats.skipped_invalid:
+            raise InputError(f"no records left: {stats.skipped_invalid:,} of {found:,} were invalid"
+                             + (f" and {stats.skipped_empty:,} empty or shorter than {min_length} nt"
+                                if stats.skipped_empty else ""),
+                             path=display, fix="check the input; for a table, the --sequence-column")
         if found:
             raise InputError(f"no records left: all {found:,} were empty or shorter than {min_length} nt",
                              path=display, fix="check the input; for a table, the --sequence-column")

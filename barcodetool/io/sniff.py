@@ -224,7 +224,7 @@ def _looks_binary(head: bytes) -> bool:
 class Sniffed:
     """What the first bytes of an input show."""
 
-    format: str                       # "fasta", "bioscan", "bold-v3", "bold-bcdm" or "table"
+    format: str                       # "fasta", "fastq", "bioscan", "bold-v3", "bold-bcdm" or "table"
     compression: str | None           # "gzip", "bzip2", "xz" or None
     delimiter: str | None = None      # tables: "\t" or ","
     header: list[str] | None = None   # tables: the column names
@@ -267,15 +267,22 @@ def sniff(source: InputSource, requested: str = "auto") -> Sniffed:
                          fix="give a FASTA file or a barcode table with at least one record")
     if stripped[0] == ">":
         if requested not in ("auto", "fasta"):
-            raise InputError(f"this is FASTA (it starts with '>'), not a {requested} table", path=display,
+            what = "FASTQ" if requested == "fastq" else f"a {requested} table"
+            raise InputError(f"this is FASTA (it starts with '>'), not {what}", path=display,
                              fix="use --format auto or --format fasta")
         return Sniffed("fasta", compression, cr_only=cr_only)
     if requested == "fasta":
         raise InputError("not FASTA: the first line does not start with '>'", path=display,
                          fix="check the file, or use --format auto for tables")
-    if stripped[0] == "@" and requested == "auto":
-        raise InputError("this looks like FASTQ, which barcodetool does not read", path=display,
-                         fix="convert it to FASTA first, e.g. with seqkit fq2fa")
+    if stripped[0] == "@" and requested in ("auto", "fastq"):
+        # all of a short input is seen: without a '+' line anywhere it is not FASTQ
+        if "\n+" not in stripped and "\r+" not in stripped and len(head) < _HEAD_BYTES:
+            raise InputError("not FASTQ: the first line starts with '@' but no '+' separator line follows",
+                             path=display, fix="give FASTA, FASTQ or a barcode table")
+        return Sniffed("fastq", compression, cr_only=cr_only)
+    if requested == "fastq":
+        raise InputError("not FASTQ: the first line does not start with '@'", path=display,
+                         fix="check the file, or use --format auto")
     line = _first_line(text, cr_only).replace("\r", "")
     if "\t" in line:
         delimiter = "\t"
@@ -299,7 +306,7 @@ def sniff(source: InputSource, requested: str = "auto") -> Sniffed:
 
 
 def detect_format(path: str | os.PathLike) -> str:
-    """The format of an input: "fasta", "bioscan", "bold-v3", "bold-bcdm" or "table" (generic CSV/TSV).
+    """The format of an input: "fasta", "fastq", "bioscan", "bold-v3", "bold-bcdm" or "table" (any CSV/TSV).
 
     Peeks at the first 64 KiB of content (reading more of a bzip2 file, whose first block must be whole before
     it gives any text); nothing is consumed. For "-" the bytes peeked from standard input are kept and handed

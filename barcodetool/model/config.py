@@ -7,10 +7,27 @@ Apart from the network (model.py) so that reading a model card, naming a model a
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass, fields, replace
 
 from ..errors import ModelError
 from .tokenizer import NUM_SPECIAL
+
+
+INTEGER_FIELDS = ("k", "max_tokens", "encoder_layers", "encoder_heads", "encoder_width", "decoder_layers",
+                  "decoder_heads", "decoder_width", "embedding_width")
+REAL_FIELDS = ("mlp_ratio", "mask_ratio", "dropout")
+# Bounds far above any useful model (base: 6 layers of 768), low enough that no setting alone asks for terabytes.
+MAX_LAYERS, MAX_WIDTH, MAX_TOKENS, MAX_MLP_RATIO = 256, 16384, 65536, 64.0
+INTEGER_RANGES = {"k": (1, 8), "max_tokens": (1, MAX_TOKENS), "encoder_layers": (1, MAX_LAYERS),
+                  "decoder_layers": (0, MAX_LAYERS), "encoder_heads": (1, MAX_WIDTH), "decoder_heads": (1, MAX_WIDTH),
+                  "encoder_width": (1, MAX_WIDTH), "decoder_width": (1, MAX_WIDTH), "embedding_width": (0, MAX_WIDTH)}
+
+
+def _show(value) -> str:
+    """A short one-line repr of an untrusted value for a message."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 @dataclass(frozen=True)
@@ -29,14 +46,30 @@ class BarcodeMAEConfig:
     embedding_width: int = 0   # 0: the embedding is the pooled encoder state; else a linear map of it to this width
 
     def __post_init__(self):
+        """Every field checked before anything is built from it: the settings may come from an untrusted model
+        card, so types, ranges and finiteness are checked here, and a crafted card cannot ask for a huge
+        network (the loader also checks `parameter_count` against the weight file)."""
+        for name in INTEGER_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise ModelError(f"{name} must be an integer, got {_show(value)}")
+        for name in REAL_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise ModelError(f"{name} must be a finite number, got {_show(value)}")
+        for name, (low, high) in INTEGER_RANGES.items():
+            if not low <= getattr(self, name) <= high:
+                raise ModelError(f"{name} must be between {low} and {high}, got {getattr(self, name)}")
         if self.encoder_width % self.encoder_heads or self.decoder_width % self.decoder_heads:
             raise ModelError("encoder/decoder width must be divisible by its number of heads")
         if not 0.0 < self.mask_ratio < 1.0:
             raise ModelError(f"mask_ratio must be strictly between 0 and 1, got {self.mask_ratio}")
-        if self.max_tokens < 1 or self.encoder_layers < 1:
-            raise ModelError("max_tokens and encoder_layers must be at least 1")
-        if self.embedding_width < 0:
-            raise ModelError(f"embedding_width must be 0 (the encoder width) or positive, got {self.embedding_width}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ModelError(f"dropout must be at least 0 and below 1, got {self.dropout}")
+        if not 0.0 < self.mlp_ratio <= MAX_MLP_RATIO or min(self.encoder_width, self.decoder_width) * \
+                self.mlp_ratio < 1:
+            raise ModelError(f"mlp_ratio must be above 0 (at least one hidden unit) and at most {MAX_MLP_RATIO}, "
+                             f"got {self.mlp_ratio}")
 
     @property
     def vocab_size(self) -> int:
@@ -57,8 +90,27 @@ class BarcodeMAEConfig:
             del data["embedding_width"]
         return data
 
+    def parameter_count(self, include_decoder: bool = True) -> int:
+        """Values in the network's state dict (BarcodeMAE(self, include_decoder)), computed without building it:
+        what a weight file of these settings must hold."""
+        def block(width: int) -> int:
+            hidden = int(width * self.mlp_ratio)
+            return 4 * width + (width * 3 * width + 3 * width) + (width * width + width) \
+                + (width * hidden + hidden) + (hidden * width + width)
+
+        e, d = self.encoder_width, self.decoder_width
+        count = self.vocab_size * e + self.max_tokens * e + self.encoder_layers * block(e) + 2 * e
+        if self.embedding_width:
+            count += e * self.embedding_width + self.embedding_width
+        if include_decoder:
+            count += (e * d + d) + d + self.max_tokens * d + self.decoder_layers * block(d) + 2 * d \
+                + (d * self.vocab_size + self.vocab_size)
+        return count
+
     @classmethod
     def from_dict(cls, data: dict) -> BarcodeMAEConfig:
+        if not isinstance(data, dict):
+            raise ModelError(f"model settings must be a JSON object, got {_show(data)}")
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:

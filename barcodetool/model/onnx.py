@@ -3,8 +3,9 @@
 `classify` on a CPU uses it where it is present: the process then never imports PyTorch, which costs 1.3 s of a
 2-core machine (a third of classifying the 2,774 new-species barcodes of the shared benchmark; most of a 96-query
 run). ONNX Runtime computes in float32 (it has no bf16 kernels for CPUs); its embeddings are within 1e-5 of
-PyTorch's float32 ones. The graph records the sha256 of the weights it was exported from, and a graph of other
-weights is refused, as corrupt weights are.
+PyTorch's float32 ones. The graph records the sha256 of the weights it was exported from, and is bound to the
+weights themselves at load: a probe batch embedded by the graph must match the same batch embedded in numpy with
+model.safetensors; a graph of other weights is refused, as corrupt weights are.
 
 Exporting needs PyTorch and the `onnx` package (`pip install onnx`); running needs only `onnxruntime`.
 """
@@ -12,6 +13,7 @@ Exporting needs PyTorch and the `onnx` package (`pip install onnx`); running nee
 from __future__ import annotations
 
 import copy
+import math
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -22,10 +24,12 @@ import numpy as np
 
 from .._version import __version__
 from ..io.atomic import atomic_path
-from ..errors import ModelError, TokenizerError
+from ..errors import ModelError
 from .config import BarcodeMAEConfig
-from .tokenizer import KmerTokenizer, TokenizerConfig
-from .weights import TENSORS_FILE, InferenceModel, read_card, sha256_file
+from .tokenizer import KmerTokenizer
+from .tokenizer import NUM_SPECIAL, PAD_ID
+from .weights import (CARD_FILE, QUANTIZED_SUFFIX, SCALE_SUFFIX, TENSORS_FILE, InferenceModel, card_settings,
+                      locate_model, read_card, sha256_file)
 
 ONNX_FILE = "encoder.onnx"
 ONNX_FORMAT = "barcodetool-onnx-encoder"
@@ -102,18 +106,23 @@ def onnx_runtime_available() -> bool:
     return True
 
 
-def load_onnx_model(directory: str | os.PathLike, *, name: str | None = None,
+def load_onnx_model(name_or_path: str | os.PathLike | None, *, name: str | None = None,
                     threads: int | None = None) -> OnnxModel | None:
-    """The folder's exported encoder ready to run on `threads` CPU threads (0 or None: all cores), or None where
-    the folder has no `encoder.onnx` or onnxruntime is not installed. A graph exported from other weights than
-    the folder's, or an unreadable one, is refused (ModelError)."""
-    directory = Path(directory)
+    """The exported encoder of a model (a registry name such as `barcodemae-nano`, or a model folder, resolved as
+    `weights.load_model` resolves them) ready to run on `threads` CPU threads (0 or None: all cores).
+
+    Returns None only where the model's folder has no `encoder.onnx` or onnxruntime is not installed (use
+    `load_model` and PyTorch then). An unknown name, a graph that does not compute with the folder's own weights
+    (checked by embedding a probe with the graph and with model.safetensors), or an unreadable one raise
+    ModelError."""
+    directory, registry_name = locate_model(name_or_path)
     graph_path = directory / ONNX_FILE
     if not graph_path.is_file() or not onnx_runtime_available():
         return None
     import onnxruntime
 
     card = read_card(directory)
+    config, tokenizer_config = card_settings(card, directory)
     digest = sha256_file(directory / TENSORS_FILE)
     if digest != card.get("tensors_sha256"):
         raise ModelError(f"{directory / TENSORS_FILE}: sha256 does not match the model card; the weight file is "
@@ -128,16 +137,114 @@ def load_onnx_model(directory: str | os.PathLike, *, name: str | None = None,
         raise ModelError(f"{graph_path}: cannot read the ONNX graph ({str(error).splitlines()[0]}); delete it "
                          "to use PyTorch, or export it again") from None
     metadata = session.get_modelmeta().custom_metadata_map
+    other_weights = (f"{graph_path}: exported from other weights than {TENSORS_FILE} beside it; export it again "
+                     "(barcodetool.model.onnx.export_onnx) or delete it to use PyTorch")
     if metadata.get("format") != ONNX_FORMAT or metadata.get("tensors_sha256") != digest:
-        raise ModelError(f"{graph_path}: exported from other weights than {TENSORS_FILE} beside it; export it "
-                         "again (barcodetool.onnx_encoder.export_onnx) or delete it to use PyTorch")
-    if int(metadata.get("format_version", "0")) > ONNX_FORMAT_VERSION:
-        raise ModelError(f"{graph_path}: ONNX encoder format version {metadata['format_version']} is newer than "
-                         f"this barcodetool reads ({ONNX_FORMAT_VERSION}); upgrade barcodetool")
+        raise ModelError(other_weights)
+    version = metadata.get("format_version", "0")
+    if not version.isdigit() or int(version) > ONNX_FORMAT_VERSION:
+        raise ModelError(f"{graph_path}: ONNX encoder format version {version[:20]!r} is not one this barcodetool "
+                         f"reads ({ONNX_FORMAT_VERSION}); upgrade barcodetool, or export it again")
+    model = OnnxModel(session=session, tokenizer=KmerTokenizer(tokenizer_config), config=config,
+                      name=name or registry_name or card.get("name") or directory.name, sha256=digest, card=card,
+                      path=directory)
+    if not _computes_with(model, directory / TENSORS_FILE):
+        raise ModelError(other_weights + " (its embeddings differ from those of the weights)")
+    return model
+
+
+# ---------------------------------------------------------------------------------------------- the graph's weights
+# The metadata's sha256 is only a string a graph carries: a graph is bound to the weights themselves by embedding a
+# probe batch with the graph and, in numpy, with model.safetensors (the PyTorch encoder's arithmetic, in float64),
+# and comparing. A graph of other weights differs by orders of magnitude more than the tolerance.
+PROBE_TOLERANCE = 1e-3   # relative to the largest embedding value; float32 graphs agree to ~1e-6
+
+
+def _probe(config: BarcodeMAEConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Two rows of k-mer token ids (one padded, so that the padding mask is exercised) and their lengths."""
+    width = min(12, config.max_tokens)
+    ids = np.random.default_rng(16).integers(NUM_SPECIAL, config.vocab_size, size=(2, width), dtype=np.int64)
+    lengths = np.array([width, max(1, width // 2)], dtype=np.int64)
+    ids[1, lengths[1]:] = PAD_ID
+    return ids, lengths
+
+
+def _weights(path: Path) -> dict[str, np.ndarray]:
+    """The tensors of model.safetensors as float64 numpy arrays (int8 rows scaled back)."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
     try:
-        config = BarcodeMAEConfig.from_dict(card["model_config"])
-        tokenizer_config = TokenizerConfig.from_dict(card["tokenizer_config"])
-    except (KeyError, TypeError, TokenizerError) as error:
-        raise ModelError(f"{directory}: invalid model card ({error})") from None
-    return OnnxModel(session=session, tokenizer=KmerTokenizer(tokenizer_config), config=config,
-                     name=name or card.get("name") or directory.name, sha256=digest, card=card, path=directory)
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ModelError(f"{path}: cannot read weights ({error}); the file is corrupt") from None
+    out = {}
+    for name, tensor in tensors.items():
+        if name.endswith(SCALE_SUFFIX):
+            continue
+        if name.endswith(QUANTIZED_SUFFIX):
+            base = name[: -len(QUANTIZED_SUFFIX)]
+            if base + SCALE_SUFFIX not in tensors:
+                raise ModelError(f"{path}: quantized tensor {base} has no scale")
+            out[base] = tensor.astype(np.float64) * tensors[base + SCALE_SUFFIX].astype(np.float64)
+        else:
+            out[name] = tensor.astype(np.float64)
+    return out
+
+
+def _layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    mean = x.mean(-1, keepdims=True)
+    variance = ((x - mean) ** 2).mean(-1, keepdims=True)
+    return (x - mean) / np.sqrt(variance + 1e-5) * weight + bias
+
+
+_ERF = np.frompyfunc(math.erf, 1, 1)
+
+
+def _reference_embedding(w: dict[str, np.ndarray], config: BarcodeMAEConfig, ids: np.ndarray,
+                         lengths: np.ndarray) -> np.ndarray:
+    """BarcodeMAE.embed in numpy (float64): token + position embeddings, pre-norm blocks with masked attention,
+    final norm, masked mean, optional linear map."""
+    batch, width = ids.shape
+    heads = config.encoder_heads
+    real = np.arange(width)[None, :] < lengths[:, None]                              # [B, L]
+    x = w["token_embedding.weight"][ids] + w["encoder_position"][:, :width]          # [B, L, D]
+    for layer in range(config.encoder_layers):
+        p = f"encoder_blocks.{layer}."
+        h = _layer_norm(x, w[p + "norm1.weight"], w[p + "norm1.bias"])
+        qkv = h @ w[p + "qkv.weight"].T + w[p + "qkv.bias"]                          # [B, L, 3D]
+        qkv = qkv.reshape(batch, width, 3, heads, -1).transpose(2, 0, 3, 1, 4)       # [3, B, H, L, D/H]
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(q.shape[-1])                # [B, H, L, L]
+        scores = np.where(real[:, None, None, :], scores, -np.inf)
+        scores = np.exp(scores - scores.max(-1, keepdims=True))
+        y = (scores / scores.sum(-1, keepdims=True)) @ v                             # [B, H, L, D/H]
+        x = x + y.transpose(0, 2, 1, 3).reshape(batch, width, -1) @ w[p + "proj.weight"].T + w[p + "proj.bias"]
+        h = _layer_norm(x, w[p + "norm2.weight"], w[p + "norm2.bias"])
+        h = h @ w[p + "fc1.weight"].T + w[p + "fc1.bias"]
+        h = 0.5 * h * (1.0 + _ERF(h / math.sqrt(2.0)).astype(np.float64))
+        x = x + h @ w[p + "fc2.weight"].T + w[p + "fc2.bias"]
+    x = _layer_norm(x, w["encoder_norm.weight"], w["encoder_norm.bias"])
+    pooled = (x * real[:, :, None]).sum(1) / np.maximum(real.sum(1, keepdims=True), 1)
+    if config.embedding_width:
+        pooled = pooled @ w["embedding_projection.weight"].T + w["embedding_projection.bias"]
+    return pooled
+
+
+def _computes_with(model: OnnxModel, tensors_path: Path) -> bool:
+    """True when the graph embeds the probe as the weights in `tensors_path` do."""
+    ids, lengths = _probe(model.config)
+    try:
+        expected = _reference_embedding(_weights(tensors_path), model.config, ids, lengths)
+    except (KeyError, ValueError, IndexError):   # tensors missing or of the wrong shape for the settings
+        raise ModelError(f"{tensors_path}: tensors do not match the model settings in {CARD_FILE}; re-copy or "
+                         "retrain the model") from None
+    try:
+        found = model.embed_batch(ids, lengths)
+    except Exception as error:   # onnxruntime's own exception types: a graph of another shape
+        raise ModelError(f"{model.path / ONNX_FILE}: the graph does not run on this model's tokens "
+                         f"({str(error).splitlines()[0][:200]}); export it again or delete it to use "
+                         "PyTorch") from None
+    if found.shape != expected.shape or not np.isfinite(found).all():
+        return False
+    return float(np.abs(found - expected).max()) <= PROBE_TOLERANCE * max(1.0, float(np.abs(expected).max()))

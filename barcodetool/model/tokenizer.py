@@ -13,6 +13,7 @@ Padding always uses [PAD] (id 0), never a nucleotide k-mer.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import asdict, dataclass
 from collections.abc import Iterable, Sequence
 
@@ -26,6 +27,7 @@ MASK_ID = 1
 UNK_ID = 2
 NUM_SPECIAL = len(SPECIAL_TOKENS)
 NUCLEOTIDES = "ACGT"
+MAX_LENGTH = 1 << 20   # nucleotides a model reads at most (far above any barcode; bounds the position tables)
 
 # Byte -> 0..3 for A, C, G, T and 4 for anything else (ambiguity codes).
 _BASE_CODE = np.full(256, 4, dtype=np.uint8)
@@ -40,12 +42,19 @@ class TokenizerConfig:
     max_length: int = 660  # nucleotides; longer sequences are truncated
 
     def __post_init__(self):
+        for name in ("k", "stride", "max_length"):   # the settings may come from an untrusted model card
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                text = repr(value)
+                raise TokenizerError(f"{name} must be an integer, got {text if len(text) <= 40 else text[:37] + '...'}")
         if not 1 <= self.k <= 8:
             raise TokenizerError(f"k must be between 1 and 8, got {self.k}")
         if not 1 <= self.stride <= self.k:
             raise TokenizerError(f"stride must be between 1 and k={self.k}, got {self.stride}")
         if self.max_length < self.k:
             raise TokenizerError(f"max_length ({self.max_length}) must be at least k ({self.k})")
+        if self.max_length > MAX_LENGTH:
+            raise TokenizerError(f"max_length must be at most {MAX_LENGTH:,} nucleotides, got {self.max_length:,}")
 
     @property
     def vocab_size(self) -> int:
@@ -60,6 +69,8 @@ class TokenizerConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> TokenizerConfig:
+        if not isinstance(data, dict):
+            raise TokenizerError("tokenizer settings must be a JSON object")
         unknown = set(data) - {"k", "stride", "max_length"}
         if unknown:
             raise TokenizerError(f"unknown tokenizer settings: {', '.join(sorted(unknown))}")

@@ -43,6 +43,12 @@ CARD_KEYS = {"format", "format_version", "barcodetool_version", "name", "created
              "tokenizer_config", "pooling", "dtype", "tensors_sha256", "training", "metrics", "description"}
 QUANTIZED_SUFFIX = ".int8"
 SCALE_SUFFIX = ".scale"
+# What each card key must be where present (the settings themselves are checked by card_settings).
+CARD_TYPES = {"barcodetool_version": str, "name": str, "created": str, "parts": list, "model_config": dict,
+              "tokenizer_config": dict, "pooling": str, "dtype": str, "tensors_sha256": str, "training": dict,
+              "metrics": dict, "description": str}
+CARD_TYPE_WORDS = {str: "text", list: "a JSON list", dict: "a JSON object"}
+MAX_CARD_DEPTH = 32   # levels of nested lists and objects a card may hold (real cards: 4)
 DEFAULT_CPU_MODEL = "barcodemae-nano"
 DEFAULT_GPU_MODEL = "barcodemae-base"
 
@@ -172,19 +178,44 @@ def save_model(model: BarcodeMAE, tokenizer_config: TokenizerConfig, directory: 
 
 
 # ---------------------------------------------------------------------------------------------- loading
+def _depth(value, limit: int) -> int:
+    """How deeply `value` (parsed JSON) nests lists and objects, counted up to limit + 1 (no recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            if depth > limit:
+                return depth
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
 def read_card(directory: str | os.PathLike) -> dict:
+    """The model card of a model folder, checked to be a JSON object of this format (not its settings: see
+    card_settings)."""
     path = Path(directory) / CARD_FILE
+    fix = "the file is corrupt or was edited; re-copy or retrain the model"
     try:
         card = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ModelError(f"{directory}: not a barcodetool model folder (no {CARD_FILE})") from None
+    except IsADirectoryError:
+        raise ModelError(f"{path}: is a folder, not a model card ({fix})") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ModelError(f"{path}: the model card is not valid JSON ({error}); the file is corrupt, "
-                         "re-copy or retrain the model") from None
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ModelError(f"{path}: the model card is not valid JSON ({message}); {fix}") from None
+    except (RecursionError, ValueError):   # nested too deeply for the parser; or numbers too long to read
+        raise ModelError(f"{path}: the model card cannot be read as JSON (nested too deeply or numbers too "
+                         f"long); {fix}") from None
+    except OSError as error:
+        raise ModelError(f"{path}: cannot read the model card ({error.strerror or error})") from None
     if not isinstance(card, dict) or card.get("format") != MODEL_FORMAT:
         raise ModelError(f"{path}: not a barcodetool model card (format is not {MODEL_FORMAT!r})")
+    if _depth(card, MAX_CARD_DEPTH) > MAX_CARD_DEPTH:
+        raise ModelError(f"{path}: the model card nests more than {MAX_CARD_DEPTH} levels deep; {fix}")
     version = card.get("format_version")
-    if not isinstance(version, int):
+    if isinstance(version, bool) or not isinstance(version, int):
         raise ModelError(f"{path}: format_version is missing or not an integer")
     if version > MODEL_FORMAT_VERSION:
         raise ModelError(f"{path}: model format version {version} is newer than this barcodetool reads "
@@ -193,7 +224,32 @@ def read_card(directory: str | os.PathLike) -> dict:
     if unknown:
         raise ModelError(f"{path}: unknown keys {', '.join(sorted(unknown))} in the model card "
                          "(written by a newer barcodetool? upgrade barcodetool)")
+    for key, kind in CARD_TYPES.items():
+        if key in card and not isinstance(card[key], kind):
+            raise ModelError(f"{path}: {key} in the model card is not {CARD_TYPE_WORDS[kind]}; {fix}")
+    parts = card.get("parts", ["encoder"])
+    if not all(isinstance(part, str) for part in parts) or "encoder" not in parts \
+            or not set(parts) <= {"encoder", "decoder"}:
+        raise ModelError(f"{path}: parts must be [\"encoder\"] or [\"encoder\", \"decoder\"]; {fix}")
     return card
+
+
+def card_settings(card: dict, directory: str | os.PathLike) -> tuple[BarcodeMAEConfig, TokenizerConfig]:
+    """The model and tokenizer settings of a card (read_card), each field checked (ModelError naming the card)."""
+    path = Path(directory) / CARD_FILE
+    fix = "the card is corrupt or was edited; re-copy or retrain the model"
+    try:
+        config = BarcodeMAEConfig.from_dict(card["model_config"])
+        tokenizer_config = TokenizerConfig.from_dict(card["tokenizer_config"])
+    except KeyError as error:
+        raise ModelError(f"{path}: missing {error.args[0]}; {fix}") from None
+    except (TypeError, TokenizerError, ModelError) as error:
+        raise ModelError(f"{path}: invalid settings ({error}); {fix}") from None
+    if tokenizer_config.k != config.k or tokenizer_config.max_tokens != config.max_tokens:
+        raise ModelError(f"{directory}: tokenizer settings (k={tokenizer_config.k}, "
+                         f"{tokenizer_config.max_tokens} tokens) do not fit the model (k={config.k}, "
+                         f"{config.max_tokens} tokens)")
+    return config, tokenizer_config
 
 
 def load_model_folder(directory: str | os.PathLike, *, device: str | torch.device = "cpu",
@@ -212,23 +268,18 @@ def load_model_folder(directory: str | os.PathLike, *, device: str | torch.devic
     if verify and digest != card.get("tensors_sha256"):
         raise ModelError(f"{tensors_path}: sha256 does not match the model card; the weight file is corrupt "
                          "or truncated (re-copy or retrain it)")
-    try:
-        config = BarcodeMAEConfig.from_dict(card["model_config"])
-        tokenizer_config = TokenizerConfig.from_dict(card["tokenizer_config"])
-    except KeyError as error:
-        raise ModelError(f"{directory / CARD_FILE}: missing {error.args[0]}") from None
-    except (TypeError, TokenizerError) as error:
-        raise ModelError(f"{directory / CARD_FILE}: invalid settings ({error})") from None
-    if tokenizer_config.k != config.k or tokenizer_config.max_tokens != config.max_tokens:
-        raise ModelError(f"{directory}: tokenizer settings (k={tokenizer_config.k}, "
-                         f"{tokenizer_config.max_tokens} tokens) do not fit the model (k={config.k}, "
-                         f"{config.max_tokens} tokens)")
+    config, tokenizer_config = card_settings(card, directory)
     parts = card.get("parts", ["encoder"])
     try:
         tensors = load_file(str(tensors_path))
     except (SafetensorError, OSError, ValueError) as error:
         raise ModelError(f"{tensors_path}: cannot read weights ({error}); the file is corrupt") from None
     state = _dequantize(tensors)
+    # the network is allocated only for settings that the weight file fills: a crafted card cannot ask for more
+    held, needed = sum(t.numel() for t in state.values()), config.parameter_count("decoder" in parts)
+    if held != needed:
+        raise ModelError(f"{directory / CARD_FILE}: the model settings need {needed:,} weights, {TENSORS_FILE} "
+                         f"holds {held:,}; the card does not belong to these weights (re-copy or retrain the model)")
     model = BarcodeMAE(config, include_decoder="decoder" in parts)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))

@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,13 @@ log = logging.getLogger("barcodetool")
 # index made by older code is rebuilt instead of recalibrated on every run.
 CACHE_GENERATION = 2
 
+# Called with the number of sequences of each embedded batch. A progress callable may also carry a `set_total(n)`
+# attribute: build_reference calls it with the number of distinct sequences to embed once it knows it.
 Progress = Callable[[int], None]
+
+# A temporary cache file (`.NAME.h5.XXXX.part`) this old is left over from a run killed while writing it (kill -9:
+# nothing could remove it): removed the next time the cache is used. A live writer touches its file far more often.
+STALE_PART_S = 3600
 
 
 # ============================================================================================ building
@@ -101,6 +108,8 @@ def build_reference(records: Iterable, model, options: BuildOptions | None = Non
         raise InputError("the reference records carry no taxonomy and no BIN", path=display,
                          fix="give a table with taxonomy or BIN columns, or a FASTA with SINTAX headers "
                              "(>id;tax=p:...,g:...,s:...;)")
+    if progress is not None and callable(getattr(progress, "set_total", None)):
+        progress.set_total(len(unique))
     vectors = np.empty((len(unique), model.embedding_dim), dtype=np.float32)
     for start in range(0, len(unique), options.chunk_records):
         part = unique[start:start + options.chunk_records]
@@ -133,6 +142,27 @@ def reference_cache_dir() -> Path:
     import platformdirs
 
     return Path(platformdirs.user_cache_dir("barcodetool", appauthor=False)) / "references"
+
+
+def remove_stale_parts(folder: Path, max_age_s: float = STALE_PART_S) -> list[Path]:
+    """Remove the temporary files (`.*.part`) in `folder` not written to for `max_age_s` seconds: left by a run
+    killed while writing its cached index. Returns those removed."""
+    removed = []
+    now = time.time()
+    try:
+        candidates = list(folder.glob(".*.part"))
+    except OSError:
+        return removed
+    for part in candidates:
+        try:
+            if now - part.stat().st_mtime > max_age_s and part.is_file():
+                part.unlink()
+                removed.append(part)
+        except OSError:  # gone meanwhile, or not ours to remove: harmless either way
+            continue
+    if removed:
+        log.info(f"removed {len(removed)} unfinished cache file(s) left by an interrupted run in {folder}")
+    return removed
 
 
 def cache_key(path: str | os.PathLike, model, read_options: ReadOptions | None = None) -> str:
@@ -168,6 +198,7 @@ def open_reference(path: str | os.PathLike, model, *, read_options: ReadOptions 
     read_options = (read_options or ReadOptions()).replace(min_length=model.tokenizer.config.k)
     cached = None
     if use_cache:
+        remove_stale_parts(reference_cache_dir())
         cached = reference_cache_dir() / f"{cache_key(path, model, read_options)}.h5"
         if cached.is_file():
             try:

@@ -49,7 +49,7 @@ import numpy as np
 
 from .._version import __version__
 from ..errors import IndexMismatchError, InputError, UsageError
-from ..io.atomic import atomic_path
+from ..io.atomic import atomic_hdf5, is_stdout
 from ..io.hdf5 import open_hdf5
 from ..io.json_values import json_values
 from ..search import KmerIndex, SequenceStore, knn_search, normalize
@@ -153,7 +153,7 @@ class ReferenceIndex:
                 if "sequences" not in handle:
                     raise InputError("this index holds no sequences", path=str(self.path),
                                      fix="rebuild it with `barcodetool reference build`")
-                self._sequences = handle["sequences"].asstr()[:].tolist()
+                self._sequences = _Checker(self.path).strings(handle, "sequences", len(self.ids))
         return self._sequences
 
     @property
@@ -199,17 +199,25 @@ class ReferenceIndex:
     def _read_identity(self) -> IdentityLayer | None:
         import h5py
 
+        check = _Checker(self.path)
         with h5py.File(self.path, "r") as handle:
-            group = handle.get("identity/kmer")
-            if group is None:
+            if "kmer" not in check.members(handle, "identity"):
                 return None
-            arrays = {name: group[name][:] for name in ("kmers", "df", "refs")}
-            k, size = int(group.attrs["k"]), int(group.attrs["size"])
+            try:
+                k, size = check.kmer_layout(handle, None)
+                kmers = check.integers(handle, "identity/kmer/kmers", (None,), 0, 4 ** k)
+                df = check.integers(handle, "identity/kmer/df", kmers.shape, 1, 1 << 31)
+                refs = check.integers(handle, "identity/kmer/refs", (None,), 0, max(size, 1))
+            except KeyError as error:
+                raise check.error(f"the stored k-mer index is incomplete ({error})") from None
         store, first, representative, codes = self._identity_base()
         if size != len(store):
-            raise InputError(f"the stored k-mer index covers {size:,} sequences, the index {len(store):,}",
-                             path=str(self.path), fix="rebuild the index with `barcodetool reference build`")
-        kmer = KmerIndex.from_arrays(k, size, arrays["kmers"], arrays["df"], arrays["refs"])
+            raise check.error(f"the stored k-mer index covers {size:,} sequences, the index {len(store):,}")
+        try:
+            kmer = KmerIndex.from_arrays(k, size, kmers, df, refs)
+        except InputError:
+            raise check.error("the stored k-mer index is inconsistent (postings do not match their counts, or "
+                              "k-mers are not in order)") from None
         return IdentityLayer(store=store, kmer=kmer, group_first=first, group_record=representative, codes=codes)
 
     @property
@@ -262,28 +270,31 @@ class ReferenceIndex:
         sequences = self._sequences if self._sequences is not None else (
             self.sequences if self.path is not None else None)
         dtype = "float16" if self.embeddings.dtype == np.float16 else "float32"
-        with atomic_path(path) as temporary, h5py.File(temporary, "w") as handle:
+
+        def create(group, name, **options):
+            # flushed at once: a write that fails (a full disk) raises here, not in the close of a dataset that is
+            # dropped, where HDF5 cannot report it and is left unable to close the file
+            group.create_dataset(name, **options).flush()
+
+        with atomic_hdf5(path) as handle:
             n = len(self.ids)
             chunk = (min(max(n, 1), 65536),)
-            handle.create_dataset("ids", data=np.array(self.ids, dtype=object), dtype=strings,
-                                  chunks=chunk if n else None)
+            create(handle, "ids", data=np.array(self.ids, dtype=object), dtype=strings, chunks=chunk if n else None)
             if sequences is not None:
-                handle.create_dataset("sequences", data=np.array(sequences, dtype=object), dtype=strings,
-                                      chunks=chunk if n else None, compression="gzip", compression_opts=4)
-            handle.create_dataset("sequence_group", data=self.groups.astype(np.int32))
+                create(handle, "sequences", data=np.array(sequences, dtype=object), dtype=strings,
+                       chunks=chunk if n else None, compression="gzip", compression_opts=4)
+            create(handle, "sequence_group", data=self.groups.astype(np.int32))
             rows = max(1, min(n, max(1, (1 << 20) // max(1, 4 * self.embedding_dim))))
-            handle.create_dataset("embeddings", data=self.embeddings, chunks=(rows, self.embedding_dim)
-                                  if n else None)
+            create(handle, "embeddings", data=self.embeddings, chunks=(rows, self.embedding_dim) if n else None)
             for name, codes in self.codes.items():
-                handle.create_dataset(f"labels/{name}", data=codes.astype(np.int32))
-                handle.create_dataset(f"label_names/{name}",
-                                      data=np.array(self.label_names[name], dtype=object), dtype=strings)
+                create(handle, f"labels/{name}", data=codes.astype(np.int32))
+                create(handle, f"label_names/{name}", data=np.array(self.label_names[name], dtype=object),
+                       dtype=strings)
             for level, stored in (self.calibration or {}).items():
-                handle.create_dataset(f"calibration/{level}/queries", data=stored["queries"].astype(np.int32))
-                handle.create_dataset(f"calibration/{level}/neighbours",
-                                      data=stored["neighbours"].astype(np.int32))
-                handle.create_dataset(f"calibration/{level}/similarities",
-                                      data=stored["similarities"].astype(np.float32))
+                create(handle, f"calibration/{level}/queries", data=stored["queries"].astype(np.int32))
+                create(handle, f"calibration/{level}/neighbours", data=stored["neighbours"].astype(np.int32))
+                create(handle, f"calibration/{level}/similarities",
+                       data=stored["similarities"].astype(np.float32))
             if sequences is not None:  # the identity layer needs the sequences
                 layer = self.identity
                 kmer = handle.create_group("identity/kmer")
@@ -291,14 +302,16 @@ class ReferenceIndex:
                 for name in ("kmers", "df", "refs"):
                     values = getattr(layer.kmer, name).astype(np.int32)
                     # gzip 1 + shuffle: the postings shrink ~10x (78 -> 8 MiB for 31k barcodes), ~0.4 s to read
-                    kmer.create_dataset(name, data=values, chunks=(min(len(values), 1 << 20),),
-                                        compression="gzip", compression_opts=1, shuffle=True) \
-                            if len(values) else kmer.create_dataset(name, data=values)
+                    if len(values):
+                        create(kmer, name, data=values, chunks=(min(len(values), 1 << 20),), compression="gzip",
+                               compression_opts=1, shuffle=True)
+                    else:
+                        create(kmer, name, data=values)
                 for level, stored in (self.identity_calibration or {}).items():
                     for name, values in stored.items():
                         dtype_ = np.float32 if name.endswith("_score") else np.int32
-                        handle.create_dataset(f"identity/calibration/{level}/{name}",
-                                              data=np.asarray(values).astype(dtype_))
+                        create(handle, f"identity/calibration/{level}/{name}",
+                               data=np.asarray(values).astype(dtype_))
             attrs = {
                 "format": REFERENCE_FORMAT,
                 "format_version": REFERENCE_FORMAT_VERSION,
@@ -321,48 +334,45 @@ class ReferenceIndex:
                 attrs["identity_calibration_candidates"] = json.dumps(list(self.identity_thresholds.candidates))
                 attrs["identity_calibration_embed_below"] = float(self.identity_thresholds.embed_below)
             handle.attrs.update(attrs)
-        self.path = path
+        if not is_stdout(path) and path.is_file():  # not standard output, a device or a FIFO: it can be read back
+            self.path = path
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ReferenceIndex:
-        """Read an index written by `save` (sequences are read lazily)."""
+        """Read an index written by `save` (sequences are read lazily), every dataset and attribute checked before
+        use: a damaged or crafted file raises InputError naming the file and what is wrong."""
         path = Path(path)
+        check = _Checker(path)
         with open_hdf5(path, format_name=REFERENCE_FORMAT, version=REFERENCE_FORMAT_VERSION, what="reference index",
-                       fix="build one with `barcodetool reference build`",
-                       rebuild="rebuild the index with `barcodetool reference build`") as handle:
+                       fix="build one with `barcodetool reference build`", rebuild=REBUILD) as handle:
             attrs = dict(handle.attrs)
+            check.integer(attrs, "format_version", minimum=0)
             try:
-                ids = handle["ids"].asstr()[:].tolist()
-                embeddings = handle["embeddings"][:]
-                groups = handle["sequence_group"][:].astype(np.int32)
-                codes, names = {}, {}
-                for name in handle.get("labels", {}):
-                    codes[name] = handle["labels"][name][:].astype(np.int32)
-                    names[name] = handle["label_names"][name].asstr()[:].tolist()
-                calibration = {}
-                for level in handle.get("calibration", {}):
-                    group = handle["calibration"][level]
-                    calibration[level] = {"queries": group["queries"][:].astype(np.int64),
-                                          "neighbours": group["neighbours"][:].astype(np.int64),
-                                          "similarities": group["similarities"][:].astype(np.float32)}
-                identity_calibration = {}
-                for level in handle.get("identity/calibration", {}):
-                    group = handle["identity/calibration"][level]
-                    identity_calibration[level] = {
-                        name: group[name][:].astype(np.float32 if name.endswith("_score") else np.int64)
-                        for name in group}
+                ids = check.strings(handle, "ids")
+                n = len(ids)
+                embeddings = check.floats(handle, "embeddings", (n, None), dtypes=("float16", "float32"))
+                groups = check.groups(handle, n)
+                if "sequences" in handle:
+                    check.dataset(handle, "sequences", "str", (n,))
+                codes, names = check.labels(handle, n)
+                calibration = check.calibration(handle, n)
+                identity_calibration = check.identity_calibration(handle, int(groups.max(initial=-1)) + 1)
+                if "kmer" in check.members(handle, "identity"):
+                    check.kmer_layout(handle, int(groups.max(initial=-1)) + 1)
             except KeyError as error:
-                raise InputError(f"the reference index is incomplete ({error})", path=str(path),
-                                 fix="rebuild it with `barcodetool reference build`") from None
-        thresholds = _thresholds_from_attrs(attrs, "", KnnThresholds, k=int(attrs.get("calibration_k", DEFAULT_K)))
+                raise check.error(f"the reference index is incomplete ({error})") from None
+        check.embeddings(embeddings)
+        _check_attrs(check, attrs, n, embeddings.shape[1])
+        thresholds = _thresholds_from_attrs(check, attrs, "", KnnThresholds,
+                                            k=check.integer(attrs, "calibration_k", DEFAULT_K, minimum=1))
         identity_thresholds = _thresholds_from_attrs(
-            attrs, "identity_", IdentityThresholds,
-            candidates=tuple(json.loads(attrs.get("identity_calibration_candidates", "[10, 10]"))),
+            check, attrs, "identity_", IdentityThresholds,
+            candidates=check.candidates(attrs, "identity_calibration_candidates"),
             # indexes written before the attribute existed embedded every query
-            embed_below=float(attrs.get("identity_calibration_embed_below", math.inf)))
+            embed_below=check.number(attrs, "identity_calibration_embed_below", math.inf, nan=False))
         return cls(ids=ids, embeddings=embeddings, codes=codes, label_names=names, groups=groups,
-                   model_name=str(attrs.get("model_name", "")), model_sha256=str(attrs.get("model_sha256", "")),
+                   model_name=check.string(attrs, "model_name"), model_sha256=check.string(attrs, "model_sha256"),
                    thresholds=thresholds, attrs=attrs, path=path, calibration=calibration,
                    identity_thresholds=identity_thresholds, identity_calibration=identity_calibration or None)
 
@@ -378,17 +388,19 @@ def _thresholds_attrs(thresholds: Thresholds, prefix: str) -> dict:
     return attrs
 
 
-def _thresholds_from_attrs(attrs, prefix: str, kind: type[Thresholds], **fixed) -> Thresholds | None:
-    """The thresholds written by _thresholds_attrs, or None when the index holds no such calibration."""
+def _thresholds_from_attrs(check: _Checker, attrs, prefix: str, kind: type[Thresholds], **fixed) -> Thresholds | None:
+    """The thresholds written by _thresholds_attrs (each checked), or None when the index holds no such
+    calibration."""
     if f"{prefix}calibration_precision" not in attrs:
         return None
     return kind(
-        ranks={r: float(attrs.get(f"{prefix}threshold_{r}", math.nan)) for r in RANKS},
-        bin=float(attrs.get(f"{prefix}threshold_bin", math.nan)),
-        cluster_distance=float(attrs.get(f"{prefix}cluster_distance_threshold", math.nan)),
-        precision=float(attrs[f"{prefix}calibration_precision"]),
-        min_confidence=float(attrs.get(f"{prefix}calibration_min_confidence", DEFAULT_MIN_CONFIDENCE)),
-        details=json.loads(attrs.get(f"{prefix}calibration", "{}") or "{}"), **fixed)
+        ranks={r: check.number(attrs, f"{prefix}threshold_{r}", math.nan) for r in RANKS},
+        bin=check.number(attrs, f"{prefix}threshold_bin", math.nan),
+        cluster_distance=check.number(attrs, f"{prefix}cluster_distance_threshold", math.nan),
+        precision=check.number(attrs, f"{prefix}calibration_precision", math.nan, nan=False, within=(0.0, 1.0)),
+        min_confidence=check.number(attrs, f"{prefix}calibration_min_confidence", DEFAULT_MIN_CONFIDENCE,
+                                    nan=False, within=(0.0, 1.0)),
+        details=check.json(attrs, f"{prefix}calibration", dict, "{}"), **fixed)
 
 
 def is_reference_file(path: str | os.PathLike) -> bool:
@@ -400,3 +412,227 @@ def is_reference_file(path: str | os.PathLike) -> bool:
             return handle.read(8) == b"\x89HDF\r\n\x1a\n"
     except OSError:
         return False
+
+
+# ---------------------------------------------------------------------------------------------- checking a file
+REBUILD = "rebuild it with `barcodetool reference build`"
+_KIND_LETTERS = {"int": "iu", "float": "f"}
+_KIND_WORDS = {"str": "strings", "int": "integers", "float": "floating-point numbers"}
+_IDENTITY_CANDIDATE_SOURCES = ("embedding", "kmer")
+_ROWS_CHECKED = 65536   # embedding rows checked at a time (bounded memory for very large references)
+
+
+def _show(value) -> str:
+    """A short one-line repr of an untrusted value for a message."""
+    text = repr(value.item() if isinstance(value, np.generic) else value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+class _Checker:
+    """The checks of one index file's datasets and attributes before use: each failure is an InputError naming
+    the file, what is wrong, and the fix (rebuild the index)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def error(self, message: str) -> InputError:
+        return InputError(message, path=str(self.path), fix=REBUILD)
+
+    # ----------------------------------------------------------------- datasets
+    def members(self, handle, name: str) -> list[str]:
+        """Names in the group `name` (none where it is absent)."""
+        import h5py
+
+        item = handle.get(name)
+        if item is None:
+            return []
+        if not isinstance(item, h5py.Group):
+            raise self.error(f"/{name} is not a group")
+        return list(item)
+
+    def dataset(self, handle, name: str, kind: str, shape: tuple, dtypes: tuple[str, ...] | None = None):
+        """The dataset `name` (KeyError where missing) checked to hold `kind` ("str", "int" or "float"; `dtypes`
+        narrows the float types) in `shape` (None: any length)."""
+        import h5py
+
+        item = handle[name]
+        if not isinstance(item, h5py.Dataset):
+            raise self.error(f"/{name} is not a dataset")
+        if kind == "str":
+            right = h5py.check_string_dtype(item.dtype) is not None
+        else:
+            right = item.dtype.kind in _KIND_LETTERS[kind] and (dtypes is None or item.dtype.name in dtypes)
+        if not right:
+            wanted = " or ".join(dtypes) if dtypes else _KIND_WORDS[kind]
+            raise self.error(f"/{name} holds {item.dtype} values, not {wanted}")
+        if len(item.shape) != len(shape) or any(want is not None and size != want
+                                                for size, want in zip(item.shape, shape)):
+            expected = "[" + ", ".join("any" if want is None else str(want) for want in shape) + "]"
+            raise self.error(f"/{name} has shape {list(item.shape)}, expected {expected}")
+        return item
+
+    def strings(self, handle, name: str, length: int | None = None) -> list[str]:
+        item = self.dataset(handle, name, "str", (length,))
+        try:
+            return item.asstr()[()].tolist()
+        except UnicodeDecodeError:
+            raise self.error(f"/{name} is not UTF-8 text") from None
+
+    def floats(self, handle, name: str, shape: tuple, dtypes: tuple[str, ...] | None = None) -> np.ndarray:
+        values = self.dataset(handle, name, "float", shape, dtypes)[()]
+        if dtypes is None and np.isnan(values).any():
+            raise self.error(f"/{name} holds NaN")
+        return values
+
+    def integers(self, handle, name: str, shape: tuple, low: int, high: int) -> np.ndarray:
+        """An integer dataset whose values lie in low..high-1, as int64."""
+        values = self.dataset(handle, name, "int", shape)[()]
+        if values.size:
+            smallest, largest = int(values.min()), int(values.max())
+            if smallest < low or largest >= high:
+                bad = smallest if smallest < low else largest
+                raise self.error(f"/{name} holds {bad}, outside {low}..{high - 1}")
+        return values.astype(np.int64)
+
+    def groups(self, handle, n: int) -> np.ndarray:
+        """/sequence_group: numbered 0, 1, ... by first record, as the identity layer assumes."""
+        groups = self.integers(handle, "sequence_group", (n,), 0, max(n, 1))
+        if n and (groups[0] != 0 or (groups[1:] > np.maximum.accumulate(groups)[:-1] + 1).any()):
+            raise self.error("/sequence_group is not numbered 0, 1, 2, ... in order of first record")
+        return groups.astype(np.int32)
+
+    def labels(self, handle, n: int) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
+        codes, names = {}, {}
+        for name in self.members(handle, "labels"):
+            names[name] = self.strings(handle, f"label_names/{name}")
+            codes[name] = self.integers(handle, f"labels/{name}", (n,), -1, len(names[name])).astype(np.int32)
+        return codes, names
+
+    def calibration(self, handle, n: int) -> dict:
+        """/calibration/<level>: leave-out queries (records) and their neighbours (records, -1 = none)."""
+        calibration = {}
+        for level in self.members(handle, "calibration"):
+            where = f"calibration/{level}"
+            queries = self.integers(handle, f"{where}/queries", (None,), 0, n)
+            neighbours = self.integers(handle, f"{where}/neighbours", (len(queries), None), -1, n)
+            similarities = self.floats(handle, f"{where}/similarities", neighbours.shape)
+            calibration[level] = {"queries": queries, "neighbours": neighbours,
+                                  "similarities": similarities.astype(np.float32)}
+        return calibration
+
+    def identity_calibration(self, handle, groups: int) -> dict:
+        """/identity/calibration/<level>: leave-out queries and candidates in distinct-sequence space."""
+        calibration = {}
+        for level in self.members(handle, "identity/calibration"):
+            where = f"identity/calibration/{level}"
+            queries = self.integers(handle, f"{where}/queries", (None,), 0, groups)
+            stored = {"queries": queries}
+            for source in _IDENTITY_CANDIDATE_SOURCES:
+                table = self.integers(handle, f"{where}/{source}", (len(queries), None), -1, groups)
+                stored[source] = table
+                stored[f"{source}_score"] = self.floats(handle, f"{where}/{source}_score",
+                                                        table.shape).astype(np.float32)
+                stored[f"{source}_overlap"] = self.integers(handle, f"{where}/{source}_overlap", table.shape,
+                                                            0, 1 << 31)
+            calibration[level] = stored
+        return calibration
+
+    def kmer_layout(self, handle, groups: int | None) -> tuple[int, int]:
+        """(k, size) of /identity/kmer, checked with its datasets' types and shapes (not their values)."""
+        import h5py
+
+        group = handle["identity/kmer"]
+        if not isinstance(group, h5py.Group):
+            raise self.error("/identity/kmer is not a group")
+        k = self.integer(dict(group.attrs), "k", where="/identity/kmer attribute", minimum=4)
+        size = self.integer(dict(group.attrs), "size", where="/identity/kmer attribute", minimum=0)
+        if k > 15:
+            raise self.error(f"/identity/kmer attribute k is {k}, outside 4..15")
+        if groups is not None and size != groups:
+            raise self.error(f"the stored k-mer index covers {size:,} sequences, the index {groups:,}")
+        kmers = self.dataset(handle, "identity/kmer/kmers", "int", (None,))
+        self.dataset(handle, "identity/kmer/df", "int", kmers.shape)
+        self.dataset(handle, "identity/kmer/refs", "int", (None,))
+        return k, size
+
+    def embeddings(self, embeddings: np.ndarray) -> None:
+        """Every value finite and every row of unit length (or zero), as build_reference stores them."""
+        if embeddings.shape[1] < 1:
+            raise self.error("/embeddings has no columns")
+        for start in range(0, len(embeddings), _ROWS_CHECKED):
+            block = np.asarray(embeddings[start:start + _ROWS_CHECKED], dtype=np.float32)
+            finite = np.isfinite(block).all(axis=1)
+            if not finite.all():
+                row = start + int(np.argmin(finite))
+                raise self.error(f"/embeddings row {row} holds NaN or infinity")
+            norms = np.sqrt(np.einsum("ij,ij->i", block, block))
+            wrong = (np.abs(norms - 1.0) > 1e-2) & (norms > 0)
+            if wrong.any():
+                row = start + int(np.argmax(wrong))
+                raise self.error(f"/embeddings row {row} has length {norms[row - start]:.4g}, not 1")
+
+    # ----------------------------------------------------------------- attributes
+    def value(self, attrs, key: str, default):
+        value = attrs.get(key, default)
+        if isinstance(value, np.ndarray) and value.shape == ():
+            value = value[()]
+        return value
+
+    def integer(self, attrs, key: str, default=None, *, minimum: int | None = None,
+                where: str = "attribute") -> int:
+        value = self.value(attrs, key, default)
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+            raise self.error(f"{where} {key} is {_show(value)}, not an integer")
+        if minimum is not None and value < minimum:
+            raise self.error(f"{where} {key} is {int(value)}, less than {minimum}")
+        return int(value)
+
+    def number(self, attrs, key: str, default, *, nan: bool = True,
+               within: tuple[float, float] | None = None) -> float:
+        """A number attribute (NaN refused unless `nan`; `within`: inclusive bounds)."""
+        value = self.value(attrs, key, default)
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise self.error(f"attribute {key} is {_show(value)}, not a number")
+        value = float(value)
+        if not nan and math.isnan(value):
+            raise self.error(f"attribute {key} is NaN")
+        if within is not None and not within[0] <= value <= within[1]:
+            raise self.error(f"attribute {key} is {value}, outside {within[0]}..{within[1]}")
+        return value
+
+    def string(self, attrs, key: str, default: str = "") -> str:
+        value = self.value(attrs, key, default)
+        if not isinstance(value, str):
+            raise self.error(f"attribute {key} is {_show(value)}, not text")
+        return value
+
+    def json(self, attrs, key: str, kind: type, default: str):
+        """A JSON attribute (an empty one reads as `default`) that must decode to a `kind`."""
+        text = self.string(attrs, key, default) or default
+        try:
+            value = json.loads(text)
+        except (ValueError, RecursionError):
+            raise self.error(f"attribute {key} is not JSON") from None
+        if not isinstance(value, kind):
+            raise self.error(f"attribute {key} is {_show(value)}, not a JSON {kind.__name__}")
+        return value
+
+    def candidates(self, attrs, key: str) -> tuple[int, ...]:
+        """(embedding, k-mer) numbers of identity candidates: two integers >= 0, not both 0."""
+        value = self.json(attrs, key, list, "[10, 10]")
+        if len(value) != 2 or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in value) \
+                or sum(value) == 0:
+            raise self.error(f"attribute {key} is {_show(value)}, not two numbers of candidates")
+        return tuple(value)
+
+
+def _check_attrs(check: _Checker, attrs: dict, n: int, dim: int) -> None:
+    """The root attributes that load() does not otherwise read, checked against the datasets."""
+    if "count" in attrs and check.integer(attrs, "count") != n:
+        raise check.error(f"attribute count is {int(attrs['count'])}, but /ids holds {n} records")
+    if "embedding_dim" in attrs and check.integer(attrs, "embedding_dim") != dim:
+        raise check.error(f"attribute embedding_dim is {int(attrs['embedding_dim'])}, but /embeddings has {dim} "
+                          "columns")
+    check.json(attrs, "tokenizer", dict, "{}")
+    for key in ("pooling", "dtype", "source", "created", "barcodetool_version"):
+        check.string(attrs, key)

@@ -32,7 +32,7 @@ class TrainConfig:
     preset: str = "small"
     epochs: float = 1.0
     max_steps: int | None = None  # overrides epochs
-    max_minutes: float | None = None  # safety stop; the run still saves its weights
+    max_minutes: float | None = None  # safety stop of this run (a resumed run has its own); it still saves
     batch_size: int = 256  # per process
     lr: float = 5e-4
     min_lr_ratio: float = 0.1

@@ -236,13 +236,19 @@ class Trainer:
             raise ModelError(f"{folder}: checkpoint files do not match their recorded sha256 (corrupt); "
                              "delete the checkpoint folder to start over")
         loaded = load_model_folder(folder, device=self.device)
-        self.model.load_state_dict(loaded.model.state_dict(), strict=True)
-        tensors = load_file(str(folder / OPTIMIZER_FILE))
-        if self.kind == "finetune":
-            heads = {k[len("heads."):]: v for k, v in tensors.items() if k.startswith("heads.")}
-            self.task.heads.load_state_dict(heads, strict=True)
-            tensors = {k: v for k, v in tensors.items() if not k.startswith("heads.")}
-        self.optimizer.load_state_dict(_unflatten_optimizer(tensors, state["param_groups"]))
+        _check_param_groups(state["param_groups"], self.optimizer.state_dict()["param_groups"], folder / STATE_FILE)
+        try:
+            self.model.load_state_dict(loaded.model.state_dict(), strict=True)
+            tensors = load_file(str(folder / OPTIMIZER_FILE))
+            if self.kind == "finetune":
+                heads = {k[len("heads."):]: v for k, v in tensors.items() if k.startswith("heads.")}
+                self.task.heads.load_state_dict(heads, strict=True)
+                tensors = {k: v for k, v in tensors.items() if not k.startswith("heads.")}
+            self.optimizer.load_state_dict(_unflatten_optimizer(tensors, state["param_groups"]))
+        except (ValueError, KeyError, TypeError, RuntimeError, OSError) as error:
+            raise ModelError(f"{folder}: the checkpoint does not fit this run "
+                             f"({str(error).splitlines()[0][:120] if str(error) else type(error).__name__}); "
+                             "delete the checkpoint folder to start over") from None
         self.step = int(state["step"])
         return float(state.get("seconds", 0.0))
 
@@ -310,7 +316,8 @@ class Trainer:
                     window_start, window_rows = now, 0
                 if self.step % config.checkpoint_every == 0 and not last:
                     self.save_checkpoint(spent + time.perf_counter() - start_time)
-                if config.max_minutes and (spent + time.perf_counter() - start_time) > config.max_minutes * 60:
+                # a budget for this run alone: a resubmitted batch job that resumes gets its own --max-minutes
+                if config.max_minutes and (time.perf_counter() - start_time) > config.max_minutes * 60:
                     stopped_early = not last
                     if stopped_early:
                         self.log(f"stopped at step {self.step} of {self.total_steps}: --max-minutes reached")
@@ -371,15 +378,62 @@ def checkpoint_folder(output: str | os.PathLike) -> Path | None:
     return None
 
 
+# training_state.json: each key and the type it must have (an untrusted file: checked before use)
+STATE_TYPES = {"kind": str, "step": int, "total_steps": int, "seconds": (int, float), "world_size": int,
+               "config": dict, "corpus_sha256": str, "param_groups": list, "label_names": dict,
+               "optimizer_sha256": str, "model_sha256": str}
+
+
 def read_training_state(folder: Path) -> dict:
+    """The training_state.json of a checkpoint folder, every key checked (ModelError naming the file)."""
+    path = Path(folder) / STATE_FILE
+    fix = "delete the checkpoint folder to start over"
     try:
-        state = json.loads((Path(folder) / STATE_FILE).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise ModelError(f"{folder}: unreadable training state ({error}); delete the checkpoint folder "
-                         "to start over") from None
-    if state.get("format") != "barcodetool-training-state" or int(state.get("format_version", 0)) > 1:
-        raise ModelError(f"{folder}: not a training checkpoint this barcodetool can resume")
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ModelError(f"{path}: unreadable training state ({message}); {fix}") from None
+    except (RecursionError, ValueError):
+        raise ModelError(f"{path}: unreadable training state (nested too deeply or numbers too long); "
+                         f"{fix}") from None
+    if not isinstance(state, dict) or state.get("format") != "barcodetool-training-state":
+        raise ModelError(f"{path}: not a training checkpoint this barcodetool can resume; {fix}")
+    version = state.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= 1:
+        raise ModelError(f"{path}: not a training checkpoint this barcodetool can resume (format_version "
+                         f"{str(version)[:20]!r}); {fix}")
+    for key, kind in STATE_TYPES.items():
+        if key not in state:
+            raise ModelError(f"{path}: the training state has no {key!r}; {fix}")
+        value = state[key]
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise ModelError(f"{path}: {key} is {str(value)[:40]!r}, not of the right type; {fix}")
+    if state["total_steps"] < 1 or not 0 <= state["step"] <= state["total_steps"]:
+        raise ModelError(f"{path}: step {state['step']} is not between 0 and total_steps "
+                         f"{state['total_steps']} (at least 1); {fix}")
+    if state["world_size"] < 1 or not (math.isfinite(state["seconds"]) and state["seconds"] >= 0):
+        raise ModelError(f"{path}: world_size or seconds out of range; {fix}")
     return state
+
+
+def _check_param_groups(groups: list, current: list[dict], path: Path) -> None:
+    """The optimizer's parameter groups of a checkpoint: as many as this run's, with the same parameters and keys,
+    each setting of the same type (numbers for numbers)."""
+    def same_kind(value, like) -> bool:
+        if isinstance(like, bool) or like is None:
+            return type(value) is type(like)
+        if isinstance(like, (int, float)):
+            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if isinstance(like, (list, tuple)):
+            return isinstance(value, list) and len(value) == len(like) and all(map(same_kind, value, like))
+        return isinstance(value, type(like))
+
+    if len(groups) != len(current) or not all(
+            isinstance(group, dict) and group.keys() == want.keys() and group["params"] == want["params"]
+            and all(same_kind(group[key], want[key]) for key in want if key != "params")
+            for group, want in zip(groups, current)):
+        raise ModelError(f"{path}: param_groups do not fit this run's optimizer; delete the checkpoint folder to "
+                         "start over")
 
 
 def _flatten_optimizer(state_dict: dict) -> tuple[dict[str, torch.Tensor], list]:
