@@ -23,13 +23,12 @@ from typing import Any
 import numpy as np
 
 from .._version import __version__
-from ..io.atomic import atomic_path
 from ..errors import ModelError
+from ..io.atomic import atomic_path
 from .config import BarcodeMAEConfig
-from .tokenizer import KmerTokenizer
-from .tokenizer import NUM_SPECIAL, PAD_ID
-from .weights import (CARD_FILE, QUANTIZED_SUFFIX, SCALE_SUFFIX, TENSORS_FILE, InferenceModel, card_settings,
-                      locate_model, read_card, sha256_file)
+from .tokenizer import NUM_SPECIAL, PAD_ID, KmerTokenizer
+from .weights import (CARD_FILE, TENSORS_FILE, InferenceModel, card_settings, dequantize, locate_model, read_card,
+                      sha256_file)
 
 ONNX_FILE = "encoder.onnx"
 ONNX_FORMAT = "barcodetool-onnx-encoder"
@@ -178,18 +177,7 @@ def _weights(path: Path) -> dict[str, np.ndarray]:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as error:
         raise ModelError(f"{path}: cannot read weights ({error}); the file is corrupt") from None
-    out = {}
-    for name, tensor in tensors.items():
-        if name.endswith(SCALE_SUFFIX):
-            continue
-        if name.endswith(QUANTIZED_SUFFIX):
-            base = name[: -len(QUANTIZED_SUFFIX)]
-            if base + SCALE_SUFFIX not in tensors:
-                raise ModelError(f"{path}: quantized tensor {base} has no scale")
-            out[base] = tensor.astype(np.float64) * tensors[base + SCALE_SUFFIX].astype(np.float64)
-        else:
-            out[name] = tensor.astype(np.float64)
-    return out
+    return dequantize(tensors, lambda tensor: tensor.astype(np.float64), where=f"{path}: ")
 
 
 def _layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:

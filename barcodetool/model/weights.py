@@ -21,6 +21,7 @@ import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .._version import __version__
@@ -112,7 +113,9 @@ def _quantize_int8(tensors: dict[str, torch.Tensor], min_elements: int) -> dict[
     return out
 
 
-def _dequantize(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def dequantize(tensors: dict, as_float: Callable, where: str = "") -> dict:
+    """The tensors of a weight file as floats, int8 rows multiplied back by their scales; `as_float` converts one
+    tensor (PyTorch's or numpy's), `where` prefixes errors (the file)."""
     out = {}
     for name, tensor in tensors.items():
         if name.endswith(SCALE_SUFFIX):
@@ -121,10 +124,10 @@ def _dequantize(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             base = name[: -len(QUANTIZED_SUFFIX)]
             scale = tensors.get(base + SCALE_SUFFIX)
             if scale is None:
-                raise ModelError(f"quantized tensor {base} has no scale")
-            out[base] = tensor.float() * scale.float()
+                raise ModelError(f"{where}quantized tensor {base} has no scale")
+            out[base] = as_float(tensor) * as_float(scale)
         else:
-            out[name] = tensor.float()
+            out[name] = as_float(tensor)
     return out
 
 
@@ -274,7 +277,7 @@ def load_model_folder(directory: str | os.PathLike, *, device: str | torch.devic
         tensors = load_file(str(tensors_path))
     except (SafetensorError, OSError, ValueError) as error:
         raise ModelError(f"{tensors_path}: cannot read weights ({error}); the file is corrupt") from None
-    state = _dequantize(tensors)
+    state = dequantize(tensors, lambda tensor: tensor.float())
     # the network is allocated only for settings that the weight file fills: a crafted card cannot ask for more
     held, needed = sum(t.numel() for t in state.values()), config.parameter_count("decoder" in parts)
     if held != needed:
