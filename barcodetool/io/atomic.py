@@ -11,9 +11,10 @@ and then copied through); a symlink stays a symlink, and the file it points to i
 directory is refused.
 
 Writes that fail because the device is full (or read-only, or over quota) become one OutputError naming the
-output and the fix; the old file is kept and no temporary file is left. HDF5 is written through a Python file
-object (`atomic_hdf5`) that records the first failed write and lets HDF5 finish as if it had succeeded: an HDF5
-library that saw its write fail cannot close the file, and crashes the interpreter at exit (a segmentation fault).
+output and the fix; the old file is kept and no temporary file is left. An HDF5 library that saw a write fail
+cannot close the file and crashes the interpreter at exit (a segmentation fault): `atomic_hdf5` flushes the file
+before closing it, where a failure can still be handled, and points an abandoned file's descriptor at a scratch
+file before HDF5 closes it.
 
 A temporary file is never renamed into place once a signal has been recorded (barcodetool.io.interrupts): Python
 drops an exception raised by a signal handler while it runs a `__del__` method or a weakref callback ("Exception
