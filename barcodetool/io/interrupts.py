@@ -6,10 +6,10 @@ that hold signals, and the handlers themselves.
 thread is started or a temporary file is created and listed. `barcodetool.io.atomic` reports each output it renames
 into place (`note_published`), so that an interruption after that says so (`interruption_message`).
 
-`install_early_handlers` is the first thing the `barcodetool` program does (barcodetool.cli, before its heavy
-imports): with the handler it installs, a signal that arrives before a command runs, or after it has finished, ends
-the program at once with the same one-line message and exit status (130 / 143) instead of a traceback or a silent
-death.
+Outside a command, in the `barcodetool` program, a signal ends the program at once with the same one-line message
+and exit status (130 / 143) instead of a traceback or a silent death: `barcodetool._startup` (standard library only,
+the first import of the package) covers the imports, then barcodetool.cli replaces its handler with the one given
+to `install_early_handlers`, which also names what was published.
 """
 
 from __future__ import annotations
