@@ -43,3 +43,11 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 def tiny_pretrained(tiny_model_dir):
     """The tiny model loaded back (eval mode, CPU). Shared: tests must not modify its weights."""
     return load_model_folder(tiny_model_dir)
+
+
+@pytest.fixture
+def private_folders(tmp_path, monkeypatch):
+    """A private cache (references given as tables/FASTA are indexed there) and user data folder; test modules
+    that run commands use it for every test (`pytestmark = pytest.mark.usefixtures("private_folders")`)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))

@@ -101,11 +101,7 @@ def out_dir(tmp_path) -> Path:
     return folder
 
 
-@pytest.fixture(autouse=True)
-def private_folders(tmp_path, monkeypatch):
-    """A private cache (references given as tables/FASTA are indexed there) and user data folder."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+pytestmark = pytest.mark.usefixtures("private_folders")   # conftest.py: a private cache and data folder
 
 
 def invoke(arguments: list[str]):

@@ -60,10 +60,7 @@ def index_path(tmp_path_factory, model_dir) -> Path:
     return index.save(tmp_path_factory.mktemp("index") / "ref.h5")
 
 
-@pytest.fixture(autouse=True)
-def private_folders(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+pytestmark = pytest.mark.usefixtures("private_folders")   # conftest.py: a private cache and data folder
 
 
 # ============================================================================================ no pickle

@@ -50,10 +50,7 @@ def queries(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(autouse=True)
-def private_folders(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+pytestmark = pytest.mark.usefixtures("private_folders")   # conftest.py: a private cache and data folder
 
 
 def invoke(arguments: list[str]):
