@@ -6,7 +6,6 @@ Signals before a command runs, a closed standard output and training in a batch 
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import os
@@ -23,9 +22,8 @@ import pytest
 from click.testing import CliRunner
 
 from barcodetool.cli import _StderrHandler, main
-from barcodetool.cli import classify as classify_cli
 from barcodetool.cli._common import Context, handle_errors
-from barcodetool.io import atomic, interrupts, read_barcodes
+from barcodetool.io import interrupts, read_barcodes
 from barcodetool.io.atomic import atomic_text
 from barcodetool.io.interrupts import SignalGuard, note_published, signals_held
 from barcodetool.reference import build_reference
@@ -111,8 +109,6 @@ def test_an_interruption_after_an_output_was_published_says_so(tmp_path):
     assert published.read_text() == "complete\n"
 
 
-@pytest.mark.skipif("note_published" not in inspect.getsource(atomic),
-                    reason="io/atomic.py does not report published outputs yet (see the report of issue 16)")
 def test_atomic_outputs_report_that_they_were_published(tmp_path):
     published = tmp_path / "out.tsv"
 
@@ -313,8 +309,6 @@ def test_read_summary_is_logged_as_soon_as_the_input_is_read(caplog):
     assert messages.index("read 2 records") < messages.index("embedding candidates for 1 of 2 distinct queries")
 
 
-@pytest.mark.skipif("read_summary" not in inspect.getsource(classify_cli),
-                    reason="cli/classify.py does not log the read summary through Context.read_summary yet")
 def test_classify_logs_what_it_read_before_the_embedding_summary(tiny, index_path, tmp_path):
     records = list(read_barcodes(SINTAX_REFERENCE))
     queries = tmp_path / "q.fasta"
