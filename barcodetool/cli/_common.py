@@ -14,7 +14,6 @@ import logging
 import os
 import select
 import signal
-import stat
 import sys
 import traceback
 from collections.abc import Iterable, Iterator
@@ -23,8 +22,9 @@ from typing import IO
 import click
 from click.core import ParameterSource
 
-from ..errors import BarcodeToolError, InputError, Interrupted, UsageError
+from ..errors import BarcodeToolError, Interrupted, UsageError
 from ..io import ReadOptions
+from ..io.sniff import check_readable
 from ..io.atomic import (atomic_text, check_output_path, check_outputs_distinct, check_outputs_spare_model, is_stdout,
                          remove_pending)
 from ..io.interrupts import SignalGuard, interrupted, interruption_message, note_reported
@@ -317,7 +317,7 @@ def check_paths(inputs: Iterable[tuple[str | None, str]] = (),
     names an input, and no two outputs name the same file or both standard output."""
     inputs, outputs = list(inputs), [(path, option) for path, option in outputs if path is not None]
     for path, fix in inputs:
-        check_input_path(path, fix)
+        check_readable(path, fix)
     for path, option in outputs:
         check_output_path(path, option)
     check_outputs_distinct([path for path, _ in outputs], [path for path, _ in inputs])
@@ -328,23 +328,6 @@ def check_paths(inputs: Iterable[tuple[str | None, str]] = (),
             what = "cannot both be standard output" if key == "-" else "name the same file"
             raise UsageError(f"{seen[key]} and {option} {what}")
         seen[key] = option
-
-
-def check_input_path(path: str | None, fix: str = INPUT_FIX) -> None:
-    """An input that exists, is not a directory and can be read; `-` (standard input) and None pass. Inputs are
-    not opened here (a FIFO must be read once), only looked at."""
-    if path is None or str(path) == "-":
-        return
-    try:
-        mode = os.stat(path).st_mode
-    except (FileNotFoundError, NotADirectoryError):
-        raise InputError("file not found", path=str(path), fix="check the path") from None
-    except OSError as error:
-        raise InputError(f"cannot open ({error.strerror or error})", path=str(path)) from None
-    if stat.S_ISDIR(mode):
-        raise InputError("is a directory, not a file", path=str(path), fix=fix)
-    if not os.access(path, os.R_OK):
-        raise InputError("permission denied", path=str(path), fix="check the file's permissions")
 
 
 def check_model_outputs(model, *outputs: str | None) -> None:

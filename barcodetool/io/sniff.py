@@ -14,6 +14,7 @@ import gzip
 import io
 import lzma
 import os
+import stat
 import sys
 import zlib
 from dataclasses import dataclass
@@ -63,6 +64,40 @@ def _stdin_source():
     return getattr(stdin, "buffer", stdin)
 
 
+DIRECTORY_FIX = "give a FASTA file or a table"
+
+
+def open_error(error: OSError, display: str, directory_fix: str = DIRECTORY_FIX) -> InputError:
+    """The one-line InputError of an input that cannot be opened (`directory_fix`: what to give instead of a
+    directory)."""
+    if isinstance(error, FileNotFoundError):
+        return InputError("file not found", path=display, fix="check the path")
+    if isinstance(error, IsADirectoryError):
+        return InputError("is a directory, not a file", path=display, fix=directory_fix)
+    if isinstance(error, PermissionError):
+        return InputError("permission denied", path=display, fix="check the file's permissions")
+    return InputError(f"cannot open ({error.strerror or error})", path=display)
+
+
+def check_readable(path: str | os.PathLike | None, directory_fix: str = DIRECTORY_FIX) -> None:
+    """Before any work: an input that exists, is not a directory and can be read, with the messages that opening
+    it would give; `-` (standard input) and None pass. The input is only looked at, not opened (a FIFO must be read
+    once)."""
+    if path is None or str(path) == "-":
+        return
+    display = display_name(path)
+    try:
+        mode = os.stat(path).st_mode
+    except NotADirectoryError:   # a path through a file: nothing of that name exists
+        raise open_error(FileNotFoundError(), display) from None
+    except OSError as error:
+        raise open_error(error, display) from None
+    if stat.S_ISDIR(mode):
+        raise open_error(IsADirectoryError(), display, directory_fix)
+    if not os.access(path, os.R_OK):
+        raise open_error(PermissionError(), display)
+
+
 class InputSource:
     """An opened input whose first bytes can be peeked and then read again (files and standard input)."""
 
@@ -80,15 +115,8 @@ class InputSource:
         self.close_stream = True
         try:
             self.stream = open(path, "rb")
-        except FileNotFoundError:
-            raise InputError("file not found", path=self.display, fix="check the path") from None
-        except IsADirectoryError:
-            raise InputError("is a directory, not a file", path=self.display,
-                             fix="give a FASTA file or a table") from None
-        except PermissionError:
-            raise InputError("permission denied", path=self.display, fix="check the file's permissions") from None
         except OSError as error:
-            raise InputError(f"cannot open ({error.strerror or error})", path=self.display) from None
+            raise open_error(error, self.display) from None
 
     def peek(self, size: int) -> bytes:
         """The first `size` bytes (fewer at the end of the input), without consuming them."""
