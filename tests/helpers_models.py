@@ -7,9 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from barcodetool.io import read_barcodes
 from barcodetool.model.mae import BarcodeMAE, preset
 from barcodetool.model.tokenizer import TokenizerConfig
 from barcodetool.model.weights import load_model, save_model
+from barcodetool.reference import build_reference
 
 DATA = Path(__file__).resolve().parent / "data"
 SAMPLE = DATA / "bioscan_sample.csv"
@@ -26,6 +28,12 @@ def make_tiny_model(folder: Path, *, seed: int = 0, name: str | None = None) -> 
 
 def load_tiny(folder: Path):
     return load_model(folder, device="cpu")
+
+
+def save_sintax_index(model_dir: Path, folder: Path) -> Path:
+    """A small calibrated index, saved in `folder`: the 100 SINTAX reference records embedded with model_dir's
+    model."""
+    return build_reference(read_barcodes(SINTAX_REFERENCE), load_tiny(model_dir)).save(folder / "ref.h5")
 
 
 @pytest.fixture(autouse=True)

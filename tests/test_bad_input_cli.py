@@ -25,9 +25,8 @@ from click.testing import CliRunner
 
 from barcodetool.cli import main
 from barcodetool.io.readers import read_barcodes
-from barcodetool.reference import build_reference
 from barcodetool.model.weights import CARD_FILE, TENSORS_FILE
-from helpers_models import DATA, SINTAX_REFERENCE, load_tiny, make_tiny_model, restore_torch_threads  # noqa: F401
+from helpers_models import DATA, make_tiny_model, restore_torch_threads, save_sintax_index  # noqa: F401
 
 BAD = DATA / "bad"
 CPU = ["--device", "cpu", "--threads", "1"]
@@ -90,8 +89,7 @@ def other_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def index_path(tmp_path_factory, model_dir) -> Path:
     """A small calibrated index: the 100 SINTAX reference records embedded with model_dir's model."""
-    index = build_reference(read_barcodes(SINTAX_REFERENCE), load_tiny(model_dir))
-    return index.save(tmp_path_factory.mktemp("index") / "ref.h5")
+    return save_sintax_index(model_dir, tmp_path_factory.mktemp("index"))
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from barcodetool.embedding import read_embeddings
 from barcodetool.io.readers import read_barcodes
 from barcodetool.reference import ReferenceIndex, build_reference
 from barcodetool.model.weights import load_model
-from helpers_models import DATA, SAMPLE, SINTAX_REFERENCE, load_tiny, make_tiny_model
+from helpers_models import DATA, SAMPLE, SINTAX_REFERENCE, make_tiny_model, save_sintax_index
 from helpers_models import restore_torch_threads  # noqa: F401 (autouse fixture)
 
 CPU = ["--device", "cpu", "--threads", "1"]
@@ -56,8 +56,7 @@ def model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def index_path(tmp_path_factory, model_dir) -> Path:
-    index = build_reference(read_barcodes(SINTAX_REFERENCE), load_tiny(model_dir))
-    return index.save(tmp_path_factory.mktemp("index") / "ref.h5")
+    return save_sintax_index(model_dir, tmp_path_factory.mktemp("index"))
 
 
 pytestmark = pytest.mark.usefixtures("private_folders")   # conftest.py: a private cache and data folder

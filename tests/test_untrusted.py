@@ -22,9 +22,9 @@ from click.testing import CliRunner
 
 from barcodetool.cli import main
 from barcodetool.errors import InputError
-from barcodetool.io.readers import read_barcodes
-from barcodetool.reference import ReferenceIndex, build_reference
-from helpers_models import SINTAX_REFERENCE, load_tiny, make_tiny_model, restore_torch_threads  # noqa: F401
+from barcodetool.reference import ReferenceIndex
+from helpers_models import (SINTAX_REFERENCE, load_tiny, make_tiny_model, restore_torch_threads,  # noqa: F401
+                            save_sintax_index)
 
 CPU = ["--device", "cpu", "--threads", "1"]
 REBUILD = "rebuild it with `barcodetool reference build`"
@@ -37,8 +37,7 @@ def model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def index_path(tmp_path_factory, model_dir) -> Path:
-    index = build_reference(read_barcodes(SINTAX_REFERENCE), load_tiny(model_dir))
-    return index.save(tmp_path_factory.mktemp("index") / "ref.h5")
+    return save_sintax_index(model_dir, tmp_path_factory.mktemp("index"))
 
 
 @pytest.fixture(scope="module")
