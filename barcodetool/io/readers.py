@@ -238,8 +238,12 @@ def _checked(records: Iterator[tuple[str, str, dict, str | None, str | None, dic
         invalid = None
         if all_valid(raw) is None:
             invalid = _bad_character_error(raw, _INVALID.search(raw), display, record_id, hint)
-        elif control(record_id) or (taxonomy and control("".join(taxonomy.values()))) or (bin_uri and control(bin_uri)):
-            invalid = _control_error(record_id, taxonomy, bin_uri, display)
+        else:
+            # str.isprintable() (one pass in C) is False for every character _CONTROL matches: the search runs only
+            # for the rare text that holds a non-printable character
+            text = "".join((record_id, *taxonomy.values(), bin_uri or "")) if taxonomy or bin_uri else record_id
+            if not text.isprintable() and control(text):
+                invalid = _control_error(record_id, taxonomy, bin_uri, display)
         if invalid is not None:
             if not skip_invalid:
                 raise invalid
