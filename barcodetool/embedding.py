@@ -25,20 +25,19 @@ import numpy as np
 
 from ._version import __version__
 from .errors import InputError, UsageError
-from .io.atomic import atomic_hdf5, check_outputs_distinct, check_outputs_spare_model
+from .io.atomic import atomic_hdf5, check_outputs_distinct
 from .io.hdf5 import open_hdf5
 from .io.readers import ReadOptions, read_barcodes
 from .io.streaming import read_ahead
-from .model.onnx import ONNX_FILE, OnnxModel
+from .model.onnx import OnnxModel
 from .model.runtime import autocast
-from .model.weights import CARD_FILE, TENSORS_FILE, PretrainedModel
+from .model.weights import PretrainedModel, check_model_outputs
 
 if TYPE_CHECKING:  # PyTorch is imported when a model is used, not with the package (`barcodetool --help` is fast)
     import torch
 
 EMBEDDINGS_FORMAT = "barcodetool-embeddings"
 EMBEDDINGS_FORMAT_VERSION = 1
-MODEL_FILES = (CARD_FILE, TENSORS_FILE, ONNX_FILE)   # an output may not replace these in the model's folder
 Progress = Callable[[int], None]
 
 
@@ -214,7 +213,7 @@ def embed_file(input_path: str | os.PathLike, output: str | os.PathLike, model: 
     """Read barcodes from FASTA or a table and write their embeddings to HDF5."""
 
     check_outputs_distinct([output], [input_path])
-    check_outputs_spare_model([output], getattr(model, "path", None), MODEL_FILES)
+    check_model_outputs(model, output)
     records = read_barcodes(input_path, read_options, stats=stats)
     return embed_records_to_h5(records, output, model, source=os.path.basename(str(input_path)),
                                batch_size=batch_size, dtype=dtype, progress=progress)

@@ -24,13 +24,10 @@ from click.core import ParameterSource
 
 from ..errors import BarcodeToolError, Interrupted, UsageError
 from ..io import ReadOptions
-from ..io.sniff import check_readable
-from ..io.atomic import (atomic_text, check_output_path, check_outputs_distinct, check_outputs_spare_model, is_stdout,
-                         remove_pending)
+from ..io.atomic import atomic_text, check_output_path, check_outputs_distinct, is_stdout, remove_pending
 from ..io.interrupts import SignalGuard, interrupted, interruption_message, note_reported
 from ..io.json_values import json_values
-from ..model.onnx import ONNX_FILE
-from ..model.weights import CARD_FILE, TENSORS_FILE
+from ..io.sniff import check_readable
 from ..reference import open_reference
 
 log = logging.getLogger("barcodetool")
@@ -307,7 +304,6 @@ def write_json(path: str, data: dict) -> None:
 # ============================================================================================ checks before the work
 INPUT_FIX = "give a FASTA, FASTQ file or a table"
 REFERENCE_FIX = "give a built index (`barcodetool reference build`), a table or FASTA"
-MODEL_FILES = (CARD_FILE, TENSORS_FILE, ONNX_FILE)
 
 
 def check_paths(inputs: Iterable[tuple[str | None, str]] = (),
@@ -328,13 +324,6 @@ def check_paths(inputs: Iterable[tuple[str | None, str]] = (),
             what = "cannot both be standard output" if key == "-" else "name the same file"
             raise UsageError(f"{seen[key]} and {option} {what}")
         seen[key] = option
-
-
-def check_model_outputs(model, *outputs: str | None) -> None:
-    """Refuse an output that would overwrite a file of the model in use (its folder's existing files and the
-    files a model folder holds), once the model is known and before the work."""
-    if model is not None:
-        check_outputs_spare_model(outputs, getattr(model, "path", None), MODEL_FILES)
 
 
 def refuse_binary_terminal(path: str, option: str = "-o") -> None:

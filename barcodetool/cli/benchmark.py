@@ -9,7 +9,8 @@ from ..evaluation import format_table, run_benchmark
 from ..io import ReadOptions
 from ..errors import UsageError
 from ..io.atomic import is_stdout
-from ._common import (INPUT_FIX, Context, check_model_outputs, check_paths, device_options, handle_errors,
+from ..model.weights import check_model_outputs
+from ._common import (INPUT_FIX, Context, check_paths, device_options, handle_errors,
                       inference_model_option, log_model, read_options, renamed_option, requested_compute, write_json)
 
 

@@ -11,8 +11,9 @@ from ..classify import ClassifyOptions, classify_records, load_inference_model, 
 from ..errors import UsageError
 from ..io import ReadOptions, ReadStats, read_barcodes
 from ..io.interrupts import signals_held
+from ..model.weights import check_model_outputs
 from ..reference import ReferenceIndex, is_reference_file
-from ._common import (INPUT_FIX, REFERENCE_FIX, Context, check_model_outputs, check_paths, device_options,
+from ._common import (INPUT_FIX, REFERENCE_FIX, Context, check_paths, device_options,
                       handle_errors, inference_model_option, log, log_model, log_reference, open_reference_index,
                       output, read_options, reference_format_option, renamed_option, requested_compute)
 

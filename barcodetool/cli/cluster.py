@@ -7,7 +7,8 @@ import click
 from ..classify import load_inference_model
 from ..cluster import FULL_LINKAGE_LIMIT, ClusterOptions, cluster_records, write_clusters
 from ..io import ReadOptions, ReadStats, read_barcodes
-from ._common import (INPUT_FIX, REFERENCE_FIX, Context, check_model_outputs, check_paths, device_options,
+from ..model.weights import check_model_outputs
+from ._common import (INPUT_FIX, REFERENCE_FIX, Context, check_paths, device_options,
                       handle_errors, inference_model_option, log, log_model, open_reference_index, output,
                       read_options, reference_format_option, requested_compute, write_json)
 

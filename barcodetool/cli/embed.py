@@ -7,8 +7,8 @@ import click
 from ..embedding import embed_file
 from ..io import ReadOptions, ReadStats
 from ..model.runtime import resolve_device, set_threads
-from ..model.weights import load_model
-from ._common import (INPUT_FIX, Context, check_model_outputs, check_paths, device_options, handle_errors,
+from ..model.weights import check_model_outputs, load_model
+from ._common import (INPUT_FIX, Context, check_paths, device_options, handle_errors,
                       inference_model_option, log, log_model, output_name, read_options, refuse_binary_terminal,
                       requested_compute)
 

@@ -9,9 +9,10 @@ import click
 
 from ..classify import load_inference_model
 from ..io import ReadOptions, ReadStats, read_barcodes
+from ..model.weights import check_model_outputs
 from ..reference import BuildOptions, ReferenceIndex, build_reference
 from ..taxonomy import RANKS
-from ._common import (INPUT_FIX, Context, check_model_outputs, check_paths, device_options, handle_errors,
+from ._common import (INPUT_FIX, Context, check_paths, device_options, handle_errors,
                       inference_model_option, log, log_model, output_name, read_options, refuse_binary_terminal,
                       renamed_option, requested_compute)
 

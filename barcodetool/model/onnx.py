@@ -27,10 +27,9 @@ from ..errors import ModelError
 from ..io.atomic import atomic_path
 from .config import BarcodeMAEConfig
 from .tokenizer import NUM_SPECIAL, PAD_ID, KmerTokenizer
-from .weights import (CARD_FILE, TENSORS_FILE, InferenceModel, card_settings, dequantize, locate_model, read_card,
-                      sha256_file)
+from .weights import (CARD_FILE, ONNX_FILE, TENSORS_FILE, InferenceModel, card_settings, dequantize, locate_model,
+                      read_card, sha256_file)
 
-ONNX_FILE = "encoder.onnx"
 ONNX_FORMAT = "barcodetool-onnx-encoder"
 ONNX_FORMAT_VERSION = 1
 OPSET = 17

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .._version import __version__
-from ..io.atomic import atomic_path
+from ..io.atomic import atomic_path, check_outputs_spare_model
 from ..errors import ModelError, TokenizerError
 from .config import BarcodeMAEConfig
 from .runtime import resolve_compute
@@ -40,6 +40,8 @@ MODEL_FORMAT = "barcodetool-model"
 MODEL_FORMAT_VERSION = 1
 TENSORS_FILE = "model.safetensors"
 CARD_FILE = "barcodetool.json"
+ONNX_FILE = "encoder.onnx"   # the exported encoder (barcodetool.model.onnx)
+MODEL_FILES = (CARD_FILE, TENSORS_FILE, ONNX_FILE)   # what a model folder holds
 CARD_KEYS = {"format", "format_version", "barcodetool_version", "name", "created", "parts", "model_config",
              "tokenizer_config", "pooling", "dtype", "tensors_sha256", "training", "metrics", "description"}
 QUANTIZED_SUFFIX = ".int8"
@@ -377,3 +379,10 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, device: str | t
     loaded = load_model_folder(path, device=device, verify=verify, name=name)
     loaded.compute = None if compute is None else resolve_compute(torch.device(device), compute)
     return loaded
+
+
+def check_model_outputs(model, *outputs: str | os.PathLike | None) -> None:
+    """Refuse an output that would overwrite a file of `model` (a loaded model, its exported encoder, or None):
+    an existing file of its folder, or one of the files a model folder holds (MODEL_FILES)."""
+    if model is not None:
+        check_outputs_spare_model(outputs, getattr(model, "path", None), MODEL_FILES)
