@@ -245,7 +245,8 @@ def renamed_option(name: str, old_name: str, destination: str, **attributes):
 
 
 reference_format_option = click.option(
-    "--reference-format", type=click.Choice(["auto", "fasta", "fastq", "bioscan", "bold-v3", "bold-bcdm"]),
+    # a table of unknown layout needs --id-column/--sequence-column, which a reference does not take
+    "--reference-format", type=click.Choice([f for f in ReadOptions.formats if f != "table"]),
     default="auto", show_default=True,
     help="Format of a --reference that is a table or FASTA (a built index is recognised).")
 
