@@ -13,12 +13,21 @@ from helpers_models import SAMPLE, load_tiny, make_tiny_model, restore_torch_thr
 import barcodetool.evaluation.external as external
 from barcodetool.cli import main
 from barcodetool.evaluation import format_table, run_benchmark
+from barcodetool.evaluation.external import run_tool
 from barcodetool.evaluation.protocol import draw, unique_by_split
-from barcodetool.evaluation.scoring import accuracy, assigned_and_precision, harmonic_mean
-from barcodetool.io import BarcodeRecord
+from barcodetool.evaluation.scoring import accuracy, assigned_and_precision, harmonic_mean, named_scores, named_share
+from barcodetool.evaluation.sintax import (SintaxPrediction, label_lookup, parse_sintax_line, read_sintax_output,
+                                           sintax_command, sintax_scores, sintax_title, write_sintax_reference)
+from barcodetool.io import BarcodeRecord, ReadOptions, read_barcodes
+from barcodetool.io.fasta import parse_fasta_header
 
 HAS_VSEARCH = shutil.which("vsearch") is not None
 HAS_BLAST = shutil.which("blastn") is not None and shutil.which("makeblastdb") is not None
+SINTAX_FIXTURE = SAMPLE.parent / "sintax_reference.fasta"
+# a line of `vsearch --sintax --tabbedout` (v2.22) as written with --sintax_cutoff 0.8
+SINTAX_LINE = ("Q7\td:Animalia(1.00),p:Arthropoda(1.00),c:Insecta(1.00),o:Diptera(1.00),f:Culicidae(0.97),"
+               "g:Aedes(0.81),s:Aedes_aegypti(0.62)\t+\td:Animalia,p:Arthropoda,c:Insecta,o:Diptera,f:Culicidae,"
+               "g:Aedes\n")
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +48,87 @@ def test_helpers():
                BarcodeRecord("c", "ACGT", {}, split="test"), BarcodeRecord("d", "ACGA", {}, split="train")]
     split = unique_by_split(records, ("train", "test"))
     assert [r.id for r in split["train"]] == ["a", "d"] and [r.id for r in split["test"]] == ["c"]
+    assert named_scores(["a", "b", "", "c"], ["a", "x", "y", ""]) == {
+        "named_right": pytest.approx(1 / 3), "named": pytest.approx(2 / 3), "precision": 0.5}
+    assert named_share(["a", "", "b", ""]) == 0.5 and math.isnan(named_share([]))
+
+
+# ============================================================================================ SINTAX
+def test_parse_sintax_line():
+    name, prediction = parse_sintax_line(SINTAX_LINE)
+    assert name == "Q7"
+    assert prediction.labels == {"phylum": "Arthropoda", "class": "Insecta", "order": "Diptera",
+                                 "family": "Culicidae", "genus": "Aedes", "species": "Aedes aegypti"}  # no domain
+    assert prediction.support["species"] == 0.62 and prediction.support["genus"] == 0.81
+    # the 4th column is what --sintax_cutoff 0.8 names; the 2nd column gives every cutoff from one run
+    fourth = parse_sintax_line("Q7\t" + SINTAX_LINE.rstrip("\n").split("\t")[3].replace(",", "(1.00),") + "(1.00)")
+    assert prediction.at_cutoff(0.8) == fourth[1].labels
+    assert prediction.named("species", 0.8) == "" and prediction.named("species", 0.5) == "Aedes aegypti"
+    assert prediction.named("genus", 0.81) == "Aedes" and prediction.named("subfamily", 0.0) == ""
+    # labels read back through the reference's own (an underscore that was an underscore stays one)
+    lookup = label_lookup([{"genus": "Aedes", "species": "Aedes aegypti"}, {"species": "Culex sp_2 (CR)"}])
+    assert lookup["species"] == {"Aedes_aegypti": "Aedes aegypti", "Culex_sp_2_(CR)": "Culex sp_2 (CR)"}
+    _, odd = parse_sintax_line("Q1\tg:Culex(0.90),s:Culex_sp_2_(CR)(0.55)\t+\tg:Culex", lookup)
+    assert odd.labels == {"genus": "Culex", "species": "Culex sp_2 (CR)"} and odd.support["species"] == 0.55
+    # a query SINTAX could not classify
+    for line in ("Q3\t\t\t\n", "Q3\n", "Q3\t\t+\t"):
+        name, empty = parse_sintax_line(line)
+        assert name == "Q3" and empty.labels == {} and empty.named("genus", 0.0) == ""
+
+
+def test_sintax_reference_writer(tmp_path):
+    taxonomy = {"phylum": "Arthropoda", "class": "Insecta", "order": "Diptera", "family": "Culicidae",
+                "subfamily": "Culicinae", "genus": "Aedes", "species": "Aedes aegypti, s.l."}
+    assert sintax_title("R0", taxonomy) == ("R0;tax=p:Arthropoda,c:Insecta,o:Diptera,f:Culicidae,g:Aedes,"
+                                            "s:Aedes_aegypti__s.l.;")   # no `t:` (vsearch reads d k p c o f g s)
+    assert sintax_title("R1", {}) == "R1;"
+    path = tmp_path / "ref.fasta"
+    assert write_sintax_reference(path, [("R0", "ACGTACGT", taxonomy), ("R1", "GGGTTT", {"genus": "Culex"})]) == 2
+    lines = path.read_text().splitlines()
+    assert lines[1:] == ["ACGTACGT", ">R1;tax=g:Culex;", "GGGTTT"]
+    record_id, read_back, _ = parse_fasta_header(lines[0][1:])   # barcodetool reads its own SINTAX titles back
+    assert record_id == "R0" and read_back == {**{k: v for k, v in taxonomy.items() if k != "subfamily"},
+                                               "species": "Aedes aegypti  s.l."}
+
+
+def test_sintax_scores_at_cutoffs():
+    truth = ["Aedes", "Aedes", "Culex", "Culex", ""]
+    predictions = [SintaxPrediction({"genus": "Aedes", "species": "Aedes vexans"}, {"genus": 0.9, "species": 0.6}),
+                   SintaxPrediction({"genus": "Aedes"}, {"genus": 0.6}),
+                   SintaxPrediction({"genus": "Aedes", "species": "Aedes aegypti"}, {"genus": 0.85, "species": 0.4}),
+                   SintaxPrediction(),
+                   SintaxPrediction({"genus": "Culex"}, {"genus": 1.0})]   # no true genus: left out
+    scores = sintax_scores(truth, predictions, "genus", (0.8, 0.5), species_named=True)
+    assert list(scores) == ["0.8", "0.5"]
+    assert scores["0.8"] == {"named_right": 0.25, "named": 0.5, "precision": 0.5, "species_named": 0.0}
+    assert scores["0.5"] == {"named_right": 0.5, "named": 0.75, "precision": pytest.approx(2 / 3),
+                             "species_named": 0.2}
+    assert "species_named" not in sintax_scores(truth, predictions, "genus", (0.8,))["0.8"]
+
+
+@pytest.mark.skipif(not HAS_VSEARCH, reason="vsearch is not installed")
+def test_vsearch_sintax_run(tmp_path):
+    records = list(read_barcodes(SINTAX_FIXTURE, ReadOptions()))
+    reference, queries = records[1::2], records[::2][:12]
+    ref_fasta, query_fasta = tmp_path / "ref.fasta", tmp_path / "queries.fasta"
+    write_sintax_reference(ref_fasta, ((f"R{i}", r.sequence, r.taxonomy) for i, r in enumerate(reference)))
+    external.write_plain_fasta(query_fasta, [(f"Q{i}", r.sequence) for i, r in enumerate(queries)])
+    runs = []
+    for number in range(2):
+        out = tmp_path / f"out{number}.tsv"
+        assert run_tool(sintax_command(query_fasta, ref_fasta, out, cutoff=0.8, randseed=1), "sintax") >= 0
+        runs.append(out.read_text())
+    assert runs[0] == runs[1]   # --randseed, one thread: reproducible
+    predictions = read_sintax_output(tmp_path / "out0.tsv", label_lookup(r.taxonomy for r in reference))
+    assert sorted(predictions) == sorted(f"Q{i}" for i in range(len(queries)))
+    for line in runs[0].splitlines():   # the 2nd column at the cutoff is vsearch's 4th column
+        name, prediction = parse_sintax_line(line)
+        fields = line.split("\t")
+        named = [f"{letter}:{label}" for letter, label in (item.split(":", 1) for item in fields[3].split(",") if item)
+                 if letter in "pcofgs"]
+        assert len(named) == len(prediction.at_cutoff(0.8)), line
+    species = [predictions[f"Q{i}"].named("species", 0.5) for i in range(len(queries))]
+    assert named_scores([r.taxonomy["species"] for r in queries], species)["named_right"] >= 0.5
 
 
 def test_run_benchmark_on_sample(tiny):
@@ -66,13 +156,20 @@ def test_run_benchmark_on_sample(tiny):
     assert "barcodetool_threshold" in bins
     identity = bins["barcodetool_identity"]
     assert identity["threshold"] == result["thresholds"]["identity"]["cluster_distance"] and identity["ami"] > 0.5
+    for task, rank in ((species, "species"), (genus, "genus")):   # what `classify` writes, scored
+        output = task["classify_output"]
+        assert 0 <= output["named_right"] <= output["named"] <= 1 and output["queries_per_s"] > 0
+        assert 0 <= output["agrees_with_default"] <= 1
+        assert ("species_named" in output) == (rank == "genus")
+    assert genus["classify_output"]["species_named"] <= 1
     harmonic = result["harmonic_mean"]
     assert 0 <= harmonic["barcodetool"] <= 1 and 0 <= harmonic["barcodetool_identity"] <= 1
     assert result["unique_barcodes"]["train"] > 50 and result["tools"] == {}
     table = format_table(result)
     assert "species, closed world" in table and "genus, open world" in table and "harmonic mean" in table
     for row in ("identity, default", "identity, top hit", "embedding 1-NN", "embedding k-NN vote",
-                "barcodetool identity, distance", "barcodetool cosine, true k"):
+                "barcodetool identity, distance", "barcodetool cosine, true k",
+                "barcodetool classify output, named at species", "barcodetool classify output, named at genus"):
         assert row in table, row
     # the same seed draws the same queries
     again = run_benchmark(SAMPLE, tiny[1], sample=10, threads=1)
@@ -86,6 +183,7 @@ def test_missing_tools_are_reported_not_errors(tiny, monkeypatch):
     assert result["tasks"]["species"]["vsearch"] == {"note": "not installed"}
     assert result["tasks"]["genus"]["blast"] == {"note": "not installed"}
     assert result["tasks"]["bins"]["vsearch"] == {"note": "not installed"}
+    assert result["tasks"]["species"]["sintax"] == {"note": "not installed"}
     assert "not installed" in format_table(result)
 
 
@@ -119,6 +217,15 @@ def test_cli_benchmark_compare(tmp_path, tiny):
     assert 0 <= data["tasks"]["genus"]["vsearch"]["top_hit_accuracy"] <= 1
     assert 0 <= data["tasks"]["bins"]["vsearch_0.97"]["ami"] <= 1
     assert "VSEARCH top hit" in result.output and "VSEARCH cluster_fast 0.97" in result.output
+    for name, rank in (("species", "species"), ("genus", "genus")):
+        sintax = data["tasks"][name]["sintax"]
+        assert sintax["randseed"] == 1 and sintax["threads"] == 1 and sintax["queries_per_s"] > 0
+        assert list(sintax["cutoffs"]) == ["0.8", "0.5"]
+        strict, loose = sintax["cutoffs"]["0.8"], sintax["cutoffs"]["0.5"]
+        assert 0 <= strict["named"] <= loose["named"] <= 1   # a lower cutoff names more
+        assert ("species_named" in strict) == (name == "genus")
+        assert f"VSEARCH SINTAX cutoff 0.8, named at {rank}" in result.output
+    assert data["tasks"]["species"]["sintax"]["cutoffs"]["0.5"]["named_right"] >= 0.5
     if HAS_BLAST:
         assert 0.5 <= data["tasks"]["species"]["blast"]["top_hit_accuracy"] <= 1
         assert "BLAST top hit" in result.output

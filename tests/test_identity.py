@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 
 from barcodetool.errors import InputError, UsageError
 from barcodetool.search import (KmerIndex, SequenceStore, aligned_identity, anchored_identity, coverage_score,
-                                  decode, encode, identity_graph_cluster, neighbour_pairs, pair_identity, rerank)
+                                  decode, encode, identity_graph_cluster, neighbour_pairs, pair_identity, rerank,
+                                  score_candidates)
+from barcodetool.search.identity import REALIGN_MARGIN, realign_deciding
 from barcodetool.io.readers import read_barcodes
 from barcodetool.search.knn import largest_columns
 
@@ -334,3 +336,105 @@ def test_long_query_is_judged_over_the_barcode_region(barcodes):
     idx, score = rerank([query], [fragment, distant], np.array([[0, 1]]))
     assert idx[0].tolist() == [1, 0]
     assert score[0, 1] == pytest.approx(200 / (0.7 * 658))
+
+
+# ============================================================================================ deciding realignment
+# A real pair of coi_extra.csv.gz (two Allolobophora chlorotica L1 earthworm barcodes, distinct sequences): three
+# 1-base indels (sequencing errors), so the two-offset model leaves a long misaligned stretch (suspect, 0.708)
+# where PairwiseAligner (like VSEARCH) gives 0.983.
+INDEL_QUERY = (
+    "GTCTGAGCAGGGATAGTGGGAGCTGGCATAAGACTTCTAATTCGAATCGAACTAAGACAGCCGGGAGCATTCCTAGGGAGAGATCAACTCTATAATACTA"
+    "TTGTAACTGCACATGCATTCGTAATAATTTTCTTTTTAGTAATACCTGTATTTATTGGGGGTTTTGGAAATTGATTATTACCCCTGATACTTGGAGCTCC"
+    "GGATATGGCATTTCCACGACTCAATAATATAAGGTTCTGACTTCTACCCCCCTCACTAATTCTTCTAGTATCCTCTGCTGCCGTAGAAAAGGGGGCAGGA"
+    "ACTGGATGAACTGTCTATCCACCCTTAGCAAGAAATCTTGCCCACGCAGGCCCATCTGTAGACTTAGCTATTTTCTCTCTCCATCTAGCAGGTGCTTCAT"
+    "CAATTTTAGGGGCAATTAATTTTATCACTACAGTTATTAATATGCGCTGAAGAGGTTTACGTCTTGAACGAATTCCACTATTCGTTTGAGCGGTACTAAT"
+    "TACAGTAGTGCTTCTACTTCTATCCTTACCAGTGCTAGCGGGTGCTATCACTATACTTCTTACCGATCGAAATCTAAATACCTCTTTCTTTGACCCTGCT"
+    "GGGGGTGGGGACCCAATTCTATACCAACACTTATTC")
+INDEL_REFERENCE = (
+    "AACTTTATACTTCATTCTAGGCGTCTGAGCAGGGATAGTAGGTGCTGGCATAAGACTTCTAATTCGAATCGAACTAAGACAGCCAGGAGCATTCCTAGGG"
+    "AGAGATCAACTCTATAATACTATTGTAACTGCACATGCATTCGTAATAATTTTCTTTTTAGTAATACCCTGTATTTATTGGGGGTTTTGGAAATTGATTA"
+    "TTACCCCTGATACTTGGAGCTCCGGATATGGCATTTCCACGACTCAATAATATAAGGTTCTGACTTCTACCCCCCTCACTAATTCGTCTAGTATCCTCTG"
+    "CTGCCGTAGAAAAGGGGGCAGGAACTGGATGAACTGTCTATCCACCCTTAGCAAGAAATCTTGCCCACGCAGGCCCATCTGTAGACTTAGCTATTTTCTC"
+    "CCTCCATCTAGCAGGTGGCTTCGTCAATTTTAGGGGCAATTAATTTTATCACTACAGTTATTAATATGCGCTGAAGAGGTTTACGTCTTGAACGAATTCC"
+    "ACTATTCGTTTGAGCGGTACTAATTACAGTAGTGCTTCTACTTCTATCCTTACCAGTCTAGCGGGTGCTATCACTATGCTACTTACCGATCGAAATCTAA"
+    "ATACCTCTTTCTTTGACCCTGCTGGGGGTGGGGACCCAATTCTATACCAACACTTATTC")
+
+
+def mutated(sequence: str, every: int, start: int = 0) -> str:
+    """`sequence` with a substitution at every `every`-th position from `start` (no indel: never suspect; `every`
+    at least 12 leaves anchors)."""
+    letters = list(sequence)
+    for i in range(start, len(letters), every):
+        letters[i] = "C" if letters[i] != "C" else "G"
+    return "".join(letters)
+
+
+def test_real_pair_with_three_indels_scores_like_the_aligner_by_default():
+    exact, columns = aligned_identity(INDEL_QUERY, INDEL_REFERENCE, detail=True)
+    assert exact == pytest.approx(0.9828, abs=1e-4)
+    plain = pair_identity([INDEL_QUERY], [0], [INDEL_REFERENCE], [0])
+    assert plain.suspect[0] and plain.identity[0] < 0.72               # the two-offset approximation
+    assert plain.ceiling[0] >= exact - REALIGN_MARGIN                   # the ceiling lets it compete
+    # a decoy of "another order" at 91.7 % identity, gap-free: it wins without the realignment
+    decoy = mutated(INDEL_QUERY, 12, 3)
+    idx, score, identity, overlap = rerank([INDEL_QUERY], [decoy, INDEL_REFERENCE], [[0, 1]], detail=True)
+    assert idx[0].tolist() == [1, 0]
+    assert identity[0, 0] == pytest.approx(exact, abs=1e-6) and overlap[0, 0] == columns
+    score_d, identity_d, _ = score_candidates([INDEL_QUERY], [decoy, INDEL_REFERENCE], [[0, 1]])
+    assert identity_d[0, 1] == pytest.approx(exact, abs=1e-6) and score_d[0, 1] > score_d[0, 0]
+    # the off switch keeps the old values and ranking
+    idx_off, _, identity_off, _ = rerank([INDEL_QUERY], [decoy, INDEL_REFERENCE], [[0, 1]], detail=True,
+                                         realign="none")
+    assert idx_off[0].tolist() == [0, 1]
+    assert identity_off[0, 1] == pytest.approx(float(plain.identity[0]))
+    _, identity_none, _ = score_candidates([INDEL_QUERY], [decoy, INDEL_REFERENCE], [[0, 1]], realign="none")
+    assert identity_none[0, 1] == pytest.approx(float(plain.identity[0]))
+    with pytest.raises(UsageError):
+        score_candidates([INDEL_QUERY], [decoy], [[0]], realign="always")
+
+
+def test_only_pairs_that_could_decide_are_realigned():
+    far = mutated(INDEL_REFERENCE, 12, 1)         # the indel pair at ~90 %: suspect, ceiling below 1.0
+    refs = SequenceStore.from_sequences([INDEL_QUERY, far, INDEL_REFERENCE])
+    queries = SequenceStore.from_sequences([INDEL_QUERY])
+    # with an exact candidate the far suspect pair cannot decide: left as it is
+    result = pair_identity(queries, [0, 0], refs, [0, 1])
+    assert result.suspect[1] and result.ceiling[1] + REALIGN_MARGIN < 1.0
+    assert realign_deciding(queries, np.array([0, 0]), refs, np.array([0, 1]), result) == 0
+    assert result.method[1] == 2
+    # alone, it is the query's best candidate: aligned
+    result = pair_identity(queries, [0], refs, [1])
+    assert realign_deciding(queries, np.array([0]), refs, np.array([1]), result) == 1
+    assert result.method[0] == 3 and not result.suspect[0]
+    assert result.identity[0] == pytest.approx(aligned_identity(INDEL_QUERY, far), abs=1e-6)
+    # two suspect candidates: the better ceiling is aligned first and rules the other out
+    result = pair_identity(queries, [0, 0], refs, [2, 1])
+    assert realign_deciding(queries, np.array([0, 0]), refs, np.array([2, 1]), result) == 1
+    assert result.method.tolist() == [3, 2]
+
+
+def test_clustering_realigns_pairs_that_could_be_within_the_threshold():
+    sequences = [INDEL_QUERY, INDEL_REFERENCE]
+    neighbours = np.array([[1], [0]])
+    _, _, identity = neighbour_pairs(sequences, neighbours)
+    assert identity[0] == pytest.approx(aligned_identity(INDEL_QUERY, INDEL_REFERENCE), abs=1e-6)
+    _, _, identity_off = neighbour_pairs(sequences, neighbours, realign="none")
+    assert identity_off[0] < 0.72
+    assert identity_graph_cluster(sequences, neighbours, 0.03).tolist() == [0, 0]
+    assert identity_graph_cluster(sequences, neighbours, 0.03, realign="none").tolist() == [0, 1]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(which=st.integers(0, 10_000), first=st.integers(60, 280), second=st.integers(320, 540),
+       gap1=st.integers(1, 6), gap2=st.integers(1, 6), decoy_every=st.integers(12, 30))
+def test_two_indels_rank_as_the_aligner_ranks(barcodes, which, first, second, gap1, gap2, decoy_every):
+    """A barcode with two deletions against a gap-free decoy: the default ranking and scores follow those of
+    fallback="align" (PairwiseAligner on every approximate pair)."""
+    parent = barcodes[which % len(barcodes)][:600]
+    child = parent[:first] + parent[first + gap1:second] + parent[second + gap2:]
+    candidates = [mutated(parent, decoy_every, 2), child]
+    default_idx, default_score = rerank([parent], candidates, [[0, 1]])
+    aligned_idx, aligned_score = rerank([parent], candidates, [[0, 1]], fallback="align")
+    assert default_score[0, 0] == pytest.approx(aligned_score[0, 0], abs=0.005)
+    if abs(aligned_score[0, 0] - aligned_score[0, 1]) > 0.01:
+        assert default_idx[0, 0] == aligned_idx[0, 0]

@@ -46,10 +46,11 @@ from ._common import (INPUT_FIX, REFERENCE_FIX, Context, check_paths, device_opt
                 help="knn/probe: neighbours that vote [default: the index's calibration, 10]; --neighbours 1 is "
                      "1-NN.")
 @click.option("--precision", type=click.FloatRange(0, 1, min_open=True), default=None,
-              help="Target precision of the thresholds [default: the index's, 0.95].")
+              help="Target precision of the calibrated thresholds: BINs, and knn/probe ranks [default: the "
+                   "index's, 0.95].")
 @click.option("--min-confidence", type=click.FloatRange(0, 1), default=None,
-              help="Share of the tied-best candidates (knn: vote share; probe: probability) a label needs "
-                   "[default: the index's, 0.5].")
+              help="Confidence a rank's label needs: identity: the probability that it is right, calibrated on "
+                   "the reference; knn: vote share; probe: probability [default: the index's, 0.5].")
 @click.option("--output-format", type=click.Choice(["tsv", "sintax"]), default="tsv", show_default=True,
               help="tsv: one row per query with a header; sintax: VSEARCH --sintax tabbed lines.")
 @reference_format_option

@@ -25,6 +25,21 @@ def _threshold_text(value: float) -> str:
     return f"{value:.4f}"
 
 
+def _calibration_queries(t) -> str:
+    counts = t.details.get("calibration_queries", {})
+    return " + ".join(f"{n:,} {level}" for level, n in counts.items()) or "no"
+
+
+def _named_text(t, rank: str) -> str:
+    """'genus 98%/45%/2%': the share of leave-out queries named at `rank`, per leave-out level (own sequence,
+    species, genus left out)."""
+    calls = t.details.get(rank, {})
+    if math.isnan(t.ranks.get(rank, math.nan)):
+        return f"{rank} never"
+    shares = [calls[level]["named"] for level in ("sequence", "species", "genus") if level in calls]
+    return f"{rank} " + "/".join(f"{100 * share:.0f}%" for share in shares)
+
+
 @click.group("reference")
 def reference_group():
     """Build and inspect reference indexes for `classify` and `cluster`."""
@@ -36,13 +51,13 @@ def reference_group():
               help="Index file (HDF5); `-` = standard output (made in the temporary folder, then copied).")
 @inference_model_option
 @click.option("--precision", type=click.FloatRange(0, 1, min_open=True), default=0.95, show_default=True,
-              help="Calibrate each rank's threshold (identity score, and cosine similarity for --method knn) "
-                   "so calls are right this often.")
+              help="Calibrate the BIN threshold, and each rank's cosine similarity threshold of --method knn, so "
+                   "calls are right this often.")
 @renamed_option("--neighbours", "--k", "neighbours", type=click.IntRange(min=1), default=10, show_default=True,
                 help="Neighbours that vote in `classify --method knn` (calibrated for this number).")
 @click.option("--min-confidence", type=click.FloatRange(0, 1), default=0.5, show_default=True,
-              help="Share of the tied-best candidates (knn: vote share) a label needs (calibrated with this "
-                   "value).")
+              help="Confidence a rank's label needs: the calibrated probability that it is right (knn: the vote "
+                   "share, calibrated with this value).")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
               help="Stored embeddings; float16 halves the size of very large references.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
@@ -68,9 +83,9 @@ def reference_build(obj: Context, ref: str, output: str, model_name: str, device
     log.info(stats.summary())
     index.save(output, source=os.path.basename(ref))
     t = index.identity_thresholds
-    ranks = ", ".join(f"{r} {_threshold_text(t.ranks[r])}" for r in index.ranks)
-    log.info(f"thresholds (identity score, precision {options.precision}): {ranks}; BIN {_threshold_text(t.bin)}; "
-             f"cluster identity distance {_threshold_text(t.cluster_distance)}")
+    log.info(f"confidence model fitted on {_calibration_queries(t)} leave-out queries; ranks are named at confidence "
+             f">= {t.min_confidence:g} ({', '.join(_named_text(t, r) for r in index.ranks)}); BIN identity "
+             f"{_threshold_text(t.bin)}; cluster identity distance {_threshold_text(t.cluster_distance)}")
     t = index.thresholds
     ranks = ", ".join(f"{r} {_threshold_text(t.ranks[r])}" for r in index.ranks)
     log.info(f"--method knn thresholds (cosine similarity): {ranks}; BIN {_threshold_text(t.bin)}; "
@@ -98,9 +113,22 @@ def reference_info(index_path: str):
                    f"{t.candidates[1]} k-mer\tembedding below {t.embed_below:g}\tmin confidence "
                    f"{t.min_confidence}")
         for rank in index.ranks:
-            click.echo(f"threshold\t{rank}\t{_threshold_text(t.ranks.get(rank, math.nan))}")
+            if t.confidence is None:   # an index of an older version: identity-score thresholds
+                click.echo(f"threshold\t{rank}\t{_threshold_text(t.ranks.get(rank, math.nan))}")
+                continue
+            calls = t.details.get(rank, {})
+            named = "\t".join(f"{level} named {100 * calls[level]['named']:.1f}% precision "
+                              + ("-" if calls[level]["precision"] is None else f"{100 * calls[level]['precision']:.1f}%")
+                              for level in ("sequence", "species", "genus") if level in calls)
+            click.echo(f"confidence\t{rank}\t>= {_threshold_text(t.ranks.get(rank, math.nan))}\t{named}")
         click.echo(f"threshold\tbin\t{_threshold_text(t.bin)}")
         click.echo(f"threshold\tcluster_distance\t{_threshold_text(t.cluster_distance)}")
+        conflicts = t.details.get("conflicts", {})
+        for c in conflicts.get("records", []):
+            click.echo(f"conflict\t{c['id']}\t{c['rank']} {c['label']}\t{c['other_id']}\t{c['rank']} "
+                       f"{c['other_label']}\t{c['identity']:.4f}")
+        if conflicts.get("pairs", 0) > len(conflicts.get("records", [])):
+            click.echo(f"conflict\t... {conflicts['pairs'] - len(conflicts['records'])} more")
     t = index.thresholds
     if t is not None:  # --method knn / probe and cluster --method cosine: cosine similarity and distance
         click.echo(f"calibration\tknn\tprecision {t.precision}\tk {t.k}\tmin confidence {t.min_confidence}")

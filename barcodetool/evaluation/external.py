@@ -1,5 +1,7 @@
 """VSEARCH and BLAST side by side with the benchmark (`barcodetool benchmark --compare`): the tools found, their
-runs on the benchmark's own reference and queries, and their scores in the benchmark's result.
+runs on the benchmark's own reference and queries, and their scores in the benchmark's result: the top hit of
+`vsearch --usearch_global` and of BLAST, `vsearch --sintax` at each cutoff of SINTAX_CUTOFFS (sintax.py) and
+`vsearch --cluster_fast`.
 
 Each tool runs as a subprocess on plain FASTA files in a temporary folder; a tool that is not installed or that
 fails leaves a note in the result instead of an error.
@@ -17,7 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..cluster import cluster_metrics
-from .scoring import accuracy
+from .scoring import accuracy, rate
+from .sintax import (SINTAX_CUTOFFS, SINTAX_RANDSEED, SintaxPrediction, label_lookup, read_sintax_output,
+                     sintax_command, sintax_scores, write_sintax_reference)
 
 VSEARCH_CLUSTER_IDS = (0.97, 0.98)
 
@@ -112,7 +116,8 @@ def blast_database(folder: Path, reference_fasta: Path, tools: dict) -> Path | N
 @dataclass
 class ToolComparison:
     """One comparison's working folder, the tools found (tool_versions) and the reference as the tools read it:
-    sequences named R0, R1, ... in `reference_fasta`, their taxonomy in `reference_labels`."""
+    sequences named R0, R1, ... in `reference_fasta` (and with their taxonomy in `sintax_fasta`), their taxonomy
+    in `reference_labels`."""
 
     folder: Path
     versions: dict[str, str | None]
@@ -121,9 +126,11 @@ class ToolComparison:
     database: Path | None        # BLAST's, None without BLAST or where makeblastdb failed
     threads: int
     say: Callable[[str], None]
+    sintax_fasta: Path | None = None   # VSEARCH's SINTAX reference, None without VSEARCH
 
     def classify(self, name: str, queries: list, rank: str, task: dict) -> None:
-        """Each tool's top hit for the queries of task `name`: its accuracy at `rank` and speed in task[tool]."""
+        """Each tool's top hit for the queries of task `name`: its accuracy at `rank` and speed in task[tool]; and
+        SINTAX's named labels in task["sintax"] (ToolComparison.sintax)."""
         query_fasta = self.folder / f"{name}.fasta"
         write_plain_fasta(query_fasta, [(f"Q{i}", r.sequence) for i, r in enumerate(queries)])
         truth = [r.taxonomy.get(rank, "") for r in queries]
@@ -147,6 +154,30 @@ class ToolComparison:
             task[tool] = {"top_hit_accuracy": accuracy(truth, predicted), "seconds": seconds,
                           "queries_per_s": len(queries) / seconds if seconds > 0 else math.nan,
                           "no_hit": sum(1 for i in range(len(queries)) if f"Q{i}" not in hits)}
+        self.sintax(name, query_fasta, queries, rank, task)
+
+    def sintax(self, name: str, query_fasta: Path, queries: list, rank: str, task: dict) -> None:
+        """`vsearch --sintax` of the queries (one run, one thread, --randseed SINTAX_RANDSEED): task["sintax"] gets
+        the named_scores at `rank` for each of SINTAX_CUTOFFS ("cutoffs"), on the genus task with the share given
+        a species, and its speed."""
+        if not self.versions.get("vsearch") or self.sintax_fasta is None:
+            task["sintax"] = {"note": "not installed"}
+            return
+        out = self.folder / f"{name}.sintax.tsv"
+        self.say(f"{name}: vsearch --sintax for {len(queries):,} queries")
+        try:
+            seconds = run_tool(sintax_command(query_fasta, self.sintax_fasta, out), "vsearch --sintax")
+        except RuntimeError as error:
+            task["sintax"] = {"note": str(error)}
+            return
+        found = read_sintax_output(out, label_lookup(self.reference_labels.values()))
+        predictions = [found.get(f"Q{i}") or SintaxPrediction() for i in range(len(queries))]
+        truth = [r.taxonomy.get(rank, "") for r in queries]
+        task["sintax"] = {"cutoffs": sintax_scores(truth, predictions, rank, SINTAX_CUTOFFS,
+                                                   species_named=rank != "species"),
+                          "randseed": SINTAX_RANDSEED, "threads": 1, "seconds": seconds,
+                          "queries_per_s": rate(seconds, len(queries)),
+                          "no_prediction": sum(1 for p in predictions if not p.labels)}
 
     def cluster(self, cluster_items: list, bins: dict) -> None:
         """VSEARCH --cluster_fast of the BIN task's barcodes at each of VSEARCH_CLUSTER_IDS: bins[vsearch_<id>]."""
@@ -173,8 +204,8 @@ class ToolComparison:
 def compare_tools(result: dict, reference: list, tasks: dict[str, tuple[list, str]], cluster_items: list,
                   threads: int, say: Callable[[str], None]) -> None:
     """VSEARCH and BLAST, where installed, on the benchmark's reference records and queries, written into `result`:
-    "tools" gets their versions, each classification task of `tasks` (name -> (queries, rank)) a "vsearch" and a
-    "blast" entry, and the "bins" task the VSEARCH clusterings of `cluster_items`."""
+    "tools" gets their versions, each classification task of `tasks` (name -> (queries, rank)) a "vsearch", a
+    "blast" and a "sintax" entry, and the "bins" task the VSEARCH clusterings of `cluster_items`."""
     versions = tool_versions()
     result["tools"] = {name: (version or "not installed") for name, version in versions.items()}
     with tempfile.TemporaryDirectory(prefix="barcodetool-bench-") as temporary:
@@ -183,7 +214,12 @@ def compare_tools(result: dict, reference: list, tasks: dict[str, tuple[list, st
         write_plain_fasta(reference_fasta, [(f"R{i}", r.sequence) for i, r in enumerate(reference)])
         reference_labels = {f"R{i}": r.taxonomy for i, r in enumerate(reference)}
         database = blast_database(folder, reference_fasta, result["tools"]) if versions.get("blast") else None
-        comparison = ToolComparison(folder, versions, reference_fasta, reference_labels, database, threads, say)
+        sintax_fasta = None
+        if versions.get("vsearch"):
+            sintax_fasta = folder / "reference.sintax.fasta"
+            write_sintax_reference(sintax_fasta, ((f"R{i}", r.sequence, r.taxonomy) for i, r in enumerate(reference)))
+        comparison = ToolComparison(folder, versions, reference_fasta, reference_labels, database, threads, say,
+                                    sintax_fasta)
         for name, (queries, rank) in tasks.items():
             if queries:
                 comparison.classify(name, queries, rank, result["tasks"][name])

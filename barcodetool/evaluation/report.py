@@ -69,6 +69,32 @@ def classification_rows(result: dict, name: str, title: str) -> list[Row]:
                 rows.append((title, label, n, _pct(entry["top_hit_accuracy"]), _rate(entry["queries_per_s"])))
             else:
                 rows.append((title, label, n, entry.get("note", "-"), "-"))
+    return rows + named_rows(task, title, n)
+
+
+def _named(scores: dict) -> str:
+    """Named right (named, precision of the named[, species named])."""
+    extra = f", species named {_pct(scores['species_named'])}" if "species_named" in scores else ""
+    return (f"{_pct(scores.get('named_right'))} (named {_pct(scores.get('named'))}, "
+            f"precision {_pct(scores.get('precision'))}{extra})")
+
+
+def named_rows(task: dict, title: str, n: str) -> list[Row]:
+    """The labels a user gets, side by side: barcodetool's default output (what `classify` writes) and SINTAX's
+    at each cutoff, as named right (share named, precision of the named, on the genus task species named)."""
+    rows: list[Row] = []
+    rank = task.get("rank", "")
+    output = task.get("classify_output")
+    if output:
+        rows.append((title, f"barcodetool classify output, named at {rank}", n, _named(output),
+                     _rate(output.get("queries_per_s"))))
+    sintax = task.get("sintax")
+    if sintax is not None:
+        if "cutoffs" not in sintax:
+            rows.append((title, "VSEARCH SINTAX", n, sintax.get("note", "-"), "-"))
+        for cutoff, scores in sintax.get("cutoffs", {}).items():
+            rows.append((title, f"VSEARCH SINTAX cutoff {cutoff}, named at {rank}", n, _named(scores),
+                         _rate(sintax.get("queries_per_s"))))
     return rows
 
 
@@ -142,4 +168,11 @@ def footer(result: dict) -> list[str]:
     if tools:
         shown = ", ".join(f"{k}: {v}" for k, v in tools.items() if not k.startswith("blast_"))
         lines.append(f"tools: {shown}")
+    if any("classify_output" in result["tasks"].get(name, {}) for name in ("species", "genus")):
+        lines.append("named at a rank: share of the queries named right (share named, precision of the named; "
+                     "genus task: share given a species, necessarily wrong)")
+    sintax = result["tasks"].get("species", {}).get("sintax", {})
+    if "randseed" in sintax:
+        lines.append(f"SINTAX: one vsearch --sintax run per task, --randseed {sintax['randseed']}, "
+                     f"{sintax['threads']} thread; a rank is named where its bootstrap support reaches the cutoff")
     return lines

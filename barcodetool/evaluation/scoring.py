@@ -37,3 +37,15 @@ def harmonic_mean(values: Sequence[float]) -> float:
     if any(v <= 0 for v in values):
         return 0.0
     return len(values) / sum(1.0 / v for v in values)
+
+
+def named_scores(truth: Sequence[str], predicted: Sequence[str]) -> dict:
+    """Labels that may be left empty, scored: `named_right` (share of the queries with a true label named right:
+    the accuracy), `named` (share named) and `precision` (share of the named that are right)."""
+    named, precision = assigned_and_precision(truth, predicted)
+    return {"named_right": accuracy(truth, predicted), "named": named, "precision": precision}
+
+
+def named_share(predicted: Sequence[str]) -> float:
+    """Share of the queries given a label (NaN for none): on `test_unseen` at species, every one is wrong."""
+    return sum(1 for p in predicted if p) / len(predicted) if predicted else math.nan

@@ -28,9 +28,9 @@ from .index import REFERENCE_FORMAT, REFERENCE_FORMAT_VERSION, ReferenceIndex, i
 log = logging.getLogger("barcodetool")
 
 # Part of the cache key of indexes built from tables: raised when the same inputs would now give another index
-# (2: calibration with embedding only below --embed-below, coverage over the barcode region), so that a cached
-# index made by older code is rebuilt instead of recalibrated on every run.
-CACHE_GENERATION = 2
+# (2: calibration with embedding only below --embed-below, coverage over the barcode region; 3: the identity rule's
+# confidence model), so that a cached index made by older code is rebuilt instead of recalibrated on every run.
+CACHE_GENERATION = 3
 
 # Called with the number of sequences of each embedded batch. A progress callable may also carry a `set_total(n)`
 # attribute: build_reference calls it with the number of distinct sequences to embed once it knows it.

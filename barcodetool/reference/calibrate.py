@@ -25,9 +25,10 @@ from ..errors import UsageError
 from ..search import SequenceStore, knn_search, score_candidates
 from ..taxonomy import RANKS
 from .candidates import ScoredCandidates, embedding_needed, merge_ranked, search_candidates
+from .confidence import ConfidenceModel, fit_confidence, rank_confidences
 from .decide import (DEFAULT_K, DEFAULT_MIN_CONFIDENCE, DEFAULT_PRECISION, IDENTITY_CANDIDATES_EMBEDDING,
                      IDENTITY_CANDIDATES_KMER, IDENTITY_EMBED_BELOW, IdentityThresholds, KnnThresholds, Thresholds,
-                     Votes, identity_votes, vote)
+                     Votes, identity_decide, identity_votes, vote)
 
 if TYPE_CHECKING:   # the index is passed in; this module never needs its class at run time
     from .index import ReferenceIndex
@@ -40,6 +41,12 @@ CLUSTER_CALIBRATION_SIZE = 4_000  # unique BIN-labelled sequences clustered to c
 IDENTITY_CALIBRATION_QUERIES = 5_000   # leave-out identity queries (distinct sequences) per calibration level
 IDENTITY_CALIBRATION_CANDIDATES = 20   # candidates of each source kept per calibration query (recalibration)
 IDENTITY_CLUSTER_CALIBRATION_SIZE = 6_000  # distinct BIN-labelled sequences clustered to calibrate identity clusters
+# A calibration query whose best hit is this close but of another label at one of these ranks is a conflict: at 97%
+# identity COI-5P barcodes of different families do not occur naturally (mislabels, contaminants, chimeras).
+CONFLICT_IDENTITY = 0.97
+CONFLICT_RANKS = ("phylum", "class", "order", "family")
+CONFLICTS_LOGGED = 5
+CONFLICTS_STORED = 100
 
 # Leave-out levels of the calibration searches: each calibration query is a distinct reference sequence searched
 # against the reference without every record of the same sequence ("sequence"), of the same species ("species")
@@ -239,8 +246,8 @@ def calibrate_bin(levels: dict, bin_codes: np.ndarray | None, species_codes: np.
 
 
 def merge_identity_candidates(stored: dict, n_embedding: int, n_kmer: int,
-                              embed_below: float = math.inf) -> tuple[np.ndarray, np.ndarray]:
-    """(idx, score) [m, N] of stored calibration candidates restricted to the first n of each source, merged
+                              embed_below: float = math.inf) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(idx, score, overlap) [m, N] of stored calibration candidates restricted to the first n of each source, merged
     and ranked exactly as `identity_hits` ranks them: the union of both sources where the best k-mer candidate
     scores below `embed_below` (or there are no k-mer candidates), the k-mer candidates alone elsewhere."""
     # identities are not stored: the scores stand in for them (only the ranking is used here)
@@ -250,8 +257,57 @@ def merge_identity_candidates(stored: dict, n_embedding: int, n_kmer: int,
                                  stored["embedding_score"][:, :n_embedding],
                                  stored["embedding_overlap"][:, :n_embedding])
     need = embedding_needed(kmer, n_embedding, embed_below)
-    idx, score, _, _ = merge_ranked(kmer, embedding, need)
-    return idx, score
+    idx, score, _, overlap = merge_ranked(kmer, embedding, need)
+    return idx, score, overlap
+
+
+def leave_out_calls(model: ConfidenceModel, levels: dict, codes: dict[str, np.ndarray], chosen: dict,
+                    lengths: np.ndarray, cutoff: float) -> dict[str, dict]:
+    """Per rank, per leave-out level: the share of labelled queries named at `cutoff` and the precision of those
+    (on the queries the model was fitted on, so a little optimistic)."""
+    out: dict[str, dict] = {}
+    for name, (queries, score, idx, overlap) in levels.items():
+        labels, confidence = rank_confidences(model, idx, score, overlap, lengths[queries], chosen[name], codes,
+                                              list(codes))
+        for rank in codes:
+            truth = codes[rank][queries]
+            known = truth >= 0
+            named = known & (np.nan_to_num(confidence[rank], nan=0.0) >= cutoff)
+            right = named & (labels[rank] == truth)
+            out.setdefault(rank, {"cutoff": cutoff})[name] = {
+                "queries": int(known.sum()), "named": float(named.sum() / max(1, known.sum())),
+                "precision": float(right.sum() / named.sum()) if named.any() else None}
+    return out
+
+
+def conflicting_records(level, codes: dict[str, np.ndarray], index: ReferenceIndex, layer) -> dict:
+    """Calibration queries (sequence level: only their own sequence left out) whose best hit, at >=
+    CONFLICT_IDENTITY, carries another label at a rank of CONFLICT_RANKS: records that are mislabelled,
+    contaminated or chimeric, or the reference they match is."""
+    found = {"queries": 0, "pairs": 0, "records": []}
+    if level is None:
+        return found
+    queries, score, idx = level
+    found["queries"] = int(len(queries))
+    if not idx.shape[1]:
+        return found
+    best, hit = score[:, 0], idx[:, 0]
+    close = (hit >= 0) & (best >= CONFLICT_IDENTITY)
+    records = []
+    for q, h, s in zip(queries[close].tolist(), hit[close].tolist(), best[close].tolist()):
+        for rank in CONFLICT_RANKS:
+            if rank not in codes:
+                continue
+            mine, theirs = int(codes[rank][q]), int(codes[rank][h])
+            if mine >= 0 and theirs >= 0 and mine != theirs:
+                records.append({"id": index.ids[int(layer.group_record[q])], "rank": rank,
+                                "label": index.label_names[rank][mine],
+                                "other_id": index.ids[int(layer.group_record[h])],
+                                "other_label": index.label_names[rank][theirs], "identity": round(float(s), 4)})
+                break
+    found["pairs"] = len(records)
+    found["records"] = records[:CONFLICTS_STORED]
+    return found
 
 
 # ============================================================================================ the calibrations
@@ -270,6 +326,7 @@ class Calibration:
 
     def __init__(self, index: ReferenceIndex):
         self.index = index
+        self.overlaps: dict[str, np.ndarray] = {}   # leave-out level -> candidates' overlaps (identity)
 
     stored_as = ""         # the index attribute that holds the rule's thresholds
 
@@ -295,6 +352,10 @@ class Calibration:
 
     def describe(self, settings: dict) -> str:
         raise NotImplementedError
+
+    def complete(self, thresholds: Thresholds) -> bool:
+        """Whether stored thresholds hold all this version decides with (else they are recalibrated)."""
+        return True
 
     def leave_out(self, level: str, settings: dict, *, max_queries: int, seed: int = 0, device=None):
         """(queries, scores [m, N], candidates [m, N]) of one leave-out level, ranked; None when the reference has
@@ -322,9 +383,7 @@ class Calibration:
             if found is not None:
                 levels[level] = found
         rank_codes, bin_codes, species_codes = self.label_codes()
-        ranks, details = calibrate_ranks(levels, rank_codes, precision=settings["precision"],
-                                         k=settings.get("k", 0), min_confidence=settings["min_confidence"],
-                                         decide=self.decide, precision_levels=self.precision_levels)
+        ranks, details, fields = self.rank_thresholds(levels, rank_codes, settings)
         bin_threshold, bin_details = calibrate_bin(levels, bin_codes, species_codes, precision=settings["precision"])
         cluster_distance = math.nan
         previous = self.stored
@@ -337,9 +396,17 @@ class Calibration:
         details["bin"] = bin_details
         details["calibration_queries"] = {name: int(len(level[0])) for name, level in levels.items()}
         thresholds = self.thresholds_type(ranks=ranks, bin=bin_threshold, cluster_distance=cluster_distance,
-                                          details=details, **settings)
+                                          details=details, **fields, **settings)
         self.store(thresholds)
         return thresholds
+
+    def rank_thresholds(self, levels: dict, codes: dict[str, np.ndarray], settings: dict
+                        ) -> tuple[dict[str, float], dict, dict]:
+        """(rank -> threshold, details, further fields of the thresholds) from the leave-out levels."""
+        ranks, details = calibrate_ranks(levels, codes, precision=settings["precision"], k=settings.get("k", 0),
+                                         min_confidence=settings["min_confidence"], decide=self.decide,
+                                         precision_levels=self.precision_levels)
+        return ranks, details, {}
 
     def thresholds_for(self, **requested) -> Thresholds:
         """Thresholds for these settings (None or absent: the stored ones' settings, else the defaults): the stored
@@ -348,7 +415,7 @@ class Calibration:
         current = self.stored
         settings = self.settings_of(current)
         settings.update({name: value for name, value in requested.items() if value is not None})
-        if current is not None and self.same_settings(self.settings_of(current), settings):
+        if current is not None and self.same_settings(self.settings_of(current), settings) and self.complete(current):
             return current
         log.info(self.describe(settings))
         return self.calibrate(cluster=self.recluster, **settings)
@@ -455,6 +522,9 @@ class IdentityCalibration(Calibration):
         return (super().same_settings(current, requested) and tuple(current["candidates"]) == candidates
                 and (current["embed_below"] == float(requested["embed_below"]) or candidates[0] == 0))
 
+    def complete(self, thresholds: Thresholds) -> bool:
+        return getattr(thresholds, "confidence", None) is not None   # indexes of older versions have none
+
     def describe(self, settings: dict) -> str:
         n_embedding, n_kmer = settings["candidates"]
         return (f"calibrating identity thresholds for precision {settings['precision']}, share "
@@ -478,7 +548,9 @@ class IdentityCalibration(Calibration):
             if stored is None:
                 return None
             index.identity_calibration[level] = stored
-        idx, score = merge_identity_candidates(stored, n_embedding, n_kmer, settings.get("embed_below", math.inf))
+        idx, score, overlap = merge_identity_candidates(stored, n_embedding, n_kmer,
+                                                        settings.get("embed_below", math.inf))
+        self.overlaps[level] = overlap
         return stored["queries"], score, idx
 
     def _search_level(self, level: str, n_embedding: int, n_kmer: int, *, max_queries: int, seed: int, device):
@@ -507,6 +579,38 @@ class IdentityCalibration(Calibration):
     def label_codes(self):
         layer = self.index.identity
         return ({r: layer.codes[r] for r in self.index.ranks}, layer.codes.get("bin"), layer.codes.get("species"))
+
+    def rank_thresholds(self, levels: dict, codes: dict[str, np.ndarray], settings: dict
+                        ) -> tuple[dict[str, float], dict, dict]:
+        """The confidence model (fitted on the leave-out levels; kept when only the cutoff changes) and, per rank,
+        the cutoff on its confidence (`min_confidence`), where the rank has a model."""
+        layer = self.index.identity
+        chosen = {name: identity_decide(idx, score, codes)[1] for name, (_, score, idx) in levels.items()}
+        full = {name: (queries, score, idx, self.overlaps[name]) for name, (queries, score, idx) in levels.items()}
+        previous = self.stored
+        if (previous is not None and previous.confidence is not None
+                and tuple(previous.candidates) == tuple(settings["candidates"])
+                and previous.embed_below == settings["embed_below"]):
+            model, details = previous.confidence, {"confidence": previous.details.get("confidence", {})}
+        else:
+            model, fitted = fit_confidence(full, codes, layer.store.lengths, chosen)
+            details = {"confidence": fitted}
+        cutoff = float(settings["min_confidence"])
+        ranks = {rank: cutoff if rank in model.ranks else math.nan for rank in codes}
+        for rank, info in leave_out_calls(model, full, codes, chosen, layer.store.lengths, cutoff).items():
+            details[rank] = info
+        conflicts = conflicting_records(levels.get("sequence"), codes, self.index, layer)
+        details["conflicts"] = conflicts
+        if conflicts["pairs"]:
+            shown = "; ".join(f"{c['id']} ({c['label']}) ~ {c['other_id']} ({c['other_label']}) "
+                              f"{100 * c['identity']:.1f}%" for c in conflicts["records"][:CONFLICTS_LOGGED])
+            log.warning(f"{conflicts['pairs']} of {conflicts['queries']:,} calibration queries match a reference "
+                        f"of another {'/'.join(CONFLICT_RANKS)} at >= {100 * CONFLICT_IDENTITY:g}% identity "
+                        f"(mislabelled or contaminated records?): {shown}"
+                        + (" ..." if conflicts["pairs"] > CONFLICTS_LOGGED else "")
+                        + "; they lower the confidence of calls near them but switch no rank off "
+                          "(all are listed by `barcodetool reference info`)")
+        return ranks, details, {"confidence": model}
 
     def cluster_threshold(self, *, max_size: int, seed: int, device) -> tuple[float, dict]:
         layer = self.index.identity

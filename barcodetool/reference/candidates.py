@@ -202,7 +202,8 @@ def identity_hits(queries, vectors: np.ndarray | None, index: ReferenceIndex, th
                 values[found] = np.take_along_axis(getattr(known, name), column, axis=1)[found]
     idx, score, identity, overlap = merge_ranked(kmer, embedding, need)
     codes = {r: layer.codes[r] for r in index.ranks}
-    votes, chosen = identity_decide(idx, score, codes, thresholds=thresholds.ranks, min_confidence=min_confidence)
+    votes, chosen = identity_decide(idx, score, codes, thresholds=thresholds.ranks, min_confidence=min_confidence,
+                                    model=thresholds.confidence, overlap=overlap, query_length=store.lengths)
     n = len(store)
     rows = np.arange(n)
     if idx.shape[1]:

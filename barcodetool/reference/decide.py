@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..taxonomy import OPTIONAL_RANKS, RANKS
+from .confidence import ConfidenceModel, rank_confidences
 
 DEFAULT_K = 10                    # neighbours that vote (--neighbours)
 DEFAULT_PRECISION = 0.95
@@ -53,10 +54,13 @@ class KnnThresholds(Thresholds):
 
 @dataclass
 class IdentityThresholds(Thresholds):
-    """Thresholds of the identity rule: identity (coverage) scores; cluster_distance is an identity distance."""
+    """Thresholds of the identity rule. With a `confidence` model (indexes of this version), `ranks` holds the
+    cutoff on each rank's confidence (the target precision); without one (older indexes), identity-score
+    thresholds. BIN thresholds are identity scores; cluster_distance is an identity distance."""
 
     candidates: tuple[int, int] = (IDENTITY_CANDIDATES_EMBEDDING, IDENTITY_CANDIDATES_KMER)  # (embedding, k-mer)
     embed_below: float = math.inf           # embedding candidates only below this best k-mer score
+    confidence: ConfidenceModel | None = None   # per-query confidence of each rank's label (reference.confidence)
 
 
 # ============================================================================================ the gate
@@ -154,16 +158,22 @@ def vote(sims: np.ndarray, idx: np.ndarray, codes: dict[str, np.ndarray], *,
 # ============================================================================================ identity rule
 def identity_decide(idx: np.ndarray, score: np.ndarray, codes: dict[str, np.ndarray], *,
                     thresholds: dict[str, float] | None = None, min_confidence: float = DEFAULT_MIN_CONFIDENCE,
-                    ranks: Sequence[str] = RANKS) -> tuple[Votes, np.ndarray]:
+                    ranks: Sequence[str] = RANKS, model: ConfidenceModel | None = None,
+                    overlap: np.ndarray | None = None, query_length: np.ndarray | None = None
+                    ) -> tuple[Votes, np.ndarray]:
     """The identity classifier's decision on re-ranked candidates (idx, score [Q, N], best first, -1 = empty).
 
     The tied-best candidates are those whose score equals the best one. The chosen hit is the first of them
     carrying the species most of them carry (the "tie vote"; the top hit when no tied candidate has a species),
-    and every rank's candidate label is the chosen hit's. A label's confidence is the share of the tied-best
-    candidates labelled at that rank that carry it (1.0 when they agree); its support is the best score. Ranks
-    are assigned top-down as in `vote`: support >= the rank's threshold, confidence >= `min_confidence`, and no
-    rank above left unassigned with a candidate (optional ranks never block; nan thresholds never assign).
-    Returns (Votes, chosen column [Q]).
+    and every rank's candidate label is the chosen hit's.
+
+    With a confidence `model` (and the candidates' `overlap` and the queries' lengths), a label's confidence is the
+    model's probability that it is right, given the whole candidate list (reference.confidence); a rank is
+    assigned when its confidence reaches the rank's cutoff in `thresholds` and the tied-best candidates carrying
+    the label are at least `min_confidence` of those labelled there. Without a model (indexes of older versions)
+    the confidence is that share and the best score must reach the rank's identity threshold. Either way ranks are
+    assigned top-down as in `vote` (optional ranks never block; nan thresholds never assign). Returns (Votes,
+    chosen column [Q]).
     """
     n = len(idx)
     rows = np.arange(n)
@@ -183,11 +193,13 @@ def identity_decide(idx: np.ndarray, score: np.ndarray, codes: dict[str, np.ndar
         counts = np.where(known, counts, -1)
         chosen = np.where(known.any(axis=1), np.argmax(counts, axis=1), 0)
     hit = np.where(valid[rows, chosen], idx[rows, chosen], -1) if idx.shape[1] else np.full(n, -1)
+    ranks = [rank for rank in ranks if rank in codes]
+    probability = None
+    if model is not None and overlap is not None and query_length is not None:
+        probability = rank_confidences(model, idx, score, overlap, query_length, chosen, codes, ranks)[1]
     out = Votes({}, {}, {}, {})
     blocked = np.zeros(n, dtype=bool)
     for rank in ranks:
-        if rank not in codes:
-            continue
         label = np.where(hit >= 0, codes[rank][np.maximum(hit, 0)], -1).astype(np.int32)
         has = label >= 0
         labels = tied_labels(rank)
@@ -195,9 +207,17 @@ def identity_decide(idx: np.ndarray, score: np.ndarray, codes: dict[str, np.ndar
         agree = (labels == label[:, None]).sum(axis=1)
         share = np.where(has & (labelled > 0), agree / np.maximum(labelled, 1), 0.0).astype(np.float32)
         out.label[rank] = label
-        out.confidence[rank] = share
-        out.support[rank] = np.where(has, best, -np.inf).astype(np.float32)
-        out.assigned[rank], blocked = gate(rank, has, best, share, thresholds, min_confidence, blocked)
+        if probability is None:
+            out.confidence[rank] = share
+            out.support[rank] = np.where(has, best, -np.inf).astype(np.float32)
+            out.assigned[rank], blocked = gate(rank, has, best, share, thresholds, min_confidence, blocked)
+        else:
+            p = probability[rank]
+            has &= ~np.isnan(p)
+            out.confidence[rank] = np.where(has, p, 0.0).astype(np.float32)
+            out.support[rank] = np.where(has, p, -np.inf).astype(np.float32)
+            # the tied-best share is part of the evidence: the cutoff on the confidence is the only gate
+            out.assigned[rank], blocked = gate(rank, has, out.support[rank], np.ones(n), thresholds, 0.0, blocked)
     return out, chosen
 
 

@@ -55,6 +55,7 @@ from ..io.json_values import json_values
 from ..search import KmerIndex, SequenceStore, knn_search, normalize
 from ..taxonomy import LABELS, RANKS
 from .calibrate import thresholds_for
+from .confidence import ConfidenceModel
 from .candidates import IdentityHits, identity_hits, nearest_bins
 from .decide import (DEFAULT_K, DEFAULT_MIN_CONFIDENCE, IDENTITY_CANDIDATES_EMBEDDING, IDENTITY_CANDIDATES_KMER,
                      IdentityThresholds, KnnThresholds, Thresholds)
@@ -65,6 +66,7 @@ REFERENCE_FORMAT = "barcodetool-reference"
 REFERENCE_FORMAT_VERSION = 2     # 2: identity layer (k-mer index, identity calibration); older ones are refused
 
 Progress = Callable[[int], None]
+MAX_CONFIDENCE_MODEL_BYTES = 64 << 20
 
 
 def representative_records(groups: np.ndarray, codes: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -307,6 +309,11 @@ class ReferenceIndex:
                                compression_opts=1, shuffle=True)
                     else:
                         create(kmer, name, data=values)
+                confidence = self.identity_thresholds.confidence if self.identity_thresholds else None
+                if confidence is not None:   # JSON as gzip'd bytes: too large for an attribute
+                    text = np.frombuffer(json.dumps(confidence.to_json()).encode(), dtype=np.uint8)
+                    create(handle, "identity/confidence_model", data=text, chunks=(max(1, len(text)),),
+                           compression="gzip", compression_opts=4)
                 for level, stored in (self.identity_calibration or {}).items():
                     for name, values in stored.items():
                         dtype_ = np.float32 if name.endswith("_score") else np.int32
@@ -360,6 +367,7 @@ class ReferenceIndex:
                 identity_calibration = check.identity_calibration(handle, int(groups.max(initial=-1)) + 1)
                 if "kmer" in check.members(handle, "identity"):
                     check.kmer_layout(handle, int(groups.max(initial=-1)) + 1)
+                confidence = check.confidence_model(handle)
             except KeyError as error:
                 raise check.error(f"the reference index is incomplete ({error})") from None
         check.embeddings(embeddings)
@@ -370,7 +378,8 @@ class ReferenceIndex:
             check, attrs, "identity_", IdentityThresholds,
             candidates=check.candidates(attrs, "identity_calibration_candidates"),
             # indexes written before the attribute existed embedded every query
-            embed_below=check.number(attrs, "identity_calibration_embed_below", math.inf, nan=False))
+            embed_below=check.number(attrs, "identity_calibration_embed_below", math.inf, nan=False),
+            confidence=confidence)
         return cls(ids=ids, embeddings=embeddings, codes=codes, label_names=names, groups=groups,
                    model_name=check.string(attrs, "model_name"), model_sha256=check.string(attrs, "model_sha256"),
                    thresholds=thresholds, attrs=attrs, path=path, calibration=calibration,
@@ -616,6 +625,18 @@ class _Checker:
         if not isinstance(value, kind):
             raise self.error(f"attribute {key} is {_show(value)}, not a JSON {kind.__name__}")
         return value
+
+    def confidence_model(self, handle) -> ConfidenceModel | None:
+        """The identity rule's confidence model (None in indexes of older versions), checked."""
+        if "confidence_model" not in self.members(handle, "identity"):
+            return None
+        data = self.dataset(handle, "identity/confidence_model", "int", (None,), ("uint8",))
+        if data.shape[0] > MAX_CONFIDENCE_MODEL_BYTES:
+            raise self.error(f"the stored confidence model is {data.shape[0]:,} bytes, more than a model can be")
+        try:
+            return ConfidenceModel.from_json(json.loads(bytes(data[()]).decode("utf-8")))
+        except (ValueError, RecursionError) as error:   # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise self.error(f"the stored confidence model is unusable ({error})") from None
 
     def candidates(self, attrs, key: str) -> tuple[int, ...]:
         """(embedding, k-mer) numbers of identity candidates: two integers >= 0, not both 0."""

@@ -23,6 +23,11 @@ once their relative offset is known; only their ends differ (primers, trimming).
    `fallback="align"` it is aligned with Biopython's PairwiseAligner instead (`aligned_identity`, ~5 ms a pair).
    Pairs without enough anchors (roughly below 70-75 % identity) get identity 0 and overlap 0, or are aligned
    with `fallback="align"`; for species, genus and BIN decisions they are irrelevant anyway.
+5. **Deciding realignment.** `score_candidates`, `rerank`, `neighbour_pairs` and `identity_graph_cluster`
+   (`realign="deciding"`, the default) align with PairwiseAligner only the approximate pairs (suspect, or
+   anchorless sharing an anchor) whose ceiling (`PairIdentity.ceiling`: misaligned stretches counted as matches)
+   could make them the query's best candidate, or put them within the clustering threshold; `realign="none"`
+   keeps the approximation.
 
 Against PairwiseAligner on 3,000 real query/candidate pairs the default mode is within 0.5 identity points for
 99.3-99.6 % of pairs (mean absolute error 0.0001-0.0005) at ~20-30 us a pair when a query meets N candidates.
@@ -62,6 +67,14 @@ DEFAULT_COVERAGE = 0.7      # rerank: references covering less of the query than
 # ranked below a 1.5-kb one of another species at 80% (val species top hit 99.10% -> 99.28%, long queries
 # 93.2% -> 97.4%).
 BARCODE_REGION = 658
+# realign="deciding" (score_candidates, rerank, neighbour_pairs, identity_graph_cluster): an approximate pair
+# (PairIdentity.approximate) is aligned with PairwiseAligner when its ceiling could decide: within REALIGN_MARGIN
+# of the best score among the query's other candidates (or of the clustering threshold)
+REALIGN_MODES = ("deciding", "none")
+REALIGN_MARGIN = 0.02       # measured: an alignment exceeds the ceiling by 0.013 at most (coi_extra, BCDM sample)
+CLUSTER_REALIGN_ABOVE = 0.95   # neighbour_pairs: approximate pairs that could be within 5 % identity distance
+CEILING_BLOCK_FLOOR = 0.7   # a suspect pair's ceiling counts the mismatches of its 20-column blocks below this
+ANCHORLESS_CEILING = 0.8    # under MIN_VOTES anchors: below ~70-75 % identity (module docstring), with a margin
 MAX_COMPONENT = 20_000      # identity_graph_cluster: largest linked group clustered exactly (m^2 / 2 pairs)
 PAIR_BLOCK = 2048           # pairs processed at once (memory ~ PAIR_BLOCK x longest sequence x 40 B)
 IUPAC_MODES = ("ignore", "compatible")
@@ -152,26 +165,40 @@ def _block_sums(x: np.ndarray) -> np.ndarray:
     return x.reshape(n, width // MISALIGNED_BLOCK, MISALIGNED_BLOCK).sum(axis=2, dtype=np.int32)
 
 
-def _misaligned(block_match: np.ndarray, block_compared: np.ndarray) -> np.ndarray:
-    """bool [pairs]: two consecutive column blocks (40 columns) with at least half their columns compared are
-    below MISALIGNED_FLOOR identity, i.e. no better than unrelated sequence: a sign that the offset is wrong
-    there (an indel the model does not cover)."""
+def _misaligned(block_match: np.ndarray, block_compared: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(bool [pairs], int [pairs]): whether two consecutive column blocks (40 columns) with at least half their
+    columns compared are below MISALIGNED_FLOOR identity, i.e. no better than unrelated sequence: a sign that the
+    offset is wrong there (an indel the model does not cover); and the mismatched columns of those stretches and
+    of the block on each side of them (partly misaligned), which a correct alignment might turn into matches."""
     if block_match.shape[1] < 2:
         wm, wc = block_match, block_compared
     else:
         wm = block_match[:, 1:] + block_match[:, :-1]
         wc = block_compared[:, 1:] + block_compared[:, :-1]
-    return ((wc >= MISALIGNED_BLOCK) & (wm < MISALIGNED_FLOOR * wc)).any(axis=1)
+    bad = (wc >= MISALIGNED_BLOCK) & (wm < MISALIGNED_FLOOR * wc)          # [pairs, windows]
+    if block_match.shape[1] >= 2:                 # window w covers blocks w and w + 1; one more block each side
+        blocks = np.zeros(block_match.shape, dtype=bool)
+        blocks[:, :-1] |= bad
+        blocks[:, 1:] |= bad
+        grown = blocks.copy()
+        grown[:, 1:] |= blocks[:, :-1]
+        grown[:, :-1] |= blocks[:, 1:]
+    else:
+        grown = bad.copy()
+    grown |= block_match < CEILING_BLOCK_FLOOR * block_compared      # partly misaligned blocks, wherever they are
+    lost = np.where(grown, block_compared - block_match, 0).sum(axis=1)
+    return bad.any(axis=1), lost
 
 
 def _two_offset(a_rows: np.ndarray, b_rows: np.ndarray, d1: np.ndarray, d2: np.ndarray
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Best piecewise alignment of each pair: a prefix of a at one offset, the suffix at the other.
 
     Gap length g = |d1 - d2|. If the suffix offset is smaller (a holds g extra bases), a[t:t+g] are gap columns;
     if larger (b holds g extra bases), g gap columns sit between a[t-1] and a[t]. Both orders are tried and the
-    breakpoint t maximising matches - mismatches is kept. Returns (matches, columns = compared + g,
-    misaligned) for the winner; a-side gap columns count as compared mismatches in the misalignment check.
+    breakpoint t maximising matches - mismatches is kept. Returns (matches, columns = compared + g, misaligned,
+    mismatches of misaligned stretches) for the winner; a-side gap columns count as compared mismatches in the
+    misalignment check.
     """
     n, width = a_rows.shape
     best_score = np.full(n, -np.inf)
@@ -208,7 +235,7 @@ def _two_offset(a_rows: np.ndarray, b_rows: np.ndarray, d1: np.ndarray, d2: np.n
     block_match, block_compared = _block_sums(match), _block_sums(compared)
     matches = block_match.sum(axis=1)
     columns = block_compared.sum(axis=1) + np.where(skip > 0, 0, gap)   # a-side gap columns already counted
-    return matches, columns, _misaligned(block_match, block_compared)
+    return (matches, columns) + _misaligned(block_match, block_compared)
 
 
 @dataclass
@@ -221,15 +248,26 @@ class PairIdentity:
     votes: np.ndarray      # int32 anchors voting for d1
     method: np.ndarray     # uint8 0 = no anchor, 1 = gap-free, 2 = two-offset (indel), 3 = PairwiseAligner
     suspect: np.ndarray    # bool: a 40-column stretch looks unrelated (several indels?): identity approximate
+    # What an alignment of the pair might reach (for `realign`): the identity and overlap themselves, except for
+    # suspect pairs (mismatches of their misaligned stretches counted as matches) and anchorless pairs sharing an
+    # anchor k-mer (ANCHORLESS_CEILING over the shorter sequence's length)
+    ceiling: np.ndarray          # float32
+    ceiling_overlap: np.ndarray  # int32
 
     @classmethod
     def empty(cls, n: int) -> PairIdentity:
         return cls(np.zeros(n, dtype=np.float32), np.zeros(n, dtype=np.int32), np.zeros(n, dtype=np.int32),
-                   np.zeros(n, dtype=np.int32), np.zeros(n, dtype=np.uint8), np.zeros(n, dtype=bool))
+                   np.zeros(n, dtype=np.int32), np.zeros(n, dtype=np.uint8), np.zeros(n, dtype=bool),
+                   np.zeros(n, dtype=np.float32), np.zeros(n, dtype=np.int32))
 
     def put(self, where: np.ndarray, part: PairIdentity) -> None:
-        for name in ("identity", "overlap", "offset", "votes", "method", "suspect"):
+        for name in ("identity", "overlap", "offset", "votes", "method", "suspect", "ceiling", "ceiling_overlap"):
             getattr(self, name)[where] = getattr(part, name)
+
+    def approximate(self) -> np.ndarray:
+        """bool [pairs]: the pairs an alignment may score higher: suspect ones, and anchorless ones sharing an
+        anchor k-mer."""
+        return self.suspect | ((self.method == 0) & (self.ceiling > 0))
 
 
 METHOD_NAMES = ("none", "gap-free", "two-offset", "align")
@@ -294,26 +332,36 @@ def _pair_block(a_store: SequenceStore, a_idx: np.ndarray, b_store: SequenceStor
     block_match, block_compared = _block_sums(match), _block_sums(compared)
     matches = block_match.sum(axis=1)
     columns = block_compared.sum(axis=1)
-    suspect = anchored & _misaligned(block_match, block_compared)
+    suspect, lost = _misaligned(block_match, block_compared)
+    suspect &= anchored
     method = anchored.astype(np.uint8)
     # a second offset with two votes, or one vote near the first (an indel; a lone far vote is a chance hit)
     indel = anchored & ((found.second_votes >= 2) |
                         ((found.second_votes >= 1) & (np.abs(found.second - found.best) <= INDEL_NEAR)))
     if fallback in ("two-offset", "align") and indel.any():
         f = np.flatnonzero(indel)
-        m2, c2, suspect2 = _two_offset(a_rows[f], b_rows[f], found.best[f], found.second[f])
+        m2, c2, suspect2, lost2 = _two_offset(a_rows[f], b_rows[f], found.best[f], found.second[f])
         better = m2 * np.maximum(columns[f], 1) > matches[f] * np.maximum(c2, 1)   # higher identity
         g = f[better]
         matches[g], columns[g], method[g], suspect[g] = m2[better], c2[better], 2, suspect2[better]
+        lost[g] = lost2[better]
     identity = np.where(anchored & (columns > 0), matches / np.maximum(columns, 1), 0.0)
+    # what an alignment might reach: misaligned stretches matched throughout; anchorless pairs sharing an anchor
+    # k-mer: ANCHORLESS_CEILING over the shorter sequence (0 when none is shared)
+    shorter = np.minimum(a_store.lengths[a_idx], b_store.lengths[b_idx])
+    ceiling = np.where(suspect, (matches + lost) / np.maximum(columns, 1), identity)
+    ceiling = np.where(anchored, ceiling, np.where(found.votes >= 1, ANCHORLESS_CEILING, 0.0))
     columns = np.where(anchored, columns, 0)
+    ceiling_overlap = np.where(anchored, columns, np.where(found.votes >= 1, shorter, 0))
     if fallback == "align":
         for p in np.flatnonzero(~anchored | suspect):
             ident, cols = aligned_identity(a_store.sequence(int(a_idx[p])), b_store.sequence(int(b_idx[p])),
                                            iupac=iupac, detail=True)
             identity[p], columns[p], method[p], suspect[p] = ident, cols, 3, False
+            ceiling[p], ceiling_overlap[p] = ident, cols
     return PairIdentity(identity.astype(np.float32), columns.astype(np.int32), found.best.astype(np.int32),
-                        found.votes.astype(np.int32), method, suspect)
+                        found.votes.astype(np.int32), method, suspect, ceiling.astype(np.float32),
+                        ceiling_overlap.astype(np.int32))
 
 
 def anchored_identity(query: str, candidates: Sequence[str] | SequenceStore, **options) -> np.ndarray:
@@ -339,39 +387,24 @@ def coverage_score(identity: np.ndarray, overlap: np.ndarray, query_length: np.n
 
 
 def rerank(queries, ref_store, candidate_idx: np.ndarray, *, coverage: float = DEFAULT_COVERAGE,
-           detail: bool = False, **options):
+           detail: bool = False, realign: str = "deciding", **options):
     """Re-rank candidates (from an embedding or k-mer search) by identity.
 
     queries: SequenceStore or list of Q strings; candidate_idx: int [Q, N] reference rows (-1 = empty slot, as
     knn_search returns them). Candidates are ranked by `coverage_score` (= the identity whenever the overlap
     covers `coverage` of the query), ties by longer overlap, then by the given order. Returns (idx int64 [Q, N],
     score float32 [Q, N]) in that order, empty slots last (-1, -inf); with `detail`, (idx, score, identity,
-    overlap). Options go to pair_identity. Duplicate candidates in a row are computed once each (harmless).
+    overlap). `realign` and the other options: see score_candidates. Duplicate candidates in a row are computed
+    once.
     """
     queries, ref_store = as_store(queries), as_store(ref_store)
     candidate_idx = np.asarray(candidate_idx, dtype=np.int64)
-    if candidate_idx.ndim != 2 or candidate_idx.shape[0] != len(queries):
-        raise UsageError(f"candidate_idx must be [{len(queries)}, N], got {list(candidate_idx.shape)}")
     if not 0 <= coverage <= 1:
         raise UsageError(f"coverage must be in [0, 1], got {coverage}")
-    q, n = candidate_idx.shape
-    valid = candidate_idx >= 0
-    if len(ref_store) and candidate_idx.max(initial=-1) >= len(ref_store):
-        raise UsageError(f"candidate index out of range (0..{len(ref_store) - 1})")
-    qi = np.repeat(np.arange(q), n).reshape(q, n)
-    result = pair_identity(queries, qi[valid], ref_store, candidate_idx[valid], **options)
-    identity = np.full((q, n), -np.inf, dtype=np.float32)
-    overlap = np.zeros((q, n), dtype=np.int32)
-    identity[valid] = result.identity
-    overlap[valid] = result.overlap
-    score = np.full((q, n), -np.inf, dtype=np.float32)
-    score[valid] = coverage_score(result.identity, result.overlap, queries.lengths[qi[valid]], coverage)
-    order = np.lexsort((np.broadcast_to(np.arange(n), (q, n)), -overlap, -score), axis=1)
-    idx = np.take_along_axis(np.where(valid, candidate_idx, -1), order, axis=1)
-    score = np.take_along_axis(score, order, axis=1)
-    if detail:
-        return idx, score, np.take_along_axis(identity, order, axis=1), np.take_along_axis(overlap, order, axis=1)
-    return idx, score
+    score, identity, overlap = score_candidates(queries, ref_store, candidate_idx, coverage=coverage,
+                                                realign=realign, **options)
+    idx, score, overlap, identity = rank_scored(candidate_idx, score, overlap, identity)
+    return (idx, score, identity, overlap) if detail else (idx, score)
 
 
 def candidate_union(*tables: np.ndarray) -> np.ndarray:
@@ -390,11 +423,22 @@ def candidate_union(*tables: np.ndarray) -> np.ndarray:
 
 
 def score_candidates(queries, ref_store, candidate_idx: np.ndarray, *, coverage: float = DEFAULT_COVERAGE,
-                     **options) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                     realign: str = "deciding", **options) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(score float32, identity float32, overlap int32), each [Q, N], of candidates in their given positions
-    (not re-ranked; -1 slots get -inf, -inf, 0). A (query, reference) pair repeated in a row is computed once."""
+    (not re-ranked; -1 slots get -inf, -inf, 0). A (query, reference) pair repeated in a row is computed once.
+
+    realign: "deciding" (default): an approximate pair (suspect: two indels or more; or anchorless but sharing an
+    anchor k-mer) whose ceiling could make it the query's best candidate (`realign_deciding`) is aligned with
+    PairwiseAligner, so that the top hit matches an alignment's; "none": pair_identity's values as they are.
+    Other options go to pair_identity (fallback="align" aligns every approximate pair instead)."""
     queries, ref_store = as_store(queries), as_store(ref_store)
     candidate_idx = np.asarray(candidate_idx, dtype=np.int64)
+    if candidate_idx.ndim != 2 or candidate_idx.shape[0] != len(queries):
+        raise UsageError(f"candidate_idx must be [{len(queries)}, N], got {list(candidate_idx.shape)}")
+    if len(ref_store) and candidate_idx.max(initial=-1) >= len(ref_store):
+        raise UsageError(f"candidate index out of range (0..{len(ref_store) - 1})")
+    if realign not in REALIGN_MODES:
+        raise UsageError(f"realign must be one of {', '.join(REALIGN_MODES)}, got {realign!r}")
     q, n = candidate_idx.shape
     score = np.full((q, n), -np.inf, dtype=np.float32)
     identity = np.full((q, n), -np.inf, dtype=np.float32)
@@ -407,10 +451,65 @@ def score_candidates(queries, ref_store, candidate_idx: np.ndarray, *, coverage:
     unique, inverse = np.unique(keys, return_inverse=True)
     uq, ur = unique // max(1, len(ref_store)), unique % max(1, len(ref_store))
     result = pair_identity(queries, uq, ref_store, ur, **options)
+    if realign == "deciding":
+        realign_deciding(queries, uq, ref_store, ur, result, coverage=coverage, iupac=options.get("iupac", "ignore"))
     identity[valid] = result.identity[inverse]
     overlap[valid] = result.overlap[inverse]
     score[valid] = coverage_score(result.identity, result.overlap, queries.lengths[uq], coverage)[inverse]
     return score, identity, overlap
+
+
+def realign_deciding(queries: SequenceStore, q_idx: np.ndarray, ref_store: SequenceStore, r_idx: np.ndarray,
+                     result: PairIdentity, *, coverage: float = DEFAULT_COVERAGE, iupac: str = "ignore") -> int:
+    """Align with PairwiseAligner (in place in `result`) the approximate pairs (PairIdentity.approximate) of
+    (queries[q_idx[p]], ref_store[r_idx[p]]) that could decide their query: those whose ceiling (`ceiling`,
+    `ceiling_overlap`, as a coverage_score) comes within REALIGN_MARGIN of the best score of the query's
+    reliable pairs (exact ones, and those aligned here). Rounds: each query's highest ceiling first, so that an
+    aligned pair that scores well rules out the rest. Returns the number of pairs aligned."""
+    q_idx = np.asarray(q_idx, dtype=np.int64)
+    pending = result.approximate()
+    if not pending.any():
+        return 0
+    lengths = queries.lengths[q_idx]
+    ceiling = coverage_score(result.ceiling, result.ceiling_overlap, lengths, coverage).astype(np.float64)
+    groups, group = np.unique(q_idx, return_inverse=True)
+    best = np.full(len(groups), -np.inf)
+    reliable = ~pending
+    score = coverage_score(result.identity, result.overlap, lengths, coverage)
+    np.maximum.at(best, group[reliable], score[reliable])
+    aligned = 0
+    while True:
+        could = np.flatnonzero(pending & (ceiling + REALIGN_MARGIN >= best[group]))
+        if len(could) == 0:
+            return aligned
+        order = could[np.lexsort((-ceiling[could], group[could]))]     # by query, highest ceiling first
+        first = order[np.r_[True, group[order][1:] != group[order][:-1]]]
+        _align_pairs(queries, q_idx, ref_store, r_idx, result, first, iupac)
+        pending[first] = False
+        aligned += len(first)
+        new = coverage_score(result.identity[first], result.overlap[first], lengths[first], coverage)
+        np.maximum.at(best, group[first], new)
+
+
+def _align_pairs(a_store: SequenceStore, a_idx: np.ndarray, b_store: SequenceStore, b_idx: np.ndarray,
+                 result: PairIdentity, which: np.ndarray, iupac: str) -> None:
+    """Align the pairs `which` with PairwiseAligner (aligned_identity), in place in `result`."""
+    for p in np.asarray(which, dtype=np.int64).tolist():
+        ident, cols = aligned_identity(a_store.sequence(int(a_idx[p])), b_store.sequence(int(b_idx[p])),
+                                       iupac=iupac, detail=True)
+        result.identity[p], result.overlap[p], result.method[p], result.suspect[p] = ident, cols, 3, False
+        result.ceiling[p], result.ceiling_overlap[p] = ident, cols
+
+
+def realign_above(a_store, a_idx: np.ndarray, b_store, b_idx: np.ndarray, result: PairIdentity,
+                  above: float, *, iupac: str = "ignore") -> int:
+    """Align with PairwiseAligner (in place in `result`) the approximate pairs whose ceiling identity reaches
+    `above` - REALIGN_MARGIN (those that could be within a clustering threshold). Returns their number."""
+    which = np.flatnonzero(result.approximate() & (result.ceiling + REALIGN_MARGIN >= above))
+    if len(which):
+        _align_pairs(as_store(a_store), np.asarray(a_idx), as_store(b_store), np.asarray(b_idx), result, which,
+                     iupac)
+    return len(which)
 
 
 def rank_scored(candidate_idx: np.ndarray, score: np.ndarray, *others: np.ndarray):
@@ -493,7 +592,7 @@ def aligned_identity(a: str, b: str, *, iupac: str = "ignore", detail: bool = Fa
 # ============================================================================================ clustering
 def identity_graph_cluster(store, neighbours: np.ndarray, threshold: float, *, iupac: str = "ignore",
                            pairs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
-                           max_component: int = MAX_COMPONENT, **options) -> np.ndarray:
+                           max_component: int = MAX_COMPONENT, realign: str = "deciding", **options) -> np.ndarray:
     """Average-linkage clusters of `store`'s sequences on identity distance (1 - identity), cut at `threshold`.
 
     neighbours: int [n, k] candidate neighbours of each sequence (e.g. embedding k-NN; -1 = none). Identity is
@@ -504,6 +603,8 @@ def identity_graph_cluster(store, neighbours: np.ndarray, threshold: float, *, i
     every within-threshold pair is reachable through within-threshold candidate edges.
     Cost: all m (m - 1) / 2 pairs of each component of m members (COI BINs at 3 %: components of at most a few
     hundred); a component larger than `max_component` raises UsageError (lower the threshold).
+    realign: "deciding" (default): approximate pairs (two indels or more) whose ceiling could be within the
+    threshold are aligned with PairwiseAligner (`realign_above`); "none": left as pair_identity gives them.
     Returns int64 [n] cluster numbers 0.. in order of first member.
     """
     from scipy.cluster.hierarchy import fcluster, linkage
@@ -514,8 +615,11 @@ def identity_graph_cluster(store, neighbours: np.ndarray, threshold: float, *, i
     n = len(store)
     if not 0 <= threshold <= 1:
         raise UsageError(f"the identity distance threshold must be in [0, 1], got {threshold}")
+    if realign not in REALIGN_MODES:
+        raise UsageError(f"realign must be one of {', '.join(REALIGN_MODES)}, got {realign!r}")
     if pairs is None:
-        pairs = neighbour_pairs(store, neighbours, iupac=iupac, **options)
+        pairs = neighbour_pairs(store, neighbours, iupac=iupac, realign=realign, realign_at=1.0 - threshold,
+                                **options)
     i, j, identity = pairs
     keep = (1.0 - identity) <= threshold + 1e-9
     graph = coo_matrix((np.ones(int(keep.sum()), dtype=np.int8), (i[keep], j[keep])), shape=(n, n))
@@ -535,8 +639,10 @@ def identity_graph_cluster(store, neighbours: np.ndarray, threshold: float, *, i
             next_label += 1
             continue
         ii, jj = np.triu_indices(len(members), k=1)       # condensed (pdist) order
-        distances = 1.0 - pair_identity(store, members[ii], store, members[jj], iupac=iupac,
-                                        **options).identity.astype(np.float64)
+        result = pair_identity(store, members[ii], store, members[jj], iupac=iupac, **options)
+        if realign == "deciding":
+            realign_above(store, members[ii], store, members[jj], result, 1.0 - threshold, iupac=iupac)
+        distances = 1.0 - result.identity.astype(np.float64)
         tree = linkage(np.clip(distances, 0.0, 1.0), method="average")
         local = fcluster(tree, threshold, criterion="distance")
         labels[members] = next_label + local - 1
@@ -548,8 +654,13 @@ def identity_graph_cluster(store, neighbours: np.ndarray, threshold: float, *, i
     return rank[labels]
 
 
-def neighbour_pairs(store, neighbours: np.ndarray, **options) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(i, j, identity) of the distinct undirected candidate edges i < j of a k-NN table [n, k] (-1 = none)."""
+def neighbour_pairs(store, neighbours: np.ndarray, *, realign: str = "deciding",
+                    realign_at: float = CLUSTER_REALIGN_ABOVE, **options) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(i, j, identity) of the distinct undirected candidate edges i < j of a k-NN table [n, k] (-1 = none).
+    realign: "deciding" (default): approximate pairs whose ceiling reaches `realign_at` (within REALIGN_MARGIN)
+    are aligned with PairwiseAligner (`realign_above`); "none": pair_identity's values."""
+    if realign not in REALIGN_MODES:
+        raise UsageError(f"realign must be one of {', '.join(REALIGN_MODES)}, got {realign!r}")
     store = as_store(store)
     neighbours = np.asarray(neighbours, dtype=np.int64)
     n = len(store)
@@ -561,6 +672,8 @@ def neighbour_pairs(store, neighbours: np.ndarray, **options) -> tuple[np.ndarra
     lo, hi = np.minimum(rows[ok], cols[ok]), np.maximum(rows[ok], cols[ok])
     edge = np.unique(lo * n + hi)
     i, j = edge // n, edge % n
-    identity = pair_identity(store, i, store, j, **options).identity
-    return i, j, identity
+    result = pair_identity(store, i, store, j, **options)
+    if realign == "deciding":
+        realign_above(store, i, store, j, result, realign_at, iupac=options.get("iupac", "ignore"))
+    return i, j, result.identity
 

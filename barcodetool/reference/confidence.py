@@ -1,0 +1,283 @@
+"""Per-query confidence of the identity rule: the probability that each rank's label is right.
+
+One global identity cut per rank treats a 97% hit with a congener at 96.9% like a 97% hit whose nearest other
+genus is at 85%. Here every (query, rank) gets the evidence a taxonomist reads off a hit list (`rank_evidence`):
+
+- how far the best hit is (1 - its identity score);
+- the gap to the best candidate of *another* label at that rank, and whether the candidate list holds another
+  label at all (when not, the gap is a lower bound);
+- how the candidates near the best one vote (the share of those within NEAR_SCORE that carry the label, and the
+  share among the tied-best);
+- how much of the query the best hit covers.
+
+A small gradient-boosted tree model per rank (`RankModel`) turns the evidence into a probability. It is fitted on
+the reference itself (`fit_rank`): the leave-out searches of the calibration (each query a reference sequence
+searched without its own sequence, its species or its genus), pooled with a stated weight per leave-out level
+(LEVEL_WEIGHTS), so that a confidence of 0.9 means 90% right on such a mix of new haplotypes of known species,
+new species of known genera and new genera. Trees with leaves of at least MIN_LEAF queries are not switched off by
+a few mislabelled records, as a precision target on the extreme scores was. Confidences never grow down the
+ranks: a genus is never more certain than its family (`chain`).
+
+The label's own name is never a feature (nor how many sequences carry it): the model learns what a hit list looks
+like, not which taxa are hard in this reference, so that it carries over to taxa it was not fitted on. A model
+holds only numbers (tree arrays; the features are fixed here, FEATURES_VERSION), stored as JSON in the index, and
+is evaluated with numpy: classifying never needs scikit-learn.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..taxonomy import OPTIONAL_RANKS, RANKS
+
+FEATURES_VERSION = 1
+FEATURES = ("distance", "gap", "no_other_label", "share_near", "share_tied", "coverage")
+NEAR_SCORE = 0.01          # candidates within this of the best score count as "near" (share_near)
+MAX_DISTANCE = 0.5
+MIN_EXAMPLES = 20          # fewer labelled calibration queries at a rank: no model there (nothing is assigned)
+# the tree ensemble: small, shallow, leaves of many queries (robust to a few mislabelled records)
+BOOSTING = {"max_iter": 100, "learning_rate": 0.1, "max_leaf_nodes": 15, "min_samples_leaf": 40,
+            "l2_regularization": 1.0}
+# weight of each leave-out level in a rank's fit (normalised per level: each level counts as its weight whatever its
+# number of queries). At species, known species count double: the open-world queries are two levels of the three.
+LEVEL_WEIGHTS = {"species": {"sequence": 4.0, "species": 1.0, "genus": 1.0}}
+DEFAULT_LEVEL_WEIGHT = 1.0
+
+
+@dataclass
+class RankModel:
+    """Boosted trees over FEATURES: p = sigmoid(baseline + sum of the trees' leaf values).
+
+    Trees are arrays [trees, nodes] (padded): feature, threshold, left, right (child node numbers, always larger
+    than the node's own: every path ends), value (of leaves), leaf (bool). A sample goes left where
+    x[feature] <= threshold."""
+
+    baseline: float
+    feature: np.ndarray      # int64 [T, M]
+    threshold: np.ndarray    # float64 [T, M]
+    left: np.ndarray         # int64 [T, M]
+    right: np.ndarray        # int64 [T, M]
+    value: np.ndarray        # float64 [T, M]
+    leaf: np.ndarray         # bool [T, M]
+    examples: int = 0        # calibration queries it was fitted on
+
+    ARRAYS = ("feature", "threshold", "left", "right", "value", "leaf")
+
+    def probability(self, features: np.ndarray) -> np.ndarray:
+        """float32 [Q] for features [Q, F]."""
+        features = np.asarray(features, dtype=np.float64)
+        n = len(features)
+        raw = np.full(n, self.baseline)
+        rows = np.arange(n)
+        for t in range(self.feature.shape[0]):
+            node = np.zeros(n, dtype=np.int64)
+            for _ in range(self.feature.shape[1]):
+                inner = ~self.leaf[t, node]
+                if not inner.any():
+                    break
+                go_left = features[rows, self.feature[t, node]] <= self.threshold[t, node]
+                node = np.where(inner, np.where(go_left, self.left[t, node], self.right[t, node]), node)
+            raw += self.value[t, node]
+        return (1.0 / (1.0 + np.exp(-np.clip(raw, -50, 50)))).astype(np.float32)
+
+    @classmethod
+    def constant(cls, rate: float, examples: int) -> RankModel:
+        """One tree of one leaf worth nothing: the probability is `rate` whatever the evidence."""
+        zero = np.zeros((1, 1))
+        return cls(math.log(rate / (1 - rate)), zero.astype(np.int64), zero, zero.astype(np.int64),
+                   zero.astype(np.int64), zero, np.ones((1, 1), dtype=bool), examples)
+
+    @classmethod
+    def from_boosting(cls, fitted, examples: int) -> RankModel:
+        """The trees of a fitted scikit-learn HistGradientBoostingClassifier (binary)."""
+        trees = [predictors[0].nodes for predictors in fitted._predictors]
+        width = max(len(nodes) for nodes in trees)
+        arrays = {name: np.zeros((len(trees), width), dtype=dtype) for name, dtype in
+                  (("feature", np.int64), ("threshold", np.float64), ("left", np.int64), ("right", np.int64),
+                   ("value", np.float64), ("leaf", bool))}
+        for t, nodes in enumerate(trees):
+            m = len(nodes)
+            arrays["feature"][t, :m] = nodes["feature_idx"]
+            arrays["threshold"][t, :m] = nodes["num_threshold"]
+            arrays["left"][t, :m] = nodes["left"]
+            arrays["right"][t, :m] = nodes["right"]
+            arrays["value"][t, :m] = nodes["value"]
+            arrays["leaf"][t, :m] = nodes["is_leaf"]
+            arrays["leaf"][t, m:] = True
+        baseline = float(np.ravel(fitted._baseline_prediction)[0])
+        return cls(baseline, examples=examples, **arrays)
+
+    def to_json(self) -> dict:
+        return {"baseline": self.baseline, "examples": int(self.examples),
+                **{name: getattr(self, name).tolist() for name in self.ARRAYS}}
+
+    @classmethod
+    def from_json(cls, value: dict, rank: str) -> RankModel:
+        """The model of `to_json`, checked (any path ends, indices in range, numbers finite); ValueError."""
+        try:
+            baseline, examples = float(value["baseline"]), int(value["examples"])
+            arrays = {name: np.asarray(value[name], dtype=dtype) for name, dtype in
+                      (("feature", np.int64), ("threshold", np.float64), ("left", np.int64), ("right", np.int64),
+                       ("value", np.float64), ("leaf", bool))}
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"the confidence model of {rank} is incomplete") from None
+        shape = arrays["feature"].shape
+        if any(a.shape != shape for a in arrays.values()) or len(shape) != 2 or not math.isfinite(baseline):
+            raise ValueError(f"the confidence model of {rank} has arrays of different shapes")
+        own = np.broadcast_to(np.arange(shape[1]), shape)
+        inner = ~arrays["leaf"]
+        bad = (~np.isfinite(arrays["value"]).all() or np.isnan(arrays["threshold"][inner]).any()
+               or ((arrays["feature"][inner] < 0) | (arrays["feature"][inner] >= len(FEATURES))).any()
+               or any(((arrays[c][inner] <= own[inner]) | (arrays[c][inner] >= shape[1])).any()
+                      for c in ("left", "right")))
+        if bad:
+            raise ValueError(f"the confidence model of {rank} holds invalid trees")
+        return cls(baseline, examples=examples, **arrays)
+
+
+@dataclass
+class ConfidenceModel:
+    """Rank -> RankModel; ranks without a model get no confidence (never assigned)."""
+
+    ranks: dict[str, RankModel]
+    version: int = FEATURES_VERSION
+
+    def to_json(self) -> dict:
+        return {"version": self.version, "features": list(FEATURES),
+                "ranks": {rank: model.to_json() for rank, model in self.ranks.items()}}
+
+    @classmethod
+    def from_json(cls, value) -> ConfidenceModel:
+        """The model of `to_json`; ValueError (with the reason) for anything else."""
+        if not isinstance(value, dict) or value.get("version") != FEATURES_VERSION:
+            raise ValueError(f"a confidence model of an unknown version (this version reads {FEATURES_VERSION})")
+        if value.get("features") != list(FEATURES):
+            raise ValueError("a confidence model over other features")
+        ranks = value.get("ranks")
+        if not isinstance(ranks, dict) or not set(ranks) <= set(RANKS):
+            raise ValueError("a confidence model of unknown ranks")
+        return cls({rank: RankModel.from_json(model, rank) for rank, model in ranks.items()})
+
+
+# ============================================================================================ evidence
+def rank_evidence(idx: np.ndarray, score: np.ndarray, overlap: np.ndarray, query_length: np.ndarray,
+                  chosen: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(label int64 [Q], features float64 [Q, F]) at one rank for ranked, identity-scored candidates.
+
+    idx, score, overlap: [Q, N] best first (-1 / -inf = empty); chosen: [Q] the column of the reported hit;
+    codes: the rank's label code of every reference row (-1 = unlabelled). Rows without a labelled hit get label
+    -1 (their features mean nothing)."""
+    n, width = idx.shape
+    if width == 0:
+        return np.full(n, -1, dtype=np.int64), np.zeros((n, len(FEATURES)))
+    rows = np.arange(n)
+    valid = (idx >= 0) & np.isfinite(score)
+    labels = np.where(valid, codes[np.where(valid, idx, 0)], -1)
+    label = np.where(valid[rows, chosen], labels[rows, chosen], -1).astype(np.int64)
+    best = np.where(valid[rows, chosen], score[rows, chosen], 0.0).astype(np.float64)
+    other = (labels >= 0) & (labels != label[:, None])
+    has_other = other.any(axis=1)
+    other_best = np.where(other, score, -np.inf).max(axis=1)
+    worst = np.where(valid, score, np.inf).min(axis=1)
+    # without another label among the candidates, the lowest candidate bounds the gap from below
+    other_best = np.where(has_other, other_best, np.where(np.isfinite(worst), worst, best - MAX_DISTANCE))
+    labelled = labels >= 0
+    same = labels == label[:, None]
+    near = labelled & (score >= best[:, None] - NEAR_SCORE)
+    tied = labelled & (score >= best[:, None])
+    features = np.stack([
+        np.clip(1.0 - best, 0.0, MAX_DISTANCE),
+        np.clip(best - other_best, 0.0, MAX_DISTANCE),
+        (~has_other).astype(np.float64),
+        (near & same).sum(axis=1) / np.maximum(near.sum(axis=1), 1),
+        (tied & same).sum(axis=1) / np.maximum(tied.sum(axis=1), 1),
+        np.clip(overlap[rows, chosen] / np.maximum(query_length, 1), 0.0, 1.0),
+    ], axis=1)
+    return label, features
+
+
+def rank_confidences(model: ConfidenceModel, idx: np.ndarray, score: np.ndarray, overlap: np.ndarray,
+                     query_length: np.ndarray, chosen: np.ndarray, codes: dict[str, np.ndarray],
+                     ranks: Sequence[str]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(labels, confidences) per rank: each rank's label (the chosen hit's; -1 = none) and the probability that
+    it is right (nan where there is no label or no model), made non-increasing down the ranks (`chain`)."""
+    labels, confidence = {}, {}
+    for rank in ranks:
+        label, features = rank_evidence(idx, score, overlap, query_length, chosen, codes[rank])
+        p = np.full(len(label), np.nan, dtype=np.float32)
+        model_of_rank = model.ranks.get(rank)
+        has = label >= 0
+        if model_of_rank is not None and has.any():
+            p[has] = model_of_rank.probability(features[has])
+        labels[rank], confidence[rank] = label, p
+    return labels, chain(confidence, ranks)
+
+
+def chain(confidence: dict[str, np.ndarray], ranks: Sequence[str]) -> dict[str, np.ndarray]:
+    """Confidences made non-increasing down the ranks (a label is never surer than its parent's): an optional
+    rank (subfamily) is capped by the ranks above it but caps none below; where a query has no label at a rank
+    (nan) that rank caps nothing."""
+    out = {}
+    running = None
+    for rank in ranks:
+        value = confidence[rank]
+        capped = value if running is None else np.where(np.isnan(value), value, np.fmin(value, running))
+        out[rank] = capped.astype(np.float32)
+        if rank not in OPTIONAL_RANKS:
+            running = capped if running is None else np.where(np.isnan(capped), running, capped)
+    return out
+
+
+# ============================================================================================ fitting
+def fit_rank(features: np.ndarray, correct: np.ndarray, weights: np.ndarray, *, seed: int = 0) -> RankModel | None:
+    """The model of one rank from calibration queries (features [n, F], correct [n] bool, weights [n]); None with
+    fewer than MIN_EXAMPLES. Where the calls are all right (or all wrong), a constant at the smoothed rate."""
+    n = len(correct)
+    if n < MIN_EXAMPLES:
+        return None
+    if correct.all() or not correct.any():
+        return RankModel.constant((correct.sum() + 0.5) / (n + 1.0), n)
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    fitted = HistGradientBoostingClassifier(**BOOSTING, early_stopping=False, random_state=seed)
+    fitted.fit(np.asarray(features, dtype=np.float64), correct, sample_weight=weights * n / weights.sum())
+    return RankModel.from_boosting(fitted, n)
+
+
+def level_weight(rank: str, level: str) -> float:
+    return LEVEL_WEIGHTS.get(rank, {}).get(level, DEFAULT_LEVEL_WEIGHT)
+
+
+def fit_confidence(levels: dict[str, tuple], codes: dict[str, np.ndarray], query_length: np.ndarray,
+                   chosen_of: dict[str, np.ndarray]) -> tuple[ConfidenceModel, dict]:
+    """The confidence model of a reference from its leave-out levels: level -> (queries [m], score [m, N],
+    idx [m, N], overlap [m, N]) in distinct-sequence space; chosen_of: level -> the reported column [m];
+    query_length: the length of every distinct reference sequence. Returns (model, details per rank)."""
+    ranks = [r for r in RANKS if r in codes]
+    models, details = {}, {}
+    for rank in ranks:
+        parts = []
+        for level, (queries, score, idx, overlap) in levels.items():
+            label, features = rank_evidence(idx, score, overlap, query_length[queries], chosen_of[level],
+                                            codes[rank])
+            truth = codes[rank][queries]
+            use = (truth >= 0) & (label >= 0)
+            if use.any():
+                parts.append((level, features[use], label[use] == truth[use]))
+        if not parts:
+            continue
+        features = np.concatenate([p[1] for p in parts])
+        correct = np.concatenate([p[2] for p in parts])
+        weights = np.concatenate([np.full(len(p[2]), level_weight(rank, p[0]) / len(p[2])) for p in parts])
+        model = fit_rank(features, correct, weights)
+        if model is None:
+            continue
+        models[rank] = model
+        details[rank] = {"examples": int(len(correct)),
+                         "top_hit_right": {p[0]: float(p[2].mean()) for p in parts},
+                         "level_weights": {p[0]: level_weight(rank, p[0]) for p in parts}}
+    return ConfidenceModel(models), details
