@@ -40,6 +40,11 @@ def _named_text(t, rank: str) -> str:
     return f"{rank} " + "/".join(f"{100 * share:.0f}%" for share in shares)
 
 
+def _leave_out_text(level: str, calls: dict) -> str:
+    precision = "-" if calls["precision"] is None else f"{100 * calls['precision']:.1f}%"
+    return f"{level} named {100 * calls['named']:.1f}% precision {precision}"
+
+
 @click.group("reference")
 def reference_group():
     """Build and inspect reference indexes for `classify` and `cluster`."""
@@ -117,9 +122,8 @@ def reference_info(index_path: str):
                 click.echo(f"threshold\t{rank}\t{_threshold_text(t.ranks.get(rank, math.nan))}")
                 continue
             calls = t.details.get(rank, {})
-            named = "\t".join(f"{level} named {100 * calls[level]['named']:.1f}% precision "
-                              + ("-" if calls[level]["precision"] is None else f"{100 * calls[level]['precision']:.1f}%")
-                              for level in ("sequence", "species", "genus") if level in calls)
+            named = "\t".join(_leave_out_text(level, calls[level]) for level in ("sequence", "species", "genus")
+                              if level in calls)
             click.echo(f"confidence\t{rank}\t>= {_threshold_text(t.ranks.get(rank, math.nan))}\t{named}")
         click.echo(f"threshold\tbin\t{_threshold_text(t.bin)}")
         click.echo(f"threshold\tcluster_distance\t{_threshold_text(t.cluster_distance)}")
