@@ -1,0 +1,195 @@
+"""The identity rule's per-query confidence: the evidence, the tree model (exported from scikit-learn, evaluated with
+numpy, stored as checked JSON), the chain down the ranks, and its fit on a reference with mislabelled records."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from helpers_models import SAMPLE, load_tiny, make_tiny_model, restore_torch_threads  # noqa: F401
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from barcodetool.cli import main
+from barcodetool.errors import InputError
+from barcodetool.io.readers import read_barcodes
+from barcodetool.reference import ReferenceIndex, build_reference
+from barcodetool.reference.confidence import (FEATURES, FEATURES_VERSION, ConfidenceModel, RankModel, chain,
+                                              fit_rank, rank_evidence)
+
+
+# ============================================================================================ the trees
+def _fitted(seed=0, n=600):
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    rng = np.random.default_rng(seed)
+    x = rng.random((n, len(FEATURES)))
+    y = (x[:, 0] < 0.3) & (x[:, 1] > 0.2) | (rng.random(n) < 0.05)
+    return x, y, HistGradientBoostingClassifier(max_iter=30, max_leaf_nodes=7, random_state=0).fit(x, y)
+
+
+def test_exported_trees_predict_as_scikit_learn():
+    x, y, fitted = _fitted()
+    model = RankModel.from_boosting(fitted, len(y))
+    probe = np.random.default_rng(1).random((300, len(FEATURES)))
+    np.testing.assert_allclose(model.probability(probe), fitted.predict_proba(probe)[:, 1], atol=1e-6)
+
+
+def test_model_json_round_trip_and_refusals():
+    x, y, fitted = _fitted()
+    model = ConfidenceModel({"genus": RankModel.from_boosting(fitted, len(y)), "order": RankModel.constant(0.99, 50)})
+    again = ConfidenceModel.from_json(model.to_json())
+    np.testing.assert_array_equal(again.ranks["genus"].probability(x), model.ranks["genus"].probability(x))
+    assert again.ranks["order"].probability(x[:3]) == pytest.approx([0.99] * 3, abs=1e-6)
+
+    def broken(change):
+        value = model.to_json()
+        change(value)
+        with pytest.raises(ValueError):
+            ConfidenceModel.from_json(value)
+
+    broken(lambda v: v.update(version=FEATURES_VERSION + 1))
+    broken(lambda v: v.update(features=["distance"]))
+    broken(lambda v: v["ranks"].update(kingdom=v["ranks"]["order"]))
+    broken(lambda v: v["ranks"]["genus"]["left"][0].__setitem__(0, 0))            # a cycle: a node its own child
+    broken(lambda v: v["ranks"]["genus"]["right"][0].__setitem__(0, 10 ** 6))    # a child out of range
+    broken(lambda v: v["ranks"]["genus"]["feature"][0].__setitem__(0, len(FEATURES)))
+    broken(lambda v: v["ranks"]["genus"]["value"][0].__setitem__(1, float("nan")))
+    broken(lambda v: v["ranks"]["genus"].pop("threshold"))
+
+
+def test_fit_rank_constant_where_every_call_is_right():
+    features = np.zeros((100, len(FEATURES)))
+    model = fit_rank(features, np.ones(100, dtype=bool), np.ones(100))
+    assert 0.99 < float(model.probability(features[:1])[0]) < 1.0
+    assert fit_rank(features[:5], np.ones(5, dtype=bool), np.ones(5)) is None   # too few to say anything
+
+
+# ============================================================================================ the evidence
+def test_rank_evidence_reads_the_hit_list():
+    # query 0: best 0.99 (label 1), then 0.985 (label 1), then another label at 0.95; query 1: one label only
+    idx = np.array([[0, 1, 2], [3, 4, -1]])
+    score = np.array([[0.99, 0.985, 0.95], [0.90, 0.88, -np.inf]])
+    overlap = np.array([[600, 600, 600], [300, 300, 0]])
+    codes = np.array([1, 1, 2, 5, 5])
+    label, x = rank_evidence(idx, score, overlap, np.array([600, 600]), np.array([0, 0]), codes)
+    f = {name: x[:, i] for i, name in enumerate(FEATURES)}
+    assert label.tolist() == [1, 5]
+    np.testing.assert_allclose(f["distance"], [0.01, 0.10], atol=1e-6)
+    np.testing.assert_allclose(f["gap"], [0.04, 0.02], atol=1e-6)     # query 1: the lowest candidate bounds it
+    assert f["no_other_label"].tolist() == [0.0, 1.0]
+    assert f["share_near"].tolist() == [1.0, 1.0]
+    np.testing.assert_allclose(f["coverage"], [1.0, 0.5])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.one_of(st.floats(0, 1), st.just(float("nan"))), min_size=4, max_size=4),
+                min_size=1, max_size=6))
+def test_chain_never_grows_down_the_ranks(rows):
+    ranks = ["order", "family", "subfamily", "genus"]
+    values = np.array(rows, dtype=np.float32)
+    out = chain({r: values[:, i] for i, r in enumerate(ranks)}, ranks)
+    for i in range(len(rows)):
+        seen = math.inf
+        for rank in ("order", "family", "genus"):    # subfamily is optional: it caps nothing below
+            v = float(out[rank][i])
+            if not math.isnan(v):
+                assert v <= seen + 1e-7
+                seen = v
+        sub = float(out["subfamily"][i])
+        if not math.isnan(sub):
+            assert sub <= min(float(values[i, 0]) if not math.isnan(values[i, 0]) else 1,
+                              float(values[i, 1]) if not math.isnan(values[i, 1]) else 1) + 1e-7
+
+
+# ============================================================================================ on a reference
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-c", seed=0)
+    return folder, load_tiny(folder)
+
+
+@pytest.fixture(scope="module")
+def noisy_index(tiny, tmp_path_factory):
+    """The sample's train records with three of them given another order (as mislabels in real exports)."""
+    records = [r for r in read_barcodes(SAMPLE, skip_empty=True) if r.split in ("train", "val")]
+    orders = sorted({r.taxonomy["order"] for r in records})
+    flipped = []
+    for record in records[::40][:3]:
+        other = next(o for o in orders if o != record.taxonomy["order"])
+        record.taxonomy = dict(record.taxonomy, order=other)
+        flipped.append(record.id)
+    index = build_reference(records, tiny[1], source="noisy")
+    path = tmp_path_factory.mktemp("noisy") / "noisy.h5"
+    index.save(path)
+    return index, path, flipped
+
+
+def test_mislabelled_records_switch_no_rank_off_and_are_named(noisy_index):
+    index, path, flipped = noisy_index
+    t = index.identity_thresholds
+    assert t.confidence is not None
+    for rank in ("order", "family", "genus", "species"):
+        assert t.ranks[rank] == pytest.approx(t.min_confidence)      # a cutoff, never "never"
+        assert t.details[rank]["sequence"]["named"] > 0.5
+    conflicts = t.details["conflicts"]
+    named = {c["id"] for c in conflicts["records"]} | {c["other_id"] for c in conflicts["records"]}
+    assert conflicts["pairs"] >= 1 and named & set(flipped)
+    info = CliRunner().invoke(main, ["reference", "info", str(path)])
+    assert info.exit_code == 0, info.output
+    assert any(line.startswith("conflict\t") for line in info.output.splitlines())
+    assert "confidence\tgenus\t>= 0.5000" in info.output
+
+
+def test_stored_model_loads_identically_and_a_damaged_one_is_refused(noisy_index, tmp_path):
+    index, path, _ = noisy_index
+    loaded = ReferenceIndex.load(path)
+    probe = np.random.default_rng(0).random((50, len(FEATURES)))
+    for rank, model in index.identity_thresholds.confidence.ranks.items():
+        np.testing.assert_array_equal(loaded.identity_thresholds.confidence.ranks[rank].probability(probe),
+                                      model.probability(probe))
+    damaged = tmp_path / "damaged.h5"
+    damaged.write_bytes(path.read_bytes())
+    with h5py.File(damaged, "r+") as handle:
+        del handle["identity/confidence_model"]
+        handle["identity/confidence_model"] = np.frombuffer(b'{"version": 1, "ranks": 5}', dtype=np.uint8)
+    with pytest.raises(InputError, match="confidence model"):
+        ReferenceIndex.load(damaged)
+
+
+def test_confidences_are_what_both_outputs_show(noisy_index, tiny, tmp_path):
+    _, path, _ = noisy_index
+    queries = [r for r in read_barcodes(SAMPLE, skip_empty=True) if r.split == "test"][:30]
+    fasta = tmp_path / "q.fasta"
+    fasta.write_text("".join(f">{r.id}\n{r.sequence}\n" for r in queries))
+    runner = CliRunner()
+    common = ["classify", str(fasta), "-r", str(path), "-m", str(tiny[0]), "--threads", "1"]
+    assert runner.invoke(main, [*common, "-o", str(tmp_path / "out.tsv")]).exit_code == 0
+    assert runner.invoke(main, [*common, "-o", str(tmp_path / "out.sintax"), "--output-format", "sintax"]
+                         ).exit_code == 0
+    rows = [line.split("\t") for line in (tmp_path / "out.tsv").read_text().splitlines()]
+    header, rows = rows[0], rows[1:]
+    sintax = {line.split("\t")[0]: line.split("\t")[1] for line in (tmp_path / "out.sintax").read_text().splitlines()}
+    for row in rows:
+        cells = dict(zip(header, row))
+        for rank, letter in (("order", "o"), ("genus", "g")):
+            if cells[rank]:   # named: the TSV's confidence is the SINTAX column 2 value of that rank
+                shown = next(part for part in sintax[cells["id"]].split(",") if part.startswith(f"{letter}:"))
+                assert float(shown.rsplit("(", 1)[1].rstrip(")")) == pytest.approx(
+                    float(cells[f"{rank}_confidence"]), abs=0.006)
+                assert float(cells[f"{rank}_confidence"]) >= 0.5
+
+
+def test_an_index_without_a_model_is_recalibrated_in_memory(noisy_index):
+    index, path, _ = noisy_index
+    old = ReferenceIndex.load(path)
+    old.identity_thresholds = dataclasses.replace(old.identity_thresholds, confidence=None)
+    from barcodetool.reference import thresholds_for
+
+    again = thresholds_for(old, "identity")
+    assert again.confidence is not None and set(again.confidence.ranks) == set(
+        index.identity_thresholds.confidence.ranks)
