@@ -7,9 +7,9 @@ Methods (docs/classify-and-cluster.md):
   shared k-mers miss), those nearest by embedding (top 20); each is scored by exact sequence identity
   (barcodetool.search.identity, coverage score),
   the species is the one carried by most of the candidates tied at the best score, and the whole lineage is that
-  hit's. A rank is assigned when the best score reaches the rank's threshold calibrated on the reference (and
-  the tied-best candidates agree at least `min_confidence` of the time); ranks below an unassigned rank stay
-  empty (subfamily is optional and blocks nothing).
+  hit's. Each rank's confidence is the probability that its label is right, from the whole candidate list, by a
+  model fitted on the reference (barcodetool.reference.confidence); a rank is assigned when it reaches
+  `min_confidence`; ranks below an unassigned rank stay empty (subfamily is optional and blocks nothing).
 - `knn`: the k nearest reference barcodes by cosine similarity vote, weighted by similarity, rank by rank from
   phylum down (each rank votes only among neighbours consistent with the candidates above), gated by cosine
   similarity thresholds calibrated the same way (the embedding-only protocol of the papers).

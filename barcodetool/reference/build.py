@@ -46,9 +46,10 @@ STALE_PART_S = 3600
 class BuildOptions(Options):
     """How a reference index is built: the calibration targets, the stored embeddings' type, the batches.
 
-    `precision`: each rank's threshold is set so that calls are right this often on the reference's own leave-out
-    queries; `neighbours`: the neighbours that vote in the k-NN rule; `min_confidence`: the share of the tied-best
-    candidates (k-NN: of the vote) a label needs; `dtype`: float32, or float16 to halve a very large reference;
+    `precision`: the BIN threshold and the k-NN rule's rank thresholds are set so that calls are right this often
+    on the reference's own leave-out queries; `neighbours`: the neighbours that vote in the k-NN rule;
+    `min_confidence`: the confidence a rank's label needs (identity: the calibrated probability that it is right;
+    k-NN: the vote share); `dtype`: float32, or float16 to halve a very large reference;
     `calibrate`: False leaves the index without thresholds; `chunk_records`: distinct sequences embedded at once.
     """
 

@@ -527,8 +527,8 @@ class IdentityCalibration(Calibration):
 
     def describe(self, settings: dict) -> str:
         n_embedding, n_kmer = settings["candidates"]
-        return (f"calibrating identity thresholds for precision {settings['precision']}, share "
-                f"{settings['min_confidence']}, candidates {int(n_embedding)} embedding + {int(n_kmer)} k-mer, "
+        return (f"calibrating the identity rule for confidence {settings['min_confidence']}, BIN precision "
+                f"{settings['precision']}, candidates {int(n_embedding)} embedding + {int(n_kmer)} k-mer, "
                 f"embedding below {float(settings['embed_below'])}")
 
     def leave_out(self, level: str, settings: dict, *, max_queries: int = IDENTITY_CALIBRATION_QUERIES,
