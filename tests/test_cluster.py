@@ -13,10 +13,11 @@ import pytest
 from click.testing import CliRunner
 
 from barcodetool.cli import main
-from barcodetool.cluster import (DEFAULT_IDENTITY_DISTANCE_THRESHOLD, ClusterOptions, _identity_cluster_grid,
+from barcodetool.cluster import (BRIDGED_CUT, DEFAULT_IDENTITY_DISTANCE_THRESHOLD, BridgedCut, ClusterOptions,
+                                 _condensed_pairs, _identity_cluster_grid, bridged_labels,
                                  calibrate_cluster_threshold, calibrate_identity_cluster_threshold, cluster,
-                                 cluster_identity, cluster_metrics, cluster_records, identity_neighbours,
-                                 match_reference_bins, renumber, write_clusters)
+                                 cluster_bridged, cluster_identity, cluster_metrics, cluster_records,
+                                 identity_neighbours, match_reference_bins, renumber, write_clusters)
 from barcodetool.errors import UsageError
 from barcodetool.io.readers import read_barcodes
 from barcodetool.reference import build_reference
@@ -168,18 +169,120 @@ def test_identity_clustering_recovers_known_bins(synthetic, tiny):
     records = synthetic
     bins = [r.bin for r in records]
     result = cluster_records(records, tiny[1])
-    assert result.method == "identity" and result.threshold == DEFAULT_IDENTITY_DISTANCE_THRESHOLD
+    assert result.method == "identity" and result.threshold is None and result.cut == BRIDGED_CUT
     m = result.metrics["bin"]
     assert m["ami"] == pytest.approx(1.0) and m["ari"] == pytest.approx(1.0) and m["clusters"] == 18
     # without embeddings (k-mer neighbours only) the same; at distance 0 only barcodes identical over their
     # overlap (differently trimmed copies of a haplotype) share a cluster
     sequences = [r.sequence for r in records]
     assert cluster_metrics(bins, cluster_identity(sequences, None, 0.035))["ami"] == pytest.approx(1.0)
+    assert cluster_metrics(bins, cluster_identity(sequences, None))["ami"] == pytest.approx(1.0)
     assert 18 < len(set(cluster_identity(sequences, None, 0.0).tolist())) <= len(set(sequences))
     with pytest.raises(UsageError, match="n-clusters"):
         cluster_records(records, tiny[1], n_clusters=18)
     with pytest.raises(UsageError):
         cluster_identity(sequences, None, 1.5)
+
+
+# ============================================================================================ bridged cut
+# Two real BINs of one brachiopod species complex (coi_extra, BOLD public records ABBAI1599-16, ABBAI1728-16 in
+# BOLD:ADF1516; ABBAI1844-16, GBAAX63452-24 in BOLD:ADF1517), 2.4-3.0 % apart with no close pair between them:
+# the old fixed cut (0.035) merged them, the bridged cut keeps them apart.
+ADF1516 = [
+    "GGCTAAGTCATGCTATACGTATTGAGCTAAGTCACCCGGGTCAGTGATTAATGGATTCTCACATATACCATAGTATTATAACTTTACATGCTTTCACTAT"
+    "AATTTTTTTTTTTGTTATACCTACTAGAATTGGGGGGCTGGGTAACTGGTTTTTGCCTCTAATACTTAAGGTACAAGATTTAGCTATACCTCGTGTTAAT"
+    "AATTCTAGGATTTGAATAATCATTGGTTCCTTGATTTTAATGTGTCTTAGATTCTTGATAGAAGGGGGGGTAGCTACCGGCTGGACAATATATCCACCTC"
+    "TGTCTGGGAGGGGGTTTATATCAGGTTTAAATGTCGACCTAGCTATCTTTGCTCTTCATTTGGCGGGGGCCTCATCTATTGCAGGGAGAATTAATTACAT"
+    "CGTCACTATTTTTAACATACGTGTGGGGGCTATCTATTTTATGAGGTTAAATCCTATGCTGGTGTGATCTATGTTTGCCACATCTATTTTATTAGTCACA"
+    "TCAGTACCTGTACTGGCTGCAGGGTTAACTTTGTTAATTCTTGATCGTCATTTTAGAACTAGGTTCTACTATCCTGAAGGGGGTGGTGACCCTATTCTTT"
+    "GGCAGCACCTTTTT",
+    "GGGATTGGGGCTAAGTCATGCTATACGTATTGAGCTAAGTCACCCGGGTCAGTGATTAATGGATTCTCACATATACCATAGTATTATAACTTTACATGCT"
+    "TTCACTATAATTTTTTTTTTTGTTATACCTACTAGAATTGGGGGGCTGGGTAACTGGTTTTTGCCTCTAATACTTAAGGTACAAGATTTAGCTATACCTC"
+    "GTGTTAATAATTCTAGGATTTGAATAATCATTGGTTCCTTGATTTTAATGTGTCTTAGATTCTTGATAGAAGGGGGGGTAGCTACCGGCTGGACAATATA"
+    "TCCACCTCTGTCTGGGAGGGGGTTTATATCAGGTTTAAATGTCGACCTAGCTATCTTTGCTCTTCATTTGGCGGGGGCCTCATCTATTGCAGGGAGAATT"
+    "AATTACATCGTCACTATTTTTAACATACGTGTGGGGGCTATCTATTTTATGAGGTTAAATCCTATGCTGGTGTGATCTATGTTTGCCACATCTATTTTAT"
+    "TAGTCACATCAGTACCTGTACTGGCTGCAGGGTTAACTTTGTTAATTCTTGATCGTCATTTTAGAACTAGGTTCTACTATCCTGAAGGGGG",
+]
+ADF1517 = [
+    "TTGGGAGGTTATATATTTTTATAGGGCTATGATCTGGAGTAGTGGGATTAGGGCTAAGTCATGCTATACGTATTGAGCTAAGTCACCCGGGTCAGTGATT"
+    "AATGGATTCTCACATATATCACAGTATTATAACTTTACATGCTTTCACTATAATTTTCTTTTTTGTTATACCTACTAGAATTGGGGGGCTAGGTAATTGG"
+    "TTTTTGCCTCTAATACTTAAGGTGCAAGATTTAGCTATACCCCGTGTTAATAATTCTAGGATTTGAATAATTATTGGTTCCTTGATTTTAATGTGTCTTA"
+    "GATTCTTAATAGAAGGGGGGGTAGCTACTGGCTGGACAATGTATCCACCTCTGTCTGGGAGGGGGTTTGCATCAGGTTTAAATGTCGACCTAGCTATCTT"
+    "TGCTCTTCATTTGGCGGGGGCCTCATCTATTGCAGGGAGAATTAATTACATGGTCACTATTTTTAACATACGTGTGGGGGCTATCTATTTTATGAGGTTA"
+    "AATCCTATGCTGGTGTGATCTATGTTTGCCACATCTATTTTATTAGTCACATCAGTACCTGTACTGGCTGCAGGGTTAACTTTGTTAATTCTTGATCGCC"
+    "ATTTTAGAACTAGGTTCTACTATCCTGAAGGGGGTGGTGACCCTATTCTTTGGCAGCACCTTTTTTGATT",
+    "GAGGTTATATATTTTTATAGGGCTATGATCTGGAGTAGTGGGATTAGGGCTAAGTCATGCTATACGTATTGAGCTAAGTCACCCGGGTCAGTGATTAATG"
+    "GATTCTCACATATATCACAGTATTATAACTTTACATGCTTTCACTATAATTTTCTTTTTTGTTATACCTACTAGAATTGGGGGGCTAGGTAATTGGTTTT"
+    "TGCCTCTAATACTTAAGGTGCAAGATTTAGCTATACCCCGTGTTAATAATTCTAGGATTTGAATAATTATTGGTTCCTTGATTTTAATGTGTCTTAGATT"
+    "CTTAATAGAAGGGGGGGTAGCTACTGGCTGGACAATGTATCCACCTCTGTCTGGGAGGGGGTTTGCATCAGGTTTAAATGTCGACCTAGCTATCTTTGCT"
+    "CTTCATTTGGCGGGGGCCTCATCTATTGCAGGGAGAATTAATTACATGGTCACTATTTTTAACATACGTGTGGGGGCTATCTATTTTATGAGGTTAAATC"
+    "CTATGCTGGTGTGATCTATGTTTGCCACATCTATTTTATTAGTCACATCAGTACCTGTACTGGCTGCAGGGTTAACTTTGTTAATTCTTGATCGCCATTT"
+    "TAGAACTAGGTTCTACTATCCTGAAGGGGGTGGTGACCCTATTCTTTGGCAGCACCTTTTTT",
+]
+
+
+def test_bridged_cut_splits_two_real_bins_the_fixed_cut_merged():
+    from barcodetool.search import SequenceStore, neighbour_pairs, pair_identity
+
+    sequences = [ADF1516[0], ADF1517[0], ADF1516[1], ADF1517[1]]
+    store = SequenceStore.from_sequences(sequences)
+    cross = 1 - pair_identity(store, np.array([0, 0, 2, 2]), store, np.array([1, 3, 1, 3])).identity
+    assert cross.min() > 0.02 and cross.max() < DEFAULT_IDENTITY_DISTANCE_THRESHOLD    # the zone the cut decides
+    assert cluster_identity(sequences, None, DEFAULT_IDENTITY_DISTANCE_THRESHOLD).tolist() == [0, 0, 0, 0]
+    assert cluster_identity(sequences, None).tolist() == [0, 1, 0, 1]
+    # the same from edges computed before; and a laxer bridge (0.03, one pair) joins them again
+    graph = identity_neighbours(store, None, 3)
+    pairs = neighbour_pairs(store, graph)
+    assert cluster_bridged(store, graph, pairs=pairs).tolist() == [0, 1, 0, 1]
+    lax = BridgedCut(base=0.03, bridge=0.03, pairs=1)
+    assert cluster_bridged(store, graph, lax, pairs=pairs).tolist() == [0, 0, 0, 0]
+    with pytest.raises(UsageError, match="max_component"):
+        cluster_bridged(store, graph, pairs=pairs, max_component=3)
+
+
+def condensed(matrix) -> np.ndarray:
+    from scipy.spatial.distance import squareform
+
+    return squareform(np.asarray(matrix, dtype=np.float64), checks=False)
+
+
+def two_groups(cross) -> np.ndarray:
+    """Condensed distances of groups {0, 1} and {2, 3} (0.005 within) with cross distances `cross` [2][2]."""
+    d = np.full((4, 4), 0.005)
+    np.fill_diagonal(d, 0.0)
+    d[:2, 2:] = cross
+    d[2:, :2] = np.transpose(cross)
+    return condensed(d)
+
+
+def test_bridged_labels_join_only_what_close_pairs_bridge():
+    # average 0.025 (above the base cut, within the top): joined when 2 cross pairs are within 0.015 ...
+    assert bridged_labels(two_groups([[0.012, 0.038], [0.038, 0.012]])).tolist() == [0, 0, 0, 0]
+    # ... kept apart with one such pair, or none (what a fixed cut at 0.035 would merge)
+    assert bridged_labels(two_groups([[0.012, 0.0293], [0.0293, 0.0293]])).tolist() == [0, 0, 1, 1]
+    assert bridged_labels(two_groups([[0.025, 0.025], [0.025, 0.025]])).tolist() == [0, 0, 1, 1]
+    # within the base cut: joined; beyond the top: apart, bridges or not
+    assert bridged_labels(two_groups([[0.018, 0.018], [0.018, 0.018]])).tolist() == [0, 0, 0, 0]
+    assert bridged_labels(two_groups([[0.01, 0.07], [0.07, 0.01]])).tolist() == [0, 0, 1, 1]
+    # a merge refused below blocks the merges above it: {0,1} | {2,3} refused, so {4} cannot join all four
+    d = np.full((5, 5), 0.03)
+    d[:2, :2] = d[2:4, 2:4] = 0.005
+    d[4, :4] = d[:4, 4] = 0.031
+    d[4, 0] = d[0, 4] = d[4, 2] = d[2, 4] = 0.01
+    np.fill_diagonal(d, 0.0)
+    labels = bridged_labels(condensed(d))
+    assert len(set(labels.tolist())) >= 2 and labels[0] == labels[1] and labels[2] == labels[3]
+    assert labels[0] != labels[2]
+    # sizes 1 and 0
+    assert bridged_labels(np.zeros(0)).tolist() == [0] and bridged_labels(condensed([[0, 0.5], [0.5, 0]])).tolist() \
+        == [0, 1]
+    for m in (2, 3, 50, 301):
+        i, j = np.triu_indices(m, k=1)
+        u, v = _condensed_pairs(np.arange(len(i)), m)
+        assert (u == i).all() and (v == j).all()
+    for bad in ({"bridge": 0.03}, {"base": 0.04}, {"pairs": 0}, {"top": 1.5}):
+        with pytest.raises(UsageError):
+            BridgedCut(**bad)
 
 
 def test_cluster_options_and_the_tsv_writer(synthetic, tiny):
@@ -241,6 +344,15 @@ def test_cli_cluster(tmp_path, tiny):
     assert rows[0]["cluster"] == "1" and rows[0]["reference_bin"] == ""
     data = json.loads(metrics.read_text())
     assert data["threshold"] == 0.05 and 0 <= data["metrics"]["bin"]["ami"] <= 1 and data["method"] == "identity"
+    assert data["bridged_cut"] is None
+    # without a threshold: the bridged cut
+    result = runner.invoke(main, ["cluster", str(SAMPLE), "-o", str(out), "--metrics", str(metrics),
+                                  "--model", str(tiny[0])])
+    assert result.exit_code == 0, result.output
+    data = json.loads(metrics.read_text())
+    assert data["threshold"] is None and data["bridged_cut"] == {"base": 0.02, "top": 0.035, "bridge": 0.015,
+                                                                 "pairs": 2}
+    assert data["metrics"]["bin"]["ami"] > 0.95
     assert set(data["metrics"]["bin"]) >= {"ami", "ari", "match_ratio"}
     # the papers' protocol: the true number of clusters
     result = runner.invoke(main, ["cluster", str(SAMPLE), "-o", str(out), "--model", str(tiny[0]),

@@ -4,6 +4,7 @@ numpy, stored as checked JSON), the chain down the ranks, and its fit on a refer
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import h5py
@@ -54,6 +55,7 @@ def test_model_json_round_trip_and_refusals():
 
     broken(lambda v: v.update(version=FEATURES_VERSION + 1))
     broken(lambda v: v.update(features=["distance"]))
+    assert ConfidenceModel.readable(model.to_json()) and not ConfidenceModel.readable({"version": 0})
     broken(lambda v: v["ranks"].update(kingdom=v["ranks"]["order"]))
     broken(lambda v: v["ranks"]["genus"]["left"][0].__setitem__(0, 0))            # a cycle: a node its own child
     broken(lambda v: v["ranks"]["genus"]["right"][0].__setitem__(0, 10 ** 6))    # a child out of range
@@ -156,9 +158,14 @@ def test_stored_model_loads_identically_and_a_damaged_one_is_refused(noisy_index
     damaged.write_bytes(path.read_bytes())
     with h5py.File(damaged, "r+") as handle:
         del handle["identity/confidence_model"]
-        handle["identity/confidence_model"] = np.frombuffer(b'{"version": 1, "ranks": 5}', dtype=np.uint8)
+        bad = json.dumps({"version": FEATURES_VERSION, "features": list(FEATURES), "ranks": 5}).encode()
+        handle["identity/confidence_model"] = np.frombuffer(bad, dtype=np.uint8)
     with pytest.raises(InputError, match="confidence model"):
         ReferenceIndex.load(damaged)
+    with h5py.File(damaged, "r+") as handle:   # a model of another version is refitted, not refused
+        del handle["identity/confidence_model"]
+        handle["identity/confidence_model"] = np.frombuffer(b'{"version": 0, "ranks": {}}', dtype=np.uint8)
+    assert ReferenceIndex.load(damaged).identity_thresholds.confidence is None
 
 
 def test_confidences_are_what_both_outputs_show(noisy_index, tiny, tmp_path):

@@ -20,7 +20,7 @@ import pytest
 
 from barcodetool.classify import CHUNK_RECORDS, ClassifyOptions, classify, classify_records, load_inference_model
 from barcodetool.cli import main
-from barcodetool.cluster import (DEFAULT_DISTANCE_THRESHOLD, DEFAULT_IDENTITY_DISTANCE_THRESHOLD, FULL_LINKAGE_LIMIT,
+from barcodetool.cluster import (BRIDGED_CUT, DEFAULT_DISTANCE_THRESHOLD, DEFAULT_IDENTITY_DISTANCE_THRESHOLD, FULL_LINKAGE_LIMIT,
                                  GRAPH_NEIGHBOURS, IDENTITY_CLUSTER_GRID, IDENTITY_GRAPH_NEIGHBOURS, ClusterOptions,
                                  cluster, cluster_records)
 from barcodetool.embedding import (EMBEDDINGS_FORMAT, EMBEDDINGS_FORMAT_VERSION, embed_file, embed_records_to_h5,
@@ -303,7 +303,7 @@ def test_python_api_prose():
     page = "docs/python-api.md"
     assert stated(page, r"load_model\(\) # the default for a CPU: ([\w-]+)") == [(DEFAULT_CPU_MODEL,)]
     assert stated(page, r'`barcodetool.load_model\(device="cuda"\)` loads `([\w-]+)`') == [(DEFAULT_GPU_MODEL,)]
-    check(page, r"else the reference's calibrated one, else ([\d.]+) \(identity\)", DEFAULT_IDENTITY_DISTANCE_THRESHOLD)
+    assert stated(page, r"else the reference's calibrated one, else the (bridged cut) \(identity; `BridgedCut`")
     check(page, r"longer than (\d+) nt, they are truncated", TokenizerConfig().max_length)
     models = set(re.findall(r'"(barcodemae-[\w]+)"', prose(page).split("see `barcodetool.available_models()`")[0]))
     assert models == {m for m in available_models() if m.startswith("barcodemae-")}
@@ -319,7 +319,7 @@ def test_faq_defaults():
     check(page, r"the (\d+) nearest to its embedding \(`--candidates-embedding (\d+)`\)",
           IDENTITY_CANDIDATES_EMBEDDING, IDENTITY_CANDIDATES_EMBEDDING)
     check(page, r"the k nearest embeddings \(`--neighbours`, (\d+) by default\)", DEFAULT_K)
-    check(page, r"`--min-confidence` \(([\d.]+) by default\)", DEFAULT_MIN_CONFIDENCE)
+    check(page, r"`--min-confidence` \(([\d.]+) by default[:)]", DEFAULT_MIN_CONFIDENCE)
     check(page, r"\(`--precision`, default ([\d.]+)\)", DEFAULT_PRECISION)
     check(page, r"up to ([\d,]+) per level for identity, ([\d,]+) for the embedding vote",
           IDENTITY_CALIBRATION_QUERIES, CALIBRATION_QUERIES)
@@ -344,7 +344,7 @@ def test_classify_and_cluster_defaults():
     check(page, r"`--candidates-kmer` \((\d+)\)", IDENTITY_CANDIDATES_KMER)
     check(page, r"`--embed-below` \(([\d.]+)\)", IDENTITY_EMBED_BELOW)
     check(page, r"`--candidates-embedding` \((\d+)\)", IDENTITY_CANDIDATES_EMBEDDING)
-    check(page, r"`--min-confidence` \(([\d.]+)\)", DEFAULT_MIN_CONFIDENCE)
+    check(page, r"`--min-confidence` \(([\d.]+)[:)]", DEFAULT_MIN_CONFIDENCE)
     check(page, r"the default `--min-confidence ([\d.]+)`", DEFAULT_MIN_CONFIDENCE)
     check(page, r"`--neighbours`, default (\d+)", DEFAULT_K)
     check(page, r"`--precision`, default ([\d.]+)", DEFAULT_PRECISION)
@@ -359,7 +359,9 @@ def test_classify_and_cluster_defaults():
     check(page, r"level = sequence, species, genus; (\d+) neighbours each", CALIBRATION_NEIGHBOURS)
     check(page, r"up to ([\d,]+) per level for identity, ([\d,]+) for knn", IDENTITY_CALIBRATION_QUERIES,
           CALIBRATION_QUERIES)
-    check(page, r"else \*\*([\d.]+)\*\*, the value calibrated", DEFAULT_IDENTITY_DISTANCE_THRESHOLD)
+    check(page, r"the tree is cut at ([\d.]+), and two clusters above that are\s+still joined when their average distance "
+                r"is at most ([\d.]+) and at least (\d+) of their cross pairs are within ([\d.]+)",
+          BRIDGED_CUT.base, BRIDGED_CUT.top, BRIDGED_CUT.pairs, BRIDGED_CUT.bridge)
     check(page, r"else ([\d.]+) with a warning", DEFAULT_DISTANCE_THRESHOLD)
     check(page, r"the cut of ([\d.]+), ([\d.]+), …, ([\d.]+) that maximises", IDENTITY_CLUSTER_GRID[0],
           IDENTITY_CLUSTER_GRID[1], IDENTITY_CLUSTER_GRID[-1])

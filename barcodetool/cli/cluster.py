@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import click
 
 from ..classify import load_inference_model
@@ -23,7 +25,8 @@ from ._common import (INPUT_FIX, REFERENCE_FIX, Context, check_paths, device_opt
                    "cosine: average linkage on embedding cosine distance (the papers' protocol).")
 @click.option("--threshold", type=click.FloatRange(min=0), help="Distance cut: identity distance (1 - "
               "identity) for identity, cosine distance for cosine [default: the reference's calibrated one; "
-              "identity without a reference: 0.035].")
+              "identity without a reference: the bridged cut, clusters at 0.02 joined where 2 cross pairs are "
+              "within 0.015, never beyond 0.035]. `--threshold 0.035` is the fixed cut used before.")
 @click.option("--n-clusters", type=click.IntRange(min=1), help="--method cosine: cut into exactly this many "
               "clusters (the papers' protocol with the true number of BINs).")
 @click.option("--metrics", "metrics_path", help="Write AMI, ARI and match ratio (JSON) when INPUT has BINs "
@@ -65,6 +68,7 @@ def cluster_command(obj: Context, input_path: str, output_path: str, reference: 
                  f"AMI {m['ami']:.4f}, ARI {m['ari']:.4f}, match ratio {m['match_ratio']:.4f}")
     if metrics_path:
         write_json(metrics_path, {"method": options.method, "threshold": result.threshold,
+                                  "bridged_cut": None if result.cut is None else dataclasses.asdict(result.cut),
                                   "n_clusters": result.n_clusters, "barcodes": len(records),
                                   "distinct_sequences": result.distinct_sequences,
                                   "metrics": result.metrics, "model": model.fingerprint})
@@ -74,6 +78,8 @@ def _log_clustering(result, options: ClusterOptions, barcodes: int) -> None:
     """The log line saying how many clusters were made, from what, and how."""
     if options.n_clusters is not None:
         how = f"{options.n_clusters} clusters asked"
+    elif result.cut is not None:
+        how = f"identity distance {result.cut.describe()}"
     else:
         how = f"{'identity' if options.method == 'identity' else 'cosine'} distance threshold {result.threshold:.4g}"
     distinct = result.distinct_sequences

@@ -634,7 +634,12 @@ class _Checker:
         if data.shape[0] > MAX_CONFIDENCE_MODEL_BYTES:
             raise self.error(f"the stored confidence model is {data.shape[0]:,} bytes, more than a model can be")
         try:
-            return ConfidenceModel.from_json(json.loads(bytes(data[()]).decode("utf-8")))
+            value = json.loads(bytes(data[()]).decode("utf-8"))
+            if not ConfidenceModel.readable(value):
+                log.info(f"{self.path}: the confidence model was fitted by another version of barcodetool: it is "
+                         f"fitted again from the stored leave-out searches (rebuild the index to store it)")
+                return None
+            return ConfidenceModel.from_json(value)
         except (ValueError, RecursionError) as error:   # JSONDecodeError and UnicodeDecodeError are ValueErrors
             raise self.error(f"the stored confidence model is unusable ({error})") from None
 
