@@ -20,9 +20,9 @@ import pytest
 
 from barcodetool.classify import CHUNK_RECORDS, ClassifyOptions, classify, classify_records, load_inference_model
 from barcodetool.cli import main
-from barcodetool.cluster import (BRIDGED_CUT, DEFAULT_DISTANCE_THRESHOLD, DEFAULT_IDENTITY_DISTANCE_THRESHOLD, FULL_LINKAGE_LIMIT,
-                                 GRAPH_NEIGHBOURS, IDENTITY_CLUSTER_GRID, IDENTITY_GRAPH_NEIGHBOURS, ClusterOptions,
-                                 cluster, cluster_records)
+from barcodetool.cluster import (BRIDGED_CUT, DEFAULT_DISTANCE_THRESHOLD, DEFAULT_IDENTITY_DISTANCE_THRESHOLD,
+                                 FULL_LINKAGE_LIMIT, GRAPH_NEIGHBOURS, IDENTITY_CLUSTER_GRID, IDENTITY_GRAPH_NEIGHBOURS,
+                                 ClusterOptions, cluster, cluster_records)
 from barcodetool.embedding import (EMBEDDINGS_FORMAT, EMBEDDINGS_FORMAT_VERSION, embed_file, embed_records_to_h5,
                                    read_embedding_rows)
 from barcodetool.evaluation import run_benchmark
@@ -359,8 +359,8 @@ def test_classify_and_cluster_defaults():
     check(page, r"level = sequence, species, genus; (\d+) neighbours each", CALIBRATION_NEIGHBOURS)
     check(page, r"up to ([\d,]+) per level for identity, ([\d,]+) for knn", IDENTITY_CALIBRATION_QUERIES,
           CALIBRATION_QUERIES)
-    check(page, r"the tree is cut at ([\d.]+), and two clusters above that are\s+still joined when their average distance "
-                r"is at most ([\d.]+) and at least (\d+) of their cross pairs are within ([\d.]+)",
+    check(page, r"the tree is cut at ([\d.]+), and two clusters above that are still joined when their average "
+                r"distance is at most ([\d.]+) and at least (\d+) of their cross pairs are within ([\d.]+)",
           BRIDGED_CUT.base, BRIDGED_CUT.top, BRIDGED_CUT.pairs, BRIDGED_CUT.bridge)
     check(page, r"else ([\d.]+) with a warning", DEFAULT_DISTANCE_THRESHOLD)
     check(page, r"the cut of ([\d.]+), ([\d.]+), …, ([\d.]+) that maximises", IDENTITY_CLUSTER_GRID[0],

@@ -75,20 +75,22 @@ class RankModel:
     ARRAYS = ("feature", "threshold", "left", "right", "value", "leaf")
 
     def probability(self, features: np.ndarray) -> np.ndarray:
-        """float32 [Q] for features [Q, F]."""
+        """float32 [Q] for features [Q, F]: each tree walked one level at a time for all rows still at inner nodes."""
         features = np.asarray(features, dtype=np.float64)
         n = len(features)
         raw = np.full(n, self.baseline)
-        rows = np.arange(n)
         for t in range(self.feature.shape[0]):
+            feature, threshold, left, right = self.feature[t], self.threshold[t], self.left[t], self.right[t]
+            leaf, value = self.leaf[t], self.value[t]
             node = np.zeros(n, dtype=np.int64)
-            for _ in range(self.feature.shape[1]):
-                inner = ~self.leaf[t, node]
-                if not inner.any():
-                    break
-                go_left = features[rows, self.feature[t, node]] <= self.threshold[t, node]
-                node = np.where(inner, np.where(go_left, self.left[t, node], self.right[t, node]), node)
-            raw += self.value[t, node]
+            active = np.arange(n)
+            while len(active):   # children are numbered above their parents: every path ends
+                at = node[active]
+                go_left = features[active, feature[at]] <= threshold[at]
+                child = np.where(go_left, left[at], right[at])
+                node[active] = child
+                active = active[~leaf[child]]
+            raw += value[node]
         return (1.0 / (1.0 + np.exp(-np.clip(raw, -50, 50)))).astype(np.float32)
 
     @classmethod
