@@ -225,3 +225,26 @@ def test_bfloat16_embeddings_match_float32_and_barely_depend_on_batches(tiny_mod
     assert cosine(full, half).min() > 0.999
     assert cosine(alone, half).min() > 0.9999
     assert not np.array_equal(full, half)  # bf16 really ran
+
+
+def test_embed_file_of_a_model_that_reads_in_phase(tmp_path):
+    from dataclasses import replace
+
+    from barcodetool.model.tokenizer import KmerTokenizer
+    from barcodetool.model.weights import load_model_folder
+    from helpers_models import make_tiny_model
+
+    model = load_model_folder(make_tiny_model(tmp_path / "tiny"))
+    barcode = next(iter(read_barcodes(BIOSCAN))).sequence
+    fasta = tmp_path / "shifted.fasta"
+    fasta.write_text("".join(f">s{i}\n{'ACGTA'[:i] + barcode}\n" for i in range(6)))
+    plain = embed_file(fasta, tmp_path / "plain.h5", model)
+    assert plain.count == 6
+    vectors = read_embeddings(tmp_path / "plain.h5").embeddings
+    assert not np.allclose(vectors[0], vectors[1], atol=1e-4)       # read from the first base: unrelated tokens
+    model.tokenizer = KmerTokenizer(replace(model.tokenizer.config, phase="coi5p"))
+    embed_file(fasta, tmp_path / "phased.h5", model)
+    result = read_embeddings(tmp_path / "phased.h5")
+    np.testing.assert_allclose(result.embeddings, np.broadcast_to(result.embeddings[0], (6, 32)), atol=1e-5)
+    assert '"phase": "coi5p"' in result.attrs["tokenizer"]
+    assert "phase" not in read_embeddings(tmp_path / "plain.h5").attrs["tokenizer"]

@@ -136,3 +136,19 @@ def test_device_choice_without_pytorch(monkeypatch):
     assert not runtime.cuda_impossible("auto")   # a driver: PyTorch decides
     monkeypatch.setattr(runtime.os.path, "exists", lambda path: False)
     assert runtime.cuda_impossible("auto") == runtime.sys.platform.startswith("linux")
+
+
+def test_a_model_that_reads_in_phase_exports_and_embeds_shifted_barcodes_alike(tmp_path):
+    torch.manual_seed(5)
+    folder = save_model(BarcodeMAE(preset("tiny"), include_decoder=False), TokenizerConfig(phase="coi5p"),
+                        tmp_path / "phased")
+    pretrained = load_model_folder(folder)
+    pretrained.compute = "float32"
+    export_onnx(pretrained)
+    graph = load_onnx_model(folder, threads=1)
+    assert graph.tokenizer.config.phase == "coi5p"
+    barcode = sample_sequences(1)[0]
+    shifted = [barcode, "A" + barcode, "GT" + barcode, "ACG" + barcode, "ACGT" + barcode, "ACGTA" + barcode]
+    found = embed_sequences(graph, shifted)
+    np.testing.assert_allclose(found, embed_sequences(pretrained, shifted), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(found, np.broadcast_to(found[0], found.shape), rtol=0, atol=1e-5)

@@ -222,3 +222,72 @@ def test_config_round_trip_and_unknown_keys():
         TokenizerConfig.from_dict({**data, "bogus": 1})
     with pytest.raises(TokenizerError):
         TokenizerConfig.from_dict({"k": 6, "stride": 9})
+
+
+# ============================================================================================ reading phase
+# A real 658-bp barcode (tests/data/bioscan_sample.csv, Crambus agitatellus) that starts at the COI-5P region's
+# first base; the same barcode with 1..5 extra leading bases, or 1..5 bases trimmed, must give the tokens of the
+# region read from a coordinate that is a multiple of 6.
+def _region_barcode() -> str:
+    import csv
+    from pathlib import Path
+
+    with open(Path(__file__).resolve().parent / "data" / "bioscan_sample.csv", encoding="utf-8") as handle:
+        return next(row["dna_barcode"] for row in csv.DictReader(handle) if row["processid"] == "AGAKK403-17")
+
+
+def test_phase_reading_drops_the_right_bases_for_shifted_barcodes():
+    from barcodetool.model.phase import region_offsets
+
+    barcode = _region_barcode().replace("-", "")
+    offsets, anchored = region_offsets([barcode])
+    assert anchored[0] and offsets[0] == 0
+    phased = KmerTokenizer(TokenizerConfig(phase="coi5p"))
+    plain = KmerTokenizer()
+    start = plain.encode(barcode)                      # read from region coordinate 0
+    for shift in range(1, 6):
+        longer = "ACGTA"[:shift] + barcode             # starts `shift` bases before the region
+        trimmed = barcode[shift:]                      # starts `shift` bases into the region
+        assert phased.phase_shifts([longer, trimmed]).tolist() == [shift, 6 - shift]
+        np.testing.assert_array_equal(phased.encode(longer)[:80], start[:80])
+        np.testing.assert_array_equal(phased.encode(trimmed)[:80], start[1:81])   # from coordinate 6
+        ids, lengths = phased.encode_batch([longer, trimmed, barcode])
+        np.testing.assert_array_equal(ids[0, :80], start[:80])
+        np.testing.assert_array_equal(ids[1, :80], start[1:81])
+        np.testing.assert_array_equal(ids[2, :lengths[2]], start)
+        assert not np.array_equal(plain.encode(longer)[:80], start[:80])   # without the setting: unrelated
+
+
+def test_phase_leaves_sequences_outside_the_region_as_they_were():
+    phased = KmerTokenizer(TokenizerConfig(phase="coi5p"))
+    other = ["ACGT" * 40, "GATTACA" * 30, "ACGTAC", ""]
+    assert phased.phase_shifts(other).tolist() == [0, 0, 0, 0]
+    ids_a, len_a = phased.encode_batch(other[:3])
+    ids_b, len_b = KmerTokenizer().encode_batch(other[:3])
+    np.testing.assert_array_equal(ids_a, ids_b)
+    np.testing.assert_array_equal(len_a, len_b)
+
+
+def test_a_card_without_the_phase_setting_reads_as_before():
+    old = TokenizerConfig.from_dict({"k": 6, "stride": 6, "max_length": 660})
+    assert old.phase == "none" and not old.in_phase
+    assert old.to_dict() == {"k": 6, "stride": 6, "max_length": 660}      # written back as older versions did
+    barcode = "ACG" + _region_barcode().replace("-", "")
+    tok = KmerTokenizer(old)
+    assert tok.phase_shifts([barcode]).tolist() == [0]
+    np.testing.assert_array_equal(tok.encode(barcode), KmerTokenizer().encode(barcode))
+    np.testing.assert_array_equal(tok.encode(barcode)[:3], [tok.token_to_id(barcode[i:i + 6]) for i in (0, 6, 12)])
+    phased = TokenizerConfig.from_dict({"k": 6, "stride": 6, "max_length": 660, "phase": "coi5p"})
+    assert phased.to_dict()["phase"] == "coi5p"
+    with pytest.raises(TokenizerError, match="phase"):
+        TokenizerConfig(phase="frame1")
+    with pytest.raises(TokenizerError, match="phase"):
+        TokenizerConfig.from_dict({"k": 6, "stride": 6, "max_length": 660, "phase": 3})
+
+
+def test_phase_references_share_the_region_coordinates():
+    from barcodetool.model.phase import REFERENCES, region_offsets
+
+    offsets, anchored = region_offsets([sequence for *_, sequence in REFERENCES])
+    assert anchored.all() and (offsets == 0).all()
+    assert all(len(sequence) == 658 for *_, sequence in REFERENCES)

@@ -414,3 +414,57 @@ def test_ddp_two_processes_on_cpu(tmp_path, subprocess_env):
     assert training["processes"] == 2 and training["steps"] == 6
     assert training["batch_size"] == 16  # 8 per process
     assert read_training_state(output / CHECKPOINT_DIR)["world_size"] == 2
+
+
+# ============================================================================================ supervised contrastive
+def test_supcon_step_on_a_tiny_model_reads_in_phase_and_resumes(tiny_model_dir, tmp_path):
+    from barcodetool.model.weights import load_model
+    from barcodetool.train import SUPCON_RANKS, GroupSampler, supcon, supcon_tokenizer
+
+    base = load_model(tiny_model_dir)
+    tokenizer = KmerTokenizer(supcon_tokenizer(base, "coi5p"))
+    labelled = read_corpus([str(BIOSCAN)], tokenizer, label_ranks=SUPCON_RANKS)
+    config = replace(SHORT, max_steps=2, genera_per_batch=4, barcodes_per_genus=2)
+    result = supcon(labelled, base, config=config, output=tmp_path / "sc", phase="coi5p")
+    assert result.steps == 2 and np.isfinite(read_metrics(tmp_path / "sc")[-1]["loss"])
+    card = read_card(tmp_path / "sc")
+    assert card["training"]["kind"] == "supcon" and card["tokenizer_config"]["phase"] == "coi5p"
+    assert card["training"]["config"]["temperature"] == 0.1 and card["training"]["batch_size"] == 8
+    after = load_model_folder(tmp_path / "sc")
+    assert after.tokenizer.config.in_phase
+    assert not torch.equal(base.model.token_embedding.weight, after.model.token_embedding.weight)
+    with pytest.raises(UsageError, match="resume"):
+        supcon(labelled, base, config=config, output=tmp_path / "sc", phase="coi5p")
+    resumed = supcon(labelled, base, config=replace(config, max_steps=3), output=tmp_path / "sc", phase="coi5p",
+                     resume=True)
+    assert resumed.steps == 3 and read_training_state(tmp_path / "sc" / CHECKPOINT_DIR)["kind"] == "supcon"
+    # each batch: genera x barcodes, with same-species pairs; the same rows for the same seed
+    sampler = GroupSampler(labelled.labels["genus"], labelled.labels["species"], 4, 4)
+    rows = sampler.rows(7)
+    assert len(rows) == 16 and len(set(labelled.labels["genus"][rows].tolist())) == 4
+    np.testing.assert_array_equal(rows, sampler.rows(7))
+
+
+def test_supcon_loss_prefers_labelled_neighbours():
+    from barcodetool.train import supcon_loss
+
+    labels = torch.tensor([0, 0, 1, 1, -1])
+    together = torch.nn.functional.normalize(torch.tensor([[1.0, 0.1], [1.0, 0.0], [0.0, 1.0], [0.1, 1.0],
+                                                           [1.0, 1.0]]), dim=-1)
+    apart = together[[0, 2, 1, 3, 4]]
+    good, correct = supcon_loss(together, labels, 0.1)
+    bad, _ = supcon_loss(apart, labels, 0.1)
+    assert float(good) < float(bad) and int(correct) == 4
+
+
+def test_train_cli_supcon_objective(tiny_model_dir, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(main, ["-q", "train", str(BIOSCAN), "--objective", "supcon", "-o", str(tmp_path / "x")])
+    assert result.exit_code != 0 and "--init" in result.output
+    result = runner.invoke(main, ["-q", "train", str(BIOSCAN), "--objective", "supcon", "--init", str(tiny_model_dir),
+                                  "--phase", "coi5p", "--max-steps", "1", "--genera-per-batch", "3",
+                                  "--barcodes-per-genus", "2", "-o", str(tmp_path / "sc"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    card = read_card(tmp_path / "sc")
+    assert card["training"]["kind"] == "supcon" and card["training"]["batch_size"] == 6
+    assert card["tokenizer_config"]["phase"] == "coi5p"

@@ -77,17 +77,40 @@ def training_options(function):
 @click.option("--stride", type=click.IntRange(min=1), default=None, help="k-mer stride (default: --kmer-size).")
 @click.option("--max-length", type=click.IntRange(min=1), default=660, show_default=True,
               help="Longest sequence in nucleotides; longer ones are truncated.")
+@click.option("--phase", type=click.Choice(["none", "coi5p"]), default=None,
+              help="Reading phase: coi5p drops the leading bases that put each barcode of the COI-5P region in one "
+                   "phase before tokenizing (recorded in the model); none reads from the first base. Default: none "
+                   "for mae, the --init model's for supcon.")
+@click.option("--objective", type=click.Choice(["mae", "supcon"]), default="mae", show_default=True,
+              help="mae: the paper's masked-autoencoder pretraining. supcon: continue --init with a hierarchical "
+                   "supervised contrastive loss over the genus and species columns (batches of "
+                   "--genera-per-batch x --barcodes-per-genus; --batch-size and --preset are not used).")
+@click.option("--init", "init_model", help="supcon: the model to continue (a bundled name or a model folder).")
+@click.option("--genera-per-batch", type=click.IntRange(min=2), default=48, show_default=True,
+              help="supcon: genera in each batch.")
+@click.option("--barcodes-per-genus", type=click.IntRange(min=2), default=4, show_default=True,
+              help="supcon: barcodes of each genus in a batch (pairs of one species where the genus has them).")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True,
+              help="supcon: softmax temperature of the contrastive loss.")
 @device_options
 @read_options
 @click.pass_obj
 @handle_errors
 def train_command(obj: Context, data: tuple[str, ...], read_options: ReadOptions, **settings):
     """Pretrain a BarcodeMAE model on DATA (FASTA or tables). Under `torchrun --nproc_per_node N` it trains with
-    DistributedDataParallel."""
+    DistributedDataParallel. With --objective supcon, continue a trained model (--init) with a hierarchical
+    supervised contrastive loss over the taxonomy of DATA instead; never on the barcodes you will test on."""
     settings["stride"] = settings["stride"] or settings["kmer_size"]
     read_options = read_options.replace(min_length=settings["kmer_size"])
     check_outputs_distinct([settings["output"]], data)
-    _run_training(obj, "pretrain", data, settings, read_options)
+    if settings["objective"] == "supcon":
+        if not settings["init_model"]:
+            raise click.UsageError("--objective supcon needs --init MODEL (the model to continue)")
+        _run_training(obj, "supcon", data, settings, read_options, base=settings["init_model"])
+    else:
+        if settings["init_model"]:
+            raise click.UsageError("--init applies to --objective supcon; mae pretraining starts from scratch")
+        _run_training(obj, "pretrain", data, settings, read_options)
 
 
 @click.command("finetune")
@@ -129,8 +152,9 @@ def distill_command(obj: Context, data: tuple[str, ...], model_name: str, read_o
 
 def _run_training(obj: Context, kind: str, data: tuple[str, ...], settings: dict, read_options: ReadOptions,
                   base: str | None = None) -> None:
-    """Read the corpus and run `kind` (pretrain, finetune or distill) with the command's settings."""
-    from ..train import FINETUNE_RANKS, TrainConfig, distill, finetune, pretrain, read_corpus
+    """Read the corpus and run `kind` (pretrain, finetune, supcon or distill) with the command's settings."""
+    from ..train import (FINETUNE_RANKS, SUPCON_RANKS, TrainConfig, distill, finetune, pretrain, read_corpus, supcon,
+                         supcon_tokenizer)
 
     set_threads(settings.pop("threads"))
     config = TrainConfig(
@@ -138,14 +162,16 @@ def _run_training(obj: Context, kind: str, data: tuple[str, ...], settings: dict
         max_minutes=settings["max_minutes"], batch_size=settings["batch_size"], lr=settings["lr"],
         mask_ratio=settings["mask_ratio"], val_fraction=settings["val_fraction"], seed=settings["seed"],
         checkpoint_every=settings["checkpoint_every"], log_every=settings["log_every"],
-        compile=settings["compile"], device=settings["device"])
+        compile=settings["compile"], device=settings["device"],
+        **{key: settings[key] for key in ("genera_per_batch", "barcodes_per_genus", "temperature") if key in settings})
     splits = [s.strip() for s in settings["include_splits"].split(",")] if settings.get("include_splits") else None
     output, name = settings["output"], settings["name"]
     if output is None:  # as the trainer would choose, so that it is known here
         output = str(user_models_dir() / (name or time.strftime("model-%Y%m%d-%H%M%S")))
     if kind == "pretrain":
         tokenizer = KmerTokenizer(TokenizerConfig(k=settings["kmer_size"], stride=settings["stride"],
-                                                  max_length=settings["max_length"]))
+                                                  max_length=settings["max_length"],
+                                                  phase=settings.get("phase") or "none"))
         label_ranks = ()
     else:
         check_outputs_distinct([output], data)
@@ -154,8 +180,10 @@ def _run_training(obj: Context, kind: str, data: tuple[str, ...], settings: dict
             raise OutputError(f"{output}: output would overwrite the base model {base.path} "
                               "(choose another -o or --name)")
         tokenizer = base.tokenizer
+        if kind == "supcon":
+            tokenizer = KmerTokenizer(supcon_tokenizer(base, settings.get("phase")))
         read_options = read_options.replace(min_length=tokenizer.config.k)
-        label_ranks = FINETUNE_RANKS if kind == "finetune" else ()
+        label_ranks = {"finetune": FINETUNE_RANKS, "supcon": SUPCON_RANKS}.get(kind, ())
     stats = []
     corpus = read_corpus(list(data), tokenizer, include_splits=splits, read_options=read_options,
                          label_ranks=label_ranks, stats_out=stats)
@@ -169,8 +197,8 @@ def _run_training(obj: Context, kind: str, data: tuple[str, ...], settings: dict
     pace: list[tuple[float, int]] = []  # (time, step) of the first progress line: the pace is measured from there
 
     def progress(step, total, entry):
-        shown = {k: entry[k] for k in ("loss", "masked_token_accuracy", "teacher_cosine", "barcodes_per_s")
-                 if k in entry}
+        shown = {k: entry[k] for k in ("loss", "masked_token_accuracy", "teacher_cosine", "batch_species_1nn",
+                                       "barcodes_per_s") if k in entry}
         if not bar.disable:
             bar.total = total
             bar.n = step
@@ -183,6 +211,9 @@ def _run_training(obj: Context, kind: str, data: tuple[str, ...], settings: dict
         if kind == "pretrain":
             result = pretrain(corpus, config=config, output=output, name=name, tokenizer_config=tokenizer.config,
                               resume=settings["resume"], log=log.info, progress=progress)
+        elif kind == "supcon":
+            result = supcon(corpus, base, config=config, output=output, name=name, phase=tokenizer.config.phase,
+                            resume=settings["resume"], log=log.info, progress=progress)
         else:
             run = finetune if kind == "finetune" else distill
             result = run(corpus, base, config=config, output=output, name=name, resume=settings["resume"],
@@ -201,8 +232,8 @@ def _run_training(obj: Context, kind: str, data: tuple[str, ...], settings: dict
 def _progress_line(kind: str, step: int, total: int, entry: dict, seconds: float, since_step: int) -> str:
     """`pretrain step 200/5000 (4%): loss 2.1034, masked_token_accuracy 0.2104, 812 barcodes/s, about 45 min left`,
     the time left from the pace of the `seconds` since step `since_step`."""
-    metrics = [f"{key} {entry[key]:.4f}" for key in ("loss", "masked_token_accuracy", "teacher_cosine")
-               if key in entry]
+    metrics = [f"{key} {entry[key]:.4f}" for key in ("loss", "masked_token_accuracy", "teacher_cosine",
+                                                     "batch_species_1nn") if key in entry]
     if "barcodes_per_s" in entry:
         metrics.append(f"{entry['barcodes_per_s']:,.0f} barcodes/s")
     line = f"{kind} step {step:,}/{total:,} ({100 * step / max(1, total):.0f}%): {', '.join(metrics)}"

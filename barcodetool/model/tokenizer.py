@@ -9,6 +9,11 @@ A sequence of n nucleotides (after truncation to `max_length`) gives floor((n - 
 the last bases that do not fill a whole k-mer are dropped, and a sequence shorter than k has no token.
 A k-mer holding any letter other than A, C, G, T (an IUPAC ambiguity code such as N or R) becomes [UNK].
 Padding always uses [PAD] (id 0), never a nucleotide k-mer.
+
+Reading phase (TokenizerConfig.phase): "none" (the default, and the meaning of a card without the setting) reads
+from the first base; "coi5p" first drops the leading bases that put the first token on a COI-5P region coordinate
+that is a multiple of `stride` (model.phase), so that barcodes whose starts differ by a few bases share tokens.
+A sequence outside the region (no anchor) is read from its first base either way.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from ..errors import TokenizerError
+from .phase import PHASES, phase_shifts
 
 SPECIAL_TOKENS = ("[PAD]", "[MASK]", "[UNK]", "[CLS]", "[SEP]", "[RESERVED5]", "[RESERVED6]", "[RESERVED7]")
 PAD_ID = 0
@@ -40,6 +46,7 @@ class TokenizerConfig:
     k: int = 6
     stride: int = 6
     max_length: int = 660  # nucleotides; longer sequences are truncated
+    phase: str = "none"    # "coi5p": read every barcode of the COI-5P region in one phase (model.phase)
 
     def __post_init__(self):
         for name in ("k", "stride", "max_length"):   # the settings may come from an untrusted model card
@@ -53,6 +60,10 @@ class TokenizerConfig:
             raise TokenizerError(f"stride must be between 1 and k={self.k}, got {self.stride}")
         if self.max_length < self.k:
             raise TokenizerError(f"max_length ({self.max_length}) must be at least k ({self.k})")
+        if not isinstance(self.phase, str) or self.phase not in PHASES:
+            text = repr(self.phase)
+            raise TokenizerError(f"phase must be one of {', '.join(PHASES)}, got "
+                                 f"{text if len(text) <= 40 else text[:37] + '...'}")
         if self.max_length > MAX_LENGTH:
             raise TokenizerError(f"max_length must be at most {MAX_LENGTH:,} nucleotides, got {self.max_length:,}")
 
@@ -64,14 +75,21 @@ class TokenizerConfig:
     def max_tokens(self) -> int:
         return (self.max_length - self.k) // self.stride + 1
 
+    @property
+    def in_phase(self) -> bool:
+        return self.phase != "none"
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        if not self.in_phase:   # cards of models that read from the first base stay as older versions wrote them
+            del data["phase"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> TokenizerConfig:
         if not isinstance(data, dict):
             raise TokenizerError("tokenizer settings must be a JSON object")
-        unknown = set(data) - {"k", "stride", "max_length"}
+        unknown = set(data) - {"k", "stride", "max_length", "phase"}
         if unknown:
             raise TokenizerError(f"unknown tokenizer settings: {', '.join(sorted(unknown))}")
         return cls(**data)
@@ -98,9 +116,18 @@ class KmerTokenizer:
             return 0
         return (length - self.config.k) // self.config.stride + 1
 
+    def phase_shifts(self, sequences: Sequence[str]) -> np.ndarray:
+        """int64 [n]: the leading bases each sequence drops to be read in phase (0 everywhere without the
+        setting, and for sequences outside the barcode region)."""
+        if not self.config.in_phase:
+            return np.zeros(len(sequences), dtype=np.int64)
+        return phase_shifts(sequences, self.config.stride, span=self.config.max_length + self.config.stride)
+
     def encode(self, sequence: str, offset: int = 0) -> np.ndarray:
-        """Token ids (int64, no padding) of a cleaned sequence, after dropping `offset` leading bases."""
+        """Token ids (int64, no padding) of a cleaned sequence, after dropping `offset` leading bases (and, for
+        a tokenizer that reads in phase, first the bases that put it in phase)."""
         cfg = self.config
+        offset += int(self.phase_shifts([sequence])[0])
         raw = sequence[offset:offset + cfg.max_length].encode("ascii", "replace")
         codes = _BASE_CODE[np.frombuffer(raw, dtype=np.uint8)]  # [n]
         if len(codes) < cfg.k:
@@ -111,15 +138,18 @@ class KmerTokenizer:
         return ids
 
     def encode_batch(self, sequences: Sequence[str], offset: int | Sequence[int] = 0,
-                     pad_to: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                     pad_to: int | None = None, shifts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Pad-encode many sequences: ids [n, width] (int64, PAD = 0) and token counts [n].
 
-        `width` is `pad_to`, or the longest row's token count (at most max_tokens). Vectorized: one copy per
-        sequence into a byte matrix, then table look-ups and one matrix product for all k-mers at once.
+        `width` is `pad_to`, or the longest row's token count (at most max_tokens). Each sequence drops `offset`
+        leading bases after its phase shift (`phase_shifts`, computed here unless given as `shifts`). Vectorized:
+        one copy per sequence into a byte matrix, then table look-ups and one matrix product for all k-mers.
         """
         cfg = self.config
         n = len(sequences)
         offsets = np.broadcast_to(np.asarray(offset, dtype=np.int64), (n,))
+        if cfg.in_phase:
+            offsets = offsets + (self.phase_shifts(sequences) if shifts is None else np.asarray(shifts, np.int64))
         pieces = [s[int(o):int(o) + cfg.max_length].encode("ascii", "replace")
                   for s, o in zip(sequences, offsets)]
         nucleotides = np.fromiter((len(p) for p in pieces), dtype=np.int64, count=n)

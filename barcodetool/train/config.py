@@ -26,8 +26,9 @@ FINETUNE_RANKS = ("species", "genus", "family", "bin")
 
 @dataclass
 class TrainConfig:
-    """Hyper-parameters of pretraining, fine-tuning and distillation. Checked when built (UsageError), with the
-    command line's ranges, so that every run starts from settings that make sense."""
+    """Hyper-parameters of pretraining, fine-tuning, supervised contrastive fine-tuning and distillation.
+    Checked when built (UsageError), with the command line's ranges, so that every run starts from settings
+    that make sense."""
 
     preset: str = "small"
     epochs: float = 1.0
@@ -52,6 +53,10 @@ class TrainConfig:
     mae_weight: float = 0.25
     cosine_scale: float = 16.0
     cosine_margin: float = 0.1
+    # supervised contrastive fine-tuning only (train.supcon): batches of genera x barcodes, softmax temperature
+    genera_per_batch: int = 48
+    barcodes_per_genus: int = 4
+    temperature: float = 0.1
 
     def __post_init__(self):
         problems = []
@@ -76,6 +81,9 @@ class TrainConfig:
         require(self.mae_weight >= 0, "mae_weight", "0 or more")
         require(self.cosine_scale > 0, "cosine_scale", "positive")
         require(self.cosine_margin >= 0, "cosine_margin", "0 or more")
+        require(self.genera_per_batch >= 2, "genera_per_batch", "at least 2")
+        require(self.barcodes_per_genus >= 2, "barcodes_per_genus", "at least 2")
+        require(self.temperature > 0, "temperature", "positive")
         if problems:
             raise UsageError("training settings: " + "; ".join(problems))
 

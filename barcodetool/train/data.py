@@ -1,6 +1,8 @@
 """The training data: barcodes read with `barcodetool.io`, cleaned, deduplicated (identical sequences once) and
 tokenized up front for every start offset 0..k-1 (the paper's random-offset augmentation drops 0..k-1 leading
-bases), so that the training loop only gathers rows of a uint16 array that can sit on the GPU.
+bases), so that the training loop only gathers rows of a uint16 array that can sit on the GPU. A tokenizer that
+reads in phase (TokenizerConfig.phase) keeps the phase: its offsets drop 0..k-1 whole tokens (0, k, .., (k-1) k
+bases) after the phase shift, so that the augmentation varies the start as real barcodes do.
 """
 
 from __future__ import annotations
@@ -49,14 +51,18 @@ class Corpus:
 def tokenize_corpus(sequences: Sequence[str], tokenizer: KmerTokenizer, offsets: bool = True,
                     chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
     """Token ids uint16 [offsets, N, L] and lengths int16 [offsets, N] of every sequence at each start offset
-    0..k-1 (offset 0 only when `offsets` is false), encoded `chunk` sequences at a time."""
+    0..k-1 (offset 0 only when `offsets` is false), encoded `chunk` sequences at a time. Read in phase, offset
+    o drops o whole tokens (o x stride bases) after each sequence's phase shift."""
     k = tokenizer.config.k if offsets else 1
+    step = tokenizer.config.stride if tokenizer.config.in_phase else 1
     n, L = len(sequences), tokenizer.max_tokens
     tokens = np.zeros((k, n, L), dtype=np.uint16)
     lengths = np.zeros((k, n), dtype=np.int16)
+    shifts = tokenizer.phase_shifts(sequences)
     for offset in range(k):
         for start in range(0, n, chunk):
-            ids, lens = tokenizer.encode_batch(sequences[start:start + chunk], offset=offset, pad_to=L)
+            ids, lens = tokenizer.encode_batch(sequences[start:start + chunk], offset=offset * step, pad_to=L,
+                                               shifts=shifts[start:start + chunk])
             tokens[offset, start:start + chunk] = ids
             lengths[offset, start:start + chunk] = lens
     return tokens, lengths

@@ -90,7 +90,7 @@ class Trainer:
 
     def __init__(self, task: MAETask | FinetuneTask | DistillTask, corpus: Corpus, val: Corpus | None,
                  config: TrainConfig, tokenizer_config: TokenizerConfig, run_output: RunOutput, *,
-                 dist: Distributed, device: torch.device, base_card: dict | None = None):
+                 dist: Distributed, device: torch.device, base_card: dict | None = None, sampler=None):
         self.task, self.model, self.corpus, self.val = task, task.model, corpus, val
         self.config, self.tokenizer_config, self.output = config, tokenizer_config, run_output.folder
         self.kind, self.dist, self.device = task.kind, dist, device
@@ -99,6 +99,7 @@ class Trainer:
         self.progress = run_output.progress
         self.model_name = run_output.name
         self.base_card = base_card or {}
+        self.sampler = sampler   # None: shuffled epochs; else .rows(seed) gives each step's rows (supcon.GroupSampler)
         n = len(corpus)
         self.global_batch = min(config.batch_size * dist.world_size, n)
         self.local_batch = self.global_batch // dist.world_size
@@ -124,12 +125,15 @@ class Trainer:
 
     # ----------------------------------------------------------------- batches
     def batch(self, step: int):
-        epoch, within = divmod(step, self.steps_per_epoch)
-        if epoch != self._perm_epoch:
-            g = torch.Generator().manual_seed(_step_seed(self.config.seed, epoch, 0, salt=1))
-            self._perm, self._perm_epoch = torch.randperm(len(self.corpus), generator=g), epoch
-        rows = self._perm[within * self.global_batch:(within + 1) * self.global_batch]
-        rows = rows[self.dist.rank::self.dist.world_size][:self.local_batch]
+        if self.sampler is not None:
+            rows = torch.from_numpy(self.sampler.rows(_step_seed(self.config.seed, step, self.dist.rank, salt=4)))
+        else:
+            epoch, within = divmod(step, self.steps_per_epoch)
+            if epoch != self._perm_epoch:
+                g = torch.Generator().manual_seed(_step_seed(self.config.seed, epoch, 0, salt=1))
+                self._perm, self._perm_epoch = torch.randperm(len(self.corpus), generator=g), epoch
+            rows = self._perm[within * self.global_batch:(within + 1) * self.global_batch]
+            rows = rows[self.dist.rank::self.dist.world_size][:self.local_batch]
         g = torch.Generator().manual_seed(_step_seed(self.config.seed, step, self.dist.rank))
         k = self.tokens.shape[0]
         offsets = torch.randint(0, k, (len(rows),), generator=g) if (self.config.offset_augmentation and k > 1) \
