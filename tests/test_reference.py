@@ -418,6 +418,15 @@ def test_identity_decide_tie_vote_lineage_and_confidence():
     assert not votes.assigned["species"][0] and not votes.assigned["genus"][0]
 
 
+def test_identity_decide_an_unlabelled_tie_never_hides_a_lineage():
+    # no tied candidate has a species; the first tied one (row 0) has no labels at all, the second a genus
+    codes = {"family": np.array([-1, 3, 3]), "genus": np.array([-1, 5, 6]), "species": np.array([-1, -1, -1])}
+    idx = np.array([[0, 1, 2]])
+    score = np.array([[0.99, 0.99, 0.9]], dtype=np.float32)
+    votes, chosen = identity_decide(idx, score, codes)
+    assert chosen.tolist() == [1] and votes.label["genus"][0] == 5 and votes.label["family"][0] == 3
+
+
 # ============================================================================================ CLI
 def test_cli_reference_build_and_info(tmp_path, tiny):
     runner = CliRunner()

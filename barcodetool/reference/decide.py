@@ -164,8 +164,8 @@ def identity_decide(idx: np.ndarray, score: np.ndarray, codes: dict[str, np.ndar
     """The identity classifier's decision on re-ranked candidates (idx, score [Q, N], best first, -1 = empty).
 
     The tied-best candidates are those whose score equals the best one. The chosen hit is the first of them
-    carrying the species most of them carry (the "tie vote"; the top hit when no tied candidate has a species),
-    and every rank's candidate label is the chosen hit's.
+    carrying the species most of them carry (the "tie vote"; when no tied candidate has a species, the first one
+    labelled at the most ranks), and every rank's candidate label is the chosen hit's.
 
     With a confidence `model` (and the candidates' `overlap` and the queries' lengths), a label's confidence is the
     model's probability that it is right, given the whole candidate list (reference.confidence); a rank is
@@ -186,12 +186,17 @@ def identity_decide(idx: np.ndarray, score: np.ndarray, codes: dict[str, np.ndar
         return np.where(tied, codes[name][safe], -1)
 
     chosen = np.zeros(n, dtype=np.int64)
+    if idx.shape[1]:
+        # without a species among the tied-best: the first of them labelled at the most ranks (an unlabelled
+        # reference tied with labelled ones never hides their lineage)
+        depth = sum((tied_labels(rank) >= 0).astype(np.int64) for rank in codes if rank in RANKS)
+        chosen = np.argmax(np.where(tied, depth, -1), axis=1) if codes else chosen
     if "species" in codes and idx.shape[1]:
         species = tied_labels("species")
         known = species >= 0
         counts = ((species[:, :, None] == species[:, None, :]) & known[:, None, :]).sum(axis=2)
         counts = np.where(known, counts, -1)
-        chosen = np.where(known.any(axis=1), np.argmax(counts, axis=1), 0)
+        chosen = np.where(known.any(axis=1), np.argmax(counts, axis=1), chosen)
     hit = np.where(valid[rows, chosen], idx[rows, chosen], -1) if idx.shape[1] else np.full(n, -1)
     ranks = [rank for rank in ranks if rank in codes]
     probability = None
