@@ -10,7 +10,7 @@
 
 from .build import (CACHE_GENERATION, BuildOptions, build_reference, cache_key, index_model_name, open_reference,
                     read_reference_records, reference_cache_dir, resolve_model_for_reference)
-from .calibrate import (CALIBRATIONS, IDENTITY_PRECISION_LEVEL, LEVELS, NOVEL_LEVEL, PRECISION_LEVEL, Calibration,
+from .calibrate import (CALIBRATIONS, LEVELS, NOVEL_LEVEL, PRECISION_LEVEL, Calibration,
                         IdentityCalibration, KnnCalibration, calibrate_bin, calibrate_ranks, calibrate_thresholds,
                         calibration, precision_threshold, rejection_threshold, taxon_present, thresholds_for)
 from .candidates import (IdentityHits, ScoredCandidates, embedding_needed, identity_hits, kmer_fallback, kmer_hits,
@@ -24,7 +24,7 @@ from .index import (REFERENCE_FORMAT, REFERENCE_FORMAT_VERSION, IdentityLayer, R
 __all__ = [
     "CACHE_GENERATION", "BuildOptions", "build_reference", "cache_key", "index_model_name", "open_reference",
     "read_reference_records", "reference_cache_dir", "resolve_model_for_reference",
-    "CALIBRATIONS", "IDENTITY_PRECISION_LEVEL", "LEVELS", "NOVEL_LEVEL", "PRECISION_LEVEL", "Calibration",
+    "CALIBRATIONS", "LEVELS", "NOVEL_LEVEL", "PRECISION_LEVEL", "Calibration",
     "IdentityCalibration", "KnnCalibration", "calibrate_bin", "calibrate_ranks", "calibrate_thresholds",
     "calibration", "precision_threshold", "rejection_threshold", "taxon_present", "thresholds_for",
     "IdentityHits", "ScoredCandidates", "embedding_needed", "identity_hits", "kmer_fallback", "kmer_hits",

@@ -28,7 +28,7 @@ from .candidates import ScoredCandidates, embedding_needed, merge_ranked, search
 from .confidence import ConfidenceModel, fit_confidence, rank_confidences
 from .decide import (DEFAULT_K, DEFAULT_MIN_CONFIDENCE, DEFAULT_PRECISION, IDENTITY_CANDIDATES_EMBEDDING,
                      IDENTITY_CANDIDATES_KMER, IDENTITY_EMBED_BELOW, IdentityThresholds, KnnThresholds, Thresholds,
-                     Votes, identity_decide, identity_votes, vote)
+                     Votes, identity_decide, vote)
 
 if TYPE_CHECKING:   # the index is passed in; this module never needs its class at run time
     from .index import ReferenceIndex
@@ -59,14 +59,6 @@ PRECISION_LEVEL = {"phylum": "species", "class": "species", "order": "species", 
 # ... and the threshold is raised until at most 1 - precision of the queries whose own taxon at that rank is
 # absent get a (necessarily wrong) label there.
 NOVEL_LEVEL = {"genus": "genus", "species": "species"}
-# The identity classifier measures genus precision on the pooled queries whose genus is in the reference: new
-# haplotypes of known species ("sequence" level) and new species of known genera ("species" level, only queries
-# whose genus keeps other reference sequences). On the second kind alone the identity top hit's genus is right
-# only ~80-89 % of the time at any score on BOLD insects (shared haplotypes across genera, close relatives in other
-# genera), so a 95 % target could never be met there and nothing below family would ever be assigned; on the first
-# kind alone calibration never sees the scores of new species. Queries of absent genera are controlled by the
-# novel-genus floor (NOVEL_LEVEL). Ranks above genus keep the species level.
-IDENTITY_PRECISION_LEVEL = dict(PRECISION_LEVEL, genus=("sequence", "species"))
 
 
 def precision_threshold(scores: np.ndarray, correct: np.ndarray, precision: float,
@@ -491,10 +483,6 @@ class IdentityCalibration(Calibration):
 
     method = "identity"
     thresholds_type = IdentityThresholds
-    # The identity classifier measures genus precision on the pooled queries whose genus is in the reference (see
-    # IDENTITY_PRECISION_LEVEL).
-    precision_levels = IDENTITY_PRECISION_LEVEL
-    decide = staticmethod(identity_votes)
     max_queries = IDENTITY_CALIBRATION_QUERIES
     cluster_size = IDENTITY_CLUSTER_CALIBRATION_SIZE
     recluster = False

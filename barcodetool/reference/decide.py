@@ -224,7 +224,3 @@ def identity_decide(idx: np.ndarray, score: np.ndarray, codes: dict[str, np.ndar
             # the tied-best share is part of the evidence: the cutoff on the confidence is the only gate
             out.assigned[rank], blocked = gate(rank, has, out.support[rank], np.ones(n), thresholds, 0.0, blocked)
     return out, chosen
-
-
-def identity_votes(sims, idx, codes, *, thresholds, min_confidence, ranks):
-    return identity_decide(idx, sims, codes, thresholds=thresholds, min_confidence=min_confidence, ranks=ranks)[0]
