@@ -22,20 +22,7 @@ import time
 from pathlib import Path
 
 from barcodetool.io import read_barcodes, write_fasta
-from barcodetool.taxonomy import SINTAX_LETTERS
-
-LETTER_RANK = {letter: rank for rank, letter in SINTAX_LETTERS.items()}
-
-
-def sintax_column(text: str) -> dict[str, tuple[str, float]]:
-    """rank -> (label, confidence) of a SINTAX column 2 (`g:Aedes(0.98),s:Aedes_aegypti(0.91)`)."""
-    out = {}
-    for part in filter(None, text.split(",")):
-        letter, _, rest = part.partition(":")
-        label, _, value = rest.rpartition("(")
-        if letter in LETTER_RANK and value:
-            out[LETTER_RANK[letter]] = (label.replace("_", " "), float(value.rstrip(")")))
-    return out
+from barcodetool.evaluation.sintax import read_sintax_output
 
 
 def scores(named: dict[str, str], truth: dict[str, str]) -> dict:
@@ -77,22 +64,20 @@ def main() -> int:
         ours = {"seconds": round(seconds, 1)}
         for rank_ in ("species", "genus"):
             ours[rank_] = scores({q: row[rank_] for q, row in table.items()}, truth[rank_])
-        own_sintax = {line.split("\t")[0]: sintax_column(line.split("\t")[1])
-                      for line in (work / f"{split}.sintax").read_text().splitlines()}
-        ours["species_read_at_0.8"] = scores({q: c["species"][0] if c.get("species", ("", 0))[1] >= 0.8 else ""
-                                              for q, c in own_sintax.items()}, truth["species"])
+        own_sintax = read_sintax_output(work / f"{split}.sintax")
+        ours["species_read_at_0.8"] = scores({q: p.named("species", 0.8) for q, p in own_sintax.items()},
+                                             truth["species"])
         out = work / f"{split}.vsearch.sintax"
         start = time.perf_counter()
         subprocess.run(["vsearch", "--sintax", str(fasta), "--db", args.reference_fasta, "--tabbedout", str(out),
                         "--sintax_cutoff", "0.8", "--randseed", "1", "--threads", "1", "--quiet"], check=True)
         vsearch_seconds = time.perf_counter() - start
-        theirs = {line.split("\t")[0]: sintax_column(line.split("\t")[1]) if "\t" in line else {}
-                  for line in out.read_text().splitlines()}
+        theirs = read_sintax_output(out)
         result[split] = {"queries": len(records), "barcodetool": ours, "vsearch_seconds": round(vsearch_seconds, 1)}
         for cutoff in (0.8, 0.5):
             result[split][f"sintax_{cutoff}"] = {
-                rank_: scores({q: c[rank_][0] if c.get(rank_, ("", 0))[1] >= cutoff else "" for q, c in theirs.items()},
-                              truth[rank_]) for rank_ in ("species", "genus")}
+                rank_: scores({q: p.named(rank_, cutoff) for q, p in theirs.items()}, truth[rank_])
+                for rank_ in ("species", "genus")}
     json.dump(result, sys.stdout, indent=1)
     print()
     return 0
