@@ -25,7 +25,7 @@ from ..errors import UsageError
 from ..search import SequenceStore, knn_search, score_candidates
 from ..taxonomy import RANKS
 from .candidates import ScoredCandidates, embedding_needed, merge_ranked, search_candidates
-from .confidence import ConfidenceModel, fit_confidence, rank_confidences
+from .confidence import fit_confidence, held_out_confidences
 from .decide import (DEFAULT_K, DEFAULT_MIN_CONFIDENCE, DEFAULT_PRECISION, IDENTITY_CANDIDATES_EMBEDDING,
                      IDENTITY_CANDIDATES_KMER, IDENTITY_EMBED_BELOW, IdentityThresholds, KnnThresholds, Thresholds,
                      Votes, identity_decide, vote)
@@ -253,14 +253,14 @@ def merge_identity_candidates(stored: dict, n_embedding: int, n_kmer: int,
     return idx, score, overlap
 
 
-def leave_out_calls(model: ConfidenceModel, levels: dict, codes: dict[str, np.ndarray], chosen: dict,
-                    lengths: np.ndarray, cutoff: float) -> dict[str, dict]:
-    """Per rank, per leave-out level: the share of labelled queries named at `cutoff` and the precision of those
-    (on the queries the model was fitted on, so a little optimistic)."""
+def leave_out_calls(judged: dict[str, tuple[dict, dict]], levels: dict, codes: dict[str, np.ndarray],
+                    cutoff: float) -> dict[str, dict]:
+    """Per rank, per leave-out level: the share of labelled queries named at `cutoff` and the precision of those,
+    from `judged` (level -> (labels, confidences) per rank, by models that did not see the query:
+    confidence.held_out_confidences)."""
     out: dict[str, dict] = {}
-    for name, (queries, score, idx, overlap) in levels.items():
-        labels, confidence = rank_confidences(model, idx, score, overlap, lengths[queries], chosen[name], codes,
-                                              list(codes))
+    for name, (queries, *_rest) in levels.items():
+        labels, confidence = judged[name]
         for rank in codes:
             truth = codes[rank][queries]
             known = truth >= 0
@@ -585,7 +585,8 @@ class IdentityCalibration(Calibration):
             details = {"confidence": fitted}
         cutoff = float(settings["min_confidence"])
         ranks = {rank: cutoff if rank in model.ranks else math.nan for rank in codes}
-        for rank, info in leave_out_calls(model, full, codes, chosen, layer.store.lengths, cutoff).items():
+        judged = held_out_confidences(full, codes, layer.store.lengths, chosen)
+        for rank, info in leave_out_calls(judged, full, codes, cutoff).items():
             details[rank] = info
         conflicts = conflicting_records(levels.get("sequence"), codes, self.index, layer)
         details["conflicts"] = conflicts

@@ -16,7 +16,7 @@ A small gradient-boosted tree model per rank (`RankModel`) turns the evidence in
 the reference itself (`fit_rank`): the leave-out searches of the calibration (each query a reference sequence
 searched without its own sequence, its species or its genus), pooled with a stated weight per leave-out level
 (LEVEL_WEIGHTS), so that a confidence of 0.9 means 90% right on such a mix of new haplotypes of known species,
-new species of known genera and new genera. Trees with leaves of at least MIN_LEAF queries are not switched off by
+new species of known genera and new genera. Trees whose leaves hold at least MIN_LEAF queries are not switched off by
 a few mislabelled records, as a precision target on the extreme scores was. Confidences never grow down the
 ranks: a genus is never more certain than its family (`chain`).
 
@@ -44,8 +44,8 @@ NEAR_SCORE = 0.01          # candidates within this of the best score count as "
 MAX_DISTANCE = 0.5
 MIN_EXAMPLES = 20          # fewer labelled calibration queries at a rank: no model there (nothing is assigned)
 # the tree ensemble: small, shallow, leaves of many queries (robust to a few mislabelled records)
-BOOSTING = {"max_iter": 100, "learning_rate": 0.1, "max_leaf_nodes": 15, "min_samples_leaf": 40,
-            "l2_regularization": 1.0}
+BOOSTING = {"max_iter": 100, "learning_rate": 0.1, "max_leaf_nodes": 15, "l2_regularization": 1.0}
+MIN_LEAF = 100
 # Weight of each leave-out level in a rank's fit (normalised per level: each level counts as its weight whatever its
 # number of queries): the mix of queries a confidence is calibrated for. At species, known species count four times
 # (the open-world queries are two levels of the three); at genus, new genera count one and a half. Chosen on the
@@ -264,7 +264,9 @@ def fit_rank(features: np.ndarray, correct: np.ndarray, weights: np.ndarray, *, 
     from sklearn.ensemble import HistGradientBoostingClassifier
     from threadpoolctl import threadpool_limits   # installed with scikit-learn
 
-    fitted = HistGradientBoostingClassifier(**BOOSTING, early_stopping=False, random_state=seed)
+    # leaves of MIN_LEAF queries, or of a 30th of them on a small reference (never fewer than 10)
+    settings = dict(BOOSTING, min_samples_leaf=min(MIN_LEAF, max(10, n // 30)))
+    fitted = HistGradientBoostingClassifier(**settings, early_stopping=False, random_state=seed)
     # one thread: on 8 features OpenMP's threads cost more than they give (0.35 s a rank against 2.7 s, and 20 s
     # on a busy machine, where its threads wait on each other)
     with threadpool_limits(1):
@@ -277,10 +279,11 @@ def level_weight(rank: str, level: str) -> float:
 
 
 def fit_confidence(levels: dict[str, tuple], codes: dict[str, np.ndarray], query_length: np.ndarray,
-                   chosen_of: dict[str, np.ndarray]) -> tuple[ConfidenceModel, dict]:
+                   chosen_of: dict[str, np.ndarray], *, half: int | None = None) -> tuple[ConfidenceModel, dict]:
     """The confidence model of a reference from its leave-out levels: level -> (queries [m], score [m, N],
     idx [m, N], overlap [m, N]) in distinct-sequence space; chosen_of: level -> the reported column [m];
-    query_length: the length of every distinct reference sequence. Returns (model, details per rank)."""
+    query_length: the length of every distinct reference sequence; `half` (0 or 1): fitted on the queries whose
+    sequence number has that parity only (`held_out_confidences`). Returns (model, details per rank)."""
     ranks = [r for r in RANKS if r in codes]
     models, details = {}, {}
     for rank in ranks:
@@ -290,6 +293,8 @@ def fit_confidence(levels: dict[str, tuple], codes: dict[str, np.ndarray], query
                                             codes[rank])
             truth = codes[rank][queries]
             use = (truth >= 0) & (label >= 0)
+            if half is not None:
+                use &= queries % 2 == half
             if use.any():
                 parts.append((level, features[use], label[use] == truth[use]))
         if not parts:
@@ -305,3 +310,21 @@ def fit_confidence(levels: dict[str, tuple], codes: dict[str, np.ndarray], query
                          "top_hit_right": {p[0]: float(p[2].mean()) for p in parts},
                          "level_weights": {p[0]: level_weight(rank, p[0]) for p in parts}}
     return ConfidenceModel(models), details
+
+
+def held_out_confidences(levels: dict[str, tuple], codes: dict[str, np.ndarray], query_length: np.ndarray,
+                         chosen_of: dict[str, np.ndarray]) -> dict[str, tuple[dict, dict]]:
+    """level -> (labels, confidences) per rank of every leave-out query by a model fitted without it (two models,
+    each on the queries of one parity of sequence number, each judging the other's): what the model does on
+    queries it has not seen, for `reference info`; in-sample figures would flatter it."""
+    halves = [fit_confidence(levels, codes, query_length, chosen_of, half=half)[0] for half in (0, 1)]
+    ranks = [r for r in RANKS if r in codes]
+    out = {}
+    for level, (queries, score, idx, overlap) in levels.items():
+        judged = [rank_confidences(model, idx, score, overlap, query_length[queries], chosen_of[level], codes, ranks)
+                  for model in halves]
+        odd = queries % 2 == 1      # judged by the model of the even half, and the even ones by the odd half's
+        labels = judged[0][0]
+        confidence = {rank: np.where(odd, judged[0][1][rank], judged[1][1][rank]) for rank in ranks}
+        out[level] = (labels, confidence)
+    return out
