@@ -35,14 +35,15 @@ def _fitted(seed=0, n=600):
 
 def test_exported_trees_predict_as_scikit_learn():
     x, y, fitted = _fitted()
-    model = RankModel.from_boosting(fitted, len(y))
+    model = RankModel.from_boosting(fitted, len(y), reach=1.0)   # every probe within reach
     probe = np.random.default_rng(1).random((300, len(FEATURES)))
     np.testing.assert_allclose(model.probability(probe), fitted.predict_proba(probe)[:, 1], atol=1e-6)
 
 
 def test_model_json_round_trip_and_refusals():
     x, y, fitted = _fitted()
-    model = ConfidenceModel({"genus": RankModel.from_boosting(fitted, len(y)), "order": RankModel.constant(0.99, 50)})
+    model = ConfidenceModel({"genus": RankModel.from_boosting(fitted, len(y), reach=1.0),
+                             "order": RankModel.constant(0.99, 50, reach=1.0)})
     again = ConfidenceModel.from_json(model.to_json())
     np.testing.assert_array_equal(again.ranks["genus"].probability(x), model.ranks["genus"].probability(x))
     assert again.ranks["order"].probability(x[:3]) == pytest.approx([0.99] * 3, abs=1e-6)
@@ -69,6 +70,22 @@ def test_fit_rank_constant_where_every_call_is_right():
     model = fit_rank(features, np.ones(100, dtype=bool), np.ones(100))
     assert 0.99 < float(model.probability(features[:1])[0]) < 1.0
     assert fit_rank(features[:5], np.ones(5, dtype=bool), np.ones(5)) is None   # too few to say anything
+
+
+def test_no_confidence_beyond_the_farthest_right_call():
+    # right calls only up to 10% away: a hit 30% away (a non-COI record, say) gets no confidence, however the rest
+    # of its evidence looks
+    rng = np.random.default_rng(0)
+    features = rng.random((400, len(FEATURES)))
+    features[:, 0] *= 0.2
+    correct = features[:, 0] < 0.1
+    model = fit_rank(features, correct, np.ones(400))
+    assert model.reach == pytest.approx(features[correct, 0].max())
+    far = features[:5].copy()
+    far[:, 0] = 0.3
+    assert (model.probability(far) == 0).all()
+    again = ConfidenceModel.from_json(ConfidenceModel({"species": model}).to_json()).ranks["species"]
+    assert again.reach == model.reach
 
 
 # ============================================================================================ the evidence

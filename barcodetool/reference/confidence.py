@@ -71,6 +71,7 @@ class RankModel:
     value: np.ndarray        # float64 [T, M]
     leaf: np.ndarray         # bool [T, M]
     examples: int = 0        # calibration queries it was fitted on
+    reach: float = MAX_DISTANCE   # the farthest best hit of a right call in calibration: beyond it, confidence 0
 
     ARRAYS = ("feature", "threshold", "left", "right", "value", "leaf")
 
@@ -91,17 +92,20 @@ class RankModel:
                 node[active] = child
                 active = active[~leaf[child]]
             raw += value[node]
-        return (1.0 / (1.0 + np.exp(-np.clip(raw, -50, 50)))).astype(np.float32)
+        p = 1.0 / (1.0 + np.exp(-np.clip(raw, -50, 50)))
+        # no extrapolation: a hit farther than any right call of calibration (a non-COI record at 68% identity,
+        # say) says nothing the trees were fitted on
+        return np.where(features[:, 0] > self.reach, 0.0, p).astype(np.float32)
 
     @classmethod
-    def constant(cls, rate: float, examples: int) -> RankModel:
-        """One tree of one leaf worth nothing: the probability is `rate` whatever the evidence."""
+    def constant(cls, rate: float, examples: int, reach: float = MAX_DISTANCE) -> RankModel:
+        """One tree of one leaf worth nothing: the probability is `rate` whatever the evidence (within `reach`)."""
         zero = np.zeros((1, 1))
         return cls(math.log(rate / (1 - rate)), zero.astype(np.int64), zero, zero.astype(np.int64),
-                   zero.astype(np.int64), zero, np.ones((1, 1), dtype=bool), examples)
+                   zero.astype(np.int64), zero, np.ones((1, 1), dtype=bool), examples, reach)
 
     @classmethod
-    def from_boosting(cls, fitted, examples: int) -> RankModel:
+    def from_boosting(cls, fitted, examples: int, reach: float = MAX_DISTANCE) -> RankModel:
         """The trees of a fitted scikit-learn HistGradientBoostingClassifier (binary)."""
         trees = [predictors[0].nodes for predictors in fitted._predictors]
         width = max(len(nodes) for nodes in trees)
@@ -118,10 +122,10 @@ class RankModel:
             arrays["leaf"][t, :m] = nodes["is_leaf"]
             arrays["leaf"][t, m:] = True
         baseline = float(np.ravel(fitted._baseline_prediction)[0])
-        return cls(baseline, examples=examples, **arrays)
+        return cls(baseline, examples=examples, reach=reach, **arrays)
 
     def to_json(self) -> dict:
-        return {"baseline": self.baseline, "examples": int(self.examples),
+        return {"baseline": self.baseline, "examples": int(self.examples), "reach": float(self.reach),
                 **{name: getattr(self, name).tolist() for name in self.ARRAYS}}
 
     @classmethod
@@ -129,13 +133,15 @@ class RankModel:
         """The model of `to_json`, checked (any path ends, indices in range, numbers finite); ValueError."""
         try:
             baseline, examples = float(value["baseline"]), int(value["examples"])
+            reach = float(value.get("reach", MAX_DISTANCE))
             arrays = {name: np.asarray(value[name], dtype=dtype) for name, dtype in
                       (("feature", np.int64), ("threshold", np.float64), ("left", np.int64), ("right", np.int64),
                        ("value", np.float64), ("leaf", bool))}
         except (KeyError, TypeError, ValueError):
             raise ValueError(f"the confidence model of {rank} is incomplete") from None
         shape = arrays["feature"].shape
-        if any(a.shape != shape for a in arrays.values()) or len(shape) != 2 or not math.isfinite(baseline):
+        if any(a.shape != shape for a in arrays.values()) or len(shape) != 2 or not math.isfinite(baseline) \
+                or not math.isfinite(reach):
             raise ValueError(f"the confidence model of {rank} has arrays of different shapes")
         own = np.broadcast_to(np.arange(shape[1]), shape)
         inner = ~arrays["leaf"]
@@ -145,7 +151,7 @@ class RankModel:
                       for c in ("left", "right")))
         if bad:
             raise ValueError(f"the confidence model of {rank} holds invalid trees")
-        return cls(baseline, examples=examples, **arrays)
+        return cls(baseline, examples=examples, reach=reach, **arrays)
 
 
 @dataclass
@@ -259,8 +265,9 @@ def fit_rank(features: np.ndarray, correct: np.ndarray, weights: np.ndarray, *, 
     n = len(correct)
     if n < MIN_EXAMPLES:
         return None
+    reach = float(features[correct, 0].max()) if correct.any() else 0.0
     if correct.all() or not correct.any():
-        return RankModel.constant((correct.sum() + 0.5) / (n + 1.0), n)
+        return RankModel.constant((correct.sum() + 0.5) / (n + 1.0), n, reach)
     from sklearn.ensemble import HistGradientBoostingClassifier
     from threadpoolctl import threadpool_limits   # installed with scikit-learn
 
@@ -271,7 +278,7 @@ def fit_rank(features: np.ndarray, correct: np.ndarray, weights: np.ndarray, *, 
     # on a busy machine, where its threads wait on each other)
     with threadpool_limits(1):
         fitted.fit(np.asarray(features, dtype=np.float64), correct, sample_weight=weights * n / weights.sum())
-    return RankModel.from_boosting(fitted, n)
+    return RankModel.from_boosting(fitted, n, reach)
 
 
 def level_weight(rank: str, level: str) -> float:
