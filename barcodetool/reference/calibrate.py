@@ -28,7 +28,7 @@ from .candidates import ScoredCandidates, embedding_needed, merge_ranked, search
 from .confidence import fit_confidence, held_out_confidences
 from .decide import (DEFAULT_K, DEFAULT_MIN_CONFIDENCE, DEFAULT_PRECISION, IDENTITY_CANDIDATES_EMBEDDING,
                      IDENTITY_CANDIDATES_KMER, IDENTITY_EMBED_BELOW, IdentityThresholds, KnnThresholds, Thresholds,
-                     Votes, identity_decide, vote)
+                     Votes, tie_vote, vote)
 
 if TYPE_CHECKING:   # the index is passed in; this module never needs its class at run time
     from .index import ReferenceIndex
@@ -573,7 +573,7 @@ class IdentityCalibration(Calibration):
         """The confidence model (fitted on the leave-out levels; kept when only the cutoff changes) and, per rank,
         the cutoff on its confidence (`min_confidence`), where the rank has a model."""
         layer = self.index.identity
-        chosen = {name: identity_decide(idx, score, codes)[1] for name, (_, score, idx) in levels.items()}
+        chosen = {name: tie_vote(idx, score, codes) for name, (_, score, idx) in levels.items()}
         full = {name: (queries, score, idx, self.overlaps[name]) for name, (queries, score, idx) in levels.items()}
         previous = self.stored
         if (previous is not None and previous.confidence is not None

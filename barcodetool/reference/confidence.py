@@ -73,7 +73,10 @@ class RankModel:
     examples: int = 0        # calibration queries it was fitted on
     reach: float = MAX_DISTANCE   # the farthest best hit of a right call in calibration: beyond it, confidence 0
 
-    ARRAYS = ("feature", "threshold", "left", "right", "value", "leaf")
+    # each array's type, and the field of scikit-learn's tree nodes it is read from
+    ARRAYS = {"feature": (np.int64, "feature_idx"), "threshold": (np.float64, "num_threshold"),
+              "left": (np.int64, "left"), "right": (np.int64, "right"), "value": (np.float64, "value"),
+              "leaf": (bool, "is_leaf")}
 
     def probability(self, features: np.ndarray) -> np.ndarray:
         """float32 [Q] for features [Q, F]: each tree walked one level at a time for all rows still at inner nodes."""
@@ -109,18 +112,11 @@ class RankModel:
         """The trees of a fitted scikit-learn HistGradientBoostingClassifier (binary)."""
         trees = [predictors[0].nodes for predictors in fitted._predictors]
         width = max(len(nodes) for nodes in trees)
-        arrays = {name: np.zeros((len(trees), width), dtype=dtype) for name, dtype in
-                  (("feature", np.int64), ("threshold", np.float64), ("left", np.int64), ("right", np.int64),
-                   ("value", np.float64), ("leaf", bool))}
+        arrays = {name: np.zeros((len(trees), width), dtype=dtype) for name, (dtype, _) in cls.ARRAYS.items()}
         for t, nodes in enumerate(trees):
-            m = len(nodes)
-            arrays["feature"][t, :m] = nodes["feature_idx"]
-            arrays["threshold"][t, :m] = nodes["num_threshold"]
-            arrays["left"][t, :m] = nodes["left"]
-            arrays["right"][t, :m] = nodes["right"]
-            arrays["value"][t, :m] = nodes["value"]
-            arrays["leaf"][t, :m] = nodes["is_leaf"]
-            arrays["leaf"][t, m:] = True
+            for name, (_, field) in cls.ARRAYS.items():
+                arrays[name][t, :len(nodes)] = nodes[field]
+            arrays["leaf"][t, len(nodes):] = True      # padding: leaves worth nothing
         baseline = float(np.ravel(fitted._baseline_prediction)[0])
         return cls(baseline, examples=examples, reach=reach, **arrays)
 
@@ -134,9 +130,7 @@ class RankModel:
         try:
             baseline, examples = float(value["baseline"]), int(value["examples"])
             reach = float(value.get("reach", MAX_DISTANCE))
-            arrays = {name: np.asarray(value[name], dtype=dtype) for name, dtype in
-                      (("feature", np.int64), ("threshold", np.float64), ("left", np.int64), ("right", np.int64),
-                       ("value", np.float64), ("leaf", bool))}
+            arrays = {name: np.asarray(value[name], dtype=dtype) for name, (dtype, _) in cls.ARRAYS.items()}
         except (KeyError, TypeError, ValueError):
             raise ValueError(f"the confidence model of {rank} is incomplete") from None
         shape = arrays["feature"].shape

@@ -156,6 +156,29 @@ def vote(sims: np.ndarray, idx: np.ndarray, codes: dict[str, np.ndarray], *,
 
 
 # ============================================================================================ identity rule
+def tie_vote(idx: np.ndarray, score: np.ndarray, codes: dict[str, np.ndarray]) -> np.ndarray:
+    """The column of the reported hit [Q] among ranked candidates (idx, score [Q, N], best first, -1 = empty):
+    the first of the tied-best (score equal to the best) carrying the species most of them carry; when none of
+    them has a species, the first one labelled at the most ranks (an unlabelled reference tied with labelled ones
+    never hides their lineage)."""
+    n = len(idx)
+    chosen = np.zeros(n, dtype=np.int64)
+    if not idx.shape[1]:
+        return chosen
+    valid = (idx >= 0) & np.isfinite(score)
+    tied = valid & (score >= np.where(valid[:, 0], score[:, 0], -np.inf)[:, None])
+    safe = np.where(valid, idx, 0)
+    depth = sum((codes[rank][safe] >= 0).astype(np.int64) for rank in codes if rank in RANKS)
+    chosen = np.argmax(np.where(tied, depth, -1), axis=1)
+    if "species" in codes:
+        species = np.where(tied, codes["species"][safe], -1)
+        known = species >= 0
+        counts = ((species[:, :, None] == species[:, None, :]) & known[:, None, :]).sum(axis=2)
+        counts = np.where(known, counts, -1)
+        chosen = np.where(known.any(axis=1), np.argmax(counts, axis=1), chosen)
+    return chosen
+
+
 def identity_decide(idx: np.ndarray, score: np.ndarray, codes: dict[str, np.ndarray], *,
                     thresholds: dict[str, float] | None = None, min_confidence: float = DEFAULT_MIN_CONFIDENCE,
                     ranks: Sequence[str] = RANKS, model: ConfidenceModel | None = None,
@@ -163,56 +186,41 @@ def identity_decide(idx: np.ndarray, score: np.ndarray, codes: dict[str, np.ndar
                     ) -> tuple[Votes, np.ndarray]:
     """The identity classifier's decision on re-ranked candidates (idx, score [Q, N], best first, -1 = empty).
 
-    The tied-best candidates are those whose score equals the best one. The chosen hit is the first of them
-    carrying the species most of them carry (the "tie vote"; when no tied candidate has a species, the first one
-    labelled at the most ranks), and every rank's candidate label is the chosen hit's.
+    The reported hit is the tie vote's (`tie_vote`), and every rank's candidate label is that hit's.
 
     With a confidence `model` (and the candidates' `overlap` and the queries' lengths), a label's confidence is the
-    model's probability that it is right, given the whole candidate list (reference.confidence); a rank is
-    assigned when its confidence reaches the rank's cutoff in `thresholds` and the tied-best candidates carrying
-    the label are at least `min_confidence` of those labelled there. Without a model (indexes of older versions)
-    the confidence is that share and the best score must reach the rank's identity threshold. Either way ranks are
-    assigned top-down as in `vote` (optional ranks never block; nan thresholds never assign). Returns (Votes,
-    chosen column [Q]).
+    model's probability that it is right, given the whole candidate list (reference.confidence), and a rank is
+    assigned when it reaches the rank's cutoff in `thresholds` (`min_confidence` is not used: the tied-best share
+    is part of the model's evidence). Without a model (indexes of older versions) the confidence is the share of
+    the tied-best candidates labelled at the rank that carry the label; a rank is assigned when the best score
+    reaches the rank's identity threshold and that share reaches `min_confidence`. Either way ranks are assigned
+    top-down as in `vote` (optional ranks never block; nan thresholds never assign). Returns (Votes, chosen
+    column [Q]).
     """
     n = len(idx)
     rows = np.arange(n)
+    chosen = tie_vote(idx, score, codes)
     valid = (idx >= 0) & np.isfinite(score)
-    best = np.where(valid[:, 0], score[:, 0], -np.inf) if idx.shape[1] else np.full(n, -np.inf)
-    tied = valid & (score >= best[:, None])
-    safe = np.where(valid, idx, 0)
-
-    def tied_labels(name):
-        return np.where(tied, codes[name][safe], -1)
-
-    chosen = np.zeros(n, dtype=np.int64)
-    if idx.shape[1]:
-        # without a species among the tied-best: the first of them labelled at the most ranks (an unlabelled
-        # reference tied with labelled ones never hides their lineage)
-        depth = sum((tied_labels(rank) >= 0).astype(np.int64) for rank in codes if rank in RANKS)
-        chosen = np.argmax(np.where(tied, depth, -1), axis=1) if codes else chosen
-    if "species" in codes and idx.shape[1]:
-        species = tied_labels("species")
-        known = species >= 0
-        counts = ((species[:, :, None] == species[:, None, :]) & known[:, None, :]).sum(axis=2)
-        counts = np.where(known, counts, -1)
-        chosen = np.where(known.any(axis=1), np.argmax(counts, axis=1), chosen)
     hit = np.where(valid[rows, chosen], idx[rows, chosen], -1) if idx.shape[1] else np.full(n, -1)
     ranks = [rank for rank in ranks if rank in codes]
     probability = None
     if model is not None and overlap is not None and query_length is not None:
         probability = rank_confidences(model, idx, score, overlap, query_length, chosen, codes, ranks)[1]
+    else:
+        best = np.where(valid[:, 0], score[:, 0], -np.inf) if idx.shape[1] else np.full(n, -np.inf)
+        tied = valid & (score >= best[:, None])
+        safe = np.where(valid, idx, 0)
     out = Votes({}, {}, {}, {})
     blocked = np.zeros(n, dtype=bool)
     for rank in ranks:
         label = np.where(hit >= 0, codes[rank][np.maximum(hit, 0)], -1).astype(np.int32)
         has = label >= 0
-        labels = tied_labels(rank)
-        labelled = (labels >= 0).sum(axis=1)
-        agree = (labels == label[:, None]).sum(axis=1)
-        share = np.where(has & (labelled > 0), agree / np.maximum(labelled, 1), 0.0).astype(np.float32)
         out.label[rank] = label
         if probability is None:
+            labels = np.where(tied, codes[rank][safe], -1)
+            labelled = (labels >= 0).sum(axis=1)
+            agree = (labels == label[:, None]).sum(axis=1)
+            share = np.where(has & (labelled > 0), agree / np.maximum(labelled, 1), 0.0).astype(np.float32)
             out.confidence[rank] = share
             out.support[rank] = np.where(has, best, -np.inf).astype(np.float32)
             out.assigned[rank], blocked = gate(rank, has, best, share, thresholds, min_confidence, blocked)
@@ -221,6 +229,5 @@ def identity_decide(idx: np.ndarray, score: np.ndarray, codes: dict[str, np.ndar
             has &= ~np.isnan(p)
             out.confidence[rank] = np.where(has, p, 0.0).astype(np.float32)
             out.support[rank] = np.where(has, p, -np.inf).astype(np.float32)
-            # the tied-best share is part of the evidence: the cutoff on the confidence is the only gate
             out.assigned[rank], blocked = gate(rank, has, out.support[rank], np.ones(n), thresholds, 0.0, blocked)
     return out, chosen
