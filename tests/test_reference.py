@@ -215,8 +215,9 @@ def test_build_save_load_round_trip(tmp_path, sample_index, train_records):
     assert loaded.label_names["bin"][loaded.codes["bin"][0]] == train_records[0].bin
     # the identity layer: k-mer index read back (not rebuilt), thresholds and calibration candidates
     built, read = sample_index.identity, loaded.identity
-    for name in ("kmers", "df", "refs", "starts"):
+    for name in ("kmers", "df", "refs", "stored_df"):
         np.testing.assert_array_equal(getattr(read.kmer, name), getattr(built.kmer, name))
+    assert read.kmer.max_stored_df == built.kmer.max_stored_df
     np.testing.assert_array_equal(read.group_record, built.group_record)
     assert [read.store.sequence(i) for i in range(len(read))] == [built.store.sequence(i) for i in range(len(built))]
     a, b = loaded.identity_thresholds, sample_index.identity_thresholds

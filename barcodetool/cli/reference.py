@@ -1,4 +1,5 @@
-"""Command group `reference`: `reference build` (a calibrated index from labelled barcodes) and `reference info`."""
+"""Command group `reference`: `reference build` (a calibrated index from labelled barcodes), `reference add` and
+`reference merge` (an index grown without a rebuild) and `reference info`."""
 
 from __future__ import annotations
 
@@ -10,11 +11,16 @@ import click
 from ..classify import load_inference_model
 from ..io import ReadOptions, ReadStats, read_barcodes
 from ..model.weights import check_model_outputs
-from ..reference import BuildOptions, ReferenceIndex, build_reference
+from ..reference import BuildOptions, ReferenceIndex, add_records, build_reference, merge_indexes
 from ..taxonomy import RANKS
 from ._common import (INPUT_FIX, Context, check_paths, device_options, handle_errors,
-                      inference_model_option, log, log_model, output_name, read_options, refuse_binary_terminal,
-                      renamed_option, requested_compute)
+                      inference_model_option, log, log_model, log_reference, output_name, read_options,
+                      refuse_binary_terminal, renamed_option, requested_compute)
+
+INDEX_FIX = "give an index built by `barcodetool reference build`"
+RECALIBRATE_HELP = ("Calibrate both rules again, as `reference build` does. Without it they are calibrated again only "
+                    "when the new distinct sequences are more than 10% of those indexed; otherwise the index's "
+                    "thresholds and confidence model are kept.")   # update.RECALIBRATE_SHARE
 
 
 def _threshold_text(value: float) -> str:
@@ -27,7 +33,11 @@ def _threshold_text(value: float) -> str:
 
 def _calibration_queries(t) -> str:
     counts = t.details.get("calibration_queries", {})
-    return " + ".join(f"{n:,} {level}" for level, n in counts.items()) or "no"
+    text = (" + ".join(f"{n:,} {level}" for level, n in counts.items()) or "no") + " leave-out queries"
+    population = t.details.get("calibration_population")
+    if population and counts:
+        text += f" (sampled from {population:,} distinct sequences; standard errors in `reference info`)"
+    return text
 
 
 def _named_text(t, rank: str) -> str:
@@ -41,7 +51,10 @@ def _named_text(t, rank: str) -> str:
 
 
 def _leave_out_text(level: str, calls: dict) -> str:
+    """'species named 14.2% precision 97.1% (+-0.5)': the sample's standard error of the precision, where stored."""
     precision = "-" if calls["precision"] is None else f"{100 * calls['precision']:.1f}%"
+    if calls.get("precision_se") is not None:
+        precision += f" (+-{100 * calls['precision_se']:.1f})"
     return f"{level} named {100 * calls['named']:.1f}% precision {precision}"
 
 
@@ -88,7 +101,7 @@ def reference_build(obj: Context, ref: str, output: str, model_name: str, device
     log.info(stats.summary())
     index.save(output, source=os.path.basename(ref))
     t = index.identity_thresholds
-    log.info(f"confidence model fitted on {_calibration_queries(t)} leave-out queries; ranks are named at confidence "
+    log.info(f"confidence model fitted on {_calibration_queries(t)}; ranks are named at confidence "
              f">= {t.min_confidence:g} ({', '.join(_named_text(t, r) for r in index.ranks)}); BIN identity "
              f"{_threshold_text(t.bin)}; cluster identity distance {_threshold_text(t.cluster_distance)}")
     t = index.thresholds
@@ -96,6 +109,67 @@ def reference_build(obj: Context, ref: str, output: str, model_name: str, device
     log.info(f"--method knn thresholds (cosine similarity): {ranks}; BIN {_threshold_text(t.bin)}; "
              f"cluster cosine distance {_threshold_text(t.cluster_distance)}")
     log.info(f"wrote {len(index):,} reference barcodes to {output_name(output)}")
+
+
+@reference_group.command("add")
+@click.argument("index_path", metavar="INDEX")
+@click.argument("records_path", metavar="NEW_RECORDS")
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False),
+              help="The grown index (HDF5; not INDEX itself); `-` = standard output (made in the temporary folder, "
+                   "then copied).")
+@click.option("--recalibrate", is_flag=True, help=RECALIBRATE_HELP)
+@inference_model_option
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@device_options
+@read_options
+@click.pass_obj
+@handle_errors
+def reference_add(obj: Context, index_path: str, records_path: str, output: str, recalibrate: bool, model_name: str,
+                  batch_size: int, device: str, threads: int, read_options: ReadOptions):
+    """Add NEW_RECORDS (a table or FASTA, as for `reference build`) to INDEX without rebuilding it: only sequences
+    not already in INDEX are embedded, and its k-mer index is extended. The result is the index that `reference
+    build` makes of INDEX's records followed by NEW_RECORDS (with INDEX's model and calibration; see
+    --recalibrate)."""
+    check_paths(inputs=[(index_path, INDEX_FIX), (records_path, INPUT_FIX)], outputs=[(output, "-o")])
+    refuse_binary_terminal(output)
+    index = ReferenceIndex.load(index_path)
+    log_reference(index)
+    model, torch_device = load_inference_model(model_name, index_path, device=device, threads=threads,
+                                               compute=requested_compute(), onnx=False)
+    index.check_model(model, source=index_path)
+    check_model_outputs(model, output)
+    log_model(model, torch_device)
+    read_options = read_options.replace(min_length=model.tokenizer.config.k)
+    stats = ReadStats(path=records_path)
+    with obj.progress(None, "barcode", "embed") as bar:
+        grown = add_records(index, read_barcodes(records_path, read_options, stats=stats), model,
+                            recalibrate=True if recalibrate else None, allow_duplicates=read_options.allow_duplicates,
+                            batch_size=batch_size, progress=bar.update, source=os.path.basename(records_path),
+                            display=records_path)
+    log.info(stats.summary())
+    grown.save(output)
+    log.info(f"wrote {len(grown):,} reference barcodes ({len(grown) - len(index):,} added) to {output_name(output)}")
+
+
+@reference_group.command("merge")
+@click.argument("first_path", metavar="A")
+@click.argument("second_path", metavar="B")
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False),
+              help="The merged index (HDF5); `-` = standard output (made in the temporary folder, then copied).")
+@click.option("--recalibrate", is_flag=True, help=RECALIBRATE_HELP)
+@click.option("--allow-duplicates", is_flag=True, help="Accept record ids that are in both indexes instead of failing.")
+@handle_errors
+def reference_merge(first_path: str, second_path: str, output: str, recalibrate: bool, allow_duplicates: bool):
+    """Merge indexes A and B (built with the same model) into one: B's records appended to A's. B's embeddings are
+    reused (no model is needed): the result is the index that `reference add` makes of A and B's records. A's
+    calibration is kept, or both rules are calibrated again (see --recalibrate)."""
+    check_paths(inputs=[(first_path, INDEX_FIX), (second_path, INDEX_FIX)], outputs=[(output, "-o")])
+    refuse_binary_terminal(output)
+    first, second = ReferenceIndex.load(first_path), ReferenceIndex.load(second_path)
+    merged = merge_indexes(first, second, recalibrate=True if recalibrate else None,
+                           allow_duplicates=allow_duplicates)
+    merged.save(output)
+    log.info(f"wrote {len(merged):,} reference barcodes ({len(first):,} + {len(second):,}) to {output_name(output)}")
 
 
 @reference_group.command("info")

@@ -6,6 +6,7 @@
     candidates.py   the identity rule's candidates: k-mer and embedding searches scored by identity, identity_hits
     calibrate.py    thresholds set on the reference itself by leave-out searches (KnnCalibration,
                     IdentityCalibration; thresholds_for, calibrate_thresholds)
+    update.py       records added to an index, indexes merged, without a rebuild (add_records, merge_indexes)
 """
 
 from .build import (CACHE_GENERATION, BuildOptions, build_reference, cache_key, index_model_name, open_reference,
@@ -20,6 +21,7 @@ from .decide import (DEFAULT_K, DEFAULT_MIN_CONFIDENCE, DEFAULT_PRECISION, IDENT
                      Votes, gate, identity_decide, vote)
 from .index import (REFERENCE_FORMAT, REFERENCE_FORMAT_VERSION, IdentityLayer, ReferenceIndex, is_reference_file,
                     representative_records)
+from .update import RECALIBRATE_SHARE, add_records, merge_indexes
 
 __all__ = [
     "CACHE_GENERATION", "BuildOptions", "build_reference", "cache_key", "index_model_name", "open_reference",
@@ -34,4 +36,5 @@ __all__ = [
     "Votes", "gate", "identity_decide", "vote",
     "REFERENCE_FORMAT", "REFERENCE_FORMAT_VERSION", "IdentityLayer", "ReferenceIndex", "is_reference_file",
     "representative_records",
+    "RECALIBRATE_SHARE", "add_records", "merge_indexes",
 ]

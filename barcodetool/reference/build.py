@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from array import array
 import logging
 import os
 import time
@@ -19,8 +20,8 @@ from ..errors import IndexMismatchError, InputError, UsageError
 from ..io.readers import ReadOptions, ReadStats, read_barcodes
 from ..model.weights import available_models, sha256_file
 from ..options import Options
-from ..search import normalize
-from ..taxonomy import LABELS, RANKS, encode_labels
+from ..search import SequenceStore, normalize
+from ..taxonomy import LABELS
 from .calibrate import calibrate_thresholds
 from .decide import DEFAULT_K, DEFAULT_MIN_CONFIDENCE, DEFAULT_PRECISION
 from .index import REFERENCE_FORMAT, REFERENCE_FORMAT_VERSION, ReferenceIndex, is_reference_file
@@ -83,59 +84,115 @@ def build_reference(records: Iterable, model, options: BuildOptions | None = Non
     How is said by `options` (BuildOptions) or by its fields as keywords (`precision=0.99`), which also override
     `options`. Identical sequences are embedded once. Embeddings are stored L2-normalised. `source` is recorded in
     the index; errors name `display` (the path as given), or `source` without it.
+
+    Records are streamed: each distinct sequence is held once, encoded (a byte a base), and embedded as soon as
+    `chunk_records` of them are waiting; labels are kept as codes. Memory grows with the distinct sequences
+    (~1 byte a base, the embeddings, a 16-byte digest each), not with Python strings of every record.
     """
     options = (options or BuildOptions()).replace(**changes)
     display = display or source or None
-    ids: list[str] = []
-    sequences: list[str] = []
-    labels: dict[str, list[str]] = {name: [] for name in LABELS}
-    group_of: dict[str, int] = {}
-    groups: list[int] = []
-    unique: list[str] = []
+    streamed = _StreamedRecords(model, options, progress)
     for record in records:
-        ids.append(record.id)
-        sequences.append(record.sequence)
-        for rank in RANKS:
-            labels[rank].append(record.taxonomy.get(rank) or "")
-        labels["bin"].append(record.bin or "")
-        group = group_of.get(record.sequence)
-        if group is None:
-            group = group_of[record.sequence] = len(unique)
-            unique.append(record.sequence)
-        groups.append(group)
-    if not ids:
+        streamed.add(record)
+    if not streamed.ids:
         raise InputError("the reference holds no records", path=display)
-    if not any(labels[name][i] for name in LABELS for i in range(len(ids))):
+    codes, names = streamed.labels()
+    if not codes:
         raise InputError("the reference records carry no taxonomy and no BIN", path=display,
                          fix="give a table with taxonomy or BIN columns, or a FASTA with SINTAX headers "
                              "(>id;tax=p:...,g:...,s:...;)")
-    if progress is not None and callable(getattr(progress, "set_total", None)):
-        progress.set_total(len(unique))
-    vectors = np.empty((len(unique), model.embedding_dim), dtype=np.float32)
-    for start in range(0, len(unique), options.chunk_records):
-        part = unique[start:start + options.chunk_records]
-        vectors[start:start + len(part)] = embed_sequences(model, part, batch_size=options.batch_size,
-                                                           progress=progress)
-    vectors = normalize(vectors)
-    group_array = np.asarray(groups, dtype=np.int32)
-    embeddings = vectors[group_array]
+    vectors, store = streamed.finish()
+    group_array = np.frombuffer(streamed.groups, dtype=np.int32).copy()
+    embeddings = vectors[group_array] if len(vectors) != len(group_array) else vectors
     del vectors
     if options.dtype == "float16":
         embeddings = embeddings.astype(np.float16)
-    codes, names = {}, {}
-    for name in LABELS:
-        if any(labels[name]):
-            codes[name], names[name] = encode_labels(labels[name])
-    index = ReferenceIndex(ids=ids, embeddings=embeddings, codes=codes, label_names=names, groups=group_array,
-                           model_name=model.name, model_sha256=model.sha256,
+    index = ReferenceIndex(ids=streamed.ids, embeddings=embeddings, codes=codes, label_names=names,
+                           groups=group_array, model_name=model.name, model_sha256=model.sha256,
                            attrs={"pooling": model.pooling, "source": source,
                                   "tokenizer": json.dumps(model.tokenizer.config.to_dict())})
-    index.hold_sequences(sequences)
+    index.hold_distinct(store)
     if options.calibrate:
         calibrate_thresholds(index, "knn", precision=options.precision, k=options.neighbours,
                              min_confidence=options.min_confidence)
         calibrate_thresholds(index, "identity", precision=options.precision, min_confidence=options.min_confidence)
     return index
+
+
+class _StreamedRecords:
+    """What build_reference keeps of the records as they stream by: ids, label codes (in order of first
+    appearance, sorted at the end as encode_labels sorts them), each record's sequence group, and the distinct
+    sequences, encoded and embedded `chunk_records` at a time (the chunks build_reference always embedded)."""
+
+    def __init__(self, model, options: BuildOptions, progress: Progress | None):
+        self.model, self.options, self.progress = model, options, progress
+        self.ids: list[str] = []
+        self.groups = array("i")
+        self.group_of: dict[bytes, int] = {}            # digest of a distinct sequence -> its group
+        self.label_codes = {name: array("i") for name in LABELS}
+        self.label_lookup: dict[str, dict[str, int]] = {name: {} for name in LABELS}
+        self.pending: list[str] = []                    # distinct sequences not yet embedded
+        self.vectors: list[np.ndarray] = []
+        self.encoded: list[SequenceStore] = []
+        self.distinct = 0
+
+    def add(self, record) -> None:
+        self.ids.append(record.id)
+        for name in LABELS:
+            value = (record.bin if name == "bin" else record.taxonomy.get(name)) or ""
+            if value:
+                lookup = self.label_lookup[name]
+                code = lookup.get(value)
+                if code is None:
+                    code = lookup[value] = len(lookup)
+                self.label_codes[name].append(code)
+            else:
+                self.label_codes[name].append(-1)
+        key = hashlib.blake2b(record.sequence.encode(), digest_size=16).digest()
+        group = self.group_of.get(key)
+        if group is None:
+            group = self.group_of[key] = self.distinct
+            self.distinct += 1
+            self.pending.append(record.sequence)
+            if len(self.pending) >= self.options.chunk_records:
+                self._embed_pending()
+        self.groups.append(group)
+
+    def _embed_pending(self) -> None:
+        if self.pending:
+            self.vectors.append(normalize(embed_sequences(self.model, self.pending,
+                                                          batch_size=self.options.batch_size,
+                                                          progress=self.progress)))
+            self.encoded.append(SequenceStore.from_sequences(self.pending))
+            self.pending = []
+
+    def labels(self) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
+        """(codes, names) of the labels present, codes numbered as encode_labels numbers them (sorted names)."""
+        codes, names = {}, {}
+        for name in LABELS:
+            lookup = self.label_lookup[name]
+            if not lookup:
+                continue
+            sorted_names = sorted(lookup)
+            rank = {label: i for i, label in enumerate(sorted_names)}
+            # provisional code (order of first appearance) -> sorted code; the last slot maps -1 to -1
+            remap = np.array([rank[label] for label in lookup] + [-1], dtype=np.int32)
+            codes[name] = remap[np.frombuffer(self.label_codes[name], dtype=np.int32)]
+            names[name] = sorted_names
+        return codes, names
+
+    def finish(self) -> tuple[np.ndarray, SequenceStore]:
+        """(unit embeddings float32 [distinct, dim], SequenceStore of the distinct sequences), in group order."""
+        if self.progress is not None and callable(getattr(self.progress, "set_total", None)):
+            self.progress.set_total(self.distinct)
+        self._embed_pending()
+        self.group_of.clear()
+        vectors = np.concatenate(self.vectors) if self.vectors else np.zeros((0, self.model.embedding_dim),
+                                                                            dtype=np.float32)
+        self.vectors = []
+        store = SequenceStore.concatenate(self.encoded)
+        self.encoded = []
+        return vectors, store
 
 
 # ============================================================================================ loading/caching

@@ -266,9 +266,15 @@ def leave_out_calls(judged: dict[str, tuple[dict, dict]], levels: dict, codes: d
             known = truth >= 0
             named = known & (np.nan_to_num(confidence[rank], nan=0.0) >= cutoff)
             right = named & (labels[rank] == truth)
+            share = float(named.sum() / max(1, known.sum()))
+            precision = float(right.sum() / named.sum()) if named.any() else None
+            # the calibration queries are a sample of the reference: binomial standard errors of both figures
             out.setdefault(rank, {"cutoff": cutoff})[name] = {
-                "queries": int(known.sum()), "named": float(named.sum() / max(1, known.sum())),
-                "precision": float(right.sum() / named.sum()) if named.any() else None}
+                "queries": int(known.sum()), "named": share,
+                "named_se": math.sqrt(share * (1 - share) / max(1, int(known.sum()))),
+                "precision": precision,
+                "precision_se": None if precision is None else math.sqrt(precision * (1 - precision)
+                                                                         / int(named.sum()))}
     return out
 
 
@@ -354,6 +360,10 @@ class Calibration:
         no labels at `level`."""
         raise NotImplementedError
 
+    def population(self) -> int:
+        """How many distinct sequences (identity) or records (knn) the calibration queries are sampled from."""
+        return len(self.index)
+
     def label_codes(self) -> tuple[dict[str, np.ndarray], np.ndarray | None, np.ndarray | None]:
         """(rank codes, BIN codes, species codes) in the space the leave-out queries index."""
         raise NotImplementedError
@@ -387,6 +397,7 @@ class Calibration:
                 max_size=cluster_size or self.cluster_size, seed=seed, device=device)
         details["bin"] = bin_details
         details["calibration_queries"] = {name: int(len(level[0])) for name, level in levels.items()}
+        details["calibration_population"] = self.population()
         thresholds = self.thresholds_type(ranks=ranks, bin=bin_threshold, cluster_distance=cluster_distance,
                                           details=details, **fields, **settings)
         self.store(thresholds)
@@ -567,6 +578,9 @@ class IdentityCalibration(Calibration):
     def label_codes(self):
         layer = self.index.identity
         return ({r: layer.codes[r] for r in self.index.ranks}, layer.codes.get("bin"), layer.codes.get("species"))
+
+    def population(self) -> int:
+        return len(self.index.identity)
 
     def rank_thresholds(self, levels: dict, codes: dict[str, np.ndarray], settings: dict
                         ) -> tuple[dict[str, float], dict, dict]:

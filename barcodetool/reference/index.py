@@ -55,7 +55,7 @@ from ..io.json_values import json_values
 from ..search import KmerIndex, SequenceStore, knn_search, normalize
 from ..taxonomy import LABELS, RANKS
 from .calibrate import thresholds_for
-from .confidence import ConfidenceModel
+from .checks import REBUILD, Checker, check_attrs
 from .candidates import IdentityHits, identity_hits, nearest_bins
 from .decide import (DEFAULT_K, DEFAULT_MIN_CONFIDENCE, IDENTITY_CANDIDATES_EMBEDDING, IDENTITY_CANDIDATES_KMER,
                      IdentityThresholds, KnnThresholds, Thresholds)
@@ -66,7 +66,7 @@ REFERENCE_FORMAT = "barcodetool-reference"
 REFERENCE_FORMAT_VERSION = 2     # 2: identity layer (k-mer index, identity calibration); older ones are refused
 
 Progress = Callable[[int], None]
-MAX_CONFIDENCE_MODEL_BYTES = 64 << 20
+SEQUENCE_BLOCK = 65536   # records whose sequences are read or written at a time
 
 
 def representative_records(groups: np.ndarray, codes: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -121,8 +121,8 @@ class ReferenceIndex:
     calibration: dict | None = None              # level -> {"queries", "neighbours", "similarities"} arrays
     identity_thresholds: IdentityThresholds | None = None   # of the identity rule (identity scores)
     identity_calibration: dict | None = None     # level -> stored leave-out identity candidates (group space)
-    # held in memory while an index is built, else read from `path` on first use
-    _sequences: list[str] | None = field(default=None, init=False, repr=False)
+    # the distinct sequences (group order): held while an index is built, else read from `path` on first use
+    _distinct: SequenceStore | None = field(default=None, init=False, repr=False)
     _identity: IdentityLayer | None = field(default=None, init=False, repr=False)
     _group_embeddings: np.ndarray | None = field(default=None, init=False, repr=False)
 
@@ -133,30 +133,63 @@ class ReferenceIndex:
     def embedding_dim(self) -> int:
         return int(self.embeddings.shape[1])
 
+    def hold_distinct(self, store: SequenceStore) -> None:
+        """Keep the distinct sequences (one row per sequence group, in group order) in memory: an index being built,
+        before it has a file."""
+        if len(store) != int(self.groups.max(initial=-1)) + 1:
+            raise UsageError(f"{len(store):,} distinct sequences for {int(self.groups.max(initial=-1)) + 1:,} "
+                             "sequence groups")
+        self._distinct = store
+
     def hold_sequences(self, sequences: list[str]) -> None:
-        """Keep the reference sequences in memory (an index being built, before it has a file)."""
-        self._sequences = sequences
+        """Keep the reference sequences (one per record) in memory: an index being built, before it has a file."""
+        first, _ = representative_records(self.groups, {})
+        self.hold_distinct(SequenceStore.from_sequences([sequences[i] for i in first.tolist()]))
 
     def release_sequences(self) -> None:
         """Forget the sequences held in memory: they are read from the index file again when needed."""
         if self.path is None:
             raise UsageError("an index without a file cannot release its sequences (save it first)")
-        self._sequences = None
+        self._distinct = None
 
     @property
-    def sequences(self) -> list[str]:
-        """The cleaned reference sequences (read from the file on first use)."""
-        if self._sequences is None:
+    def distinct_store(self) -> SequenceStore:
+        """The distinct sequences, one row per sequence group in group order (read from the file on first use, a
+        block of records at a time: a byte a base, no Python string per record)."""
+        if self._distinct is None:
             if self.path is None:
                 raise InputError("this index holds no sequences")
             import h5py
 
+            check = Checker(self.path)
             with h5py.File(self.path, "r") as handle:
                 if "sequences" not in handle:
                     raise InputError("this index holds no sequences", path=str(self.path),
                                      fix="rebuild it with `barcodetool reference build`")
-                self._sequences = _Checker(self.path).strings(handle, "sequences", len(self.ids))
-        return self._sequences
+                dataset = check.dataset(handle, "sequences", "str", (len(self.ids),))
+                # groups are numbered by first record: the first record of each new group, in record order, is
+                # the next group's sequence
+                seen = np.r_[-1, np.maximum.accumulate(self.groups)[:-1]] if len(self.groups) else self.groups
+                new_group = self.groups > seen
+                parts = []
+                for start in range(0, len(self.ids), SEQUENCE_BLOCK):
+                    stop = min(len(self.ids), start + SEQUENCE_BLOCK)
+                    try:
+                        block = dataset.asstr()[start:stop]
+                    except UnicodeDecodeError:
+                        raise check.error("/sequences is not UTF-8 text") from None
+                    try:
+                        parts.append(SequenceStore.from_sequences(block[new_group[start:stop]].tolist()))
+                    except InputError as error:
+                        raise check.error(f"/sequences holds a non-nucleotide character ({error})") from None
+            self._distinct = SequenceStore.concatenate(parts)
+        return self._distinct
+
+    @property
+    def sequences(self) -> list[str]:
+        """The cleaned reference sequences, one per record (made from the distinct sequences on each call)."""
+        store = self.distinct_store
+        return [store.sequence(int(g)) for g in self.groups]
 
     @property
     def ranks(self) -> list[str]:
@@ -186,10 +219,13 @@ class ReferenceIndex:
 
     def _identity_base(self):
         first, representative = representative_records(self.groups, self.codes)
-        sequences = self.sequences
-        store = SequenceStore.from_sequences([sequences[i] for i in first.tolist()])
+        store = self.distinct_store
         codes = {name: values[representative].astype(np.int32) for name, values in self.codes.items()}
         return store, first, representative, codes
+
+    def hold_identity(self, layer: IdentityLayer) -> None:
+        """Use this identity layer (an index grown in memory: barcodetool.reference.update)."""
+        self._identity = layer
 
     def build_identity(self) -> IdentityLayer:
         """Build the identity layer from the reference sequences (the k-mer index of the distinct ones)."""
@@ -201,22 +237,23 @@ class ReferenceIndex:
     def _read_identity(self) -> IdentityLayer | None:
         import h5py
 
-        check = _Checker(self.path)
+        check = Checker(self.path)
         with h5py.File(self.path, "r") as handle:
             if "kmer" not in check.members(handle, "identity"):
                 return None
             try:
-                k, size = check.kmer_layout(handle, None)
-                kmers = check.integers(handle, "identity/kmer/kmers", (None,), 0, 4 ** k)
-                df = check.integers(handle, "identity/kmer/df", kmers.shape, 1, 1 << 31)
-                refs = check.integers(handle, "identity/kmer/refs", (None,), 0, max(size, 1))
+                k, size, max_stored_df = check.kmer_layout(handle, None)
+                # int32 as stored: the postings are the largest part of a large index
+                kmers = check.integers(handle, "identity/kmer/kmers", (None,), 0, 4 ** k, np.int32)
+                df = check.integers(handle, "identity/kmer/df", kmers.shape, 1, 1 << 31, np.int32)
+                refs = check.integers(handle, "identity/kmer/refs", (None,), 0, max(size, 1), np.int32)
             except KeyError as error:
                 raise check.error(f"the stored k-mer index is incomplete ({error})") from None
         store, first, representative, codes = self._identity_base()
         if size != len(store):
             raise check.error(f"the stored k-mer index covers {size:,} sequences, the index {len(store):,}")
         try:
-            kmer = KmerIndex.from_arrays(k, size, kmers, df, refs)
+            kmer = KmerIndex.from_arrays(k, size, kmers, df, refs, max_stored_df)
         except InputError:
             raise check.error("the stored k-mer index is inconsistent (postings do not match their counts, or "
                               "k-mers are not in order)") from None
@@ -269,8 +306,8 @@ class ReferenceIndex:
 
         path = Path(path)
         strings = h5py.string_dtype("utf-8")
-        sequences = self._sequences if self._sequences is not None else (
-            self.sequences if self.path is not None else None)
+        store = self._distinct if self._distinct is not None else (
+            self.distinct_store if self.path is not None else None)
         dtype = "float16" if self.embeddings.dtype == np.float16 else "float32"
 
         def create(group, name, **options):
@@ -282,9 +319,13 @@ class ReferenceIndex:
             n = len(self.ids)
             chunk = (min(max(n, 1), 65536),)
             create(handle, "ids", data=np.array(self.ids, dtype=object), dtype=strings, chunks=chunk if n else None)
-            if sequences is not None:
-                create(handle, "sequences", data=np.array(sequences, dtype=object), dtype=strings,
-                       chunks=chunk if n else None, compression="gzip", compression_opts=4)
+            if store is not None:    # written a block at a time from the distinct sequences
+                dataset = handle.create_dataset("sequences", shape=(n,), dtype=strings, chunks=chunk if n else None,
+                                                compression="gzip" if n else None, compression_opts=4 if n else None)
+                for start in range(0, n, SEQUENCE_BLOCK):
+                    groups = self.groups[start:start + SEQUENCE_BLOCK].tolist()
+                    dataset[start:start + len(groups)] = np.array([store.sequence(g) for g in groups], dtype=object)
+                dataset.flush()
             create(handle, "sequence_group", data=self.groups.astype(np.int32))
             rows = max(1, min(n, max(1, (1 << 20) // max(1, 4 * self.embedding_dim))))
             create(handle, "embeddings", data=self.embeddings, chunks=(rows, self.embedding_dim) if n else None)
@@ -297,12 +338,14 @@ class ReferenceIndex:
                 create(handle, f"calibration/{level}/neighbours", data=stored["neighbours"].astype(np.int32))
                 create(handle, f"calibration/{level}/similarities",
                        data=stored["similarities"].astype(np.float32))
-            if sequences is not None:  # the identity layer needs the sequences
+            if store is not None:  # the identity layer needs the sequences
                 layer = self.identity
                 kmer = handle.create_group("identity/kmer")
                 kmer.attrs.update({"k": int(layer.kmer.k), "size": int(layer.kmer.size)})
+                if layer.kmer.max_stored_df is not None:
+                    kmer.attrs["max_stored_df"] = int(layer.kmer.max_stored_df)
                 for name in ("kmers", "df", "refs"):
-                    values = getattr(layer.kmer, name).astype(np.int32)
+                    values = getattr(layer.kmer, name).astype(np.int32, copy=False)
                     # gzip 1 + shuffle: the postings shrink ~10x (78 -> 8 MiB for 31k barcodes), ~0.4 s to read
                     if len(values):
                         create(kmer, name, data=values, chunks=(min(len(values), 1 << 20),), compression="gzip",
@@ -350,7 +393,7 @@ class ReferenceIndex:
         """Read an index written by `save` (sequences are read lazily), every dataset and attribute checked before
         use: a damaged or crafted file raises InputError naming the file and what is wrong."""
         path = Path(path)
-        check = _Checker(path)
+        check = Checker(path)
         with open_hdf5(path, format_name=REFERENCE_FORMAT, version=REFERENCE_FORMAT_VERSION, what="reference index",
                        fix="build one with `barcodetool reference build`", rebuild=REBUILD) as handle:
             attrs = dict(handle.attrs)
@@ -371,7 +414,7 @@ class ReferenceIndex:
             except KeyError as error:
                 raise check.error(f"the reference index is incomplete ({error})") from None
         check.embeddings(embeddings)
-        _check_attrs(check, attrs, n, embeddings.shape[1])
+        check_attrs(check, attrs, n, embeddings.shape[1])
         thresholds = _thresholds_from_attrs(check, attrs, "", KnnThresholds,
                                             k=check.integer(attrs, "calibration_k", DEFAULT_K, minimum=1))
         identity_thresholds = _thresholds_from_attrs(
@@ -397,7 +440,7 @@ def _thresholds_attrs(thresholds: Thresholds, prefix: str) -> dict:
     return attrs
 
 
-def _thresholds_from_attrs(check: _Checker, attrs, prefix: str, kind: type[Thresholds], **fixed) -> Thresholds | None:
+def _thresholds_from_attrs(check: Checker, attrs, prefix: str, kind: type[Thresholds], **fixed) -> Thresholds | None:
     """The thresholds written by _thresholds_attrs (each checked), or None when the index holds no such
     calibration."""
     if f"{prefix}calibration_precision" not in attrs:
@@ -421,244 +464,3 @@ def is_reference_file(path: str | os.PathLike) -> bool:
             return handle.read(8) == b"\x89HDF\r\n\x1a\n"
     except OSError:
         return False
-
-
-# ---------------------------------------------------------------------------------------------- checking a file
-REBUILD = "rebuild it with `barcodetool reference build`"
-_KIND_LETTERS = {"int": "iu", "float": "f"}
-_KIND_WORDS = {"str": "strings", "int": "integers", "float": "floating-point numbers"}
-_IDENTITY_CANDIDATE_SOURCES = ("embedding", "kmer")
-_ROWS_CHECKED = 65536   # embedding rows checked at a time (bounded memory for very large references)
-
-
-def _show(value) -> str:
-    """A short one-line repr of an untrusted value for a message."""
-    text = repr(value.item() if isinstance(value, np.generic) else value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-class _Checker:
-    """The checks of one index file's datasets and attributes before use: each failure is an InputError naming
-    the file, what is wrong, and the fix (rebuild the index)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def error(self, message: str) -> InputError:
-        return InputError(message, path=str(self.path), fix=REBUILD)
-
-    # ----------------------------------------------------------------- datasets
-    def members(self, handle, name: str) -> list[str]:
-        """Names in the group `name` (none where it is absent)."""
-        import h5py
-
-        item = handle.get(name)
-        if item is None:
-            return []
-        if not isinstance(item, h5py.Group):
-            raise self.error(f"/{name} is not a group")
-        return list(item)
-
-    def dataset(self, handle, name: str, kind: str, shape: tuple, dtypes: tuple[str, ...] | None = None):
-        """The dataset `name` (KeyError where missing) checked to hold `kind` ("str", "int" or "float"; `dtypes`
-        narrows the float types) in `shape` (None: any length)."""
-        import h5py
-
-        item = handle[name]
-        if not isinstance(item, h5py.Dataset):
-            raise self.error(f"/{name} is not a dataset")
-        if kind == "str":
-            right = h5py.check_string_dtype(item.dtype) is not None
-        else:
-            right = item.dtype.kind in _KIND_LETTERS[kind] and (dtypes is None or item.dtype.name in dtypes)
-        if not right:
-            wanted = " or ".join(dtypes) if dtypes else _KIND_WORDS[kind]
-            raise self.error(f"/{name} holds {item.dtype} values, not {wanted}")
-        if len(item.shape) != len(shape) or any(want is not None and size != want
-                                                for size, want in zip(item.shape, shape)):
-            expected = "[" + ", ".join("any" if want is None else str(want) for want in shape) + "]"
-            raise self.error(f"/{name} has shape {list(item.shape)}, expected {expected}")
-        return item
-
-    def strings(self, handle, name: str, length: int | None = None) -> list[str]:
-        item = self.dataset(handle, name, "str", (length,))
-        try:
-            return item.asstr()[()].tolist()
-        except UnicodeDecodeError:
-            raise self.error(f"/{name} is not UTF-8 text") from None
-
-    def floats(self, handle, name: str, shape: tuple, dtypes: tuple[str, ...] | None = None) -> np.ndarray:
-        values = self.dataset(handle, name, "float", shape, dtypes)[()]
-        if dtypes is None and np.isnan(values).any():
-            raise self.error(f"/{name} holds NaN")
-        return values
-
-    def integers(self, handle, name: str, shape: tuple, low: int, high: int) -> np.ndarray:
-        """An integer dataset whose values lie in low..high-1, as int64."""
-        values = self.dataset(handle, name, "int", shape)[()]
-        if values.size:
-            smallest, largest = int(values.min()), int(values.max())
-            if smallest < low or largest >= high:
-                bad = smallest if smallest < low else largest
-                raise self.error(f"/{name} holds {bad}, outside {low}..{high - 1}")
-        return values.astype(np.int64)
-
-    def groups(self, handle, n: int) -> np.ndarray:
-        """/sequence_group: numbered 0, 1, ... by first record, as the identity layer assumes."""
-        groups = self.integers(handle, "sequence_group", (n,), 0, max(n, 1))
-        if n and (groups[0] != 0 or (groups[1:] > np.maximum.accumulate(groups)[:-1] + 1).any()):
-            raise self.error("/sequence_group is not numbered 0, 1, 2, ... in order of first record")
-        return groups.astype(np.int32)
-
-    def labels(self, handle, n: int) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
-        codes, names = {}, {}
-        for name in self.members(handle, "labels"):
-            names[name] = self.strings(handle, f"label_names/{name}")
-            codes[name] = self.integers(handle, f"labels/{name}", (n,), -1, len(names[name])).astype(np.int32)
-        return codes, names
-
-    def calibration(self, handle, n: int) -> dict:
-        """/calibration/<level>: leave-out queries (records) and their neighbours (records, -1 = none)."""
-        calibration = {}
-        for level in self.members(handle, "calibration"):
-            where = f"calibration/{level}"
-            queries = self.integers(handle, f"{where}/queries", (None,), 0, n)
-            neighbours = self.integers(handle, f"{where}/neighbours", (len(queries), None), -1, n)
-            similarities = self.floats(handle, f"{where}/similarities", neighbours.shape)
-            calibration[level] = {"queries": queries, "neighbours": neighbours,
-                                  "similarities": similarities.astype(np.float32)}
-        return calibration
-
-    def identity_calibration(self, handle, groups: int) -> dict:
-        """/identity/calibration/<level>: leave-out queries and candidates in distinct-sequence space."""
-        calibration = {}
-        for level in self.members(handle, "identity/calibration"):
-            where = f"identity/calibration/{level}"
-            queries = self.integers(handle, f"{where}/queries", (None,), 0, groups)
-            stored = {"queries": queries}
-            for source in _IDENTITY_CANDIDATE_SOURCES:
-                table = self.integers(handle, f"{where}/{source}", (len(queries), None), -1, groups)
-                stored[source] = table
-                stored[f"{source}_score"] = self.floats(handle, f"{where}/{source}_score",
-                                                        table.shape).astype(np.float32)
-                stored[f"{source}_overlap"] = self.integers(handle, f"{where}/{source}_overlap", table.shape,
-                                                            0, 1 << 31)
-            calibration[level] = stored
-        return calibration
-
-    def kmer_layout(self, handle, groups: int | None) -> tuple[int, int]:
-        """(k, size) of /identity/kmer, checked with its datasets' types and shapes (not their values)."""
-        import h5py
-
-        group = handle["identity/kmer"]
-        if not isinstance(group, h5py.Group):
-            raise self.error("/identity/kmer is not a group")
-        k = self.integer(dict(group.attrs), "k", where="/identity/kmer attribute", minimum=4)
-        size = self.integer(dict(group.attrs), "size", where="/identity/kmer attribute", minimum=0)
-        if k > 15:
-            raise self.error(f"/identity/kmer attribute k is {k}, outside 4..15")
-        if groups is not None and size != groups:
-            raise self.error(f"the stored k-mer index covers {size:,} sequences, the index {groups:,}")
-        kmers = self.dataset(handle, "identity/kmer/kmers", "int", (None,))
-        self.dataset(handle, "identity/kmer/df", "int", kmers.shape)
-        self.dataset(handle, "identity/kmer/refs", "int", (None,))
-        return k, size
-
-    def embeddings(self, embeddings: np.ndarray) -> None:
-        """Every value finite and every row of unit length (or zero), as build_reference stores them."""
-        if embeddings.shape[1] < 1:
-            raise self.error("/embeddings has no columns")
-        for start in range(0, len(embeddings), _ROWS_CHECKED):
-            block = np.asarray(embeddings[start:start + _ROWS_CHECKED], dtype=np.float32)
-            finite = np.isfinite(block).all(axis=1)
-            if not finite.all():
-                row = start + int(np.argmin(finite))
-                raise self.error(f"/embeddings row {row} holds NaN or infinity")
-            norms = np.sqrt(np.einsum("ij,ij->i", block, block))
-            wrong = (np.abs(norms - 1.0) > 1e-2) & (norms > 0)
-            if wrong.any():
-                row = start + int(np.argmax(wrong))
-                raise self.error(f"/embeddings row {row} has length {norms[row - start]:.4g}, not 1")
-
-    # ----------------------------------------------------------------- attributes
-    def value(self, attrs, key: str, default):
-        value = attrs.get(key, default)
-        if isinstance(value, np.ndarray) and value.shape == ():
-            value = value[()]
-        return value
-
-    def integer(self, attrs, key: str, default=None, *, minimum: int | None = None,
-                where: str = "attribute") -> int:
-        value = self.value(attrs, key, default)
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-            raise self.error(f"{where} {key} is {_show(value)}, not an integer")
-        if minimum is not None and value < minimum:
-            raise self.error(f"{where} {key} is {int(value)}, less than {minimum}")
-        return int(value)
-
-    def number(self, attrs, key: str, default, *, nan: bool = True,
-               within: tuple[float, float] | None = None) -> float:
-        """A number attribute (NaN refused unless `nan`; `within`: inclusive bounds)."""
-        value = self.value(attrs, key, default)
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-            raise self.error(f"attribute {key} is {_show(value)}, not a number")
-        value = float(value)
-        if not nan and math.isnan(value):
-            raise self.error(f"attribute {key} is NaN")
-        if within is not None and not within[0] <= value <= within[1]:
-            raise self.error(f"attribute {key} is {value}, outside {within[0]}..{within[1]}")
-        return value
-
-    def string(self, attrs, key: str, default: str = "") -> str:
-        value = self.value(attrs, key, default)
-        if not isinstance(value, str):
-            raise self.error(f"attribute {key} is {_show(value)}, not text")
-        return value
-
-    def json(self, attrs, key: str, kind: type, default: str):
-        """A JSON attribute (an empty one reads as `default`) that must decode to a `kind`."""
-        text = self.string(attrs, key, default) or default
-        try:
-            value = json.loads(text)
-        except (ValueError, RecursionError):
-            raise self.error(f"attribute {key} is not JSON") from None
-        if not isinstance(value, kind):
-            raise self.error(f"attribute {key} is {_show(value)}, not a JSON {kind.__name__}")
-        return value
-
-    def confidence_model(self, handle) -> ConfidenceModel | None:
-        """The identity rule's confidence model (None in indexes of older versions), checked."""
-        if "confidence_model" not in self.members(handle, "identity"):
-            return None
-        data = self.dataset(handle, "identity/confidence_model", "int", (None,), ("uint8",))
-        if data.shape[0] > MAX_CONFIDENCE_MODEL_BYTES:
-            raise self.error(f"the stored confidence model is {data.shape[0]:,} bytes, more than a model can be")
-        try:
-            value = json.loads(bytes(data[()]).decode("utf-8"))
-            if not ConfidenceModel.readable(value):
-                log.info(f"{self.path}: the confidence model was fitted by another version of barcodetool: it is "
-                         f"fitted again from the stored leave-out searches (rebuild the index to store it)")
-                return None
-            return ConfidenceModel.from_json(value)
-        except (ValueError, RecursionError) as error:   # JSONDecodeError and UnicodeDecodeError are ValueErrors
-            raise self.error(f"the stored confidence model is unusable ({error})") from None
-
-    def candidates(self, attrs, key: str) -> tuple[int, ...]:
-        """(embedding, k-mer) numbers of identity candidates: two integers >= 0, not both 0."""
-        value = self.json(attrs, key, list, "[10, 10]")
-        if len(value) != 2 or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in value) \
-                or sum(value) == 0:
-            raise self.error(f"attribute {key} is {_show(value)}, not two numbers of candidates")
-        return tuple(value)
-
-
-def _check_attrs(check: _Checker, attrs: dict, n: int, dim: int) -> None:
-    """The root attributes that load() does not otherwise read, checked against the datasets."""
-    if "count" in attrs and check.integer(attrs, "count") != n:
-        raise check.error(f"attribute count is {int(attrs['count'])}, but /ids holds {n} records")
-    if "embedding_dim" in attrs and check.integer(attrs, "embedding_dim") != dim:
-        raise check.error(f"attribute embedding_dim is {int(attrs['embedding_dim'])}, but /embeddings has {dim} "
-                          "columns")
-    check.json(attrs, "tokenizer", dict, "{}")
-    for key in ("pooling", "dtype", "source", "created", "barcodetool_version"):
-        check.string(attrs, key)

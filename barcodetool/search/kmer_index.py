@@ -22,11 +22,43 @@ KMER_QUERY_STRIDE = 2
 KMER_FALLBACK_DF = 3000
 KMER_FALLBACK_BELOW = 0.1   # ... when fewer than this fraction of its k-mers are within KMER_MAX_DF
 KMER_COUNT_ELEMENTS = 1 << 22   # KmerIndex.search: queries x references shared-k-mer counts held at once
+# Postings are stored only for k-mers held by at most this many references: every search caps at KMER_MAX_DF or
+# KMER_FALLBACK_DF, so the commoner k-mers' postings (45% of all on 123k real barcodes) are never read.
+KMER_STORED_DF = KMER_FALLBACK_DF
+MAX_QUERY_KMERS = np.iinfo(np.int16).max   # k-mers of one query counted (int16 counts; ~32 kb of sequence)
+KMER_BUILD_CELLS = 1 << 22  # KmerIndex: bases (padded) whose k-mers are taken at once while building
+KMER_MOVE_POSTINGS = 1 << 22   # KmerIndex.extended: old postings moved to their new offsets at a time
 
 
 def _kept_share(q_of: np.ndarray, kept: np.ndarray, n: int) -> np.ndarray:
     """float [n]: per query, the share of its looked-up k-mers (one entry each in `q_of`) marked in `kept`."""
     return np.bincount(q_of[kept], minlength=n) / np.maximum(1, np.bincount(q_of, minlength=n))
+
+
+def _distinct_kmers(store: SequenceStore, k: int, cells: int):
+    """(rows int32, k-mers int32) of each sequence's distinct valid k-mers, in row order (k-mers ascending within
+    a row), for blocks of consecutive sequences whose padded matrix holds about `cells` bases (a few very long
+    records, such as whole mRNAs, must not widen a block of thousands)."""
+    c0 = 0
+    while c0 < len(store):
+        # the block's width is the longest of its sequences: grow it while rows x width fits (65,536 rows at most)
+        width = np.maximum.accumulate(store.lengths[c0:c0 + 65536].astype(np.int64))
+        rows_fit = np.flatnonzero(width * np.arange(1, len(width) + 1) > cells)
+        c1 = c0 + max(1, int(rows_fit[0]) if len(rows_fit) else len(width))
+        rows = np.arange(c0, c1)
+        c0 = c1
+        kmers = np.sort(kmer_codes(store.rows(rows), k), axis=1)        # [rows, width - k + 1], -1 first
+        fresh = kmers >= 0
+        fresh[:, 1:] &= kmers[:, 1:] != kmers[:, :-1]
+        r, c = np.nonzero(fresh)
+        yield rows[r].astype(np.int32), kmers[r, c]
+
+
+def _first_per_query(q_of: np.ndarray, at: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first `limit` pairs of each query (`q_of` sorted)."""
+    starts = np.searchsorted(q_of, q_of, side="left")
+    keep = np.arange(len(q_of)) - starts < limit
+    return q_of[keep], at[keep]
 
 
 def _sparse():
@@ -49,43 +81,136 @@ class KmerIndex:
 
     _matrix_lock = threading.Lock()
 
-    def __init__(self, store, k: int = KMER_K, *, chunk: int = 2048):
+    def __init__(self, store, k: int = KMER_K, *, max_stored_df: int | None = KMER_STORED_DF,
+                 cells: int = KMER_BUILD_CELLS):
+        """Index the distinct k-mers of `store` (a SequenceStore or a list of sequences). Postings are kept only
+        for k-mers held by at most `max_stored_df` references (None: all): no search uses the others, which are
+        ~45% of all postings on 123k real barcodes; their counts are kept (`df`)."""
         if not 4 <= k <= 15:
             raise UsageError(f"k must be 4 to 15, got {k}")
         store = as_store(store)
         self.k = k
         self.size = len(store)
-        keys = []
-        for c0 in range(0, len(store), chunk):
-            rows = np.arange(c0, min(len(store), c0 + chunk))
-            kmers = kmer_codes(store.rows(rows), k)                      # [rows, width - k + 1]
-            r, c = np.nonzero(kmers >= 0)
-            keys.append(np.unique((kmers[r, c].astype(np.int64) << 32) | rows[r]))
-        keys = np.concatenate(keys) if keys else np.zeros(0, dtype=np.int64)
-        keys.sort()
-        kmers = (keys >> 32).astype(np.int32)
-        self.refs = (keys & 0xFFFFFFFF).astype(np.int32)   # int32 [postings] reference rows, grouped by k-mer
-        self.kmers, self.starts, counts = np.unique(kmers, return_index=True, return_counts=True)
-        self.df = counts.astype(np.int32)                  # references holding each distinct k-mer
+        self.max_stored_df = None if max_stored_df is None else int(max_stored_df)
+        # Two passes over the sequences, memory bounded by the output: count each k-mer's references (a dense
+        # table of the 4^k k-mers), then place every stored posting at its k-mer's offset (a counting sort).
+        df = np.zeros(4 ** k, dtype=np.int64)
+        for _rows, values in _distinct_kmers(store, k, cells):
+            df += np.bincount(values, minlength=len(df))
+        self.kmers = np.flatnonzero(df).astype(np.int32)   # int32 [distinct k-mers], ascending
+        self.df = df[self.kmers].astype(np.int32)          # references holding each distinct k-mer
+        stored = df if self.max_stored_df is None else np.where(df <= self.max_stored_df, df, 0)
+        cursor = np.zeros(len(df), dtype=np.int64)          # next free posting of each k-mer
+        np.cumsum(stored[:-1], out=cursor[1:])
+        self.refs = np.empty(int(stored.sum()), dtype=np.int32)   # int32 [postings] reference rows, by k-mer
+        del df
+        for rows, values in _distinct_kmers(store, k, cells):
+            keep = stored[values] > 0
+            rows, values = rows[keep], values[keep]
+            if not len(values):                             # every k-mer of these rows is over max_stored_df
+                continue
+            order = np.argsort(values, kind="stable")       # by k-mer, rows ascending within each
+            values, rows = values[order], rows[order]
+            first = np.r_[True, values[1:] != values[:-1]]
+            run_start = np.flatnonzero(first)
+            rank = np.arange(len(values)) - np.repeat(run_start, np.diff(np.r_[run_start, len(values)]))
+            self.refs[cursor[values] + rank] = rows
+            cursor[values[run_start]] += np.diff(np.r_[run_start, len(values)])
         self._matrix = None
 
+    @property
+    def stored_df(self) -> np.ndarray:
+        """int32 [distinct k-mers]: the postings stored for each k-mer (its df, or 0 above max_stored_df)."""
+        if self.max_stored_df is None:
+            return self.df
+        return np.where(self.df <= self.max_stored_df, self.df, 0).astype(np.int32)
+
     @classmethod
-    def from_arrays(cls, k: int, size: int, kmers: np.ndarray, df: np.ndarray, refs: np.ndarray) -> KmerIndex:
-        """An index from its stored arrays (`kmers`, `df`, `refs` as built; `starts` is derived from `df`)."""
+    def from_arrays(cls, k: int, size: int, kmers: np.ndarray, df: np.ndarray, refs: np.ndarray,
+                    max_stored_df: int | None = None) -> KmerIndex:
+        """An index from its stored arrays (`kmers`, `df`, `refs` and `max_stored_df` as built)."""
         kmers = np.asarray(kmers, dtype=np.int32)
         df = np.asarray(df, dtype=np.int32)
         refs = np.asarray(refs, dtype=np.int32)
-        if not 4 <= k <= 15 or kmers.shape != df.shape or int(df.sum(dtype=np.int64)) != len(refs) \
-                or (len(refs) and (refs.min() < 0 or refs.max() >= size)) \
-                or (len(kmers) > 1 and (np.diff(kmers) <= 0).any()):
-            raise InputError("the stored k-mer index is inconsistent", fix="rebuild the reference index")
         index = cls.__new__(cls)
         index.k, index.size, index.kmers, index.df, index.refs = int(k), int(size), kmers, df, refs
+        index.max_stored_df = None if max_stored_df is None else int(max_stored_df)
         index._matrix = None
-        index.starts = np.zeros(len(df), dtype=np.int64)
-        if len(df) > 1:
-            np.cumsum(df[:-1], out=index.starts[1:])
+        if not 4 <= k <= 15 or kmers.shape != df.shape \
+                or int(index.stored_df.sum(dtype=np.int64)) != len(refs) \
+                or (len(refs) and (int(refs.min()) < 0 or int(refs.max()) >= size)) \
+                or (len(kmers) > 1 and (np.diff(kmers) <= 0).any()):
+            raise InputError("the stored k-mer index is inconsistent", fix="rebuild the reference index")
         return index
+
+    def extended(self, store, *, cells: int = KMER_BUILD_CELLS) -> KmerIndex:
+        """A new index of this one's sequences followed by those of `store` (a SequenceStore or a list of
+        sequences), which become rows size, size + 1, ...: equal, array for array, to the index built at once over
+        all of them with this index's k and max_stored_df, without reading the indexed sequences again.
+
+        Each k-mer's postings stay ascending (the new rows come after the old ones), and a k-mer whose count
+        passes max_stored_df with the new sequences loses its stored postings, as a build drops them. Memory: the
+        result, plus two tables of the 4^k k-mers (as in a build) and a bounded block of the old postings."""
+        store = as_store(store)
+        k, cap, base = self.k, self.max_stored_df, self.size
+        if base + len(store) >= 1 << 31:
+            raise UsageError("a k-mer index holds at most 2^31 - 1 sequences")
+        # 1. the new sequences' references per k-mer, and the merged k-mers and counts
+        added = np.zeros(4 ** k, dtype=np.int64)
+        for _rows, values in _distinct_kmers(store, k, cells):
+            added += np.bincount(values, minlength=len(added))
+        added_kmers = np.flatnonzero(added)
+        added_df = added[added_kmers]
+        del added
+        at = np.searchsorted(self.kmers, added_kmers)
+        known = np.zeros(len(added_kmers), dtype=bool)
+        inside = at < len(self.kmers)
+        known[inside] = self.kmers[at[inside]] == added_kmers[inside]
+        # the k-mers new to the index inserted in order (np.insert keeps equal positions in the order given)
+        kmers = np.insert(self.kmers, at[~known], added_kmers[~known].astype(np.int32)).astype(np.int32, copy=False)
+        at_old = np.searchsorted(kmers, self.kmers)
+        at_new = np.searchsorted(kmers, added_kmers)
+        old_df = np.zeros(len(kmers), dtype=np.int64)
+        old_df[at_old] = self.df
+        df = old_df.copy()
+        df[at_new] += added_df
+        stored = df if cap is None else np.where(df <= cap, df, 0)
+        offsets = np.zeros(len(kmers) + 1, dtype=np.int64)
+        np.cumsum(stored, out=offsets[1:])
+        refs = np.empty(int(offsets[-1]), dtype=np.int32)
+        # 2. the old postings of every k-mer still stored (all of them were: its count was lower), moved block by
+        # block to their new offsets
+        old_stored = self.stored_df.astype(np.int64)
+        old_offsets = np.zeros(len(self.kmers) + 1, dtype=np.int64)
+        np.cumsum(old_stored, out=old_offsets[1:])
+        keep = stored[at_old] > 0
+        shift = offsets[at_old] - old_offsets[:-1]
+        first = 0
+        while first < len(self.kmers):
+            last = int(np.searchsorted(old_offsets, old_offsets[first] + KMER_MOVE_POSTINGS, side="right")) - 1
+            last = min(len(self.kmers), max(last, first + 1))
+            p0, p1 = int(old_offsets[first]), int(old_offsets[last])
+            if p1 > p0:
+                counts = old_stored[first:last]
+                take = np.repeat(keep[first:last], counts)
+                target = np.arange(p0, p1) + np.repeat(shift[first:last], counts)
+                refs[target[take]] = self.refs[p0:p1][take]
+            first = last
+        # 3. the new postings after them (a counting sort as in __init__; -1: the k-mer's postings are not stored)
+        cursor = np.full(4 ** k, -1, dtype=np.int64)
+        kept = stored[at_new] > 0
+        cursor[added_kmers[kept]] = offsets[at_new[kept]] + old_df[at_new[kept]]
+        for rows, values in _distinct_kmers(store, k, cells):
+            use = cursor[values] >= 0
+            rows, values = rows[use] + base, values[use]
+            order = np.argsort(values, kind="stable")       # by k-mer, rows ascending within each
+            values, rows = values[order], rows[order]
+            run_start = np.flatnonzero(np.r_[True, values[1:] != values[:-1]]) if len(values) else values[:0]
+            run_length = np.diff(np.r_[run_start, len(values)])
+            rank = np.arange(len(values)) - np.repeat(run_start, run_length)
+            refs[cursor[values] + rank] = rows
+            cursor[values[run_start]] += run_length
+        return KmerIndex.from_arrays(k, base + len(store), kmers, df.astype(np.int32), refs, cap)
 
     def search(self, queries, n: int, *, max_df: int = KMER_MAX_DF, stride: int = 1,
                exclude: tuple[np.ndarray, np.ndarray] | None = None, batch: int = 64,
@@ -103,6 +228,10 @@ class KmerIndex:
         out_i = np.full((nq, n), -1, dtype=np.int64)
         if nq == 0 or self.size == 0 or len(self.kmers) == 0:
             return out_c, out_i
+        for cap in (max_df, fallback[0] if fallback is not None else None):
+            if cap is not None and self.max_stored_df is not None and cap > self.max_stored_df:
+                raise UsageError(f"max_df {cap} is above the {self.max_stored_df} up to which this k-mer index "
+                                 "stores postings")
         kk = min(n, self.size)
         batch = max(1, min(batch, KMER_COUNT_ELEMENTS // max(1, self.size)))   # bound the [batch, size] counts
         descending = np.arange(self.size - 1, -1, -1, dtype=np.int64)
@@ -114,15 +243,17 @@ class KmerIndex:
                 kept = _kept_share(q_of, keep, len(rows))
                 keep |= (kept[q_of] < fallback[1]) & (self.df[at] <= fallback[0])
             q_of, at = q_of[keep], at[keep]
+            if len(q_of) and np.bincount(q_of).max() > MAX_QUERY_KMERS:   # int16 counts: a query over 32 kb
+                q_of, at = _first_per_query(q_of, at, MAX_QUERY_KMERS)
             # [rows, kmers] x [kmers, size] sparse product: shared kept k-mers of each query and reference.
             # The (q_of, at) pairs come sorted by query, then k-mer: the CSR layout, built directly with the
             # postings' index type (mixed types would make scipy copy the postings on every product).
             matrix = self.matrix()
             indptr = np.zeros(len(rows) + 1, dtype=matrix.indptr.dtype)
             np.cumsum(np.bincount(q_of, minlength=len(rows)), out=indptr[1:])
-            chosen = _sparse().csr_array((np.ones(len(at), dtype=np.int32), at.astype(matrix.indices.dtype),
+            chosen = _sparse().csr_array((np.ones(len(at), dtype=matrix.dtype), at.astype(matrix.indices.dtype),
                                           indptr), shape=(len(rows), len(self.kmers)))
-            counts = (chosen @ matrix).toarray()                                          # int32 [rows, size]
+            counts = (chosen @ matrix).toarray()                                          # int16 [rows, size]
             if exclude is not None:
                 query_groups, ref_groups = exclude
                 counts[np.asarray(query_groups)[rows][:, None] == np.asarray(ref_groups)[None, :]] = 0
@@ -131,7 +262,7 @@ class KmerIndex:
             key *= self.size
             key += descending
             top = largest_columns(key, kk)
-            top_c = np.take_along_axis(counts, top, axis=1)
+            top_c = np.take_along_axis(counts, top, axis=1).astype(np.int32)
             order = np.lexsort((top, -top_c), axis=1)
             top, top_c = np.take_along_axis(top, order, axis=1), np.take_along_axis(top_c, order, axis=1)
             out_c[rows, :kk] = top_c
@@ -139,13 +270,14 @@ class KmerIndex:
         return out_c, out_i
 
     def matrix(self):
-        """The postings as a sparse int32 [kmers, size] matrix of ones (built once, on first use)."""
+        """The stored postings as a sparse int16 [kmers, size] matrix of ones (built once, on first use; 2 bytes a
+        posting besides the postings themselves: int16 counts hold any query's shared k-mers)."""
         with self._matrix_lock:
             if self._matrix is None:
                 # int32 offsets where they fit: with int64 ones scipy would copy the postings to int64 too
                 indptr = np.zeros(len(self.df) + 1, dtype=np.int32 if len(self.refs) < 2 ** 31 else np.int64)
-                np.cumsum(self.df, out=indptr[1:])
-                self._matrix = _sparse().csr_array((np.ones(len(self.refs), dtype=np.int32), self.refs, indptr),
+                np.cumsum(self.stored_df, out=indptr[1:])
+                self._matrix = _sparse().csr_array((np.ones(len(self.refs), dtype=np.int16), self.refs, indptr),
                                                    shape=(len(self.kmers), self.size))
             return self._matrix
 

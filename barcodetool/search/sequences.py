@@ -65,6 +65,21 @@ class SequenceStore:
                              fix="give cleaned sequences (ACGT and IUPAC codes)")
         return cls(flat, starts, lengths)
 
+    @classmethod
+    def concatenate(cls, stores: Sequence[SequenceStore]) -> SequenceStore:
+        """One store holding the rows of `stores`, in order."""
+        if not stores:
+            return cls(np.zeros(0, dtype=np.uint8), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int32))
+        if len(stores) == 1:
+            return stores[0]
+        lengths = np.concatenate([store.lengths for store in stores]).astype(np.int32)
+        starts = np.zeros(len(lengths), dtype=np.int64)
+        if len(lengths) > 1:
+            np.cumsum(lengths[:-1], out=starts[1:])
+        flat = np.concatenate([store.flat[int(store.starts[0]):int(store.starts[-1] + store.lengths[-1])]
+                               if len(store) else store.flat[:0] for store in stores])
+        return cls(flat, starts, lengths)
+
     def __len__(self) -> int:
         return len(self.lengths)
 
