@@ -438,3 +438,20 @@ def test_two_indels_rank_as_the_aligner_ranks(barcodes, which, first, second, ga
     assert default_score[0, 0] == pytest.approx(aligned_score[0, 0], abs=0.005)
     if abs(aligned_score[0, 0] - aligned_score[0, 1]) > 0.01:
         assert default_idx[0, 0] == aligned_idx[0, 0]
+
+
+def test_kmer_index_stores_postings_only_up_to_its_cap(barcodes):
+    """Postings of k-mers held by more than max_stored_df references are not stored (their counts are): a search
+    that caps at or below it gives what the complete index gives, and one above it is refused."""
+    references = barcodes[:20] + [substitute(barcodes[3], 5 + i) for i in range(6)]
+    complete, capped = KmerIndex(references, max_stored_df=None), KmerIndex(references, max_stored_df=4)
+    assert np.array_equal(complete.df, capped.df) and len(capped.refs) < len(complete.refs)
+    queries = [substitute(barcodes[3], 40), barcodes[17][20:], substitute(barcodes[8], 30)]
+    for max_df in (1, 2, 4):
+        assert np.array_equal(complete.search(queries, 5, max_df=max_df)[1],
+                              capped.search(queries, 5, max_df=max_df)[1])
+    with pytest.raises(UsageError, match="stores postings"):
+        capped.search(queries, 5, max_df=5)
+    # an index none of whose k-mers passes its cap is complete: any cap may be searched
+    assert np.array_equal(KmerIndex(references[:3], max_stored_df=4).search(queries, 2, max_df=100)[1],
+                          KmerIndex(references[:3], max_stored_df=None).search(queries, 2, max_df=100)[1])

@@ -20,14 +20,15 @@ once their relative offset is known; only their ends differ (primers, trimming).
    indel run, the usual case for COI pairs that have any (codon indels; 1-base sequencing errors near the ends).
 4. **Suspect pairs.** A pair whose final alignment holds a 40-column stretch below 40 % identity (no better
    than unrelated sequence: more than one indel, or a chance anchor) is marked `suspect`; with
-   `fallback="align"` it is aligned with Biopython's PairwiseAligner instead (`aligned_identity`, ~5 ms a pair).
+   `fallback="align"` it is aligned instead (`_align_pairs`: Biopython PairwiseAligner's alignment, computed for
+   many pairs at once by the banded aligner around the pair's anchored offsets, `banded.banded_identity`, ~0.2 ms
+   a pair; by PairwiseAligner itself, `aligned_identity`, ~5-10 ms a pair, where the band cannot be trusted).
    Pairs without enough anchors (roughly below 70-75 % identity) get identity 0 and overlap 0, or are aligned
-   with `fallback="align"`; for species, genus and BIN decisions they are irrelevant anyway.
+   (by PairwiseAligner) with `fallback="align"`; for species, genus and BIN decisions they are irrelevant anyway.
 5. **Deciding realignment.** `score_candidates`, `rerank`, `neighbour_pairs` and `identity_graph_cluster`
-   (`realign="deciding"`, the default) align with PairwiseAligner only the approximate pairs (suspect, or
-   anchorless sharing an anchor) whose ceiling (`PairIdentity.ceiling`: misaligned stretches counted as matches)
-   could make them the query's best candidate, or put them within the clustering threshold; `realign="none"`
-   keeps the approximation.
+   (`realign="deciding"`, the default) align only the approximate pairs (suspect, or anchorless sharing an
+   anchor) whose ceiling (`PairIdentity.ceiling`: misaligned stretches counted as matches) could make them the
+   query's best candidate, or put them within the clustering threshold; `realign="none"` keeps the approximation.
 
 Against PairwiseAligner on 3,000 real query/candidate pairs the default mode is within 0.5 identity points for
 99.3-99.6 % of pairs (mean absolute error 0.0001-0.0005) at ~20-30 us a pair when a query meets N candidates.
@@ -53,12 +54,14 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..errors import UsageError
-from .sequences import IS_BASE, LETTERS, SequenceStore, as_store, encode, kmer_codes
+from .banded import IUPAC_MODES, _column_scores, _comparable, aligned_identity, banded_identity
+from .sequences import SequenceStore, as_store, kmer_codes
 
 ANCHOR_K = 10               # anchor k-mer length (2 bits a base: fits int32)
 ANCHOR_STRIDE = 2           # k-mers of the second sequence looked up at every `stride`-th position
 MIN_VOTES = 2               # anchors needed to accept an offset
 INDEL_NEAR = 30             # a second offset this close to the best one needs a single vote to try an indel
+BAND_VOTES = 4              # an offset this voted widens the alignment band wherever it is (MIN_VOTES: if near)
 MISALIGNED_BLOCK = 20       # two consecutive blocks of this many columns ...
 MISALIGNED_FLOOR = 0.4      # ... below this identity mark an alignment as suspect (an unmodelled indel)
 DEFAULT_COVERAGE = 0.7      # rerank: references covering less of the query than this are scaled down
@@ -68,7 +71,7 @@ DEFAULT_COVERAGE = 0.7      # rerank: references covering less of the query than
 # 93.2% -> 97.4%).
 BARCODE_REGION = 658
 # realign="deciding" (score_candidates, rerank, neighbour_pairs, identity_graph_cluster): an approximate pair
-# (PairIdentity.approximate) is aligned with PairwiseAligner when its ceiling could decide: within REALIGN_MARGIN
+# (PairIdentity.approximate) is aligned (_align_pairs) when its ceiling could decide: within REALIGN_MARGIN
 # of the best score among the query's other candidates (or of the clustering threshold)
 REALIGN_MODES = ("deciding", "none")
 REALIGN_MARGIN = 0.02       # measured: an alignment exceeds the ceiling by 0.013 at most (coi_extra, BCDM sample)
@@ -77,7 +80,10 @@ CEILING_BLOCK_FLOOR = 0.7   # a suspect pair's ceiling counts the mismatches of 
 ANCHORLESS_CEILING = 0.8    # under MIN_VOTES anchors: below ~70-75 % identity (module docstring), with a margin
 MAX_COMPONENT = 20_000      # identity_graph_cluster: largest linked group clustered exactly (m^2 / 2 pairs)
 PAIR_BLOCK = 2048           # pairs processed at once (memory ~ PAIR_BLOCK x longest sequence x 40 B)
-IUPAC_MODES = ("ignore", "compatible")
+# _align_pairs: fewer anchored pairs than this go to PairwiseAligner (~5-10 ms a pair) one by one: the banded
+# aligner's fixed cost (~30 numpy calls a row of `a`) is ~20 ms a call (measured)
+MIN_BANDED_PAIRS = 4
+REANCHOR_K = 7              # _align_pairs: k-mers that anchor a pair again when its two anchors were chance hits
 FALLBACKS = ("none", "two-offset", "align")
 
 # ============================================================================================ anchoring
@@ -87,6 +93,29 @@ class _Offsets:
     votes: np.ndarray         # int64 [pairs] its votes
     second: np.ndarray        # int64 [pairs] the next most voted offset
     second_votes: np.ndarray  # int64 [pairs] its votes (0 = none)
+    hit_pair: np.ndarray      # int64 [anchor hits] pair of each shared k-mer (ascending) ...
+    hit_offset: np.ndarray    # int64 [anchor hits] ... and its offset
+
+    def band(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(low, high) int64 [len(rows)]: the smallest and largest supported offsets of pairs `rows` (the best one;
+        MIN_VOTES votes within INDEL_NEAR of it; BAND_VOTES anywhere: a large indel), the band an alignment of the
+        pair needs (banded.banded_identity)."""
+        low, high = self.best[rows].copy(), self.best[rows].copy()
+        first = np.searchsorted(self.hit_pair, rows)
+        count = np.searchsorted(self.hit_pair, rows, side="right") - first
+        if count.sum() == 0:
+            return low, high
+        slot = np.repeat(np.arange(len(rows)), count)
+        at = np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count) + np.repeat(first, count)
+        offset = self.hit_offset[at]
+        base, span = int(offset.min()), int(offset.max() - offset.min()) + 1
+        keys, votes = np.unique(slot * span + offset - base, return_counts=True)     # votes of (pair, offset)
+        slot, offset = keys // span, keys % span + base
+        near = np.abs(offset - self.best[rows][slot]) <= INDEL_NEAR
+        keep = ((votes >= MIN_VOTES) & near) | (votes >= BAND_VOTES)
+        np.minimum.at(low, slot[keep], offset[keep])
+        np.maximum.at(high, slot[keep], offset[keep])
+        return low, high
 
 
 def _offsets(a_codes: np.ndarray, a_of_pair: np.ndarray, b_codes: np.ndarray, k: int, stride: int) -> _Offsets:
@@ -109,8 +138,9 @@ def _offsets(a_codes: np.ndarray, a_of_pair: np.ndarray, b_codes: np.ndarray, k:
     b_kmers = kmer_codes(b_codes, k, stride)                                    # [n_pairs, P]
     flat = b_kmers.ravel()
     where = np.flatnonzero(flat >= 0)
+    none = np.zeros(0, dtype=np.int64)
     if len(keys) == 0 or len(where) == 0:
-        return _Offsets(zero, zero.copy(), zero.copy(), zero.copy())
+        return _Offsets(zero, zero.copy(), zero.copy(), zero.copy(), none, none)
     pair = where // b_kmers.shape[1]
     lookup = (a_of_pair[pair].astype(np.int64) << (2 * k)) | flat[where].astype(np.int64)
     at = np.minimum(np.searchsorted(keys, lookup), len(keys) - 1)
@@ -118,7 +148,7 @@ def _offsets(a_codes: np.ndarray, a_of_pair: np.ndarray, b_codes: np.ndarray, k:
     pair = pair[hit]
     diff = (where[hit] % b_kmers.shape[1]) * stride - pos_a[at[hit]]      # d = pos_b - pos_a
     if len(diff) == 0:
-        return _Offsets(zero, zero.copy(), zero.copy(), zero.copy())
+        return _Offsets(zero, zero.copy(), zero.copy(), zero.copy(), none, none)
     low = int(diff.min())
     span = int(diff.max()) - low + 1
     # votes of each (pair, offset) in a dense [pairs, span] table; the two most voted offsets of each pair
@@ -131,24 +161,10 @@ def _offsets(a_codes: np.ndarray, a_of_pair: np.ndarray, b_codes: np.ndarray, k:
     second_votes = table[rows, runner]
     best = np.where(votes > 0, top + low, 0)
     second = np.where(second_votes > 0, runner + low, 0)
-    return _Offsets(best, votes, second, second_votes)
+    return _Offsets(best, votes, second, second_votes, pair, diff)
 
 
 # ============================================================================================ identity
-_STRICT = np.where(IS_BASE, np.arange(16), 0).astype(np.uint8)   # ambiguity codes -> 0 (left out)
-
-
-def _comparable(codes: np.ndarray, iupac: str) -> np.ndarray:
-    """Codes for column comparison: match = (a & b) != 0, compared = both != 0. With `ignore`, ambiguity codes
-    become 0 (never compared); with `compatible` they stay bit masks (a match when they share a base)."""
-    return _STRICT[codes] if iupac == "ignore" else codes
-
-
-def _column_scores(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(match, compared) bool arrays of comparable code arrays `a`, `b` (0 = not compared)."""
-    return (a & b) != 0, (a != 0) & (b != 0)
-
-
 def _shifted(b_codes: np.ndarray, offsets: np.ndarray, width_a: int) -> np.ndarray:
     """uint8 [pairs, width_a]: b[i + d] for each column i of a (0 outside b); d in [-width_a, width_b]."""
     n, width_b = b_codes.shape
@@ -246,22 +262,31 @@ class PairIdentity:
     overlap: np.ndarray    # int32 columns: compared columns (+ internal gap columns)
     offset: np.ndarray     # int32 best anchor offset d1 (a[i] ~ b[i + d1])
     votes: np.ndarray      # int32 anchors voting for d1
-    method: np.ndarray     # uint8 0 = no anchor, 1 = gap-free, 2 = two-offset (indel), 3 = PairwiseAligner
+    method: np.ndarray     # uint8 0 = no anchor, 1 = gap-free, 2 = two-offset (indel), 3 = aligned
     suspect: np.ndarray    # bool: a 40-column stretch looks unrelated (several indels?): identity approximate
     # What an alignment of the pair might reach (for `realign`): the identity and overlap themselves, except for
     # suspect pairs (mismatches of their misaligned stretches counted as matches) and anchorless pairs sharing an
     # anchor k-mer (ANCHORLESS_CEILING over the shorter sequence's length)
     ceiling: np.ndarray          # float32
     ceiling_overlap: np.ndarray  # int32
+    # The anchored offsets an alignment's band must cover (banded.banded_identity): the smallest and largest of
+    # the best offset, a second one within INDEL_NEAR and, for suspect pairs, the supported ones (_Offsets.band);
+    # meaningless where votes < MIN_VOTES
+    band_low: np.ndarray         # int32
+    band_high: np.ndarray        # int32
+
+    FIELDS = ("identity", "overlap", "offset", "votes", "method", "suspect", "ceiling", "ceiling_overlap",
+              "band_low", "band_high")
 
     @classmethod
     def empty(cls, n: int) -> PairIdentity:
         return cls(np.zeros(n, dtype=np.float32), np.zeros(n, dtype=np.int32), np.zeros(n, dtype=np.int32),
                    np.zeros(n, dtype=np.int32), np.zeros(n, dtype=np.uint8), np.zeros(n, dtype=bool),
-                   np.zeros(n, dtype=np.float32), np.zeros(n, dtype=np.int32))
+                   np.zeros(n, dtype=np.float32), np.zeros(n, dtype=np.int32), np.zeros(n, dtype=np.int32),
+                   np.zeros(n, dtype=np.int32))
 
     def put(self, where: np.ndarray, part: PairIdentity) -> None:
-        for name in ("identity", "overlap", "offset", "votes", "method", "suspect", "ceiling", "ceiling_overlap"):
+        for name in self.FIELDS:
             getattr(self, name)[where] = getattr(part, name)
 
     def approximate(self) -> np.ndarray:
@@ -353,15 +378,20 @@ def _pair_block(a_store: SequenceStore, a_idx: np.ndarray, b_store: SequenceStor
     ceiling = np.where(anchored, ceiling, np.where(found.votes >= 1, ANCHORLESS_CEILING, 0.0))
     columns = np.where(anchored, columns, 0)
     ceiling_overlap = np.where(anchored, columns, np.where(found.votes >= 1, shorter, 0))
+    # the band an alignment needs: the supported offsets (of suspect pairs: the others are exact), and a second
+    # offset near the best one with one vote
+    band_low, band_high = found.best.copy(), found.best.copy()
+    if suspect.any():
+        band_low[suspect], band_high[suspect] = found.band(np.flatnonzero(suspect))
+    near = (found.second_votes >= 1) & (np.abs(found.second - found.best) <= INDEL_NEAR)
+    band_low = np.where(near, np.minimum(band_low, found.second), band_low)
+    band_high = np.where(near, np.maximum(band_high, found.second), band_high)
+    out = PairIdentity(identity.astype(np.float32), columns.astype(np.int32), found.best.astype(np.int32),
+                       found.votes.astype(np.int32), method, suspect, ceiling.astype(np.float32),
+                       ceiling_overlap.astype(np.int32), band_low.astype(np.int32), band_high.astype(np.int32))
     if fallback == "align":
-        for p in np.flatnonzero(~anchored | suspect):
-            ident, cols = aligned_identity(a_store.sequence(int(a_idx[p])), b_store.sequence(int(b_idx[p])),
-                                           iupac=iupac, detail=True)
-            identity[p], columns[p], method[p], suspect[p] = ident, cols, 3, False
-            ceiling[p], ceiling_overlap[p] = ident, cols
-    return PairIdentity(identity.astype(np.float32), columns.astype(np.int32), found.best.astype(np.int32),
-                        found.votes.astype(np.int32), method, suspect, ceiling.astype(np.float32),
-                        ceiling_overlap.astype(np.int32))
+        _align_pairs(a_store, a_idx, b_store, b_idx, out, np.flatnonzero(~anchored | suspect), iupac)
+    return out
 
 
 def anchored_identity(query: str, candidates: Sequence[str] | SequenceStore, **options) -> np.ndarray:
@@ -428,8 +458,9 @@ def score_candidates(queries, ref_store, candidate_idx: np.ndarray, *, coverage:
     (not re-ranked; -1 slots get -inf, -inf, 0). A (query, reference) pair repeated in a row is computed once.
 
     realign: "deciding" (default): an approximate pair (suspect: two indels or more; or anchorless but sharing an
-    anchor k-mer) whose ceiling could make it the query's best candidate (`realign_deciding`) is aligned with
-    PairwiseAligner, so that the top hit matches an alignment's; "none": pair_identity's values as they are.
+    anchor k-mer) whose ceiling could make it the query's best candidate (`realign_deciding`) is aligned
+    (PairwiseAligner's alignment, `_align_pairs`), so that the top hit matches an alignment's; "none":
+    pair_identity's values as they are.
     Other options go to pair_identity (fallback="align" aligns every approximate pair instead)."""
     queries, ref_store = as_store(queries), as_store(ref_store)
     candidate_idx = np.asarray(candidate_idx, dtype=np.int64)
@@ -461,7 +492,7 @@ def score_candidates(queries, ref_store, candidate_idx: np.ndarray, *, coverage:
 
 def realign_deciding(queries: SequenceStore, q_idx: np.ndarray, ref_store: SequenceStore, r_idx: np.ndarray,
                      result: PairIdentity, *, coverage: float = DEFAULT_COVERAGE, iupac: str = "ignore") -> int:
-    """Align with PairwiseAligner (in place in `result`) the approximate pairs (PairIdentity.approximate) of
+    """Align (`_align_pairs`, in place in `result`) the approximate pairs (PairIdentity.approximate) of
     (queries[q_idx[p]], ref_store[r_idx[p]]) that could decide their query: those whose ceiling (`ceiling`,
     `ceiling_overlap`, as a coverage_score) comes within REALIGN_MARGIN of the best score of the query's
     reliable pairs (exact ones, and those aligned here). Rounds: each query's highest ceiling first, so that an
@@ -493,17 +524,54 @@ def realign_deciding(queries: SequenceStore, q_idx: np.ndarray, ref_store: Seque
 
 def _align_pairs(a_store: SequenceStore, a_idx: np.ndarray, b_store: SequenceStore, b_idx: np.ndarray,
                  result: PairIdentity, which: np.ndarray, iupac: str) -> None:
-    """Align the pairs `which` with PairwiseAligner (aligned_identity), in place in `result`."""
-    for p in np.asarray(which, dtype=np.int64).tolist():
+    """Align the pairs `which` as PairwiseAligner does, in place in `result` (method 3): those with anchors
+    (votes >= MIN_VOTES), when there are at least MIN_BANDED_PAIRS, with the banded aligner around their anchored
+    offsets (`banded.banded_identity`: the same scores, choices and identity, many pairs at once); the others,
+    and those the band cannot be trusted for, with PairwiseAligner itself (`aligned_identity`)."""
+    which = np.asarray(which, dtype=np.int64)
+    a_idx = np.asarray(a_idx, dtype=np.int64)
+    b_idx = np.asarray(b_idx, dtype=np.int64)
+    banded = which[result.votes[which] >= MIN_VOTES]
+    rest = which[result.votes[which] < MIN_VOTES]
+    if len(banded) >= MIN_BANDED_PAIRS:
+        got = banded_identity(a_store, a_idx[banded], b_store, b_idx[banded], result.band_low[banded],
+                              result.band_high[banded], iupac=iupac)
+        weak = np.flatnonzero(got.ok & ~got.in_band & (result.votes[banded] <= MIN_VOTES))
+        if len(weak):
+            _anchor_again(a_store, a_idx[banded[weak]], b_store, b_idx[banded[weak]], got, weak, iupac)
+        done = banded[got.ok]
+        _set_aligned(result, done, got.identity[got.ok], got.columns[got.ok])
+        rest = np.concatenate([rest, banded[~got.ok]])
+    else:
+        rest = np.concatenate([rest, banded])
+    for p in np.sort(rest).tolist():
         ident, cols = aligned_identity(a_store.sequence(int(a_idx[p])), b_store.sequence(int(b_idx[p])),
                                        iupac=iupac, detail=True)
-        result.identity[p], result.overlap[p], result.method[p], result.suspect[p] = ident, cols, 3, False
-        result.ceiling[p], result.ceiling_overlap[p] = ident, cols
+        _set_aligned(result, np.array([p]), np.array([ident]), np.array([cols]))
+
+
+def _anchor_again(a_store, a_idx, b_store, b_idx, got, where: np.ndarray, iupac: str) -> None:
+    """Pairs anchored by two votes (one 12-base match can be chance) whose band held nothing better than sliding off
+    the ends: anchored again with REANCHOR_K-mers at every position and aligned around that offset; kept (in the
+    banded results `got`, at `where`) where that scores higher."""
+    found = _offsets(a_store.rows(a_idx), np.arange(len(a_idx)), b_store.rows(b_idx), REANCHOR_K, 1)
+    keep = found.votes >= MIN_VOTES
+    again = banded_identity(a_store, a_idx[keep], b_store, b_idx[keep], found.best[keep], found.best[keep],
+                            iupac=iupac)
+    higher = again.score > got.score[where[keep]]
+    for name in ("identity", "columns", "score", "ok"):
+        getattr(got, name)[where[keep][higher]] = getattr(again, name)[higher]
+
+
+def _set_aligned(result: PairIdentity, where: np.ndarray, identity: np.ndarray, columns: np.ndarray) -> None:
+    result.identity[where], result.overlap[where] = identity, columns
+    result.method[where], result.suspect[where] = 3, False
+    result.ceiling[where], result.ceiling_overlap[where] = identity, columns
 
 
 def realign_above(a_store, a_idx: np.ndarray, b_store, b_idx: np.ndarray, result: PairIdentity,
                   above: float, *, iupac: str = "ignore") -> int:
-    """Align with PairwiseAligner (in place in `result`) the approximate pairs whose ceiling identity reaches
+    """Align (`_align_pairs`, in place in `result`) the approximate pairs whose ceiling identity reaches
     `above` - REALIGN_MARGIN (those that could be within a clustering threshold). Returns their number."""
     which = np.flatnonzero(result.approximate() & (result.ceiling + REALIGN_MARGIN >= above))
     if len(which):
@@ -524,71 +592,6 @@ def rank_scored(candidate_idx: np.ndarray, score: np.ndarray, *others: np.ndarra
     return tuple(out + [np.take_along_axis(x, order, axis=1) for x in others])
 
 
-# ============================================================================================ alignment
-_ALIGNER = None
-
-
-def _aligner():
-    """Global alignment with free end gaps; VSEARCH-like scores (match 2, mismatch -4, gap 20 + 2/base);
-    ambiguity codes score 0 against anything."""
-    global _ALIGNER
-    if _ALIGNER is None:
-        from Bio.Align import PairwiseAligner, substitution_matrices
-
-        letters = "ACGTRYSWKMBDHVN"
-        matrix = substitution_matrices.Array(alphabet=letters, dims=2)
-        for x in letters:
-            for y in letters:
-                if x in "ACGT" and y in "ACGT":
-                    matrix[x, y] = 2.0 if x == y else -4.0
-                else:
-                    matrix[x, y] = 0.0
-        aligner = PairwiseAligner(mode="global", substitution_matrix=matrix, open_gap_score=-22.0,
-                                  extend_gap_score=-2.0)
-        aligner.end_gap_score = 0.0
-        _ALIGNER = aligner
-    return _ALIGNER
-
-
-def aligned_identity(a: str, b: str, *, iupac: str = "ignore", detail: bool = False):
-    """Identity of the best global alignment of `a` and `b` with free end gaps (Biopython PairwiseAligner).
-
-    identity = matching columns / (compared columns + internal gap columns); end gaps are not counted and
-    ambiguity codes follow `iupac` as in `pair_identity`. This is the reference the anchored identity is measured
-    against, and the `fallback="align"` path. ~5-15 ms for two 658 bp barcodes. With `detail`, returns
-    (identity, columns).
-    """
-    if iupac not in IUPAC_MODES:
-        raise UsageError(f"iupac must be one of {', '.join(IUPAC_MODES)}, got {iupac!r}")
-    ca, cb = encode(a), encode(b)
-    if len(ca) == 0 or len(cb) == 0:
-        return (0.0, 0) if detail else 0.0
-    letters_a = LETTERS[ca].tobytes().decode("ascii")      # U -> T, lower -> upper
-    letters_b = LETTERS[cb].tobytes().decode("ascii")
-    alignment = _aligner().align(letters_a, letters_b)[0]
-    coordinates = alignment.coordinates                    # [2, m] breakpoints of gap-free blocks and gaps
-    matches = compared = gaps = 0
-    blocks = []
-    for s in range(coordinates.shape[1] - 1):
-        a0, a1 = int(coordinates[0, s]), int(coordinates[0, s + 1])
-        b0, b1 = int(coordinates[1, s]), int(coordinates[1, s + 1])
-        blocks.append((a0, a1, b0, b1))
-    aligned = [i for i, (a0, a1, b0, b1) in enumerate(blocks) if a1 > a0 and b1 > b0]
-    if not aligned:
-        return (0.0, 0) if detail else 0.0
-    for i in range(aligned[0], aligned[-1] + 1):
-        a0, a1, b0, b1 = blocks[i]
-        if a1 > a0 and b1 > b0:
-            m, c = _column_scores(_comparable(ca[a0:a1], iupac), _comparable(cb[b0:b1], iupac))
-            matches += int(m.sum())
-            compared += int(c.sum())
-        else:
-            gaps += max(a1 - a0, b1 - b0)
-    columns = compared + gaps
-    identity = matches / columns if columns else 0.0
-    return (identity, columns) if detail else identity
-
-
 # ============================================================================================ clustering
 def identity_graph_cluster(store, neighbours: np.ndarray, threshold: float, *, iupac: str = "ignore",
                            pairs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
@@ -604,7 +607,7 @@ def identity_graph_cluster(store, neighbours: np.ndarray, threshold: float, *, i
     Cost: all m (m - 1) / 2 pairs of each component of m members (COI BINs at 3 %: components of at most a few
     hundred); a component larger than `max_component` raises UsageError (lower the threshold).
     realign: "deciding" (default): approximate pairs (two indels or more) whose ceiling could be within the
-    threshold are aligned with PairwiseAligner (`realign_above`); "none": left as pair_identity gives them.
+    threshold are aligned (`realign_above`); "none": left as pair_identity gives them.
     Returns int64 [n] cluster numbers 0.. in order of first member.
     """
     from scipy.cluster.hierarchy import fcluster, linkage
@@ -658,7 +661,7 @@ def neighbour_pairs(store, neighbours: np.ndarray, *, realign: str = "deciding",
                     realign_at: float = CLUSTER_REALIGN_ABOVE, **options) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(i, j, identity) of the distinct undirected candidate edges i < j of a k-NN table [n, k] (-1 = none).
     realign: "deciding" (default): approximate pairs whose ceiling reaches `realign_at` (within REALIGN_MARGIN)
-    are aligned with PairwiseAligner (`realign_above`); "none": pair_identity's values."""
+    are aligned (`realign_above`); "none": pair_identity's values."""
     if realign not in REALIGN_MODES:
         raise UsageError(f"realign must be one of {', '.join(REALIGN_MODES)}, got {realign!r}")
     store = as_store(store)

@@ -229,7 +229,8 @@ class KmerIndex:
         if nq == 0 or self.size == 0 or len(self.kmers) == 0:
             return out_c, out_i
         for cap in (max_df, fallback[0] if fallback is not None else None):
-            if cap is not None and self.max_stored_df is not None and cap > self.max_stored_df:
+            if cap is not None and self.max_stored_df is not None and cap > self.max_stored_df \
+                    and bool((self.df > self.max_stored_df).any()):      # some postings were not stored
                 raise UsageError(f"max_df {cap} is above the {self.max_stored_df} up to which this k-mer index "
                                  "stores postings")
         kk = min(n, self.size)
