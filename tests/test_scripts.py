@@ -16,6 +16,7 @@ import gzip
 import importlib
 import importlib.util
 import json
+import os
 import runpy
 import shutil
 import subprocess
@@ -122,6 +123,20 @@ def test_reference_scale(run_main):
     assert search["case"] == "search" and search["n_ref"] == 3000 and search["queries_per_s"] > 0
     clusters = json.loads(run_main(script, "cluster", "--n", 300, "--dim", 16, "--threads", 1))
     assert clusters["case"] == "cluster" and clusters["n"] == 300 and clusters["clusters"] > 1
+
+
+@pytest.mark.skipif(shutil.which("vsearch") is None or not os.access("/usr/bin/time", os.X_OK),
+                    reason="needs vsearch and /usr/bin/time")
+def test_large_reference(run_main, tmp_path):
+    """The large-reference benchmark end to end on the sample (its test_unseen records as queries)."""
+    out = tmp_path / "large.json"
+    printed = run_main(BENCHMARKS / "large_reference.py", SAMPLE, "--threads", 1, "--repeats", 1,
+                       "--workdir", tmp_path / "work", "--json", out)
+    result = json.loads(out.read_text())
+    queries = {r.sequence for r in read_barcodes(SAMPLE) if r.split == "test_unseen"}
+    assert result["queries"] == len(queries) and result["build"]["peak_mib"] > 0
+    assert result["barcodetool"]["median_s"] > 0 and result["vsearch"]["median_s"] > 0
+    assert 0 <= result["accuracy"]["genus_precision"] <= 1 and "| `reference build` |" in printed
 
 
 def test_gpu_scripts_on_the_cpu(run_main):
