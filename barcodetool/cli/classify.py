@@ -120,8 +120,8 @@ def _index_and_model(obj: Context, reference: str, model_name: str, options: Cla
 
 
 def _load_index_for_search(path: str, method: str) -> ReferenceIndex:
-    """A built index, with what the identity search needs loaded (the k-mer postings as a sparse matrix)."""
+    """A built index, with what the identity search needs loaded (the k-mer postings and their offsets)."""
     index = ReferenceIndex.load(path)
     if method == "identity":
-        index.identity.kmer.matrix()
+        index.identity.kmer.offsets()
     return index
