@@ -30,8 +30,9 @@ log = logging.getLogger("barcodetool")
 
 # Part of the cache key of indexes built from tables: raised when the same inputs would now give another index
 # (2: calibration with embedding only below --embed-below, coverage over the barcode region; 3: the identity rule's
-# confidence model), so that a cached index made by older code is rebuilt instead of recalibrated on every run.
-CACHE_GENERATION = 3
+# confidence model; 4: postings stored up to a cap, calibration realigned by the banded aligner), so that a cached
+# index made by older code is rebuilt instead of recalibrated on every run.
+CACHE_GENERATION = 4
 
 # Called with the number of sequences of each embedded batch. A progress callable may also carry a `set_total(n)`
 # attribute: build_reference calls it with the number of distinct sequences to embed once it knows it.
@@ -85,9 +86,9 @@ def build_reference(records: Iterable, model, options: BuildOptions | None = Non
     `options`. Identical sequences are embedded once. Embeddings are stored L2-normalised. `source` is recorded in
     the index; errors name `display` (the path as given), or `source` without it.
 
-    Records are streamed: each distinct sequence is held once, encoded (a byte a base), and embedded as soon as
+    Records are streamed: each distinct sequence is held once, encoded (half a byte a base), and embedded as soon as
     `chunk_records` of them are waiting; labels are kept as codes. Memory grows with the distinct sequences
-    (~1 byte a base, the embeddings, a 16-byte digest each), not with Python strings of every record.
+    (half a byte a base, the embeddings, a 16-byte digest each), not with Python strings of every record.
     """
     options = (options or BuildOptions()).replace(**changes)
     display = display or source or None

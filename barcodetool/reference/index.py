@@ -155,7 +155,7 @@ class ReferenceIndex:
     @property
     def distinct_store(self) -> SequenceStore:
         """The distinct sequences, one row per sequence group in group order (read from the file on first use, a
-        block of records at a time: a byte a base, no Python string per record)."""
+        block of records at a time: half a byte a base, no Python string per record)."""
         if self._distinct is None:
             if self.path is None:
                 raise InputError("this index holds no sequences")

@@ -156,11 +156,10 @@ def _append(index: ReferenceIndex, added: _Added, vectors_of: Callable[[np.ndarr
     old_store = index.distinct_store
     old_groups = len(old_store)
     # the group of each added distinct sequence: an indexed one's, or the next new number (in order of first record)
-    lookup = {old_store.flat[start:start + length].tobytes(): group for group, (start, length)
-              in enumerate(zip(old_store.starts.tolist(), old_store.lengths.tolist()))}
+    lookup = {old_store.key(group): group for group in range(len(old_store))}
     store = added.distinct
-    found = np.fromiter((lookup.get(store.flat[start:start + length].tobytes(), -1) for start, length
-                         in zip(store.starts.tolist(), store.lengths.tolist())), dtype=np.int64, count=len(store))
+    found = np.fromiter((lookup.get(store.key(row), -1) for row in range(len(store))), dtype=np.int64,
+                        count=len(store))
     del lookup
     fresh = np.flatnonzero(found < 0)
     found[fresh] = old_groups + np.arange(len(fresh))
@@ -169,7 +168,7 @@ def _append(index: ReferenceIndex, added: _Added, vectors_of: Callable[[np.ndarr
     log.info(f"adding {len(added.ids):,} records ({len(fresh):,} new distinct sequences; {int(joined.sum()):,} "
              f"records of sequences already indexed) to {len(index):,} records ({old_groups:,} distinct sequences)")
     layer = index.identity    # the indexed sequences' k-mer index (read from the index file)
-    new_store = _rows_of(store, fresh)
+    new_store = store.subset(fresh)
     vectors = vectors_of(fresh)
     _, first = np.unique(index.groups, return_index=True)
     rows = np.empty((len(added.ids), index.embedding_dim), dtype=index.embeddings.dtype)
@@ -191,16 +190,6 @@ def _append(index: ReferenceIndex, added: _Added, vectors_of: Callable[[np.ndarr
         codes={name: values[group_record].astype(np.int32) for name, values in codes.items()}))
     _calibrate(index, merged, len(fresh), old_groups, recalibrate)
     return merged
-
-
-def _rows_of(store: SequenceStore, rows: np.ndarray) -> SequenceStore:
-    """A store of `rows` of `store`, in that order."""
-    lengths = store.lengths[rows].astype(np.int32)
-    starts = np.zeros(len(rows), dtype=np.int64)
-    if len(rows) > 1:
-        np.cumsum(lengths[:-1], out=starts[1:])
-    parts = [store.flat[start:start + length] for start, length in zip(store.starts[rows].tolist(), lengths.tolist())]
-    return SequenceStore(np.concatenate(parts) if parts else store.flat[:0], starts, lengths)
 
 
 def _check_new_ids(old_ids: list[str], ids: list[str], display: str | None) -> None:
