@@ -43,8 +43,8 @@ Ranking: `rerank` orders candidate references of each query by `coverage_score` 
 `identity_graph_cluster` runs average linkage on identity distance over a candidate graph.
 
 Everything is vectorised with numpy over many pairs at once; sequences are encoded once into a
-`SequenceStore` (barcodetool.search.sequences: 4-bit codes packed two a byte, bit masks A=1 C=2 G=4 T=8, ambiguity codes the
-union of their bases).
+`SequenceStore` (barcodetool.search.sequences: 4-bit codes packed two a byte, bit masks A=1 C=2 G=4 T=8,
+ambiguity codes the union of their bases).
 """
 from __future__ import annotations
 
