@@ -51,6 +51,28 @@ def _distinct_kmers(store: SequenceStore, k: int, cells: int):
         yield rows[r].astype(np.int32), kmers[r, c]
 
 
+def _kmer_counts(store: SequenceStore, k: int, cells: int) -> np.ndarray:
+    """int64 [4^k]: how many sequences of `store` hold each k-mer (a dense table of all k-mers)."""
+    counts = np.zeros(4 ** k, dtype=np.int64)
+    for _rows, values in _distinct_kmers(store, k, cells):
+        counts += np.bincount(values, minlength=len(counts))
+    return counts
+
+
+def _place_postings(refs: np.ndarray, cursor: np.ndarray, rows: np.ndarray, values: np.ndarray) -> None:
+    """Write the postings (`rows`, k-mers `values`; rows ascending) at `cursor[k-mer]` onwards in `refs`, in row
+    order within each k-mer, and advance the cursors past them (a counting sort's placing step)."""
+    if not len(values):
+        return
+    order = np.argsort(values, kind="stable")       # by k-mer, rows ascending within each
+    values, rows = values[order], rows[order]
+    run_start = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
+    run_length = np.diff(np.r_[run_start, len(values)])
+    rank = np.arange(len(values)) - np.repeat(run_start, run_length)
+    refs[cursor[values] + rank] = rows
+    cursor[values[run_start]] += run_length
+
+
 class KmerIndex:
     """Inverted index of the distinct k-mers of reference sequences, for candidate generation by shared k-mers
     (the VSEARCH/USEARCH idea): a query's candidates are the references sharing most of its distinct k-mers.
@@ -75,9 +97,7 @@ class KmerIndex:
         self.max_stored_df = None if max_stored_df is None else int(max_stored_df)
         # Two passes over the sequences, memory bounded by the output: count each k-mer's references (a dense
         # table of the 4^k k-mers), then place every stored posting at its k-mer's offset (a counting sort).
-        df = np.zeros(4 ** k, dtype=np.int64)
-        for _rows, values in _distinct_kmers(store, k, cells):
-            df += np.bincount(values, minlength=len(df))
+        df = _kmer_counts(store, k, cells)
         self.kmers = np.flatnonzero(df).astype(np.int32)   # int32 [distinct k-mers], ascending
         self.df = df[self.kmers].astype(np.int32)          # references holding each distinct k-mer
         stored = df if self.max_stored_df is None else np.where(df <= self.max_stored_df, df, 0)
@@ -87,17 +107,16 @@ class KmerIndex:
         del df
         for rows, values in _distinct_kmers(store, k, cells):
             keep = stored[values] > 0
-            rows, values = rows[keep], values[keep]
-            if not len(values):                             # every k-mer of these rows is over max_stored_df
-                continue
-            order = np.argsort(values, kind="stable")       # by k-mer, rows ascending within each
-            values, rows = values[order], rows[order]
-            first = np.r_[True, values[1:] != values[:-1]]
-            run_start = np.flatnonzero(first)
-            rank = np.arange(len(values)) - np.repeat(run_start, np.diff(np.r_[run_start, len(values)]))
-            self.refs[cursor[values] + rank] = rows
-            cursor[values[run_start]] += np.diff(np.r_[run_start, len(values)])
-        self._offsets = None
+            _place_postings(self.refs, cursor, rows[keep], values[keep])
+        self._offsets = self._left_out = None
+
+    @property
+    def postings_left_out(self) -> bool:
+        """Whether some k-mer is held by more than max_stored_df references (its postings not stored): searches
+        may then not cap above max_stored_df."""
+        if self._left_out is None:
+            self._left_out = self.max_stored_df is not None and bool((self.df > self.max_stored_df).any())
+        return self._left_out
 
     @property
     def stored_df(self) -> np.ndarray:
@@ -116,7 +135,7 @@ class KmerIndex:
         index = cls.__new__(cls)
         index.k, index.size, index.kmers, index.df, index.refs = int(k), int(size), kmers, df, refs
         index.max_stored_df = None if max_stored_df is None else int(max_stored_df)
-        index._offsets = None
+        index._offsets = index._left_out = None
         if not 4 <= k <= 15 or kmers.shape != df.shape \
                 or int(index.stored_df.sum(dtype=np.int64)) != len(refs) \
                 or (len(refs) and (int(refs.min()) < 0 or int(refs.max()) >= size)) \
@@ -137,9 +156,7 @@ class KmerIndex:
         if base + len(store) >= 1 << 31:
             raise UsageError("a k-mer index holds at most 2^31 - 1 sequences")
         # 1. the new sequences' references per k-mer, and the merged k-mers and counts
-        added = np.zeros(4 ** k, dtype=np.int64)
-        for _rows, values in _distinct_kmers(store, k, cells):
-            added += np.bincount(values, minlength=len(added))
+        added = _kmer_counts(store, k, cells)
         added_kmers = np.flatnonzero(added)
         added_df = added[added_kmers]
         del added
@@ -161,9 +178,8 @@ class KmerIndex:
         refs = np.empty(int(offsets[-1]), dtype=np.int32)
         # 2. the old postings of every k-mer still stored (all of them were: its count was lower), moved block by
         # block to their new offsets
-        old_stored = self.stored_df.astype(np.int64)
-        old_offsets = np.zeros(len(self.kmers) + 1, dtype=np.int64)
-        np.cumsum(old_stored, out=old_offsets[1:])
+        old_offsets = self.offsets()
+        old_stored = np.diff(old_offsets)
         keep = stored[at_old] > 0
         shift = offsets[at_old] - old_offsets[:-1]
         first = 0
@@ -183,14 +199,7 @@ class KmerIndex:
         cursor[added_kmers[kept]] = offsets[at_new[kept]] + old_df[at_new[kept]]
         for rows, values in _distinct_kmers(store, k, cells):
             use = cursor[values] >= 0
-            rows, values = rows[use] + base, values[use]
-            order = np.argsort(values, kind="stable")       # by k-mer, rows ascending within each
-            values, rows = values[order], rows[order]
-            run_start = np.flatnonzero(np.r_[True, values[1:] != values[:-1]]) if len(values) else values[:0]
-            run_length = np.diff(np.r_[run_start, len(values)])
-            rank = np.arange(len(values)) - np.repeat(run_start, run_length)
-            refs[cursor[values] + rank] = rows
-            cursor[values[run_start]] += run_length
+            _place_postings(refs, cursor, rows[use] + base, values[use])
         return KmerIndex.from_arrays(k, base + len(store), kmers, df.astype(np.int32), refs, cap)
 
     def search(self, queries, n: int, *, max_df: int = KMER_MAX_DF, stride: int = 1,
@@ -210,8 +219,7 @@ class KmerIndex:
         if nq == 0 or self.size == 0 or len(self.kmers) == 0:
             return out_c, out_i
         for cap in (max_df, fallback[0] if fallback is not None else None):
-            if cap is not None and self.max_stored_df is not None and cap > self.max_stored_df \
-                    and bool((self.df > self.max_stored_df).any()):      # some postings were not stored
+            if cap is not None and self.postings_left_out and cap > self.max_stored_df:
                 raise UsageError(f"max_df {cap} is above the {self.max_stored_df} up to which this k-mer index "
                                  "stores postings")
         kk = min(n, self.size)
