@@ -141,11 +141,6 @@ class ReferenceIndex:
                              "sequence groups")
         self._distinct = store
 
-    def hold_sequences(self, sequences: list[str]) -> None:
-        """Keep the reference sequences (one per record) in memory: an index being built, before it has a file."""
-        first, _ = representative_records(self.groups, {})
-        self.hold_distinct(SequenceStore.from_sequences([sequences[i] for i in first.tolist()]))
-
     def release_sequences(self) -> None:
         """Forget the sequences held in memory: they are read from the index file again when needed."""
         if self.path is None:
