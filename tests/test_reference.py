@@ -572,3 +572,27 @@ def test_embed_below_is_stored_with_the_calibration(synthetic, tmp_path):
     older = ReferenceIndex.load(path)
     assert older.identity_thresholds.embed_below == math.inf
     assert thresholds_for(older, "identity", embed_below=IDENTITY_EMBED_BELOW).embed_below == IDENTITY_EMBED_BELOW
+
+
+def test_large_embeddings_are_read_from_the_file_and_classify_alike(tmp_path, sample_index, train_records, tiny,
+                                                                     monkeypatch):
+    """Above EMBEDDINGS_HELD_BYTES an index keeps its embeddings in the file (DatasetRows): the same neighbours,
+    candidates and assignments, by either method, and a save of such an index writes the same embeddings."""
+    import barcodetool.reference.index as index_module
+    from barcodetool.classify import classify, tsv_row
+    from barcodetool.io.hdf5 import DatasetRows
+
+    path = sample_index.save(tmp_path / "ref.h5")
+    held = ReferenceIndex.load(path)
+    monkeypatch.setattr(index_module, "EMBEDDINGS_HELD_BYTES", 0)
+    lazy = ReferenceIndex.load(path)
+    assert isinstance(lazy.embeddings, DatasetRows) and isinstance(held.embeddings, np.ndarray)
+    assert len(held.identity) < len(held)   # duplicate sequences: group embeddings are a view of some rows
+    assert isinstance(lazy.group_embeddings, DatasetRows)
+    np.testing.assert_array_equal(np.asarray(lazy.group_embeddings), held.group_embeddings)
+    queries = train_records[::7]
+    for method in ("identity", "knn"):
+        expected = [tsv_row(a) for a in classify(queries, held, tiny[1], method=method, chunk_size=16)]
+        assert [tsv_row(a) for a in classify(queries, lazy, tiny[1], method=method, chunk_size=16)] == expected
+    copy = ReferenceIndex.load(lazy.save(tmp_path / "copy.h5"))
+    np.testing.assert_array_equal(np.asarray(copy.embeddings), held.embeddings)

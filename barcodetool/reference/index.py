@@ -50,7 +50,7 @@ import numpy as np
 from .._version import __version__
 from ..errors import IndexMismatchError, InputError, UsageError
 from ..io.atomic import atomic_hdf5, is_stdout
-from ..io.hdf5 import open_hdf5
+from ..io.hdf5 import DatasetRows, open_hdf5
 from ..io.json_values import json_values
 from ..search import KmerIndex, SequenceStore, knn_search, normalize
 from ..taxonomy import LABELS, RANKS
@@ -67,6 +67,9 @@ REFERENCE_FORMAT_VERSION = 2     # 2: identity layer (k-mer index, identity cali
 
 Progress = Callable[[int], None]
 SEQUENCE_BLOCK = 65536   # records whose sequences are read or written at a time
+# embeddings larger than this stay in the file and are read a block at a time (DatasetRows): a million 128-wide
+# float32 rows are 489 MiB that a classification reads once a batch but never needs whole
+EMBEDDINGS_HELD_BYTES = 256 << 20
 
 
 def representative_records(groups: np.ndarray, codes: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -109,7 +112,7 @@ class ReferenceIndex:
     """Embedded reference barcodes with their labels and calibrated thresholds."""
 
     ids: list[str]
-    embeddings: np.ndarray                       # [n, dim] unit rows, float32 or float16
+    embeddings: np.ndarray | DatasetRows         # [n, dim] unit rows, float32 or float16 (large: read on demand)
     codes: dict[str, np.ndarray]                 # label name (rank or "bin") -> int32 [n], -1 unknown
     label_names: dict[str, list[str]]
     groups: np.ndarray                           # int32 [n] identical-sequence groups
@@ -261,6 +264,8 @@ class ReferenceIndex:
             first = self.identity.group_first
             if len(first) == len(self.embeddings) and (first == np.arange(len(first))).all():
                 self._group_embeddings = self.embeddings
+            elif isinstance(self.embeddings, DatasetRows):
+                self._group_embeddings = self.embeddings.rows(first)
             else:
                 self._group_embeddings = np.ascontiguousarray(self.embeddings[first])
         return self._group_embeddings
@@ -323,7 +328,11 @@ class ReferenceIndex:
                 dataset.flush()
             create(handle, "sequence_group", data=self.groups.astype(np.int32))
             rows = max(1, min(n, max(1, (1 << 20) // max(1, 4 * self.embedding_dim))))
-            create(handle, "embeddings", data=self.embeddings, chunks=(rows, self.embedding_dim) if n else None)
+            embeddings = handle.create_dataset("embeddings", shape=(n, self.embedding_dim), dtype=dtype,
+                                               chunks=(rows, self.embedding_dim) if n else None)
+            for start in range(0, n, SEQUENCE_BLOCK):   # (an index read from a file may not hold them in memory)
+                embeddings[start:start + SEQUENCE_BLOCK] = self.embeddings[start:start + SEQUENCE_BLOCK]
+            embeddings.flush()
             for name, codes in self.codes.items():
                 create(handle, f"labels/{name}", data=codes.astype(np.int32))
                 create(handle, f"label_names/{name}", data=np.array(self.label_names[name], dtype=object),
@@ -396,7 +405,11 @@ class ReferenceIndex:
             try:
                 ids = check.strings(handle, "ids")
                 n = len(ids)
-                embeddings = check.floats(handle, "embeddings", (n, None), dtypes=("float16", "float32"))
+                stored = check.dataset(handle, "embeddings", "float", (n, None), ("float16", "float32"))
+                if stored.size * stored.dtype.itemsize > EMBEDDINGS_HELD_BYTES:
+                    embeddings = DatasetRows(path, "embeddings")
+                else:
+                    embeddings = stored[()]
                 groups = check.groups(handle, n)
                 if "sequences" in handle:
                     check.dataset(handle, "sequences", "str", (n,))
