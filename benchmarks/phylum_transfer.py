@@ -42,6 +42,7 @@ than --score-margin, 2 identity points), `near tie` (VSEARCH's identity of barco
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import re
@@ -381,13 +382,26 @@ def run_group(name: str, records: list[BarcodeRecord], args) -> dict:
     seconds["classify"] = run(barcodetool("classify", str(query_fasta), "-r", str(index), "-o",
                                           str(work / "out.tsv"), "--threads", threads), "classify")
     b6, sintax = work / "vsearch.b6", work / "vsearch.sintax"
-    seconds["vsearch_global"] = run(["vsearch", "--usearch_global", str(query_fasta), "--db", str(ref_fasta),
-                                     "--id", "0.5", "--maxaccepts", "0", "--maxrejects", "0", "--maxhits", "10",
-                                     "--blast6out", str(b6), "--threads", threads, "--quiet"],
-                                    "vsearch --usearch_global")
-    seconds["vsearch_sintax"] = run(["vsearch", "--sintax", str(query_fasta), "--db", str(ref_fasta),
-                                     "--sintax_cutoff", "0.8", "--tabbedout", str(sintax), "--randseed", "1",
-                                     "--threads", threads, "--quiet"], "vsearch --sintax")
+    vsearch_runs = {
+        "vsearch_global": ["vsearch", "--usearch_global", str(query_fasta), "--db", str(ref_fasta), "--id", "0.5",
+                           "--maxaccepts", "0", "--maxrejects", "0", "--maxhits", "10", "--blast6out", str(b6),
+                           "--threads", threads, "--quiet"],
+        "vsearch_sintax": ["vsearch", "--sintax", str(query_fasta), "--db", str(ref_fasta), "--sintax_cutoff", "0.8",
+                           "--tabbedout", str(sintax), "--randseed", "1", "--threads", threads, "--quiet"]}
+    # VSEARCH's outputs depend only on the two FASTA files and its options: with --reuse-vsearch they are kept
+    # from an earlier run of the same cut (the exhaustive search is most of a group's time)
+    options = {what: [Path(a).name if a.startswith(str(work)) else a for a in command]
+               for what, command in vsearch_runs.items()}      # the work folder itself may move
+    key = hashlib.sha256(ref_fasta.read_bytes() + query_fasta.read_bytes() + json.dumps(options).encode()).hexdigest()
+    key_file = work / "vsearch.key.json"
+    kept = json.loads(key_file.read_text()) if key_file.exists() else {}
+    if args.reuse_vsearch and kept.get("key") == key and b6.exists() and sintax.exists():
+        seconds.update(kept["seconds"])
+        log(f"{name}: VSEARCH outputs of the same inputs reused")
+    else:
+        for what, command in vsearch_runs.items():
+            seconds[what] = run(command, what)
+        key_file.write_text(json.dumps({"key": key, "seconds": {w: seconds[w] for w in vsearch_runs}}))
     log(f"{name}: build {seconds['reference_build']:.0f}s, classify {seconds['classify']:.0f}s, "
         f"usearch_global {seconds['vsearch_global']:.0f}s, sintax {seconds['vsearch_sintax']:.0f}s")
 
@@ -548,6 +562,8 @@ def main() -> int:
     parser.add_argument("--score-margin", type=float, default=0.02)
     parser.add_argument("--tie-margin", type=float, default=0.01)
     parser.add_argument("--fresh", action="store_true", help="recompute groups that have a stored result")
+    parser.add_argument("--reuse-vsearch", action="store_true",
+                        help="keep VSEARCH's outputs of an earlier run whose two FASTA files were the same")
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,7 @@ params.model = 'auto'
 params.device = 'auto'
 
 // The job holds the index once, whatever the part's size (queries are streamed): about 1.2 GiB for a
-// 123k-barcode index, about 3 GiB for a million (docs/benchmarks.md); --memory '4 GB' for the latter.
+// 123k-barcode index, about 2.6 GiB for a million (docs/benchmarks.md); --memory '3 GB' for the latter.
 process CLASSIFY_PART {
     tag "${part.baseName}"
     cpus 8

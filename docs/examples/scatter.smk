@@ -74,7 +74,7 @@ rule classify:
     threads: 8
     resources:
         # the job holds the index once, whatever the part's size (queries are streamed): about 1.2 GiB for
-        # a 123k-barcode index, about 3 GiB for a million (docs/benchmarks.md); mem_mb=4096 for the latter
+        # a 123k-barcode index, about 2.6 GiB for a million (docs/benchmarks.md); mem_mb=3072 for the latter
         mem_mb=MEM_MB,
     log:
         "logs/classify/{scatteritem}.log",
