@@ -40,8 +40,8 @@ from .model.weights import PretrainedModel, load_model, locate_model
 from .options import Options
 from .reference import IdentityHits, identity_hits, nearest_bins  # noqa: F401 (part of this module's API)
 from .reference import (DEFAULT_K, IDENTITY_CANDIDATES_EMBEDDING, IDENTITY_CANDIDATES_KMER, IDENTITY_EMBED_BELOW,
-                        ReferenceIndex, ScoredCandidates, Thresholds, embedding_needed, gate, index_model_name,
-                        kmer_fallback, kmer_hits, resolve_model_for_reference, thresholds_for, vote)
+                        IDENTITY_WIDEN_BELOW, ReferenceIndex, ScoredCandidates, Thresholds, embedding_needed, gate,
+                        index_model_name, kmer_fallback, kmer_hits, resolve_model_for_reference, thresholds_for, vote)
 from .search import knn_search, normalize, sequence_groups
 from .taxonomy import RANKS, SINTAX_LETTERS
 
@@ -65,7 +65,9 @@ class ClassifyOptions(Options):
     `precision` and `min_confidence` default (None) to the index's calibration. The identity method scores the
     `candidates_kmer` reference sequences sharing the most 12-mers and, for queries whose best k-mer candidate
     scores below `embed_below` (inf: every query), the `candidates_embedding` nearest by embedding (0: no
-    embedding, no model needed). `chunk_size` queries are read, embedded and written at a time, `batch_size` per
+    embedding, no model needed); `candidates_wide` (None: the index's calibration; 0: none) k-mer candidates are
+    searched for queries whose best k-mer candidate scores below IDENTITY_WIDEN_BELOW, nearer ones kept.
+    `chunk_size` queries are read, embedded and written at a time, `batch_size` per
     forward pass; `search_workers` chunks are searched at once by worker threads (default: 2 for identity, 1 for
     knn and probe).
     """
@@ -77,6 +79,7 @@ class ClassifyOptions(Options):
     candidates_embedding: int = IDENTITY_CANDIDATES_EMBEDDING
     candidates_kmer: int = IDENTITY_CANDIDATES_KMER
     embed_below: float = IDENTITY_EMBED_BELOW
+    candidates_wide: int | None = None
     chunk_size: int = CHUNK_RECORDS
     batch_size: int = 256
     search_workers: int | None = None
@@ -91,7 +94,7 @@ class ClassifyOptions(Options):
             raise UsageError(f"--neighbours must be at least 1, got {self.neighbours}")
         if self.min_confidence is not None and not 0.0 <= self.min_confidence <= 1.0:
             raise UsageError(f"--min-confidence must be between 0 and 1, got {self.min_confidence}")
-        if self.candidates_embedding < 0 or self.candidates_kmer < 0:
+        if self.candidates_embedding < 0 or self.candidates_kmer < 0 or (self.candidates_wide or 0) < 0:
             raise UsageError("candidate numbers must be >= 0")
         if math.isnan(self.embed_below) or self.embed_below < 0:
             raise UsageError(f"--embed-below must be a score >= 0 (inf: embed every query), got {self.embed_below}")
@@ -107,6 +110,13 @@ class ClassifyOptions(Options):
     def candidates(self) -> tuple[int, int]:
         """(embedding candidates, k-mer candidates) of the identity method."""
         return self.candidates_embedding, self.candidates_kmer
+
+    @property
+    def widen(self) -> tuple[int, float] | None:
+        """The widened k-mer search asked for (k-mer candidates, below): None = the index's."""
+        if self.candidates_wide is None:
+            return None
+        return (self.candidates_wide, IDENTITY_WIDEN_BELOW) if self.candidates_wide else (0, math.inf)
 
     @property
     def embeds(self) -> bool:
@@ -448,7 +458,7 @@ class _Pipeline:
         if options.method == "identity":
             self.thresholds = thresholds_for(
                 index, "identity", precision=options.precision, min_confidence=options.min_confidence,
-                candidates=options.candidates, embed_below=options.embed_below)
+                candidates=options.candidates, embed_below=options.embed_below, widen=options.widen)
         else:
             self.thresholds = thresholds_for(index, "knn", precision=options.precision, k=neighbours,
                                              min_confidence=options.min_confidence)

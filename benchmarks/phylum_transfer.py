@@ -221,7 +221,8 @@ def read_info(path: Path) -> dict:
             continue
         levels = {}
         for cell in cells[3:]:
-            found = re.fullmatch(r"(\w+) named ([\d.]+)% precision ([\d.]+%|-)", cell)
+            # "<level> named 98.1% precision 99.8% (+-0.2)": the standard error of the precision is optional
+            found = re.fullmatch(r"(\w+) named ([\d.]+)% precision ([\d.]+%|-)(?: \(\+-[\d.]+\))?", cell)
             if found:
                 precision = None if found[3] == "-" else float(found[3].rstrip("%")) / 100
                 levels[found[1]] = (float(found[2]) / 100, precision)

@@ -444,8 +444,19 @@ def test_cli_reference_build_and_info(tmp_path, tiny):
     assert info.exit_code == 0, info.output
     assert "threshold\tspecies" in info.output and "cluster_distance" in info.output
     assert "calibration\tidentity" in info.output and "knn_threshold\tspecies" in info.output
-    assert "embedding below 0.95" in info.output
+    assert "embedding below 0.95" in info.output and "widened" not in info.output
     assert "v2" in info.output
+    wide = tmp_path / "wide.h5"
+    result = runner.invoke(main, ["reference", "build", str(SAMPLE), "-o", str(wide), "--model", str(tiny[0]),
+                                  "--threads", "1", "--candidates-wide", "30"])
+    assert result.exit_code == 0, result.output
+    assert "widened to 30 k-mer below 0.95" in runner.invoke(main, ["reference", "info", str(wide)]).output
+    # classify with the index's widening, or another one (recalibrated in memory first), or none
+    for extra, logged in (([], False), (["--candidates-wide", "0"], True), (["--candidates-wide", "30"], False)):
+        done = runner.invoke(main, ["classify", str(SAMPLE), "-r", str(wide), "-o", str(tmp_path / "c.tsv"),
+                                    "--model", str(tiny[0]), "--threads", "1", *extra])
+        assert done.exit_code == 0, done.output
+        assert ("calibrating the identity rule" in done.output) == logged, done.output
     bad = runner.invoke(main, ["reference", "info", str(SAMPLE)])
     assert bad.exit_code == 1 and "cannot open as HDF5" in bad.output
 
@@ -520,7 +531,7 @@ def test_identity_hits_embed_only_below_the_kmer_score_and_inf_is_the_union_of_b
     index, records, taxa, barcode, new_species = synthetic
     queries = [barcode(key) for key in list(taxa)[:6]] + [new_species(f, g) for f in range(2) for g in range(3)]
     vectors = embed_sequences(tiny[1], queries)
-    everything = thresholds_for(index, "identity", embed_below=math.inf)
+    everything = thresholds_for(index, "identity", embed_below=math.inf, widen=(0, math.inf))
     hits = identity_hits(queries, vectors, index, everything)
     emb, km = search_candidates(index, queries, vectors, *everything.candidates)
     idx, score, identity, overlap = rerank(queries, index.identity.store, candidate_union(emb, km), detail=True)
@@ -542,12 +553,13 @@ def test_identity_hits_embed_only_below_the_kmer_score_and_inf_is_the_union_of_b
         asked.extend(sequences)
         return embed_sequences(tiny[1], sequences)
 
-    doubt = thresholds_for(index, "identity", embed_below=embed_below)
+    doubt = thresholds_for(index, "identity", embed_below=embed_below, widen=(0, math.inf))
     assert doubt.embed_below == embed_below
     mixed = identity_hits(queries, None, index, doubt, embed=embed)
     below = best < embed_below
     assert asked == [q for q, b in zip(queries, below) if b] and mixed.embedded.tolist() == below.tolist()
-    kmer_only = identity_hits(queries, None, index, thresholds_for(index, "identity", candidates=(0, 10)),
+    kmer_only = identity_hits(queries, None, index,
+                              thresholds_for(index, "identity", candidates=(0, 10), widen=(0, math.inf)),
                               candidates=(0, 10))
     for row in range(len(queries)):
         source = hits if below[row] else kmer_only
@@ -556,6 +568,48 @@ def test_identity_hits_embed_only_below_the_kmer_score_and_inf_is_the_union_of_b
     with pytest.raises(UsageError, match="embeddings"):
         identity_hits(queries, None, index, doubt)
     calibrate_thresholds(index, "identity")
+
+
+def test_distant_queries_get_the_best_of_a_wider_kmer_search(synthetic):
+    """Queries whose best first-stage k-mer candidate scores below the widening score keep the best of a wider
+    k-mer search (as many candidates as before); the others keep their first-stage candidates. The calibration's
+    stored searches are merged the same way."""
+    from barcodetool.reference import identity_hits, kmer_hits
+    from barcodetool.reference.calibrate import merge_identity_candidates
+    from barcodetool.search import rerank
+
+    index, records, taxa, barcode, new_species = synthetic
+    queries = [barcode(key) for key in list(taxa)[:6]] + [new_species(f, g) for f in range(2) for g in range(3)]
+    first = kmer_hits(queries, index, 1).best()
+    below = float(np.sort(first)[len(first) // 2])     # half of the queries are widened
+    widened_rows = first < below
+    assert 0 < widened_rows.sum() < len(queries)
+    plain = identity_hits(queries, None, index,
+                          thresholds_for(index, "identity", candidates=(0, 1), widen=(0, math.inf)), candidates=(0, 1))
+    wide = identity_hits(queries, None, index,
+                         thresholds_for(index, "identity", candidates=(0, 1), widen=(40, below)), candidates=(0, 1))
+    _, km = search_candidates(index, queries, None, 0, 40)
+    score = rerank(queries, index.identity.store, km)[1]
+    assert wide.idx.shape == plain.idx.shape == (len(queries), 1)
+    for row in range(len(queries)):
+        if widened_rows[row]:   # the best of the forty (pairs are realigned only where they could be the best, so
+            # the tail may differ from a search of the forty at once: see the test above)
+            assert wide.score[row, 0] == pytest.approx(score[row, 0])
+            assert wide.score[row, 0] >= plain.score[row, 0]
+        else:
+            assert wide.idx[row].tolist() == plain.idx[row].tolist()
+    assert (wide.score[:, 0] > plain.score[:, 0]).any()   # some distant query found a nearer reference
+    stored = index.identity_calibration["species"]
+    assert stored["kmer"].shape[1] >= 40     # searched again, deeper, for the wider calibration
+    merged_idx, merged_score, _ = merge_identity_candidates(stored, 0, 1, math.inf, (40, below))
+    base_score = merge_identity_candidates(stored, 0, 1, math.inf)[1]
+    grow = base_score[:, 0] < below
+    assert merged_idx.shape == (len(stored["queries"]), 1)
+    top = np.sort(np.where(stored["kmer"][:, :40] >= 0, stored["kmer_score"][:, :40], -np.inf), axis=1)[:, ::-1]
+    np.testing.assert_allclose(merged_score[grow], top[grow, :1])
+    np.testing.assert_array_equal(merged_score[~grow], base_score[~grow])
+    calibrate_thresholds(index, "identity")   # the module's index back to its defaults for the tests after this one
+    assert index.identity_thresholds.widen == (0, math.inf)
 
 
 def test_embed_below_is_stored_with_the_calibration(synthetic, tmp_path):
@@ -567,10 +621,17 @@ def test_embed_below_is_stored_with_the_calibration(synthetic, tmp_path):
     assert index.identity_thresholds.embed_below == IDENTITY_EMBED_BELOW
     path = index.save(tmp_path / "ref.h5")
     assert ReferenceIndex.load(path).identity_thresholds.embed_below == IDENTITY_EMBED_BELOW
+    assert index.identity_thresholds.widen == (0, math.inf)     # off unless asked for
+    calibrate_thresholds(index, "identity", widen=(40, 0.9))
+    path = index.save(tmp_path / "ref.h5")
+    assert ReferenceIndex.load(path).identity_thresholds.widen == (40, 0.9)
+    calibrate_thresholds(index, "identity")
     with h5py.File(path, "a") as handle:       # an index written before the attribute: every query was embedded
         del handle.attrs["identity_calibration_embed_below"]
+        # ... and before widening: calibrated without it, so classified without it
+        del handle.attrs["identity_calibration_widen_candidates"], handle.attrs["identity_calibration_widen_below"]
     older = ReferenceIndex.load(path)
-    assert older.identity_thresholds.embed_below == math.inf
+    assert older.identity_thresholds.embed_below == math.inf and older.identity_thresholds.widen == (0, math.inf)
     assert thresholds_for(older, "identity", embed_below=IDENTITY_EMBED_BELOW).embed_below == IDENTITY_EMBED_BELOW
 
 

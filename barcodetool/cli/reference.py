@@ -76,6 +76,10 @@ def reference_group():
 @click.option("--min-confidence", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="Confidence a rank's label needs: the calibrated probability that it is right (knn: the vote "
                    "share, calibrated with this value).")
+@click.option("--candidates-wide", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Calibrate `classify` for a wider k-mer search of distant queries (best k-mer candidate below "
+                   "0.95): this many k-mer candidates, of which those nearer than the best found join (0 = none; "
+                   "60 finds nearer references for 2-3% of new species, docs/benchmarks.md).")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
               help="Stored embeddings; float16 halves the size of very large references.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
@@ -189,8 +193,9 @@ def reference_info(index_path: str):
     t = index.identity_thresholds
     if t is not None:  # the default classifier and clusterer: identity scores and identity distance
         click.echo(f"calibration\tidentity\tprecision {t.precision}\tcandidates {t.candidates[0]} embedding + "
-                   f"{t.candidates[1]} k-mer\tembedding below {t.embed_below:g}\tmin confidence "
-                   f"{t.min_confidence}")
+                   f"{t.candidates[1]} k-mer\tembedding below {t.embed_below:g}\t"
+                   + (f"widened to {t.widen[0]} k-mer below {t.widen[1]:g}\t" if t.widen[0] else "")
+                   + f"min confidence {t.min_confidence}")
         for rank in index.ranks:
             if t.confidence is None:   # an index of an older version: identity-score thresholds
                 click.echo(f"threshold\t{rank}\t{_threshold_text(t.ranks.get(rank, math.nan))}")

@@ -17,8 +17,8 @@ from .calibrate import (CALIBRATIONS, LEVELS, NOVEL_LEVEL, PRECISION_LEVEL, Cali
 from .candidates import (IdentityHits, ScoredCandidates, embedding_needed, identity_hits, kmer_fallback, kmer_hits,
                          merge_ranked, nearest_bins, search_candidates)
 from .decide import (DEFAULT_K, DEFAULT_MIN_CONFIDENCE, DEFAULT_PRECISION, IDENTITY_CANDIDATES_EMBEDDING,
-                     IDENTITY_CANDIDATES_KMER, IDENTITY_EMBED_BELOW, IdentityThresholds, KnnThresholds, Thresholds,
-                     Votes, gate, identity_decide, vote)
+                     IDENTITY_CANDIDATES_KMER, IDENTITY_CANDIDATES_WIDE, IDENTITY_EMBED_BELOW, IDENTITY_WIDEN_BELOW,
+                     IdentityThresholds, KnnThresholds, Thresholds, Votes, gate, identity_decide, vote)
 from .index import (REFERENCE_FORMAT, REFERENCE_FORMAT_VERSION, IdentityLayer, ReferenceIndex, is_reference_file,
                     representative_records)
 from .update import RECALIBRATE_SHARE, add_records, merge_indexes
@@ -32,7 +32,8 @@ __all__ = [
     "IdentityHits", "ScoredCandidates", "embedding_needed", "identity_hits", "kmer_fallback", "kmer_hits",
     "merge_ranked", "nearest_bins", "search_candidates",
     "DEFAULT_K", "DEFAULT_MIN_CONFIDENCE", "DEFAULT_PRECISION", "IDENTITY_CANDIDATES_EMBEDDING",
-    "IDENTITY_CANDIDATES_KMER", "IDENTITY_EMBED_BELOW", "IdentityThresholds", "KnnThresholds", "Thresholds",
+    "IDENTITY_CANDIDATES_KMER", "IDENTITY_CANDIDATES_WIDE", "IDENTITY_EMBED_BELOW", "IDENTITY_WIDEN_BELOW",
+    "IdentityThresholds", "KnnThresholds", "Thresholds",
     "Votes", "gate", "identity_decide", "vote",
     "REFERENCE_FORMAT", "REFERENCE_FORMAT_VERSION", "IdentityLayer", "ReferenceIndex", "is_reference_file",
     "representative_records",

@@ -7,6 +7,7 @@ import hashlib
 import json
 from array import array
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -23,7 +24,7 @@ from ..options import Options
 from ..search import SequenceStore, normalize
 from ..taxonomy import LABELS
 from .calibrate import calibrate_thresholds
-from .decide import DEFAULT_K, DEFAULT_MIN_CONFIDENCE, DEFAULT_PRECISION
+from .decide import DEFAULT_K, DEFAULT_MIN_CONFIDENCE, DEFAULT_PRECISION, IDENTITY_WIDEN_BELOW
 from .index import REFERENCE_FORMAT, REFERENCE_FORMAT_VERSION, ReferenceIndex, is_reference_file
 
 log = logging.getLogger("barcodetool")
@@ -51,13 +52,15 @@ class BuildOptions(Options):
     `precision`: the BIN threshold and the k-NN rule's rank thresholds are set so that calls are right this often
     on the reference's own leave-out queries; `neighbours`: the neighbours that vote in the k-NN rule;
     `min_confidence`: the confidence a rank's label needs (identity: the calibrated probability that it is right;
-    k-NN: the vote share); `dtype`: float32, or float16 to halve a very large reference;
+    k-NN: the vote share); `candidates_wide`: k-mer candidates searched for distant queries (0: none;
+    decide.IDENTITY_CANDIDATES_WIDE); `dtype`: float32, or float16 to halve a very large reference;
     `calibrate`: False leaves the index without thresholds; `chunk_records`: distinct sequences embedded at once.
     """
 
     precision: float = DEFAULT_PRECISION
     neighbours: int = DEFAULT_K
     min_confidence: float = DEFAULT_MIN_CONFIDENCE
+    candidates_wide: int = 0
     dtype: str = "float32"
     batch_size: int = 256
     calibrate: bool = True
@@ -76,6 +79,8 @@ class BuildOptions(Options):
             raise UsageError(f"min_confidence must be between 0 and 1, got {self.min_confidence}")
         if self.batch_size < 1 or self.chunk_records < 1:
             raise UsageError("batch_size and chunk_records must be at least 1")
+        if self.candidates_wide < 0:
+            raise UsageError(f"candidates_wide must be >= 0, got {self.candidates_wide}")
 
 
 def build_reference(records: Iterable, model, options: BuildOptions | None = None, *, source: str = "",
@@ -116,7 +121,9 @@ def build_reference(records: Iterable, model, options: BuildOptions | None = Non
     if options.calibrate:
         calibrate_thresholds(index, "knn", precision=options.precision, k=options.neighbours,
                              min_confidence=options.min_confidence)
-        calibrate_thresholds(index, "identity", precision=options.precision, min_confidence=options.min_confidence)
+        calibrate_thresholds(index, "identity", precision=options.precision, min_confidence=options.min_confidence,
+                             widen=(options.candidates_wide, IDENTITY_WIDEN_BELOW) if options.candidates_wide
+                             else (0, math.inf))
     return index
 
 

@@ -24,7 +24,7 @@ from ..cluster import calibrate_cluster_threshold, calibrate_identity_cluster_th
 from ..errors import UsageError
 from ..search import SequenceStore, knn_search, score_candidates
 from ..taxonomy import RANKS
-from .candidates import ScoredCandidates, embedding_needed, merge_ranked, search_candidates
+from .candidates import ScoredCandidates, embedding_needed, merge_ranked, search_candidates, widened, widening_needed
 from .confidence import fit_confidence, held_out_confidences
 from .decide import (DEFAULT_K, DEFAULT_MIN_CONFIDENCE, DEFAULT_PRECISION, IDENTITY_CANDIDATES_EMBEDDING,
                      IDENTITY_CANDIDATES_KMER, IDENTITY_EMBED_BELOW, IdentityThresholds, KnnThresholds, Thresholds,
@@ -237,20 +237,30 @@ def calibrate_bin(levels: dict, bin_codes: np.ndarray | None, species_codes: np.
     return threshold, info
 
 
-def merge_identity_candidates(stored: dict, n_embedding: int, n_kmer: int,
-                              embed_below: float = math.inf) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(idx, score, overlap) [m, N] of stored calibration candidates restricted to the first n of each source, merged
-    and ranked exactly as `identity_hits` ranks them: the union of both sources where the best k-mer candidate
-    scores below `embed_below` (or there are no k-mer candidates), the k-mer candidates alone elsewhere."""
-    # identities are not stored: the scores stand in for them (only the ranking is used here)
-    kmer = ScoredCandidates(stored["kmer"][:, :n_kmer], stored["kmer_score"][:, :n_kmer],
-                            stored["kmer_score"][:, :n_kmer], stored["kmer_overlap"][:, :n_kmer])
+def merge_identity_candidates(stored: dict, n_embedding: int, n_kmer: int, embed_below: float = math.inf,
+                              widen: tuple[int, float] = (0, math.inf)
+                              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(idx, score, overlap) [m, n_embedding + n_kmer] of stored calibration candidates restricted to the first n
+    of each source, merged and ranked exactly as `identity_hits` ranks them: the union of both sources where the
+    best k-mer candidate scores below `embed_below` (or there are no k-mer candidates), the k-mer candidates alone
+    elsewhere; the k-mer candidates of queries whose best scores below `widen[1]` widened to the first
+    `widen[0]` (which the stored table must hold)."""
+    def kmer_columns(rows, n: int) -> ScoredCandidates:
+        # identities are not stored: the scores stand in for them (only the ranking is used here)
+        return ScoredCandidates(stored["kmer"][rows, :n], stored["kmer_score"][rows, :n],
+                                stored["kmer_score"][rows, :n], stored["kmer_overlap"][rows, :n])
+
+    kmer = kmer_columns(slice(None), n_kmer)
     embedding = ScoredCandidates(stored["embedding"][:, :n_embedding], stored["embedding_score"][:, :n_embedding],
                                  stored["embedding_score"][:, :n_embedding],
                                  stored["embedding_overlap"][:, :n_embedding])
     need = embedding_needed(kmer, n_embedding, embed_below)
+    rows = np.nonzero(widening_needed(kmer, widen))[0]
+    if len(rows):
+        kmer = widened(kmer, rows, kmer_columns(rows, widen[0]))
     idx, score, _, overlap = merge_ranked(kmer, embedding, need)
-    return idx, score, overlap
+    width = n_embedding + n_kmer
+    return idx[:, :width], score[:, :width], overlap[:, :width]
 
 
 def leave_out_calls(judged: dict[str, tuple[dict, dict]], levels: dict, codes: dict[str, np.ndarray],
@@ -503,9 +513,10 @@ class IdentityCalibration(Calibration):
         if thresholds is None:
             return {"precision": DEFAULT_PRECISION, "min_confidence": DEFAULT_MIN_CONFIDENCE,
                     "candidates": (IDENTITY_CANDIDATES_EMBEDDING, IDENTITY_CANDIDATES_KMER),
-                    "embed_below": IDENTITY_EMBED_BELOW}
+                    "embed_below": IDENTITY_EMBED_BELOW, "widen": (0, math.inf)}
         return {"precision": thresholds.precision, "min_confidence": thresholds.min_confidence,
-                "candidates": tuple(thresholds.candidates), "embed_below": thresholds.embed_below}
+                "candidates": tuple(thresholds.candidates), "embed_below": thresholds.embed_below,
+                "widen": tuple(thresholds.widen)}
 
     def check(self, settings: dict) -> None:
         super().check(settings)
@@ -514,12 +525,17 @@ class IdentityCalibration(Calibration):
             raise UsageError("identity classification needs embedding or k-mer candidates (or both)")
         settings["candidates"] = (n_embedding, n_kmer)
         settings["embed_below"] = float(settings["embed_below"])
+        n_wide, below = settings.get("widen", (0, math.inf))
+        if int(n_wide) < 0 or math.isnan(float(below)):
+            raise UsageError(f"widen must be (k-mer candidates >= 0, a score), got {settings['widen']}")
+        settings["widen"] = (int(n_wide), float(below))
 
     def same_settings(self, current: dict, requested: dict) -> bool:
         candidates = (int(requested["candidates"][0]), int(requested["candidates"][1]))
         # without embedding candidates the embedding threshold does not matter
         return (super().same_settings(current, requested) and tuple(current["candidates"]) == candidates
-                and (current["embed_below"] == float(requested["embed_below"]) or candidates[0] == 0))
+                and (current["embed_below"] == float(requested["embed_below"]) or candidates[0] == 0)
+                and tuple(current.get("widen", (0, math.inf))) == tuple(requested.get("widen", (0, math.inf))))
 
     def complete(self, thresholds: Thresholds) -> bool:
         return getattr(thresholds, "confidence", None) is not None   # indexes of older versions have none
@@ -528,7 +544,8 @@ class IdentityCalibration(Calibration):
         n_embedding, n_kmer = settings["candidates"]
         return (f"calibrating the identity rule for confidence {settings['min_confidence']}, BIN precision "
                 f"{settings['precision']}, candidates {int(n_embedding)} embedding + {int(n_kmer)} k-mer, "
-                f"embedding below {float(settings['embed_below'])}")
+                f"embedding below {float(settings['embed_below'])}, widened to {int(settings['widen'][0])} k-mer "
+                f"below {float(settings['widen'][1])}")
 
     def leave_out(self, level: str, settings: dict, *, max_queries: int = IDENTITY_CALIBRATION_QUERIES,
                   seed: int = 0, device=None):
@@ -539,16 +556,18 @@ class IdentityCalibration(Calibration):
             raise UsageError(f"unknown calibration level {level!r}")
         index = self.index
         n_embedding, n_kmer = settings.get("candidates", (IDENTITY_CANDIDATES_EMBEDDING, IDENTITY_CANDIDATES_KMER))
+        widen = settings.get("widen", (0, math.inf))
+        depth = max(n_kmer, widen[0])   # k-mer candidates the stored searches must hold
         index.identity_calibration = index.identity_calibration or {}
         stored = index.identity_calibration.get(level)
-        if stored is None or stored["embedding"].shape[1] < n_embedding or stored["kmer"].shape[1] < n_kmer:
-            stored = self._search_level(level, n_embedding, n_kmer, max_queries=max_queries, seed=seed,
+        if stored is None or stored["embedding"].shape[1] < n_embedding or stored["kmer"].shape[1] < depth:
+            stored = self._search_level(level, n_embedding, depth, max_queries=max_queries, seed=seed,
                                         device=device)
             if stored is None:
                 return None
             index.identity_calibration[level] = stored
         idx, score, overlap = merge_identity_candidates(stored, n_embedding, n_kmer,
-                                                        settings.get("embed_below", math.inf))
+                                                        settings.get("embed_below", math.inf), widen)
         self.overlaps[level] = overlap
         return stored["queries"], score, idx
 
@@ -592,7 +611,8 @@ class IdentityCalibration(Calibration):
         previous = self.stored
         if (previous is not None and previous.confidence is not None
                 and tuple(previous.candidates) == tuple(settings["candidates"])
-                and previous.embed_below == settings["embed_below"]):
+                and previous.embed_below == settings["embed_below"]
+                and tuple(previous.widen) == tuple(settings["widen"])):
             model, details = previous.confidence, {"confidence": previous.details.get("confidence", {})}
         else:
             model, fitted = fit_confidence(full, codes, layer.store.lengths, chosen)

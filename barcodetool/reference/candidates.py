@@ -91,6 +91,54 @@ def embedding_needed(kmer: ScoredCandidates, n_embedding: int, embed_below: floa
     return ~(kmer.best() >= embed_below)
 
 
+def widening_needed(kmer: ScoredCandidates, widen: tuple[int, float]) -> np.ndarray:
+    """bool [Q]: the queries whose k-mer candidates are widened to the first `widen[0]`: those whose best
+    first-stage candidate scores below `widen[1]`; none when that is not more than the first stage holds."""
+    n_wide, below = widen
+    if n_wide <= kmer.idx.shape[1] or kmer.idx.shape[1] == 0:
+        return np.zeros(len(kmer.idx), dtype=bool)
+    return ~(kmer.best() >= below)
+
+
+def widened(first: ScoredCandidates, rows: np.ndarray, wide: ScoredCandidates) -> ScoredCandidates:
+    """[Q, n + w]: the first-stage candidates `first` [Q, n] with, on `rows`, those of the wide search's scored
+    candidates `wide` [len(rows), w] that score above the best first-stage one after them (the others, and one
+    already among the first, replaced by an empty slot); the other rows padded with empty slots.
+
+    Only nearer references join: a wider search also brings references of other taxa at the distance of those
+    already found, which would make the candidate list, and so the confidence of its labels, depend on how far
+    the search went rather than on what is near (on train species left out of the insect reference, keeping
+    them all named 6 points fewer genera of new species at the same cutoff)."""
+    q, n = first.idx.shape
+    w = wide.idx.shape[1]
+    idx = np.concatenate([first.idx, np.full((q, w), -1, dtype=np.int64)], axis=1)
+    score = np.concatenate([first.score, np.full((q, w), -np.inf, dtype=np.float32)], axis=1)
+    identity = np.concatenate([first.identity, np.full((q, w), -np.inf, dtype=np.float32)], axis=1)
+    overlap = np.concatenate([first.overlap, np.zeros((q, w), dtype=np.int32)], axis=1)
+    if len(rows):
+        union = candidate_union(first.idx[rows], wide.idx)[:, n:]
+        fresh = (union >= 0) & (wide.score > first.rows(rows).best()[:, None])
+        union = np.where(fresh, union, -1)
+        idx[rows, n:] = union
+        score[rows, n:] = np.where(fresh, wide.score, -np.inf)
+        identity[rows, n:] = np.where(fresh, wide.identity, -np.inf)
+        overlap[rows, n:] = np.where(fresh, wide.overlap, 0)
+    return ScoredCandidates(idx, score, identity, overlap)
+
+
+def widen_kmer_hits(store, index: ReferenceIndex, first: ScoredCandidates, widen: tuple[int, float], *,
+                    fallback: bool) -> ScoredCandidates:
+    """`widened` k-mer candidates of the queries `widening_needed` picks: their first `widen[0]` k-mer candidates
+    searched, the ones not already found scored."""
+    rows = np.nonzero(widening_needed(first, widen))[0]
+    if not len(rows):
+        return first
+    subset = store.subset(rows)
+    _, km = search_candidates(index, subset, None, 0, widen[0], fallback=fallback)
+    fresh = candidate_union(first.idx[rows], km)[:, first.idx.shape[1]:]
+    return widened(first, rows, ScoredCandidates(fresh, *score_candidates(subset, index.identity.store, fresh)))
+
+
 def merge_ranked(kmer: ScoredCandidates, embedding: ScoredCandidates, embedded: np.ndarray):
     """(idx, score, identity, overlap) [Q, n_embedding + n_kmer], ranked as `rerank` ranks candidates: rows where
     `embedded` is set hold the union of the embedding candidates (first) and the k-mer ones, the others the k-mer
@@ -170,9 +218,11 @@ def identity_hits(queries, vectors: np.ndarray | None, index: ReferenceIndex, th
     store = as_store(queries)
     n = len(store)
     layer = index.identity
+    fallback = kmer_fallback(n_embedding, thresholds.embed_below)
     if kmer is None:
-        kmer = kmer_hits(store, index, n_kmer, fallback=kmer_fallback(n_embedding, thresholds.embed_below))
+        kmer = kmer_hits(store, index, n_kmer, fallback=fallback)
     need = embedding_needed(kmer, n_embedding, thresholds.embed_below)
+    kmer = widen_kmer_hits(store, index, kmer, thresholds.widen, fallback=fallback)
     rows = np.nonzero(need)[0]
     embedding = ScoredCandidates(np.zeros((len(rows), 0), dtype=np.int64), np.zeros((len(rows), 0), np.float32),
                                  np.zeros((len(rows), 0), np.float32), np.zeros((len(rows), 0), np.int32))
@@ -200,7 +250,8 @@ def identity_hits(queries, vectors: np.ndarray | None, index: ReferenceIndex, th
             for name in ("score", "identity", "overlap"):
                 values = getattr(embedding, name)
                 values[found] = np.take_along_axis(getattr(known, name), column, axis=1)[found]
-    idx, score, identity, overlap = merge_ranked(kmer, embedding, need)
+    # the best n_embedding + n_kmer of all: a widened search changes which candidates, not how many
+    idx, score, identity, overlap = (a[:, :n_embedding + n_kmer] for a in merge_ranked(kmer, embedding, need))
     codes = {r: layer.codes[r] for r in index.ranks}
     votes, chosen = identity_decide(idx, score, codes, thresholds=thresholds.ranks, min_confidence=min_confidence,
                                     model=thresholds.confidence, overlap=overlap, query_length=store.lengths)

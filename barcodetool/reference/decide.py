@@ -30,6 +30,15 @@ IDENTITY_CANDIDATES_KMER = 10          # classify --candidates-kmer
 # this; above it the embedding's candidates hardly ever change the call (docs/research/identity-rerank.md,
 # "Embedding only where it helps"). inf = every query is embedded.
 IDENTITY_EMBED_BELOW = 0.95
+# `--candidates-wide` (off unless asked for): where the best of the first k-mer candidates scores below
+# IDENTITY_WIDEN_BELOW, the first N k-mer candidates are scored and those nearer than the best found join the list
+# (as many candidates as before are kept). Far from every reference (80-93% identity) the count of shared 12-mers
+# hardly follows identity: the nearest reference of 20 such queries in 3 phyla of coi_extra ranked 15th to 175th by
+# that count. With 60 (IDENTITY_CANDIDATES_WIDE) the top hit gains 1.9 points of genus on the insects' `test_unseen`
+# and reaches VSEARCH's in Annelida and Tardigrada, but the confidences calibrated with it name 5.8 points fewer
+# genera there: not the default (docs/benchmarks.md, "Distant queries: a wider k-mer search").
+IDENTITY_CANDIDATES_WIDE = 60
+IDENTITY_WIDEN_BELOW = 0.95
 
 
 # ============================================================================================ thresholds
@@ -60,6 +69,7 @@ class IdentityThresholds(Thresholds):
 
     candidates: tuple[int, int] = (IDENTITY_CANDIDATES_EMBEDDING, IDENTITY_CANDIDATES_KMER)  # (embedding, k-mer)
     embed_below: float = math.inf           # embedding candidates only below this best k-mer score
+    widen: tuple[int, float] = (0, math.inf)   # (k-mer candidates, below): distant queries' widened k-mer search
     confidence: ConfidenceModel | None = None   # per-query confidence of each rank's label (reference.confidence)
 
 

@@ -23,7 +23,9 @@ HDF5 layout (format `barcodetool-reference`, version 2; see docs/file-formats.md
                             identity_cluster_distance_threshold (identity distance), identity_calibration_precision,
                             identity_calibration_min_confidence, identity_calibration_candidates (JSON [embedding,
                             k-mer]), identity_calibration_embed_below (embedding candidates only for queries
-                            whose best k-mer candidate scores below it; absent = inf), identity_calibration
+                            whose best k-mer candidate scores below it; absent = inf),
+                            identity_calibration_widen_candidates and _widen_below (k-mer candidates scored for
+                            queries whose best scores below it; absent = 0, no widening), identity_calibration
                             (JSON details)
 
 The identity layer (docs/research/identity-rerank.md) works on distinct sequences ("groups", numbered by first record):
@@ -387,6 +389,8 @@ class ReferenceIndex:
                 attrs.update(_thresholds_attrs(self.identity_thresholds, "identity_"))
                 attrs["identity_calibration_candidates"] = json.dumps(list(self.identity_thresholds.candidates))
                 attrs["identity_calibration_embed_below"] = float(self.identity_thresholds.embed_below)
+                attrs["identity_calibration_widen_candidates"] = int(self.identity_thresholds.widen[0])
+                attrs["identity_calibration_widen_below"] = float(self.identity_thresholds.widen[1])
             handle.attrs.update(attrs)
         if not is_stdout(path) and path.is_file():  # not standard output, a device or a FIFO: it can be read back
             self.path = path
@@ -430,6 +434,9 @@ class ReferenceIndex:
             candidates=check.candidates(attrs, "identity_calibration_candidates"),
             # indexes written before the attribute existed embedded every query
             embed_below=check.number(attrs, "identity_calibration_embed_below", math.inf, nan=False),
+            # indexes written before widening existed calibrated without it
+            widen=(check.integer(attrs, "identity_calibration_widen_candidates", 0, minimum=0),
+                   check.number(attrs, "identity_calibration_widen_below", math.inf, nan=False)),
             confidence=confidence)
         return cls(ids=ids, embeddings=embeddings, codes=codes, label_names=names, groups=groups,
                    model_name=check.string(attrs, "model_name"), model_sha256=check.string(attrs, "model_sha256"),
