@@ -221,6 +221,26 @@ def test_kmer_index_finds_the_closest(barcodes):
     assert idx.tolist() == [[-1, -1]] and counts.tolist() == [[0, 0]]
 
 
+@pytest.mark.parametrize("max_stored_df", [None, 4])
+def test_sparse_and_gathered_kmer_counts_agree(barcodes, monkeypatch, max_stored_df):
+    """Small indexes count shared k-mers by a sparse product, large ones by gathering postings: the same counts, so
+    the same candidates, with exclusion, caps and the fallback search."""
+    import barcodetool.search.kmer_index as kmer_module
+
+    references = barcodes[:60]
+    queries = [substitute(references[i], 40 * (i % 5)) for i in range(0, 60, 3)] + [references[7][50:400]]
+    exclude = (np.arange(len(queries)) % 7, np.arange(60) % 7)
+    index = KmerIndex(references, max_stored_df=max_stored_df)
+    searches = [dict(max_df=3, fallback=(4, 0.5)), dict(max_df=4, stride=2, exclude=exclude), dict(max_df=2)]
+    results = {}
+    for name, limit in (("sparse", kmer_module.SPARSE_COUNT_POSTINGS), ("gathered", -1)):
+        monkeypatch.setattr(kmer_module, "SPARSE_COUNT_POSTINGS", limit)
+        results[name] = [index.search(queries, 8, **options) for options in searches]
+    for (c1, i1), (c2, i2) in zip(results["sparse"], results["gathered"]):
+        assert np.array_equal(c1, c2) and np.array_equal(i1, i2)
+    assert (results["sparse"][0][0] > 0).any()
+
+
 @settings(max_examples=150, deadline=None)
 @given(rows=st.integers(1, 4), columns=st.integers(1, 700), n=st.integers(1, 12), block=st.sampled_from([2, 8, 64]),
        spread=st.integers(1, 50), seed=st.integers(0, 2 ** 31 - 1))

@@ -20,6 +20,9 @@ KMER_QUERY_STRIDE = 2
 KMER_FALLBACK_DF = 3000
 KMER_FALLBACK_BELOW = 0.1   # ... when fewer than this fraction of its k-mers are within KMER_MAX_DF
 KMER_COUNT_ELEMENTS = 1 << 22   # KmerIndex.search: queries x references shared-k-mer counts held at once
+# Up to this many stored postings the shared k-mers are counted by a sparse product (its int16 data array costs
+# 2 bytes a posting: 92 MiB for 123k references); above it by gathering the postings, which needs no data array
+SPARSE_COUNT_POSTINGS = 1 << 26
 # Postings are stored only for k-mers held by at most this many references: every search caps at KMER_MAX_DF or
 # KMER_FALLBACK_DF, so the commoner k-mers' postings (45% of all on 123k real barcodes) are never read.
 KMER_STORED_DF = KMER_FALLBACK_DF
@@ -108,7 +111,7 @@ class KmerIndex:
         for rows, values in _distinct_kmers(store, k, cells):
             keep = stored[values] > 0
             _place_postings(self.refs, cursor, rows[keep], values[keep])
-        self._offsets = self._left_out = None
+        self._offsets = self._left_out = self._matrix = None
 
     @property
     def postings_left_out(self) -> bool:
@@ -135,7 +138,7 @@ class KmerIndex:
         index = cls.__new__(cls)
         index.k, index.size, index.kmers, index.df, index.refs = int(k), int(size), kmers, df, refs
         index.max_stored_df = None if max_stored_df is None else int(max_stored_df)
-        index._offsets = index._left_out = None
+        index._offsets = index._left_out = index._matrix = None
         if not 4 <= k <= 15 or kmers.shape != df.shape \
                 or int(index.stored_df.sum(dtype=np.int64)) != len(refs) \
                 or (len(refs) and (int(refs.min()) < 0 or int(refs.max()) >= size)) \
@@ -259,10 +262,13 @@ class KmerIndex:
 
     def _shared_counts(self, q_of: np.ndarray, at: np.ndarray, rows: int) -> np.ndarray:
         """int64 [rows, size]: distinct k-mers (positions `at` in self.kmers, one pair per query and k-mer, queries
-        `q_of`) shared by each query and reference: the k-mers' postings gathered and counted. A scipy sparse
-        product counts 1.4x faster but needs a data array as large as the postings (0.6 GB for a million
-        references); with the counts turned into ranking keys in place, the whole search is as fast this way
-        (1,500 queries against 123k references, in turn: 1.09-1.34 s against 1.19-1.46 s)."""
+        `q_of`) shared by each query and reference. Up to SPARSE_COUNT_POSTINGS stored postings, a sparse product
+        (`_sparse_counts`: the search of the 8,854 `test` queries against 31k references 3.0 s instead of 6.0 s,
+        the same candidates); above it the k-mers' postings are gathered and counted, which needs no data array as
+        large as the postings (0.6 GB for a million references) and is as fast there (1,500 queries against 123k
+        references, in turn: 1.09-1.34 s against 1.19-1.46 s)."""
+        if len(self.refs) <= SPARSE_COUNT_POSTINGS:
+            return self._sparse_counts(q_of, at, rows)
         offsets = self.offsets()
         start = offsets[at]
         length = offsets[at + 1] - start
@@ -272,6 +278,18 @@ class KmerIndex:
         key = np.repeat(q_of * self.size, length)
         key += self.refs[position]
         return np.bincount(key, minlength=rows * self.size).reshape(rows, self.size)
+
+    def _sparse_counts(self, q_of: np.ndarray, at: np.ndarray, rows: int) -> np.ndarray:
+        """`_shared_counts` as a sparse product (query x k-mer incidence) @ (k-mer x reference postings)."""
+        from scipy.sparse import csr_matrix
+
+        if self._matrix is None:   # int32 offsets, so that scipy keeps the postings as they are (no int64 copy)
+            self._matrix = csr_matrix((np.ones(len(self.refs), dtype=np.int16), self.refs,
+                                       self.offsets().astype(np.int32)), shape=(len(self.kmers), self.size))
+        indptr = np.zeros(rows + 1, dtype=np.int64)
+        np.cumsum(np.bincount(q_of, minlength=rows), out=indptr[1:])      # q_of is ascending (see _lookup)
+        incidence = csr_matrix((np.ones(len(at), dtype=np.int16), at, indptr), shape=(rows, len(self.kmers)))
+        return (incidence @ self._matrix).toarray().astype(np.int64)
 
     def _lookup(self, queries: SequenceStore, rows: np.ndarray, stride: int) -> tuple[np.ndarray, np.ndarray]:
         """The distinct indexed k-mers (every stride-th) of queries[rows]: (position in rows int64, position in
