@@ -241,6 +241,22 @@ def test_sparse_and_gathered_kmer_counts_agree(barcodes, monkeypatch, max_stored
     assert (results["sparse"][0][0] > 0).any()
 
 
+def test_sparse_kmer_counts_of_a_query_longer_than_int16_counts(monkeypatch):
+    """A query sharing more k-mers with a reference than int16 holds (a 40 kb sequence) is counted exactly by the
+    sparse product too (int32 for that batch), as by gathering postings."""
+    import barcodetool.search.kmer_index as kmer_module
+
+    rng = np.random.default_rng(5)
+    long = ["".join(rng.choice(list("ACGT"), 40_000)) for _ in range(2)]
+    index = KmerIndex(long + ["ACGT" * 200])
+    queries = [long[1], long[0][:1000]]
+    sparse = index.search(queries, 2, max_df=10)
+    assert sparse[1][0, 0] == 1 and sparse[0][0, 0] > kmer_module.SPARSE_COUNT_MAX
+    monkeypatch.setattr(kmer_module, "SPARSE_COUNT_POSTINGS", -1)
+    gathered = index.search(queries, 2, max_df=10)
+    assert np.array_equal(sparse[0], gathered[0]) and np.array_equal(sparse[1], gathered[1])
+
+
 @settings(max_examples=150, deadline=None)
 @given(rows=st.integers(1, 4), columns=st.integers(1, 700), n=st.integers(1, 12), block=st.sampled_from([2, 8, 64]),
        spread=st.integers(1, 50), seed=st.integers(0, 2 ** 31 - 1))

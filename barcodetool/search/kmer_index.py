@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from ..errors import InputError, UsageError
@@ -23,6 +25,7 @@ KMER_COUNT_ELEMENTS = 1 << 22   # KmerIndex.search: queries x references shared-
 # Up to this many stored postings the shared k-mers are counted by a sparse product (its int16 data array costs
 # 2 bytes a posting: 92 MiB for 123k references); above it by gathering the postings, which needs no data array
 SPARSE_COUNT_POSTINGS = 1 << 26
+SPARSE_COUNT_MAX = np.iinfo(np.int16).max   # shared k-mers an int16 sparse product counts (a query of ~65 kb)
 # Postings are stored only for k-mers held by at most this many references: every search caps at KMER_MAX_DF or
 # KMER_FALLBACK_DF, so the commoner k-mers' postings (45% of all on 123k real barcodes) are never read.
 KMER_STORED_DF = KMER_FALLBACK_DF
@@ -83,9 +86,11 @@ class KmerIndex:
     K-mers found in more than `max_df` references (conserved stretches shared across genera and families) are
     skipped at search time: they cost most of the work and hardly rank anything, and their postings are not
     stored (`max_stored_df`). Memory: 4 bytes per stored posting (12 M for 31 k barcodes with k = 12, 46 M for
-    123 k, 293 M for a million), nothing more once searched: shared k-mers are counted by gathering each query's
-    postings (`_shared_counts`).
+    123 k, 293 M for a million), and up to SPARSE_COUNT_POSTINGS of them 2 bytes more once searched (the
+    postings as a sparse matrix of ones: `_shared_counts`).
     """
+
+    _matrix_lock = threading.Lock()   # classify's worker threads may search an index for the first time at once
 
     def __init__(self, store, k: int = KMER_K, *, max_stored_df: int | None = KMER_STORED_DF,
                  cells: int = KMER_BUILD_CELLS):
@@ -283,12 +288,17 @@ class KmerIndex:
         """`_shared_counts` as a sparse product (query x k-mer incidence) @ (k-mer x reference postings)."""
         from scipy.sparse import csr_matrix
 
-        if self._matrix is None:   # int32 offsets, so that scipy keeps the postings as they are (no int64 copy)
-            self._matrix = csr_matrix((np.ones(len(self.refs), dtype=np.int16), self.refs,
-                                       self.offsets().astype(np.int32)), shape=(len(self.kmers), self.size))
+        with self._matrix_lock:
+            if self._matrix is None:   # int32 offsets, so that scipy keeps the postings as they are (no int64 copy)
+                self._matrix = csr_matrix((np.ones(len(self.refs), dtype=np.int16), self.refs,
+                                           self.offsets().astype(np.int32)), shape=(len(self.kmers), self.size))
+        per_query = np.bincount(q_of, minlength=rows)                      # q_of is ascending (see _lookup)
         indptr = np.zeros(rows + 1, dtype=np.int64)
-        np.cumsum(np.bincount(q_of, minlength=rows), out=indptr[1:])      # q_of is ascending (see _lookup)
-        incidence = csr_matrix((np.ones(len(at), dtype=np.int16), at, indptr), shape=(rows, len(self.kmers)))
+        np.cumsum(per_query, out=indptr[1:])
+        # int16 counts, unless a query has more k-mers than int16 holds: int32 for that batch (scipy then upcasts
+        # the postings' ones for that product only)
+        dtype = np.int16 if per_query.max(initial=0) <= SPARSE_COUNT_MAX else np.int32
+        incidence = csr_matrix((np.ones(len(at), dtype=dtype), at, indptr), shape=(rows, len(self.kmers)))
         return (incidence @ self._matrix).toarray().astype(np.int64)
 
     def _lookup(self, queries: SequenceStore, rows: np.ndarray, stride: int) -> tuple[np.ndarray, np.ndarray]:
