@@ -40,8 +40,8 @@ from .model.weights import PretrainedModel, load_model, locate_model
 from .options import Options
 from .reference import IdentityHits, identity_hits, nearest_bins  # noqa: F401 (part of this module's API)
 from .reference import (DEFAULT_K, IDENTITY_CANDIDATES_EMBEDDING, IDENTITY_CANDIDATES_KMER, IDENTITY_EMBED_BELOW,
-                        IDENTITY_WIDEN_BELOW, ReferenceIndex, ScoredCandidates, Thresholds, embedding_needed, gate,
-                        index_model_name, kmer_fallback, kmer_hits, resolve_model_for_reference, thresholds_for, vote)
+                        ReferenceIndex, ScoredCandidates, Thresholds, embedding_needed, gate, index_model_name,
+                        kmer_fallback, kmer_hits, resolve_model_for_reference, thresholds_for, vote, widen_setting)
 from .search import knn_search, normalize, sequence_groups
 from .taxonomy import RANKS, SINTAX_LETTERS
 
@@ -116,7 +116,7 @@ class ClassifyOptions(Options):
         """The widened k-mer search asked for (k-mer candidates, below): None = the index's."""
         if self.candidates_wide is None:
             return None
-        return (self.candidates_wide, IDENTITY_WIDEN_BELOW) if self.candidates_wide else (0, math.inf)
+        return widen_setting(self.candidates_wide)
 
     @property
     def embeds(self) -> bool:

@@ -7,7 +7,6 @@ import hashlib
 import json
 from array import array
 import logging
-import math
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -24,7 +23,7 @@ from ..options import Options
 from ..search import SequenceStore, normalize
 from ..taxonomy import LABELS
 from .calibrate import calibrate_thresholds
-from .decide import DEFAULT_K, DEFAULT_MIN_CONFIDENCE, DEFAULT_PRECISION, IDENTITY_WIDEN_BELOW
+from .decide import DEFAULT_K, DEFAULT_MIN_CONFIDENCE, DEFAULT_PRECISION, widen_setting
 from .index import REFERENCE_FORMAT, REFERENCE_FORMAT_VERSION, ReferenceIndex, is_reference_file
 
 log = logging.getLogger("barcodetool")
@@ -122,8 +121,7 @@ def build_reference(records: Iterable, model, options: BuildOptions | None = Non
         calibrate_thresholds(index, "knn", precision=options.precision, k=options.neighbours,
                              min_confidence=options.min_confidence)
         calibrate_thresholds(index, "identity", precision=options.precision, min_confidence=options.min_confidence,
-                             widen=(options.candidates_wide, IDENTITY_WIDEN_BELOW) if options.candidates_wide
-                             else (0, math.inf))
+                             widen=widen_setting(options.candidates_wide))
     return index
 
 

@@ -27,8 +27,8 @@ from ..taxonomy import RANKS
 from .candidates import ScoredCandidates, embedding_needed, merge_ranked, search_candidates, widened, widening_needed
 from .confidence import fit_confidence, held_out_confidences
 from .decide import (DEFAULT_K, DEFAULT_MIN_CONFIDENCE, DEFAULT_PRECISION, IDENTITY_CANDIDATES_EMBEDDING,
-                     IDENTITY_CANDIDATES_KMER, IDENTITY_EMBED_BELOW, IdentityThresholds, KnnThresholds, Thresholds,
-                     Votes, tie_vote, vote)
+                     IDENTITY_CANDIDATES_KMER, IDENTITY_EMBED_BELOW, NO_WIDENING, IdentityThresholds, KnnThresholds,
+                     Thresholds, Votes, tie_vote, vote)
 
 if TYPE_CHECKING:   # the index is passed in; this module never needs its class at run time
     from .index import ReferenceIndex
@@ -238,7 +238,7 @@ def calibrate_bin(levels: dict, bin_codes: np.ndarray | None, species_codes: np.
 
 
 def merge_identity_candidates(stored: dict, n_embedding: int, n_kmer: int, embed_below: float = math.inf,
-                              widen: tuple[int, float] = (0, math.inf)
+                              widen: tuple[int, float] = NO_WIDENING
                               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(idx, score, overlap) [m, n_embedding + n_kmer] of stored calibration candidates restricted to the first n
     of each source, merged and ranked exactly as `identity_hits` ranks them: the union of both sources where the
@@ -513,7 +513,7 @@ class IdentityCalibration(Calibration):
         if thresholds is None:
             return {"precision": DEFAULT_PRECISION, "min_confidence": DEFAULT_MIN_CONFIDENCE,
                     "candidates": (IDENTITY_CANDIDATES_EMBEDDING, IDENTITY_CANDIDATES_KMER),
-                    "embed_below": IDENTITY_EMBED_BELOW, "widen": (0, math.inf)}
+                    "embed_below": IDENTITY_EMBED_BELOW, "widen": NO_WIDENING}
         return {"precision": thresholds.precision, "min_confidence": thresholds.min_confidence,
                 "candidates": tuple(thresholds.candidates), "embed_below": thresholds.embed_below,
                 "widen": tuple(thresholds.widen)}
@@ -525,7 +525,7 @@ class IdentityCalibration(Calibration):
             raise UsageError("identity classification needs embedding or k-mer candidates (or both)")
         settings["candidates"] = (n_embedding, n_kmer)
         settings["embed_below"] = float(settings["embed_below"])
-        n_wide, below = settings.get("widen", (0, math.inf))
+        n_wide, below = settings.get("widen", NO_WIDENING)
         if int(n_wide) < 0 or math.isnan(float(below)):
             raise UsageError(f"widen must be (k-mer candidates >= 0, a score), got {settings['widen']}")
         settings["widen"] = (int(n_wide), float(below))
@@ -535,7 +535,7 @@ class IdentityCalibration(Calibration):
         # without embedding candidates the embedding threshold does not matter
         return (super().same_settings(current, requested) and tuple(current["candidates"]) == candidates
                 and (current["embed_below"] == float(requested["embed_below"]) or candidates[0] == 0)
-                and tuple(current.get("widen", (0, math.inf))) == tuple(requested.get("widen", (0, math.inf))))
+                and tuple(current.get("widen", NO_WIDENING)) == tuple(requested.get("widen", NO_WIDENING)))
 
     def complete(self, thresholds: Thresholds) -> bool:
         return getattr(thresholds, "confidence", None) is not None   # indexes of older versions have none
@@ -556,7 +556,7 @@ class IdentityCalibration(Calibration):
             raise UsageError(f"unknown calibration level {level!r}")
         index = self.index
         n_embedding, n_kmer = settings.get("candidates", (IDENTITY_CANDIDATES_EMBEDDING, IDENTITY_CANDIDATES_KMER))
-        widen = settings.get("widen", (0, math.inf))
+        widen = settings.get("widen", NO_WIDENING)
         depth = max(n_kmer, widen[0])   # k-mer candidates the stored searches must hold
         index.identity_calibration = index.identity_calibration or {}
         stored = index.identity_calibration.get(level)

@@ -117,7 +117,7 @@ def widened(first: ScoredCandidates, rows: np.ndarray, wide: ScoredCandidates) -
     overlap = np.concatenate([first.overlap, np.zeros((q, w), dtype=np.int32)], axis=1)
     if len(rows):
         union = candidate_union(first.idx[rows], wide.idx)[:, n:]
-        fresh = (union >= 0) & (wide.score > first.rows(rows).best()[:, None])
+        fresh = (union >= 0) & (wide.score > first.best()[rows, None])
         union = np.where(fresh, union, -1)
         idx[rows, n:] = union
         score[rows, n:] = np.where(fresh, wide.score, -np.inf)

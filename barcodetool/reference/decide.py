@@ -39,6 +39,12 @@ IDENTITY_EMBED_BELOW = 0.95
 # genera there: not the default (docs/benchmarks.md, "Distant queries: a wider k-mer search").
 IDENTITY_CANDIDATES_WIDE = 60
 IDENTITY_WIDEN_BELOW = 0.95
+NO_WIDENING = (0, math.inf)   # IdentityThresholds.widen of a calibration without it
+
+
+def widen_setting(candidates: int) -> tuple[int, float]:
+    """IdentityThresholds.widen for `--candidates-wide N` (0: none)."""
+    return (candidates, IDENTITY_WIDEN_BELOW) if candidates else NO_WIDENING
 
 
 # ============================================================================================ thresholds
@@ -69,7 +75,7 @@ class IdentityThresholds(Thresholds):
 
     candidates: tuple[int, int] = (IDENTITY_CANDIDATES_EMBEDDING, IDENTITY_CANDIDATES_KMER)  # (embedding, k-mer)
     embed_below: float = math.inf           # embedding candidates only below this best k-mer score
-    widen: tuple[int, float] = (0, math.inf)   # (k-mer candidates, below): distant queries' widened k-mer search
+    widen: tuple[int, float] = NO_WIDENING    # (k-mer candidates, below): distant queries' widened k-mer search
     confidence: ConfidenceModel | None = None   # per-query confidence of each rank's label (reference.confidence)
 
 
