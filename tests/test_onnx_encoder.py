@@ -55,6 +55,10 @@ def test_exported_encoder_embeds_as_pytorch_does(exported):
     import barcodetool
 
     np.testing.assert_allclose(barcodetool.embed(sequences, model=onnx_model), found, rtol=0, atol=1e-6)
+    # one call of more rows than a run takes (ONNX_RUN_ROWS): runs of their own width, results in order
+    batch = embed_sequences(onnx_model, sequences, batch_size=len(sequences))
+    assert len(sequences) > onnx_encoder.ONNX_RUN_ROWS
+    np.testing.assert_allclose(batch, expected, rtol=0, atol=1e-5)
 
 
 def test_a_model_with_an_embedding_map_exports_too(tmp_path):

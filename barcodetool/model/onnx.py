@@ -77,6 +77,13 @@ def export_onnx(pretrained, directory: str | os.PathLike | None = None) -> Path:
     return directory / ONNX_FILE
 
 
+# Rows a session.run embeds at once: ONNX Runtime on a CPU is about a quarter faster in small batches than in the
+# callers' batches of 256 (the working set of a batch's attention stays in cache). barcodemae-nano, 2,048 test_unseen
+# barcodes, batches of 256 -> runs of 32 rows: 1.33 -> 0.99 s on one thread, 0.84 -> 0.62 s on two (8-64 rows are
+# within 10% of 32); the embeddings agree to 1e-7.
+ONNX_RUN_ROWS = 32
+
+
 @dataclass
 class OnnxModel(InferenceModel):
     """A model's exported encoder in ONNX Runtime: what inference needs of a `weights.PretrainedModel`."""
@@ -91,9 +98,19 @@ class OnnxModel(InferenceModel):
     compute: str = "float32, ONNX Runtime"
 
     def embed_batch(self, ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        """float32 [batch, embedding_dim] of token ids [batch, tokens] and lengths [batch]."""
-        return self.session.run(None, {"ids": ids.astype(np.int64, copy=False),
-                                       "lengths": lengths.astype(np.int64, copy=False)})[0]
+        """float32 [batch, embedding_dim] of token ids [batch, tokens] and lengths [batch], run ONNX_RUN_ROWS
+        rows at a time (each part padded to its own longest row)."""
+        ids = ids.astype(np.int64, copy=False)
+        lengths = lengths.astype(np.int64, copy=False)
+        parts = []
+        for start in range(0, len(ids), ONNX_RUN_ROWS):
+            part = lengths[start:start + ONNX_RUN_ROWS]
+            width = max(1, int(part.max()))
+            parts.append(self.session.run(None, {"ids": ids[start:start + ONNX_RUN_ROWS, :width],
+                                                 "lengths": part})[0])
+        if not parts:
+            return np.zeros((0, self.embedding_dim), dtype=np.float32)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 def onnx_runtime_available() -> bool:

@@ -118,9 +118,12 @@ class _Offsets:
         return low, high
 
 
-def _offsets(a_codes: np.ndarray, a_of_pair: np.ndarray, b_codes: np.ndarray, k: int, stride: int) -> _Offsets:
-    """Offset votes of pairs (row a_of_pair[p] of a_codes, row p of b_codes) from shared k-mers."""
-    n_pairs = b_codes.shape[0]
+def _offsets(a_codes: np.ndarray, a_of_pair: np.ndarray, b_codes: np.ndarray, k: int, stride: int,
+             b_of_pair: np.ndarray | None = None) -> _Offsets:
+    """Offset votes of pairs (row a_of_pair[p] of a_codes, row b_of_pair[p] of b_codes) from shared k-mers
+    (b_of_pair None: row p of b_codes). Each distinct row's k-mers are computed once on either side (a block of
+    candidate pairs holds each reference ~4 times)."""
+    n_pairs = len(a_of_pair)
     zero = np.zeros(n_pairs, dtype=np.int64)
     # a side: every valid k-mer occurring once in its row, keyed (row << 2k) | kmer, sorted
     a_kmers = kmer_codes(a_codes, k)                                        # [n_a, width_a - k + 1]
@@ -135,7 +138,9 @@ def _offsets(a_codes: np.ndarray, a_of_pair: np.ndarray, b_codes: np.ndarray, k:
         single[:-1] &= ~repeat
         keys, pos_a = keys[single], pos_a[single]
     # b side: k-mers at every `stride`-th position, looked up among the k-mers of the pair's a row
-    b_kmers = kmer_codes(b_codes, k, stride)                                    # [n_pairs, P]
+    b_kmers = kmer_codes(b_codes, k, stride)                                    # [b rows, P]
+    if b_of_pair is not None:
+        b_kmers = b_kmers[b_of_pair]                                            # [n_pairs, P]
     flat = b_kmers.ravel()
     where = np.flatnonzero(flat >= 0)
     none = np.zeros(0, dtype=np.int64)
@@ -345,10 +350,12 @@ def pair_identity(a_store, a_idx, b_store, b_idx, *, iupac: str = "ignore", fall
 def _pair_block(a_store: SequenceStore, a_idx: np.ndarray, b_store: SequenceStore, b_idx: np.ndarray, *,
                 iupac: str, fallback: str, k: int, stride: int, min_votes: int) -> PairIdentity:
     unique_a, a_of_pair = np.unique(a_idx, return_inverse=True)
+    unique_b, b_of_pair = np.unique(b_idx, return_inverse=True)
     width_a = -(-int(a_store.lengths[unique_a].max()) // MISALIGNED_BLOCK) * MISALIGNED_BLOCK
     a_codes = a_store.rows(unique_a, width_a)             # uint8 [distinct a rows, width_a] (block multiple)
-    b_codes = b_store.rows(b_idx)                         # uint8 [pairs, width_b]
-    found = _offsets(a_codes, a_of_pair, b_codes, k, stride)
+    distinct_b = b_store.rows(unique_b)                   # uint8 [distinct b rows, width_b]
+    found = _offsets(a_codes, a_of_pair, distinct_b, k, stride, b_of_pair)
+    b_codes = distinct_b[b_of_pair]                       # uint8 [pairs, width_b]
     anchored = found.votes >= min_votes
     a_rows = _comparable(a_codes, iupac)[a_of_pair]       # [pairs, width_a]
     b_rows = _comparable(b_codes, iupac)
