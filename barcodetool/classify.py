@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
+from contextlib import contextmanager
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -478,6 +479,10 @@ class _Pipeline:
 
     def run(self, records: Iterable, progress) -> Iterator[Assignment]:
         """Assignments in input order; the worker threads are gone when this ends (or is closed)."""
+        with _blas_threads(1 if self.search_workers > 1 and self.options.embeds else None):
+            yield from self._run(records, progress)
+
+    def _run(self, records: Iterable, progress) -> Iterator[Assignment]:
         self.workers = ThreadPoolExecutor(max_workers=self.search_workers, thread_name_prefix="barcodetool-classify")
         searched: deque[_Chunk] = deque()   # two-pass: k-mer candidates submitted
         pending: deque[_Chunk] = deque()    # decisions submitted
@@ -569,6 +574,23 @@ class _Pipeline:
                              overlap=template.overlap, score=template.score)
         if progress is not None:
             progress(len(chunk.records))
+
+
+@contextmanager
+def _blas_threads(limit: int | None):
+    """numpy's BLAS held to `limit` threads meanwhile (None: as it is). Each search worker runs its neighbour search
+    (a matrix product) on one core: BLAS threads of their own only wait for a core, spinning (test_unseen on
+    2 cores: 7% less CPU time, 6% less wall time)."""
+    if limit is None:
+        yield
+        return
+    try:
+        from threadpoolctl import threadpool_limits   # installed with scikit-learn
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(limit, user_api="blas"):
+        yield
 
 
 # ============================================================================================ writing
