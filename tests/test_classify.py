@@ -483,3 +483,20 @@ def test_cli_classify_embed_below(tmp_path, tiny, index_path):
     bad = runner.invoke(main, ["classify", str(SAMPLE), "-r", str(index_path), "-o", str(tmp_path / "x.tsv"),
                                "--model", str(tiny[0]), "--embed-below", "-0.5"])
     assert bad.exit_code == 2 and not (tmp_path / "x.tsv").exists()
+
+
+def test_blas_threads_held_while_workers_search_and_restored_after():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from barcodetool.classify import _blas_threads
+
+    def blas_threads():
+        return [pool["num_threads"] for pool in threadpoolctl.threadpool_info() if pool["user_api"] == "blas"]
+
+    before = blas_threads()
+    if not before:
+        pytest.skip("numpy without a BLAS that threadpoolctl can see")
+    with _blas_threads(1):
+        assert blas_threads() == [1] * len(before)
+    assert blas_threads() == before
+    with _blas_threads(None):
+        assert blas_threads() == before
