@@ -6,7 +6,10 @@ import json
 import math
 import shutil
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from click.testing import CliRunner
 from helpers_models import SAMPLE, load_tiny, make_tiny_model, restore_torch_threads  # noqa: F401
 
@@ -165,9 +168,15 @@ def test_run_benchmark_on_sample(tiny):
     harmonic = result["harmonic_mean"]
     assert 0 <= harmonic["barcodetool"] <= 1 and 0 <= harmonic["barcodetool_identity"] <= 1
     assert result["unique_barcodes"]["train"] > 50 and result["tools"] == {}
+    for task in (species, genus):   # the k-mer profile baselines beside the embedding (issue 15)
+        assert set(task["barcodetool"]["profiles"]) == {"4", "5"}
+        assert all(0 <= entry["one_nn_accuracy"] <= 1 for entry in task["barcodetool"]["profiles"].values())
+    assert bins["profile_4_true_k"]["clusters"] == bins["true_bins"] and 0 <= harmonic["profile_5"] <= 1
     table = format_table(result)
     assert "species, closed world" in table and "genus, open world" in table and "harmonic mean" in table
-    for row in ("identity, default", "identity, top hit", "embedding 1-NN", "embedding k-NN vote",
+    for row in ("baseline: 4-mer count profile 1-NN", "baseline: 5-mer count profile cosine, true k",
+                "baseline: 4-mer count profile (the same three)",
+                "identity, default", "identity, top hit", "embedding 1-NN", "embedding k-NN vote",
                 "barcodetool identity, distance", "barcodetool cosine, true k",
                 "barcodetool classify output, named at species", "barcodetool classify output, named at genus"):
         assert row in table, row
@@ -229,3 +238,41 @@ def test_cli_benchmark_compare(tmp_path, tiny):
     if HAS_BLAST:
         assert 0.5 <= data["tasks"]["species"]["blast"]["top_hit_accuracy"] <= 1
         assert "BLAST top hit" in result.output
+
+
+def test_kmer_profiles_count_overlapping_kmers_of_bases_only():
+    from barcodetool.evaluation.profiles import kmer_profiles
+
+    profiles = kmer_profiles(["ACGTA", "ACNGT", "NNNN", "AAAA"], 2)
+    assert profiles.shape == (4, 16) and profiles.dtype == np.float32
+    # ACGTA: AC CG GT TA once each (columns in lexicographic order: AA=0, AC=1, ... TT=15)
+    np.testing.assert_allclose(profiles[0], np.eye(16)[[1, 6, 11, 12]].sum(axis=0) / 2, atol=1e-7)
+    np.testing.assert_allclose(profiles[1], np.eye(16)[[1, 11]].sum(axis=0) / np.sqrt(2), atol=1e-7)  # N skipped
+    assert not profiles[2].any()                                  # no k-mer of bases: a row of zeros
+    np.testing.assert_allclose(profiles[3], np.eye(16)[0], atol=1e-7)   # AA three times, unit length
+
+
+@given(st.lists(st.text(alphabet="ACGTN", min_size=0, max_size=40), min_size=1, max_size=8),
+       st.integers(min_value=1, max_value=4))
+@settings(max_examples=60, deadline=None)
+def test_kmer_profiles_match_a_plain_count(sequences, k):
+    from itertools import product
+
+    from barcodetool.evaluation.profiles import kmer_profiles
+
+    columns = {"".join(p): i for i, p in enumerate(product("ACGT", repeat=k))}
+    expected = np.zeros((len(sequences), 4 ** k))
+    for row, sequence in enumerate(sequences):
+        for start in range(len(sequence) - k + 1):
+            if sequence[start:start + k] in columns:
+                expected[row, columns[sequence[start:start + k]]] += 1
+    norms = np.linalg.norm(expected, axis=1, keepdims=True)
+    expected = expected / np.where(norms == 0, 1, norms)
+    np.testing.assert_allclose(kmer_profiles(sequences, k), expected, atol=1e-6)
+
+
+def test_profile_nearest_finds_the_reference_itself():
+    from barcodetool.evaluation.profiles import profile_nearest
+
+    reference = list(dict.fromkeys(r.sequence for r in read_barcodes(SAMPLE)))[:40]   # distinct barcodes
+    assert profile_nearest(reference[:10], reference, 4).tolist() == list(range(10))

@@ -4,6 +4,7 @@
     scoring.py      accuracy, assignment rate and precision, named right, throughput, harmonic mean
     external.py     VSEARCH and BLAST: versions, runs on the benchmark's own queries, their scores
     sintax.py       vsearch --sintax: the SINTAX reference FASTA, its tabbed output, scores at each cutoff
+    profiles.py     the baselines: k-mer count profiles (k = 4, 5) scored as the embedding is
     report.py       format_table: the result as the plain-text table `barcodetool benchmark` prints
 """
 

@@ -26,7 +26,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -41,6 +41,7 @@ from ..reference import (DEFAULT_K, DEFAULT_PRECISION, IDENTITY_CANDIDATES_KMER,
                          ReferenceIndex, build_reference, thresholds_for)
 from ..search import normalize
 from .external import compare_tools
+from .profiles import PROFILE_KS, kmer_profiles, profile_nearest
 from .scoring import accuracy, assigned_and_precision, harmonic_mean, named_scores, named_share, rate
 
 log = logging.getLogger("barcodetool")
@@ -116,6 +117,8 @@ class BenchmarkRun:
     device: object
     say: Callable[[str], None]
     threads: int = 0
+    reference: list = field(default_factory=list)          # the train records the index was built from, in order
+    profiles: dict = field(default_factory=dict)           # k -> their k-mer profiles (profiles.kmer_profiles)
 
     def embed(self, sequences: list[str]) -> np.ndarray:
         return embed_sequences(self.model, sequences, batch_size=self.batch_size)
@@ -150,7 +153,9 @@ def run_benchmark(split_file: str | os.PathLike, model: PretrainedModel, *, comp
                             batch_size=batch_size, source=os.path.basename(str(split_file)))
     result["reference_seconds"] = time.perf_counter() - start
     run = BenchmarkRun(model, index, index.thresholds, index.identity_thresholds, neighbours, batch_size,
-                       device, say, threads)
+                       device, say, threads, reference=data["train"])
+    say(f"k-mer profiles of the reference (baselines: k = {', '.join(map(str, PROFILE_KS))})")
+    run.profiles = {k: kmer_profiles([r.sequence for r in data["train"]], k) for k in PROFILE_KS}
     result["thresholds"] = thresholds_summary(run.thresholds, run.identity_thresholds)
     species_queries, genus_queries, cluster_items = draw_queries(data, sample, seed)
 
@@ -267,12 +272,26 @@ def classify_task(run: BenchmarkRun, name: str, queries: list, rank: str) -> dic
     embedding = embedding_calls(run, sequences, ids, rank)
     identity = identity_calls(run, sequences, ids)
     scores = classification_scores(truth, rank, embedding, identity, run.identity_thresholds)
+    scores["profiles"] = profile_scores(run, sequences, truth, rank)
     task = {"queries": len(queries), "rank": rank, "barcodetool": scores,
             "classify_output": classify_output(run, queries, rank, identity.default)}
     if rank == "genus":
         scores["species_left_empty"] = float(np.mean([not a.label("species") for a in identity.default]))
         scores["knn_species_left_empty"] = float(np.mean([not a.label("species") for a in embedding.knn]))
     return task
+
+
+def profile_scores(run: BenchmarkRun, sequences: list[str], truth: list[str], rank: str) -> dict:
+    """The baselines: 1-NN by cosine of k-mer count profiles (profiles.py), k -> accuracy and queries/s."""
+    out = {}
+    for k, reference_profiles in run.profiles.items():
+        start = time.perf_counter()
+        nearest = profile_nearest(sequences, [], k, reference_profiles)
+        seconds = time.perf_counter() - start
+        predicted = [run.reference[i].taxonomy.get(rank, "") if i >= 0 else "" for i in nearest.tolist()]
+        out[str(k)] = {"one_nn_accuracy": accuracy(truth, predicted), "seconds": seconds,
+                       "queries_per_s": rate(seconds, len(sequences))}
+    return out
 
 
 def classify_output(run: BenchmarkRun, queries: list, rank: str, default: list) -> dict:
@@ -327,6 +346,10 @@ def cluster_task(run: BenchmarkRun, cluster_items: list) -> dict:
         task["barcodetool_threshold"] = dict(cluster_metrics(truth, labels_t),
                                              threshold=run.thresholds.cluster_distance,
                                              seconds=embed_seconds + time.perf_counter() - start)
+    for k in run.profiles:   # the baselines, clustered as the embedding is
+        start = time.perf_counter()
+        labels_p = cluster(kmer_profiles(sequences, k), n_clusters=true_k)
+        task[f"profile_{k}_true_k"] = dict(cluster_metrics(truth, labels_p), seconds=time.perf_counter() - start)
     return task
 
 
@@ -336,7 +359,7 @@ def harmonic_means(tasks: dict) -> dict:
     genus_bt = tasks["genus"].get("barcodetool", {})
     bins = tasks["bins"]
     ami = bins.get("barcodetool_true_k", {}).get("ami", math.nan)
-    return {
+    out = {
         "barcodetool": harmonic_mean([species_bt.get("one_nn_accuracy", math.nan),
                                       genus_bt.get("one_nn_accuracy", math.nan), ami]),
         "of": "species 1-NN accuracy, genus 1-NN accuracy, AMI with the true number of BINs",
@@ -344,3 +367,8 @@ def harmonic_means(tasks: dict) -> dict:
                                                genus_bt.get("top_hit_accuracy", math.nan),
                                                bins.get("barcodetool_identity", {}).get("ami", math.nan)]),
         "identity_of": "identity top-hit species and genus accuracy, identity clustering AMI (calibrated threshold)"}
+    for k in species_bt.get("profiles", {}):   # the k-mer profile baselines, by the embedding's protocol
+        out[f"profile_{k}"] = harmonic_mean([species_bt["profiles"][k]["one_nn_accuracy"],
+                                             genus_bt.get("profiles", {}).get(k, {}).get("one_nn_accuracy", math.nan),
+                                             bins.get(f"profile_{k}_true_k", {}).get("ami", math.nan)])
+    return out

@@ -57,6 +57,9 @@ def classification_rows(result: dict, name: str, title: str) -> list[Row]:
                      _pct(bt["kmer_only_top_hit_accuracy"]), _rate(bt["kmer_only_queries_per_s"])))
     rows.append((title, "barcodetool embedding 1-NN (papers' protocol)", n, _pct(bt["one_nn_accuracy"]),
                  _rate(bt.get("one_nn_queries_per_s"))))
+    for k, entry in bt.get("profiles", {}).items():
+        rows.append((title, f"baseline: {k}-mer count profile 1-NN (cosine)", n, _pct(entry["one_nn_accuracy"]),
+                     _rate(entry.get("queries_per_s"))))
     extra = f" (assigned {_pct(bt['knn_assigned'])}, precision {_pct(bt['knn_precision'])})"
     rows.append((title, f"barcodetool embedding k-NN vote k={result.get('k')}", n,
                  _pct(bt["knn_accuracy"]) + extra, _rate(bt.get("knn_queries_per_s"))))
@@ -121,6 +124,11 @@ def bin_rows(bins: dict) -> list[Row]:
         m = bins["barcodetool_threshold"]
         rows.append(_clustering_row(title, f"barcodetool cosine, distance {m['threshold']:.4g} "
                                            f"({m['clusters']} clusters)", n, m, bins))
+    for key, m in bins.items():
+        if key.startswith("profile_") and key.endswith("_true_k"):
+            k = key[len("profile_"):-len("_true_k")]
+            rows.append(_clustering_row(title, f"baseline: {k}-mer count profile cosine, true k={bins['true_bins']}",
+                                        n, m, bins))
     for identity in VSEARCH_CLUSTER_IDS:
         entry = bins.get(f"vsearch_{identity}")
         if entry is not None:
@@ -140,6 +148,10 @@ def harmonic_mean_rows(hm: dict) -> list[Row]:
     if "barcodetool_identity" in hm:
         rows.append(("harmonic mean", "barcodetool identity (top-hit species, genus, AMI calibrated)", "",
                      _pct(hm.get("barcodetool_identity")), ""))
+    for key, value in hm.items():
+        if key.startswith("profile_"):
+            rows.append(("harmonic mean", f"baseline: {key[len('profile_'):]}-mer count profile (the same three)", "",
+                         _pct(value), ""))
     if "vsearch" in hm:
         rows.append(("harmonic mean", "VSEARCH (top-hit species, genus, cluster_fast 0.97 AMI)", "",
                      _pct(hm.get("vsearch")), ""))
