@@ -80,6 +80,7 @@ CEILING_BLOCK_FLOOR = 0.7   # a suspect pair's ceiling counts the mismatches of 
 ANCHORLESS_CEILING = 0.8    # under MIN_VOTES anchors: below ~70-75 % identity (module docstring), with a margin
 MAX_COMPONENT = 20_000      # identity_graph_cluster: largest linked group clustered exactly (m^2 / 2 pairs)
 PAIR_BLOCK = 2048           # pairs processed at once (memory ~ PAIR_BLOCK x longest sequence x 40 B)
+VOTE_TABLE_PAIRS = 256      # _offsets: pairs whose offset votes are counted in one table (cache-sized: 0.08 -> 0.06 s)
 # _align_pairs: fewer anchored pairs than this go to PairwiseAligner (~5-10 ms a pair) one by one: the banded
 # aligner's fixed cost (~30 numpy calls a row of `a`) is ~20 ms a call (measured)
 MIN_BANDED_PAIRS = 4
@@ -156,14 +157,20 @@ def _offsets(a_codes: np.ndarray, a_of_pair: np.ndarray, b_codes: np.ndarray, k:
         return _Offsets(zero, zero.copy(), zero.copy(), zero.copy(), none, none)
     low = int(diff.min())
     span = int(diff.max()) - low + 1
-    # votes of each (pair, offset) in a dense [pairs, span] table; the two most voted offsets of each pair
-    table = np.bincount(pair * span + (diff - low), minlength=n_pairs * span).reshape(n_pairs, span)
-    rows = np.arange(n_pairs)
-    top = np.argmax(table, axis=1)                           # ties: the smallest offset
-    votes = table[rows, top]
-    table[rows, top] = 0
-    runner = np.argmax(table, axis=1)
-    second_votes = table[rows, runner]
+    # votes of each (pair, offset) in a dense [pairs, span] table, VOTE_TABLE_PAIRS pairs at a time (hits are in
+    # pair order); the two most voted offsets of each pair
+    top, votes, runner, second_votes = (np.zeros(n_pairs, dtype=np.int64) for _ in range(4))
+    starts = np.arange(0, n_pairs, VOTE_TABLE_PAIRS)
+    first_hit = np.searchsorted(pair, np.append(starts, n_pairs))
+    for p0, h0, h1 in zip(starts.tolist(), first_hit[:-1].tolist(), first_hit[1:].tolist()):
+        m = min(n_pairs, p0 + VOTE_TABLE_PAIRS) - p0
+        table = np.bincount((pair[h0:h1] - p0) * span + (diff[h0:h1] - low), minlength=m * span).reshape(m, span)
+        rows, done = np.arange(m), slice(p0, p0 + m)
+        top[done] = np.argmax(table, axis=1)                 # ties: the smallest offset
+        votes[done] = table[rows, top[done]]
+        table[rows, top[done]] = 0
+        runner[done] = np.argmax(table, axis=1)
+        second_votes[done] = table[rows, runner[done]]
     best = np.where(votes > 0, top + low, 0)
     second = np.where(second_votes > 0, runner + low, 0)
     return _Offsets(best, votes, second, second_votes, pair, diff)
