@@ -23,9 +23,9 @@ import logging
 import math
 import os
 from collections import deque
-from contextlib import contextmanager
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING
 
@@ -402,7 +402,9 @@ def classify_records(records: Iterable, index: ReferenceIndex, model, options: C
     memory does not grow with the number of queries. The index must have been built with `model` (a loaded
     model, or its exported encoder). With `method="identity"` and `candidates_embedding=0` (k-mer candidates
     only) no embedding is computed and `model` may be None. `device` runs the neighbour search in PyTorch (None:
-    numpy); `progress` is called with the number of records of each chunk written.
+    numpy); `progress` is called with the number of records of each chunk written. Until the iteration ends (or
+    is closed), numpy's BLAS threads are held to the cores divided among the search workers (process-wide:
+    threadpoolctl), where there are two or more and queries are embedded.
     """
     options = options or ClassifyOptions()
     if model is None and options.embeds:

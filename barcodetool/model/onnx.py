@@ -106,8 +106,8 @@ class OnnxModel(InferenceModel):
         for start in range(0, len(ids), ONNX_RUN_ROWS):
             part = lengths[start:start + ONNX_RUN_ROWS]
             width = max(1, int(part.max()))
-            parts.append(self.session.run(None, {"ids": ids[start:start + ONNX_RUN_ROWS, :width],
-                                                 "lengths": part})[0])
+            rows = np.ascontiguousarray(ids[start:start + ONNX_RUN_ROWS, :width])
+            parts.append(self.session.run(None, {"ids": rows, "lengths": part})[0])
         if not parts:
             return np.zeros((0, self.embedding_dim), dtype=np.float32)
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
