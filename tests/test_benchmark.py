@@ -276,3 +276,16 @@ def test_profile_nearest_finds_the_reference_itself():
 
     reference = list(dict.fromkeys(r.sequence for r in read_barcodes(SAMPLE)))[:40]   # distinct barcodes
     assert profile_nearest(reference[:10], reference, 4).tolist() == list(range(10))
+
+
+def test_profiles_too_large_for_memory_are_left_out_and_said(tiny, monkeypatch):
+    import barcodetool.evaluation.protocol as protocol
+
+    # room for the 4-mer profiles of the sample's train barcodes (256 floats each) twice over, not for the 5-mers
+    train = len(unique_by_split(read_barcodes(SAMPLE), ["train"])["train"])
+    monkeypatch.setattr(protocol, "PROFILE_MAX_BYTES", 2 * train * 256 * 4)
+    result = run_benchmark(SAMPLE, tiny[1], sample=5, threads=1)
+    assert set(result["tasks"]["species"]["barcodetool"]["profiles"]) == {"4"}
+    assert "profile_5_true_k" not in result["tasks"]["bins"] and "profile_4_true_k" in result["tasks"]["bins"]
+    assert "k = 5" in result["profiles_left_out"]
+    assert "baselines left out: k-mer profiles of k = 5" in format_table(result)

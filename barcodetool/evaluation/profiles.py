@@ -19,6 +19,7 @@ from ..search.sequences import as_store, kmer_codes
 
 PROFILE_KS = (4, 5)      # the baselines `barcodetool benchmark` reports
 PROFILE_BLOCK = 2048     # sequences profiled at once (a block's k-mer codes: ~2048 x 1,600 int32 at most)
+PROFILE_MAX_BYTES = 2 << 30   # the benchmark holds a reference's profiles up to this (5-mers: ~520k barcodes)
 
 
 def kmer_profiles(sequences: Sequence[str], k: int) -> np.ndarray:

@@ -41,7 +41,7 @@ from ..reference import (DEFAULT_K, DEFAULT_PRECISION, IDENTITY_CANDIDATES_KMER,
                          ReferenceIndex, build_reference, thresholds_for)
 from ..search import normalize
 from .external import compare_tools
-from .profiles import PROFILE_KS, kmer_profiles, profile_nearest
+from .profiles import PROFILE_KS, PROFILE_MAX_BYTES, kmer_profiles, profile_nearest
 from .scoring import accuracy, assigned_and_precision, harmonic_mean, named_scores, named_share, rate
 
 log = logging.getLogger("barcodetool")
@@ -154,8 +154,17 @@ def run_benchmark(split_file: str | os.PathLike, model: PretrainedModel, *, comp
     result["reference_seconds"] = time.perf_counter() - start
     run = BenchmarkRun(model, index, index.thresholds, index.identity_thresholds, neighbours, batch_size,
                        device, say, threads, reference=data["train"])
-    say(f"k-mer profiles of the reference (baselines: k = {', '.join(map(str, PROFILE_KS))})")
-    run.profiles = {k: kmer_profiles([r.sequence for r in data["train"]], k) for k in PROFILE_KS}
+    # the baselines' reference profiles are held in memory (float32 [train, 4^k]): a k whose profiles would
+    # exceed PROFILE_MAX_BYTES is left out, and the result says so
+    fitting = [k for k in PROFILE_KS if len(data["train"]) * 4 ** k * 4 <= PROFILE_MAX_BYTES]
+    if len(fitting) < len(PROFILE_KS):
+        left_out = ", ".join(str(k) for k in PROFILE_KS if k not in fitting)
+        result["profiles_left_out"] = (f"k-mer profiles of k = {left_out} of {len(data['train']):,} train barcodes "
+                                       f"would exceed {PROFILE_MAX_BYTES >> 20:,} MiB")
+        say(result["profiles_left_out"])
+    if fitting:
+        say(f"k-mer profiles of the reference (baselines: k = {', '.join(map(str, fitting))})")
+    run.profiles = {k: kmer_profiles([r.sequence for r in data["train"]], k) for k in fitting}
     result["thresholds"] = thresholds_summary(run.thresholds, run.identity_thresholds)
     species_queries, genus_queries, cluster_items = draw_queries(data, sample, seed)
 

@@ -177,6 +177,8 @@ def footer(result: dict) -> list[str]:
     lines = ["", f"model {model.get('model_name')} (sha256 {str(model.get('model_sha256', ''))[:12]}), "
                  f"{result.get('threads')} threads; reference: {result['unique_barcodes'].get('train', 0):,} unique "
                  f"train barcodes embedded and calibrated in {result.get('reference_seconds', 0):.1f} s"]
+    if "profiles_left_out" in result:
+        lines.append(f"baselines left out: {result['profiles_left_out']}")
     if tools:
         shown = ", ".join(f"{k}: {v}" for k, v in tools.items() if not k.startswith("blast_"))
         lines.append(f"tools: {shown}")
