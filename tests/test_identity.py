@@ -491,3 +491,39 @@ def test_kmer_index_stores_postings_only_up_to_its_cap(barcodes):
     # an index none of whose k-mers passes its cap is complete: any cap may be searched
     assert np.array_equal(KmerIndex(references[:3], max_stored_df=4).search(queries, 2, max_df=100)[1],
                           KmerIndex(references[:3], max_stored_df=None).search(queries, 2, max_df=100)[1])
+
+
+def _all_fields_equal(a, b) -> None:
+    for name in a.FIELDS:
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+
+
+def test_anchor_table_and_sorted_search_agree(barcodes, monkeypatch):
+    """The direct k-mer table (k <= DENSE_ANCHOR_K) and the binary search of sorted keys find the same anchors:
+    pairs in no order, a row paired many times, rows with repeated k-mers (tandem copies), N codes, and the 7-mer
+    re-anchoring of realigned pairs."""
+    import barcodetool.search.identity as identity
+
+    rng = np.random.default_rng(5)
+    queries = barcodes[:12] + [barcodes[0][:200] * 3, barcodes[1][:300] + "N" * 40 + barcodes[1][300:]]
+    refs = barcodes[12:] + [substitute(b, 100) for b in barcodes[:6]]
+    a_idx = rng.integers(0, len(queries), 400)
+    b_idx = rng.integers(0, len(refs), 400)
+    dense = pair_identity(queries, a_idx, refs, b_idx, fallback="align")
+    monkeypatch.setattr(identity, "DENSE_ANCHOR_K", 0)
+    _all_fields_equal(dense, pair_identity(queries, a_idx, refs, b_idx, fallback="align"))
+    monkeypatch.undo()
+    table = identity._DENSE.tables[identity.ANCHOR_K]
+    assert (table == -1).all()   # left empty for the next call
+
+
+def test_anchor_tables_are_per_thread(barcodes):
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(6)
+    jobs = [(rng.integers(0, 10, 300), rng.integers(10, len(barcodes), 300)) for _ in range(6)]
+    alone = [pair_identity(barcodes, a, barcodes, b) for a, b in jobs]
+    with ThreadPoolExecutor(3) as pool:
+        together = list(pool.map(lambda job: pair_identity(barcodes, job[0], barcodes, job[1]), jobs))
+    for one, other in zip(alone, together):
+        _all_fields_equal(one, other)
