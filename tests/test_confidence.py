@@ -40,6 +40,19 @@ def test_exported_trees_predict_as_scikit_learn():
     np.testing.assert_allclose(model.probability(probe), fitted.predict_proba(probe)[:, 1], atol=1e-6)
 
 
+@pytest.mark.parametrize("group", [1, 7, 1000])
+def test_trees_walked_in_groups_give_the_same_bits(group, monkeypatch):
+    import barcodetool.reference.confidence as confidence
+
+    x, y, fitted = _fitted(seed=2)
+    model = RankModel.from_boosting(fitted, len(y), reach=1.0)
+    probe = np.random.default_rng(3).random((257, len(FEATURES)))
+    expected = model.probability(probe)
+    monkeypatch.setattr(confidence, "TREE_GROUP", group)
+    np.testing.assert_array_equal(model.probability(probe), expected)
+    assert model.probability(probe[:0]).shape == (0,)
+
+
 def test_model_json_round_trip_and_refusals():
     x, y, fitted = _fitted()
     model = ConfidenceModel({"genus": RankModel.from_boosting(fitted, len(y), reach=1.0),
