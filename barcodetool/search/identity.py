@@ -82,6 +82,7 @@ ANCHORLESS_CEILING = 0.8    # under MIN_VOTES anchors: below ~70-75 % identity (
 MAX_COMPONENT = 20_000      # identity_graph_cluster: largest linked group clustered exactly (m^2 / 2 pairs)
 PAIR_BLOCK = 2048           # pairs processed at once (memory ~ PAIR_BLOCK x longest sequence x 40 B)
 DENSE_ANCHOR_K = 11         # _offsets: anchor k-mers up to this long are found through a direct table (4^k int32)
+DENSE_ANCHOR_ROWS = 4       # ... for this many a rows at a time (a table each: 16 MiB a thread for k = 10)
 VOTE_TABLE_PAIRS = 256      # _offsets: pairs whose offset votes are counted in one table (cache-sized: 0.08 -> 0.06 s)
 # _align_pairs: fewer anchored pairs than this go to PairwiseAligner (~5-10 ms a pair) one by one: the banded
 # aligner's fixed cost (~30 numpy calls a row of `a`) is ~20 ms a call (measured)
@@ -165,36 +166,44 @@ def _offsets(a_codes: np.ndarray, a_of_pair: np.ndarray, b_codes: np.ndarray, k:
 
 def _anchor_positions_dense(a_kmers: np.ndarray, a_of_pair: np.ndarray, b_kmers: np.ndarray, k: int) -> np.ndarray:
     """int32 [pairs, P]: where each k-mer of b_kmers [pairs, P] occurs in its pair's a row (a_kmers [n_a, W],
-    -1 = invalid), -1 where nowhere or more than once. A direct table of every k-mer (4^k entries, one per thread,
-    kept between calls) is filled with one a row's positions and read by that row's pairs: 2.4x faster than a binary
-    search of sorted (row, k-mer) keys on a test_unseen run (0.74 against 1.75 s for its 67,048 pairs)."""
+    -1 = invalid), -1 where nowhere or more than once.
+
+    A direct table of every k-mer per a row (4^k entries, +1 that invalid k-mers of b look up) is filled with the
+    row's positions and read by the row's pairs: 2.4x faster than a binary search of sorted (row, k-mer) keys on a
+    test_unseen run (0.74 against 1.75 s for its 67,048 pairs). DENSE_ANCHOR_ROWS rows share a step, each in its
+    own table (one array per thread, kept between calls): fewer, longer numpy steps, which hold the interpreter's
+    lock less while another worker runs."""
+    size = 4 ** k + 1
     table = getattr(_DENSE, "tables", {}).get(k)
     if table is None:
-        table = np.full(4 ** k + 1, -1, dtype=np.int32)   # the last entry: what invalid k-mers of b look up
+        table = np.full(DENSE_ANCHOR_ROWS * size, -1, dtype=np.int32)
         _DENSE.tables = {**getattr(_DENSE, "tables", {}), k: table}
-    # pairs in order of their a row (each row's lookups one slice), each row's valid k-mers one slice
+    n_a = a_kmers.shape[0]
+    slot = (np.arange(n_a) % DENSE_ANCHOR_ROWS).astype(np.int32) * size        # each row's table, in turn
+    # pairs in order of their a row (a group of rows' lookups one slice), the rows' valid k-mers one slice
     order = np.argsort(a_of_pair, kind="stable")
-    pair_bounds = np.searchsorted(a_of_pair[order], np.arange(a_kmers.shape[0] + 1)).tolist()
-    lookups = np.where(b_kmers >= 0, b_kmers, 4 ** k)[order]
+    lookups = np.where(b_kmers >= 0, b_kmers, size - 1)[order] + slot[a_of_pair[order]][:, None]
+    group_rows = np.arange(0, n_a + DENSE_ANCHOR_ROWS, DENSE_ANCHOR_ROWS).clip(max=n_a)
+    pair_bounds = np.searchsorted(a_of_pair[order], group_rows).tolist()
     rows, positions = np.nonzero(a_kmers >= 0)                      # rows ascending
-    kmers = a_kmers[rows, positions]
+    keys = a_kmers[rows, positions] + slot[rows]
     positions = positions.astype(np.int32)
-    kmer_bounds = np.searchsorted(rows, np.arange(a_kmers.shape[0] + 1)).tolist()
+    key_bounds = np.searchsorted(rows, group_rows).tolist()
     found = np.empty(lookups.shape, dtype=np.int32)
     try:
-        for row in range(a_kmers.shape[0]):
-            p0, p1 = pair_bounds[row], pair_bounds[row + 1]
+        for group in range(len(group_rows) - 1):
+            p0, p1 = pair_bounds[group], pair_bounds[group + 1]
             if p0 == p1:
                 continue
-            own, at = kmers[kmer_bounds[row]:kmer_bounds[row + 1]], positions[kmer_bounds[row]:kmer_bounds[row + 1]]
+            own, at = keys[key_bounds[group]:key_bounds[group + 1]], positions[key_bounds[group]:key_bounds[group + 1]]
             table[own] = at
-            repeated = table[own] != at                  # a k-mer repeated in the row: an ambiguous anchor
+            repeated = table[own] != at                  # a k-mer repeated in its row: an ambiguous anchor
             if repeated.any():
                 table[own[repeated]] = -1
             np.take(table, lookups[p0:p1], out=found[p0:p1])
             table[own] = -1
     except BaseException:
-        table.fill(-1)   # interrupted with a row's entries in it: the next call must find the table empty
+        table.fill(-1)   # interrupted with rows' entries in it: the next call must find the table empty
         raise
     out = np.empty_like(found)
     out[order] = found
