@@ -189,3 +189,15 @@ def test_output_equal_to_input_exit_1(runner, tiny_model_dir, tmp_path):
     assert str(source) in line
     assert source.read_bytes() == EXAMPLE_FASTA.read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["input.fasta"]
+
+
+def test_commands_run_with_fewer_young_collections(monkeypatch):
+    import gc
+
+    from barcodetool.cli import GC_YOUNG_OBJECTS
+
+    monkeypatch.setattr(gc, "set_threshold", lambda *values: calls.append(values))
+    monkeypatch.setattr(gc, "get_threshold", lambda: (700, 10, 10))
+    calls: list = []
+    result = CliRunner().invoke(main, ["models"])
+    assert result.exit_code == 0 and calls == [(GC_YOUNG_OBJECTS, 10, 10)]

@@ -14,6 +14,7 @@ before or after the command's name.
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib
 import logging
 import os
@@ -125,7 +126,20 @@ def main(ctx, debug, quiet):
     # Under torchrun only rank 0 talks; the other ranks keep warnings and errors.
     quiet = quiet or int(os.environ.get("RANK", "0")) != 0
     _configure_logging(quiet)
+    _collect_less()
     ctx.obj = Context(debug=debug, quiet=quiet)
+
+
+# The cyclic garbage collector's first generation: a collection every GC_YOUNG_OBJECTS new container objects instead
+# of every 700. A command makes millions of short-lived ones that are never cycles (records, assignments, labels);
+# py-spy found 2-4% of a `classify` run's time in the collector, which also holds the interpreter's lock against the
+# search workers (test_unseen: 3.55 against 3.69 s, 9 runs each in turn).
+GC_YOUNG_OBJECTS = 100_000
+
+
+def _collect_less() -> None:
+    young, older, oldest = gc.get_threshold()
+    gc.set_threshold(max(GC_YOUNG_OBJECTS, young), older, oldest)
 
 
 def _configure_logging(quiet: bool) -> None:
