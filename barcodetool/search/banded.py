@@ -301,7 +301,6 @@ class _Block:
         full = lambda column: np.ascontiguousarray(np.broadcast_to(column.astype(np.int16)[:, None], (len(column), P)))
         slope = full(-4 * GAP_EXTEND * np.arange(W))                                # V(w) = H(w) - extend w
         y_step = full(4 * (GAP_OPEN + GAP_EXTEND * np.arange(W - 1)) + _IY)
-        doubling = [1 << s for s in range(max(W - 1, 1).bit_length())]
         self.codes = [np.empty((R + 1, W, P), dtype=np.uint8) for _ in range(3)]  # M's, Ix's, Iy's origin
         code_m, code_x, code_y = self.codes
         # the last column (j = len_b) is band column w = col_x - i of row i: kept as M and Iy keys by w
@@ -333,11 +332,8 @@ class _Block:
             # Iy(w) = max_{w' < w} H(w') + open + extend (w - 1 - w'): prefix maximum of V(w') = H(w') - extend w'
             np.maximum(Mn, Xn, out=H)
             np.add(H, slope, out=ping)
-            src, dst = ping, pong
-            for k in doubling:
-                np.maximum(src[k:], src[:-k], out=dst[k:])
-                dst[:k] = src[:k]
-                src, dst = dst, src
+            np.maximum.accumulate(ping, axis=0, out=pong)
+            src, dst = pong, ping
             np.bitwise_and(src[:-1], -4, out=Yn[1:])
             Yn[1:] += y_step
             Yn[0] = _LOW - 2
