@@ -502,7 +502,7 @@ def test_anchor_table_and_sorted_search_agree(barcodes, monkeypatch):
     """The direct k-mer table (k <= DENSE_ANCHOR_K) and the binary search of sorted keys find the same anchors:
     pairs in no order, a row paired many times, rows with repeated k-mers (tandem copies), N codes, and the 7-mer
     re-anchoring of realigned pairs."""
-    import barcodetool.search.identity as identity
+    import barcodetool.search.anchors as anchors
 
     rng = np.random.default_rng(5)
     queries = barcodes[:12] + [barcodes[0][:200] * 3, barcodes[1][:300] + "N" * 40 + barcodes[1][300:]]
@@ -510,10 +510,10 @@ def test_anchor_table_and_sorted_search_agree(barcodes, monkeypatch):
     a_idx = rng.integers(0, len(queries), 400)
     b_idx = rng.integers(0, len(refs), 400)
     dense = pair_identity(queries, a_idx, refs, b_idx, fallback="align")
-    monkeypatch.setattr(identity, "DENSE_ANCHOR_K", 0)
+    monkeypatch.setattr(anchors, "DENSE_ANCHOR_K", 0)
     _all_fields_equal(dense, pair_identity(queries, a_idx, refs, b_idx, fallback="align"))
     monkeypatch.undo()
-    table = identity._DENSE.tables[identity.ANCHOR_K]
+    table = anchors._DENSE.tables[anchors.ANCHOR_K]
     assert (table == -1).all()   # left empty for the next call
 
 

@@ -14,9 +14,9 @@ coordinate in all of them form a map k-mer -> region coordinate. Each k-mer of a
 position of its first `max_length` + stride bases; every second position, as the identity engine looks up anchors,
 leaves 3% of coi_extra without an anchor instead of 0.1%) found in the map votes for the offset
 pos_in_sequence - coordinate,
-as the identity engine's anchors vote (`_offsets`); the most voted offset, with at least MIN_VOTES (2) votes,
-is the sequence's. A sequence without an anchor (another gene, a reverse complement, too divergent) is read as
-without the setting, from its first base.
+as the identity engine's anchors vote (`search.anchors.offset_votes`); the most voted offset, with at least
+MIN_VOTES (2) votes, is the sequence's. A sequence without an anchor (another gene, a reverse complement, too
+divergent) is read as without the setting, from its first base.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..search.identity import ANCHOR_K, MIN_VOTES
+from ..search.anchors import ANCHOR_K, MIN_VOTES
 
 PHASES = ("none", "coi5p")   # TokenizerConfig.phase: "none" reads from the first base (the setting's absence)
 ROW_BLOCK = 256              # sequences voted at once (memory ~ ROW_BLOCK x offset span x 8 B)

@@ -1,6 +1,6 @@
 """Search primitives: exact blocked cosine k-NN over embeddings (knn), sequences encoded once (sequences), the
-k-mer candidate index (kmer_index), and anchored pairwise identity, re-ranking and identity clustering
-(identity)."""
+k-mer candidate index (kmer_index), the offsets of sequence pairs voted by shared k-mers (anchors), and anchored
+pairwise identity, re-ranking and identity clustering (identity)."""
 
 from .identity import (FALLBACKS, IUPAC_MODES, PairIdentity, aligned_identity, anchored_identity, candidate_union,
                        coverage_score, identity_graph_cluster, neighbour_pairs, pair_identity, rank_scored, rerank,

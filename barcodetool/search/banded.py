@@ -9,7 +9,7 @@ an internal gap of length L scores -22 - 2 (L - 1), end gaps 0. The banded align
 
 * **A band.** Cell (i, j) pairs a[i-1] with b[j-1] and lies on diagonal d = j - i, the anchors' offset
   (a[i] ~ b[i + d]). Only diagonals in [low - BAND_MARGIN, high + BAND_MARGIN] are computed, low and high being
-  the smallest and largest supported anchor offsets of the pair (`identity._offsets`). A block of pairs runs row
+  the smallest and largest supported anchor offsets of the pair (`anchors.offset_votes`). A block of pairs runs row
   by row of `a`; a row of the band is a [W, pairs] int16 array (contiguous: every step is one numpy call over all
   pairs), so a pair costs rows x W cells instead of len(a) x len(b). M comes from the previous row's three
   states on the same diagonal, Ix from the previous row, Iy (a run inside the row) is a prefix maximum of
