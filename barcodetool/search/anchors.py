@@ -22,7 +22,7 @@ ANCHOR_STRIDE = 2           # k-mers of the second sequence looked up at every `
 MIN_VOTES = 2               # anchors needed to accept an offset
 INDEL_NEAR = 30             # a second offset this close to the best one needs a single vote to try an indel
 BAND_VOTES = 4              # an offset this voted widens the alignment band wherever it is (MIN_VOTES: if near)
-DENSE_ANCHOR_K = 11         # offset_votes: anchor k-mers up to this long are found through a direct table (4^k int32)
+DENSE_ANCHOR_K = 10         # offset_votes: anchor k-mers up to this long go through a direct table (4^k int32)
 DENSE_ANCHOR_ROWS = 4       # ... for this many a rows at a time (a table each: 16 MiB a thread for k = 10)
 VOTE_TABLE_PAIRS = 256      # offset_votes: pairs counted in one vote table (cache-sized: 0.08 -> 0.06 s)
 _DENSE = threading.local()   # _anchor_positions_dense: each thread's tables
