@@ -62,7 +62,7 @@ class OffsetVotes:
 
 
 def offset_votes(a_codes: np.ndarray, a_of_pair: np.ndarray, b_codes: np.ndarray, k: int, stride: int,
-             b_of_pair: np.ndarray | None = None) -> OffsetVotes:
+                 b_of_pair: np.ndarray | None = None) -> OffsetVotes:
     """Offset votes of pairs (row a_of_pair[p] of a_codes, row b_of_pair[p] of b_codes) from shared k-mers
     (b_of_pair None: row p of b_codes). Each distinct row's k-mers are computed once on either side (a block of
     candidate pairs holds each reference ~4 times)."""
@@ -72,10 +72,10 @@ def offset_votes(a_codes: np.ndarray, a_of_pair: np.ndarray, b_codes: np.ndarray
     a_kmers = kmer_codes(a_codes, k)                                        # [n_a, width_a - k + 1]
     # b side: k-mers at every `stride`-th position, looked up among the k-mers of the pair's a row
     b_kmers = kmer_codes(b_codes, k, stride)                                    # [b rows, P]
-    if b_of_pair is not None:
-        b_kmers = b_kmers[b_of_pair]                                            # [n_pairs, P]
+    if b_of_pair is None:
+        b_of_pair = np.arange(n_pairs)
     lookup = _anchor_positions_dense if k <= DENSE_ANCHOR_K else _anchor_positions_sorted
-    found = lookup(a_kmers, a_of_pair, b_kmers, k)             # int32 [n_pairs, P] position in a (-1: none)
+    found = lookup(a_kmers, a_of_pair, b_kmers, b_of_pair, k)  # int32 [n_pairs, P] position in a (-1: none)
     where = np.flatnonzero(found >= 0)                                       # ascending: by pair, then position
     if len(where) == 0:
         return OffsetVotes(zero, zero.copy(), zero.copy(), zero.copy(), none, none)
@@ -102,9 +102,10 @@ def offset_votes(a_codes: np.ndarray, a_of_pair: np.ndarray, b_codes: np.ndarray
     return OffsetVotes(best, votes, second, second_votes, pair, diff)
 
 
-def _anchor_positions_dense(a_kmers: np.ndarray, a_of_pair: np.ndarray, b_kmers: np.ndarray, k: int) -> np.ndarray:
-    """int32 [pairs, P]: where each k-mer of b_kmers [pairs, P] occurs in its pair's a row (a_kmers [n_a, W],
-    -1 = invalid), -1 where nowhere or more than once.
+def _anchor_positions_dense(a_kmers: np.ndarray, a_of_pair: np.ndarray, b_kmers: np.ndarray, b_of_pair: np.ndarray,
+                            k: int) -> np.ndarray:
+    """int32 [pairs, P]: where each k-mer of pair p's b row (b_kmers[b_of_pair[p]], b_kmers [b rows, P], -1 =
+    invalid) occurs in its a row (a_kmers[a_of_pair[p]], a_kmers [n_a, W]), -1 where nowhere or more than once.
 
     A direct table of every k-mer per a row (4^k entries, +1 that invalid k-mers of b look up) is filled with the
     row's positions and read by the row's pairs: 2.4x faster than a binary search of sorted (row, k-mer) keys on a
@@ -120,14 +121,14 @@ def _anchor_positions_dense(a_kmers: np.ndarray, a_of_pair: np.ndarray, b_kmers:
     slot = (np.arange(n_a) % DENSE_ANCHOR_ROWS).astype(np.int32) * size        # each row's table, in turn
     # pairs in order of their a row (a group of rows' lookups one slice), the rows' valid k-mers one slice
     order = np.argsort(a_of_pair, kind="stable")
-    lookups = np.where(b_kmers >= 0, b_kmers, size - 1)[order] + slot[a_of_pair[order]][:, None]
+    lookups = np.where(b_kmers >= 0, b_kmers, size - 1)[b_of_pair[order]] + slot[a_of_pair[order]][:, None]
     group_rows = np.arange(0, n_a + DENSE_ANCHOR_ROWS, DENSE_ANCHOR_ROWS).clip(max=n_a)
     pair_bounds = np.searchsorted(a_of_pair[order], group_rows).tolist()
     rows, positions = np.nonzero(a_kmers >= 0)                      # rows ascending
     keys = a_kmers[rows, positions] + slot[rows]
     positions = positions.astype(np.int32)
     key_bounds = np.searchsorted(rows, group_rows).tolist()
-    found = np.empty(lookups.shape, dtype=np.int32)
+    found = np.empty(lookups.shape, dtype=np.int32)                  # in `order`
     try:
         for group in range(len(group_rows) - 1):
             p0, p1 = pair_bounds[group], pair_bounds[group + 1]
@@ -148,9 +149,11 @@ def _anchor_positions_dense(a_kmers: np.ndarray, a_of_pair: np.ndarray, b_kmers:
     return out
 
 
-def _anchor_positions_sorted(a_kmers: np.ndarray, a_of_pair: np.ndarray, b_kmers: np.ndarray, k: int) -> np.ndarray:
+def _anchor_positions_sorted(a_kmers: np.ndarray, a_of_pair: np.ndarray, b_kmers: np.ndarray, b_of_pair: np.ndarray,
+                             k: int) -> np.ndarray:
     """_anchor_positions_dense for a k whose table would be too large: a binary search of the a rows' (row, k-mer)
     keys, sorted."""
+    b_kmers = b_kmers[b_of_pair]                                                # [pairs, P]
     found = np.full(b_kmers.shape, -1, dtype=np.int32)
     rows, pos_a = np.nonzero(a_kmers >= 0)
     keys = (rows.astype(np.int64) << (2 * k)) | a_kmers[rows, pos_a].astype(np.int64)
