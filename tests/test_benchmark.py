@@ -272,10 +272,10 @@ def test_kmer_profiles_match_a_plain_count(sequences, k):
 
 
 def test_profile_nearest_finds_the_reference_itself():
-    from barcodetool.evaluation.profiles import profile_nearest
+    from barcodetool.evaluation.profiles import kmer_profiles, profile_nearest
 
     reference = list(dict.fromkeys(r.sequence for r in read_barcodes(SAMPLE)))[:40]   # distinct barcodes
-    assert profile_nearest(reference[:10], reference, 4).tolist() == list(range(10))
+    assert profile_nearest(reference[:10], kmer_profiles(reference, 4), 4).tolist() == list(range(10))
 
 
 def test_profiles_too_large_for_memory_are_left_out_and_said(tiny, monkeypatch):

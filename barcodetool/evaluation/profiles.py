@@ -39,10 +39,10 @@ def kmer_profiles(sequences: Sequence[str], k: int) -> np.ndarray:
     return normalize(out)
 
 
-def profile_nearest(queries: Sequence[str], reference: Sequence[str], k: int,
-                    reference_profiles: np.ndarray | None = None) -> np.ndarray:
-    """int64 [len(queries)]: the row of each query's cosine-nearest reference by k-mer profile (-1: none)."""
-    if reference_profiles is None:
-        reference_profiles = kmer_profiles(reference, k)
+def profile_nearest(queries: Sequence[str], reference_profiles: np.ndarray, k: int) -> np.ndarray:
+    """int64 [len(queries)]: the row of each query's cosine-nearest reference by k-mer profile (-1: none), the
+    references' k-mer profiles [n, 4^k] given (kmer_profiles: made once, searched by every task)."""
+    if reference_profiles.ndim != 2 or reference_profiles.shape[1] != 4 ** k:
+        raise UsageError(f"reference profiles of {k}-mers have 4^{k} columns, got shape {reference_profiles.shape}")
     _, idx = knn_search(kmer_profiles(queries, k), reference_profiles, 1)
     return idx[:, 0]

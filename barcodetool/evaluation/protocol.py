@@ -39,7 +39,7 @@ from ..model.runtime import set_threads
 from ..model.weights import PretrainedModel
 from ..reference import (DEFAULT_K, DEFAULT_PRECISION, IDENTITY_CANDIDATES_KMER, IdentityThresholds, KnnThresholds,
                          ReferenceIndex, build_reference, thresholds_for)
-from ..search import normalize
+from ..search import as_store, normalize
 from .external import compare_tools
 from .profiles import PROFILE_KS, PROFILE_MAX_BYTES, kmer_profiles, profile_nearest
 from .scoring import accuracy, assigned_and_precision, harmonic_mean, named_scores, named_share, rate
@@ -164,7 +164,8 @@ def run_benchmark(split_file: str | os.PathLike, model: PretrainedModel, *, comp
         say(result["profiles_left_out"])
     if fitting:
         say(f"k-mer profiles of the reference (baselines: k = {', '.join(map(str, fitting))})")
-    run.profiles = {k: kmer_profiles([r.sequence for r in data["train"]], k) for k in fitting}
+    train = as_store([r.sequence for r in data["train"]])   # encoded once for every k
+    run.profiles = {k: kmer_profiles(train, k) for k in fitting}
     result["thresholds"] = thresholds_summary(run.thresholds, run.identity_thresholds)
     species_queries, genus_queries, cluster_items = draw_queries(data, sample, seed)
 
@@ -295,7 +296,7 @@ def profile_scores(run: BenchmarkRun, sequences: list[str], truth: list[str], ra
     out = {}
     for k, reference_profiles in run.profiles.items():
         start = time.perf_counter()
-        nearest = profile_nearest(sequences, [], k, reference_profiles)
+        nearest = profile_nearest(sequences, reference_profiles, k)
         seconds = time.perf_counter() - start
         predicted = [run.reference[i].taxonomy.get(rank, "") if i >= 0 else "" for i in nearest.tolist()]
         out[str(k)] = {"one_nn_accuracy": accuracy(truth, predicted), "seconds": seconds,
@@ -355,9 +356,10 @@ def cluster_task(run: BenchmarkRun, cluster_items: list) -> dict:
         task["barcodetool_threshold"] = dict(cluster_metrics(truth, labels_t),
                                              threshold=run.thresholds.cluster_distance,
                                              seconds=embed_seconds + time.perf_counter() - start)
+    store = as_store(sequences)
     for k in run.profiles:   # the baselines, clustered as the embedding is
         start = time.perf_counter()
-        labels_p = cluster(kmer_profiles(sequences, k), n_clusters=true_k)
+        labels_p = cluster(kmer_profiles(store, k), n_clusters=true_k)
         task[f"profile_{k}_true_k"] = dict(cluster_metrics(truth, labels_p), seconds=time.perf_counter() - start)
     return task
 
