@@ -5,6 +5,7 @@ barcodetool.train imports PyTorch, so it is imported when a command runs, not wi
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import time
@@ -80,18 +81,32 @@ def training_options(function):
 @click.option("--phase", type=click.Choice(["none", "coi5p"]), default=None,
               help="Reading phase: coi5p drops the leading bases that put each barcode of the COI-5P region in one "
                    "phase before tokenizing (recorded in the model); none reads from the first base. Default: none "
-                   "for mae, the --init model's for supcon.")
-@click.option("--objective", type=click.Choice(["mae", "supcon"]), default="mae", show_default=True,
+                   "for mae, the --init model's for supcon and identity.")
+@click.option("--objective", type=click.Choice(["mae", "supcon", "identity"]), default="mae", show_default=True,
               help="mae: the paper's masked-autoencoder pretraining. supcon: continue --init with a hierarchical "
                    "supervised contrastive loss over the genus and species columns (batches of "
-                   "--genera-per-batch x --barcodes-per-genus; --batch-size and --preset are not used).")
-@click.option("--init", "init_model", help="supcon: the model to continue (a bundled name or a model folder).")
+                   "--genera-per-batch x --barcodes-per-genus). identity: continue --init so that cosine ranks "
+                   "each barcode's nearest barcodes as the identity engine does (no labels needed; batches of "
+                   "--anchors-per-batch x (1 + --neighbours-per-anchor)). For supcon and identity, --batch-size "
+                   "and --preset are not used.")
+@click.option("--init", "init_model", help="supcon, identity: the model to continue (a bundled name or a model "
+              "folder).")
 @click.option("--genera-per-batch", type=click.IntRange(min=2), default=48, show_default=True,
               help="supcon: genera in each batch.")
 @click.option("--barcodes-per-genus", type=click.IntRange(min=2), default=4, show_default=True,
               help="supcon: barcodes of each genus in a batch (pairs of one species where the genus has them).")
-@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True,
-              help="supcon: softmax temperature of the contrastive loss.")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="supcon, identity: softmax temperature of the embedding's cosines (default 0.1 for supcon, "
+                   "0.05 for identity).")
+@click.option("--anchors-per-batch", type=click.IntRange(min=2), default=64, show_default=True,
+              help="identity: random barcodes in each batch, each with its neighbours.")
+@click.option("--neighbours-per-anchor", type=click.IntRange(min=1), default=3, show_default=True,
+              help="identity: neighbours of each anchor in a batch (its identity-nearest, then others of its 16 "
+                   "nearest).")
+@click.option("--teacher-temperature", type=click.FloatRange(min=0, min_open=True), default=0.01, show_default=True,
+              help="identity: softmax temperature of the identities (0.01: one identity point is a factor e).")
+@click.option("--label-weight", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="identity: weight of the supervised contrastive loss over genus and species added to it.")
 @device_options
 @read_options
 @click.pass_obj
@@ -99,17 +114,23 @@ def training_options(function):
 def train_command(obj: Context, data: tuple[str, ...], read_options: ReadOptions, **settings):
     """Pretrain a BarcodeMAE model on DATA (FASTA or tables). Under `torchrun --nproc_per_node N` it trains with
     DistributedDataParallel. With --objective supcon, continue a trained model (--init) with a hierarchical
-    supervised contrastive loss over the taxonomy of DATA instead; never on the barcodes you will test on."""
+    supervised contrastive loss over the taxonomy of DATA instead; with --objective identity, teach it to rank
+    DATA's barcodes as alignment identity does. Never on the barcodes you will test on."""
     settings["stride"] = settings["stride"] or settings["kmer_size"]
     read_options = read_options.replace(min_length=settings["kmer_size"])
     check_outputs_distinct([settings["output"]], data)
-    if settings["objective"] == "supcon":
+    objective = settings["objective"]
+    if objective in ("supcon", "identity"):
         if not settings["init_model"]:
-            raise click.UsageError("--objective supcon needs --init MODEL (the model to continue)")
-        _run_training(obj, "supcon", data, settings, read_options, base=settings["init_model"])
+            raise click.UsageError(f"--objective {objective} needs --init MODEL (the model to continue)")
+        if settings["temperature"] is None:
+            settings["temperature"] = 0.1 if objective == "supcon" else 0.05
+        _run_training(obj, objective, data, settings, read_options, base=settings["init_model"])
     else:
         if settings["init_model"]:
-            raise click.UsageError("--init applies to --objective supcon; mae pretraining starts from scratch")
+            raise click.UsageError("--init applies to --objective supcon and identity; mae pretraining starts from "
+                                   "scratch")
+        settings["temperature"] = None
         _run_training(obj, "pretrain", data, settings, read_options)
 
 
@@ -153,17 +174,20 @@ def distill_command(obj: Context, data: tuple[str, ...], model_name: str, read_o
 def _run_training(obj: Context, kind: str, data: tuple[str, ...], settings: dict, read_options: ReadOptions,
                   base: str | None = None) -> None:
     """Read the corpus and run `kind` (pretrain, finetune, supcon or distill) with the command's settings."""
-    from ..train import (FINETUNE_RANKS, SUPCON_RANKS, TrainConfig, distill, finetune, pretrain, read_corpus, supcon,
-                         supcon_tokenizer)
+    from ..train import (FINETUNE_RANKS, SUPCON_RANKS, TrainConfig, distill, finetune, identity_teach, pretrain,
+                         read_corpus, supcon, supcon_tokenizer)
 
-    set_threads(settings.pop("threads"))
+    threads = settings.pop("threads")
+    set_threads(threads)
     config = TrainConfig(
         preset=settings.get("preset") or "small", epochs=settings["epochs"], max_steps=settings["max_steps"],
         max_minutes=settings["max_minutes"], batch_size=settings["batch_size"], lr=settings["lr"],
         mask_ratio=settings["mask_ratio"], val_fraction=settings["val_fraction"], seed=settings["seed"],
         checkpoint_every=settings["checkpoint_every"], log_every=settings["log_every"],
         compile=settings["compile"], device=settings["device"],
-        **{key: settings[key] for key in ("genera_per_batch", "barcodes_per_genus", "temperature") if key in settings})
+        **{key: settings[key] for key in ("genera_per_batch", "barcodes_per_genus", "temperature", "anchors_per_batch",
+                                          "neighbours_per_anchor", "teacher_temperature", "label_weight")
+           if settings.get(key) is not None})
     splits = [s.strip() for s in settings["include_splits"].split(",")] if settings.get("include_splits") else None
     output, name = settings["output"], settings["name"]
     if output is None:  # as the trainer would choose, so that it is known here
@@ -180,10 +204,10 @@ def _run_training(obj: Context, kind: str, data: tuple[str, ...], settings: dict
             raise OutputError(f"{output}: output would overwrite the base model {base.path} "
                               "(choose another -o or --name)")
         tokenizer = base.tokenizer
-        if kind == "supcon":
+        if kind in ("supcon", "identity"):
             tokenizer = KmerTokenizer(supcon_tokenizer(base, settings.get("phase")))
         read_options = read_options.replace(min_length=tokenizer.config.k)
-        label_ranks = {"finetune": FINETUNE_RANKS, "supcon": SUPCON_RANKS}.get(kind, ())
+        label_ranks = {"finetune": FINETUNE_RANKS, "supcon": SUPCON_RANKS, "identity": SUPCON_RANKS}.get(kind, ())
     stats = []
     corpus = read_corpus(list(data), tokenizer, include_splits=splits, read_options=read_options,
                          label_ranks=label_ranks, stats_out=stats)
@@ -198,7 +222,7 @@ def _run_training(obj: Context, kind: str, data: tuple[str, ...], settings: dict
 
     def progress(step, total, entry):
         shown = {k: entry[k] for k in ("loss", "masked_token_accuracy", "teacher_cosine", "batch_species_1nn",
-                                       "barcodes_per_s") if k in entry}
+                                       "identity_top1", "barcodes_per_s") if k in entry}
         if not bar.disable:
             bar.total = total
             bar.n = step
@@ -211,9 +235,11 @@ def _run_training(obj: Context, kind: str, data: tuple[str, ...], settings: dict
         if kind == "pretrain":
             result = pretrain(corpus, config=config, output=output, name=name, tokenizer_config=tokenizer.config,
                               resume=settings["resume"], log=log.info, progress=progress)
-        elif kind == "supcon":
-            result = supcon(corpus, base, config=config, output=output, name=name, phase=tokenizer.config.phase,
-                            resume=settings["resume"], log=log.info, progress=progress)
+        elif kind in ("supcon", "identity"):
+            run = supcon if kind == "supcon" else functools.partial(identity_teach,
+                                                                     threads=threads or os.cpu_count() or 1)
+            result = run(corpus, base, config=config, output=output, name=name, phase=tokenizer.config.phase,
+                         resume=settings["resume"], log=log.info, progress=progress)
         else:
             run = finetune if kind == "finetune" else distill
             result = run(corpus, base, config=config, output=output, name=name, resume=settings["resume"],
@@ -233,7 +259,7 @@ def _progress_line(kind: str, step: int, total: int, entry: dict, seconds: float
     """`pretrain step 200/5000 (4%): loss 2.1034, masked_token_accuracy 0.2104, 812 barcodes/s, about 45 min left`,
     the time left from the pace of the `seconds` since step `since_step`."""
     metrics = [f"{key} {entry[key]:.4f}" for key in ("loss", "masked_token_accuracy", "teacher_cosine",
-                                                     "batch_species_1nn") if key in entry]
+                                                     "batch_species_1nn", "identity_top1") if key in entry]
     if "barcodes_per_s" in entry:
         metrics.append(f"{entry['barcodes_per_s']:,.0f} barcodes/s")
     line = f"{kind} step {step:,}/{total:,} ({100 * step / max(1, total):.0f}%): {', '.join(metrics)}"

@@ -57,6 +57,12 @@ class TrainConfig:
     genera_per_batch: int = 48
     barcodes_per_genus: int = 4
     temperature: float = 0.1
+    # identity-teacher fine-tuning only (train.identity_teacher): anchors x (1 + neighbours) barcodes a batch; the
+    # student's softmax temperature is `temperature`
+    anchors_per_batch: int = 64
+    neighbours_per_anchor: int = 3
+    teacher_temperature: float = 0.01
+    label_weight: float = 0.0
 
     def __post_init__(self):
         problems = []
@@ -84,6 +90,10 @@ class TrainConfig:
         require(self.genera_per_batch >= 2, "genera_per_batch", "at least 2")
         require(self.barcodes_per_genus >= 2, "barcodes_per_genus", "at least 2")
         require(self.temperature > 0, "temperature", "positive")
+        require(self.anchors_per_batch >= 2, "anchors_per_batch", "at least 2")
+        require(self.neighbours_per_anchor >= 1, "neighbours_per_anchor", "at least 1")
+        require(self.teacher_temperature > 0, "teacher_temperature", "positive")
+        require(self.label_weight >= 0, "label_weight", "0 or more")
         if problems:
             raise UsageError("training settings: " + "; ".join(problems))
 

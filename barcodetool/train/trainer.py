@@ -143,6 +143,8 @@ class Trainer:
         ids = self.tokens[offsets_d, rows_d].long()
         lengths = self.lengths[offsets_d, rows_d]
         labels = self.labels[rows_d] if self.labels is not None else None
+        if hasattr(self.task, "batch_labels"):   # a task that needs more than per-row labels (identity_teacher)
+            labels = self.task.batch_labels(labels, rows_d)
         return ids, lengths, noise.to(self.device, non_blocking=True), labels
 
     # ----------------------------------------------------------------- evaluation

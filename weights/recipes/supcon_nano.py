@@ -83,7 +83,7 @@ def main() -> None:
         package(args.output, args.package, name)
 
 
-def package(run: str, folder: str, name: str) -> None:
+def package(run: str, folder: str, name: str, description: str = DESCRIPTION) -> None:
     """The run's model as a float16 folder, with its ONNX encoder where the onnx package is installed."""
     from barcodetool.errors import ModelError
     from barcodetool.model.onnx import export_onnx
@@ -91,7 +91,7 @@ def package(run: str, folder: str, name: str) -> None:
 
     trained = load_model(run)
     save_model(trained.model, trained.tokenizer.config, folder, name=name, dtype="float16",
-               training=trained.card.get("training"), metrics=trained.card.get("metrics"), description=DESCRIPTION)
+               training=trained.card.get("training"), metrics=trained.card.get("metrics"), description=description)
     try:
         export_onnx(load_model(folder))
     except ModelError as error:

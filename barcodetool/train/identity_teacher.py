@@ -1,0 +1,270 @@
+"""Alignment as the teacher: fine-tuning an encoder so that cosine similarity ranks barcodes as identity does.
+
+No labels are needed. Each training barcode's nearest barcodes of the corpus by identity (`NeighbourTable`: the
+k-mer search's candidates, scored by the identity engine, `search.score_candidates`, coverage-weighted as
+`classify` ranks hits) are computed once. A batch (`NeighbourSampler`) holds random anchors, each with its
+identity-nearest neighbour and a few more of its list; every barcode of the batch is a query whose in-batch
+candidates are the others. The loss (`neighbour_loss`) is a cross-entropy between the teacher's distribution over
+the pairs it knows (softmax of identity / `teacher_temperature`: with 0.01, one identity point is a factor e) and
+the student's softmax of cosine / `temperature` over the whole batch, so the identity-nearest must come first and
+every unrelated barcode of the batch is a negative. Known pairs are those in either barcode's list; a pair unknown
+to the teacher is treated as further than every known one, which a list of the nearest guarantees.
+
+An optional hierarchical supervised contrastive term (`supcon.supcon_loss` over genus and species, weight
+`label_weight`) adds what labels say where the corpus has them.
+
+stats = [batch queries whose cosine-nearest is their identity-nearest, queries with a known pair, rows, genus
+correct, species correct, genus known, species known]: the trainer reports `identity_top1`.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import UsageError
+from ..io.atomic import atomic_path
+from ..model.mae import BarcodeMAE
+from ..model.weights import PretrainedModel, load_model
+from ..search import KmerIndex, as_store, score_candidates
+from .config import RunOutput, TrainConfig
+from .data import Corpus
+from .distributed import init_distributed
+from .supcon import SUPCON_RANKS, supcon_loss, supcon_tokenizer
+from .trainer import Trainer, _prepare_output
+
+TABLE_NEIGHBOURS = 16     # identity neighbours kept per barcode
+TABLE_CANDIDATES = 24     # k-mer candidates scored per barcode to find them
+TABLE_BLOCK = 2048        # barcodes searched and scored at once
+TABLE_FILE = "identity_neighbours.npz"
+TABLE_VERSION = 1
+
+
+@dataclass
+class NeighbourTable:
+    """Each corpus barcode's nearest others by coverage-weighted identity, best first."""
+
+    rows: np.ndarray        # int32 [N, M], -1 = none
+    similarity: np.ndarray  # float32 [N, M], identity x coverage (search.coverage_score); -inf where rows is -1
+    fingerprint: str        # Corpus.fingerprint of the sequences it was computed on
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def save(self, path: str | os.PathLike) -> None:
+        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+            np.savez(handle, rows=self.rows, similarity=self.similarity, fingerprint=np.array(self.fingerprint),
+                     version=np.array(TABLE_VERSION))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> NeighbourTable:
+        with np.load(path, allow_pickle=False) as data:
+            if int(data["version"]) != TABLE_VERSION:
+                raise UsageError(f"{path}: neighbour table version {int(data['version'])}, expected {TABLE_VERSION}; "
+                                 "delete it to recompute")
+            return cls(data["rows"].astype(np.int32), data["similarity"].astype(np.float32), str(data["fingerprint"]))
+
+
+def neighbour_table(sequences, *, neighbours: int = TABLE_NEIGHBOURS, candidates: int = TABLE_CANDIDATES,
+                    threads: int = 1, block: int = TABLE_BLOCK, fingerprint: str = "", progress=None
+                    ) -> NeighbourTable:
+    """The `neighbours` nearest other sequences of each sequence by coverage-weighted identity, found among its
+    `candidates` best by shared k-mers (search.KmerIndex over the same sequences, itself excluded). Blocks of
+    `block` sequences are searched and scored on `threads` threads; progress(done) after each."""
+    if not 1 <= neighbours <= candidates:
+        raise UsageError(f"neighbours must be between 1 and candidates ({candidates}), got {neighbours}")
+    store = as_store(sequences)
+    n = len(store)
+    rows = np.full((n, neighbours), -1, dtype=np.int32)
+    similarity = np.full((n, neighbours), -np.inf, dtype=np.float32)
+    if n < 2:
+        return NeighbourTable(rows, similarity, fingerprint)
+    index = KmerIndex(store)
+    everyone = np.arange(n)
+
+    def one_block(start: int) -> int:
+        own = np.arange(start, min(n, start + block))
+        part = store.subset(own)
+        _, candidate_idx = index.search(part, min(candidates, n - 1), exclude=(own, everyone))
+        score, _, _ = score_candidates(part, store, candidate_idx)                    # [b, C]
+        score[candidate_idx < 0] = -np.inf
+        order = np.argsort(-score, axis=1, kind="stable")[:, :neighbours]
+        best = np.take_along_axis(score, order, axis=1)
+        rows[own, :best.shape[1]] = np.where(np.isfinite(best), np.take_along_axis(candidate_idx, order, axis=1), -1)
+        similarity[own, :best.shape[1]] = best
+        return len(own)
+
+    done = 0
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        for count in pool.map(one_block, range(0, n, block)):
+            done += count
+            if progress is not None:
+                progress(done)
+    return NeighbourTable(rows, similarity, fingerprint)
+
+
+class NeighbourSampler:
+    """Rows of a batch: `anchors` random barcodes with a neighbour, each followed by its identity-nearest and
+    `per_anchor` - 1 more drawn from the rest of its list, from (seed) alone (a resumed run draws what the
+    uninterrupted one would have)."""
+
+    def __init__(self, table: NeighbourTable, anchors: int, per_anchor: int):
+        if per_anchor < 1:
+            raise UsageError(f"per_anchor must be at least 1, got {per_anchor}")
+        self.table, self.per_anchor = table, per_anchor
+        self.candidates = np.flatnonzero(table.rows[:, 0] >= 0)
+        if len(self.candidates) < 2:
+            raise UsageError("identity-teacher training needs at least two barcodes with a neighbour")
+        self.anchors = min(anchors, len(self.candidates))
+        self.count = (table.rows >= 0).sum(1)
+
+    @property
+    def batch_size(self) -> int:
+        return self.anchors * (1 + self.per_anchor)
+
+    def rows(self, seed: int) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        anchors = rng.choice(self.candidates, size=self.anchors, replace=False)          # [A]
+        more = self.per_anchor - 1
+        # ranks 1..count-1 drawn uniformly (with replacement; a short list repeats its nearest)
+        count = self.count[anchors]
+        extra = 1 + (rng.random((len(anchors), more)) * np.maximum(count - 1, 1)[:, None]).astype(np.int64)
+        extra = np.where(count[:, None] > 1, extra, 0)
+        picks = np.concatenate([np.zeros((len(anchors), 1), dtype=np.int64), extra], axis=1)   # [A, per_anchor]
+        neighbours = self.table.rows[anchors[:, None], picks]
+        return np.concatenate([anchors[:, None], neighbours], axis=1).reshape(-1).astype(np.int64)
+
+
+def teacher_similarity(batch_rows: torch.Tensor, table_rows: torch.Tensor, table_similarity: torch.Tensor
+                       ) -> torch.Tensor:
+    """[B, B] the teacher's similarity of each pair of the batch that either barcode's list holds (-inf: not
+    known), symmetric; the diagonal and repeated rows are -inf."""
+    neighbours = table_rows[batch_rows]                                                # [B, M]
+    similarity = table_similarity[batch_rows]                                          # [B, M]
+    match = neighbours[:, :, None] == batch_rows[None, None, :]                        # [B, M, B]
+    known = torch.where(match, similarity[:, :, None], torch.tensor(float("-inf"), device=similarity.device))
+    known = known.amax(1)                                                              # [B, B]
+    known = torch.maximum(known, known.T)
+    same = batch_rows[:, None] == batch_rows[None, :]
+    return known.masked_fill(same, float("-inf"))
+
+
+def neighbour_loss(z: torch.Tensor, teacher: torch.Tensor, batch_rows: torch.Tensor, temperature: float,
+                   teacher_temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mean cross-entropy over queries with a known pair, queries whose cosine-nearest is their identity-nearest,
+    queries with a known pair) of normalised embeddings z [B, D] and the teacher's similarities [B, B]."""
+    known = torch.isfinite(teacher)
+    queries = known.any(1)
+    same = batch_rows[:, None] == batch_rows[None, :]
+    cosine = z @ z.T                                                                   # [B, B]
+    logits = (cosine / temperature).masked_fill(same, float("-inf"))
+    log_q = torch.log_softmax(logits, dim=1)
+    target = torch.softmax((teacher / teacher_temperature).masked_fill(~known, float("-inf")), dim=1)
+    target = target.nan_to_num(0.0)                                                    # rows with nothing known
+    per_query = -(target * log_q.masked_fill(~known, 0.0)).sum(1)
+    loss = per_query[queries].mean() if bool(queries.any()) else z.sum() * 0.0
+    student_first = cosine.detach().masked_fill(same, float("-inf")).argmax(1)
+    teacher_first = teacher.argmax(1)
+    agree = (queries & (student_first == teacher_first)).sum()
+    return loss, agree, queries.sum()
+
+
+class IdentityTeacherTask(nn.Module):
+    """The identity teacher's ranking loss on the embedding (plus `label_weight` x SupCon over genus and species).
+    labels [B, 3] = (genus, species, corpus row)."""
+
+    kind = "identity"
+    label_ranks = SUPCON_RANKS
+    first_metric = "identity_top1"
+
+    def __init__(self, model: BarcodeMAE, table: NeighbourTable, temperature: float = 0.05,
+                 teacher_temperature: float = 0.01, label_weight: float = 0.0, label_temperature: float = 0.1):
+        super().__init__()
+        self.model = model
+        self.temperature, self.teacher_temperature = temperature, teacher_temperature
+        self.label_weight, self.label_temperature = label_weight, label_temperature
+        self.register_buffer("table_rows", torch.from_numpy(table.rows.astype(np.int64)), persistent=False)
+        self.register_buffer("table_similarity", torch.from_numpy(table.similarity), persistent=False)
+
+    def batch_labels(self, labels: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor:
+        """The trainer's hook: the rank labels with each barcode's corpus row appended."""
+        return torch.cat([labels, rows[:, None]], dim=1)
+
+    def forward(self, ids, lengths, noise=None, labels=None):
+        z = F.normalize(self.model.embed(ids, lengths).float(), dim=-1)                 # [B, D]
+        batch_rows = labels[:, -1]
+        teacher = teacher_similarity(batch_rows, self.table_rows, self.table_similarity)
+        loss, agree, queries = neighbour_loss(z, teacher, batch_rows, self.temperature, self.teacher_temperature)
+        correct, known = [], []
+        for i in range(len(SUPCON_RANKS)):
+            rank_loss, rank_correct = supcon_loss(z, labels[:, i], self.label_temperature)
+            if self.label_weight > 0:
+                loss = loss + self.label_weight * rank_loss
+            correct.append(rank_correct.float())
+            known.append((labels[:, i] >= 0).sum().float())
+        rows = torch.tensor(float(ids.shape[0]), device=ids.device)
+        return loss, torch.stack([agree.float(), queries.float(), rows, *correct, *known])
+
+
+def load_or_compute_table(corpus: Corpus, folder: Path, *, threads: int = 1, log=None) -> NeighbourTable:
+    """The run folder's neighbour table if it was computed on this corpus, else computed and saved there."""
+    path = folder / TABLE_FILE
+    fingerprint = corpus.fingerprint
+    if path.exists():
+        table = NeighbourTable.load(path)
+        if table.fingerprint == fingerprint and len(table) == len(corpus):
+            return table
+    if log:
+        log(f"identity neighbours of {len(corpus)} barcodes (k-mer candidates scored by the identity engine)")
+    step = max(1, len(corpus) // 10)
+    table = neighbour_table(corpus.sequences, threads=threads, fingerprint=fingerprint,
+                            progress=(lambda done: log(f"  {done}/{len(corpus)}") if done % step < TABLE_BLOCK
+                                      else None) if log else None)
+    folder.mkdir(parents=True, exist_ok=True)
+    table.save(path)
+    return table
+
+
+def identity_trainer(corpus: Corpus, base: PretrainedModel | str | os.PathLike, *, config: TrainConfig,
+                     output: str | os.PathLike | None = None, name: str | None = None, phase: str | None = None,
+                     resume: bool = False, table: NeighbourTable | None = None, threads: int = 1, log=None,
+                     progress=None) -> Trainer:
+    """A Trainer that continues `base` (its encoder) with the identity teacher's ranking loss: batches of
+    config.anchors_per_batch anchors x (1 + config.neighbours_per_anchor) barcodes, student temperature
+    config.temperature, teacher temperature config.teacher_temperature, SupCon over genus and species weighted
+    config.label_weight (0: labels unused). `table`: the corpus's NeighbourTable (None: the run folder's, or
+    computed there on `threads` threads). `phase` as for supcon_trainer. Ready to `run(resume=...)`."""
+    dist, device = init_distributed(config.device)
+    if not isinstance(base, PretrainedModel):
+        base = load_model(base, device="cpu")
+    for rank in SUPCON_RANKS:
+        corpus.labels.setdefault(rank, np.full(len(corpus), -1, dtype=np.int64))
+    tokenizer_config = supcon_tokenizer(base, phase)
+    folder = _prepare_output(output, name, resume)
+    if table is None:
+        table = load_or_compute_table(corpus, folder, threads=threads, log=log)
+    elif table.fingerprint and table.fingerprint != corpus.fingerprint or len(table) != len(corpus):
+        raise UsageError("the neighbour table was computed on other sequences than this corpus")
+    sampler = NeighbourSampler(table, config.anchors_per_batch, config.neighbours_per_anchor)
+    model = BarcodeMAE(base.config, include_decoder=False)
+    model.load_state_dict(base.model.encoder_state_dict(), strict=True)
+    model.to(device)
+    torch.manual_seed(config.seed)
+    task = IdentityTeacherTask(model, table, config.temperature, config.teacher_temperature, config.label_weight,
+                               ).to(device)
+    config = TrainConfig.from_dict(config.to_dict() | {"batch_size": sampler.batch_size, "val_fraction": 0.0})
+    return Trainer(task, corpus, None, config, tokenizer_config, RunOutput(folder, name, log, progress),
+                   dist=dist, device=device, base_card=base.card, sampler=sampler)
+
+
+def identity_teach(corpus: Corpus, base: PretrainedModel | str | os.PathLike, *, config: TrainConfig,
+                   resume: bool = False, **options):
+    """Run `identity_trainer` (options: see there) and return its TrainResult."""
+    return identity_trainer(corpus, base, config=config, resume=resume, **options).run(resume=resume)
