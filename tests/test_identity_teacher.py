@@ -147,3 +147,28 @@ def test_train_cli_identity_objective_needs_no_labels(tiny_model_dir, tmp_path):
     card = read_card(tmp_path / "id")
     assert card["training"]["kind"] == "identity" and card["training"]["batch_size"] == 6
     assert card["training"]["config"]["temperature"] == 0.05
+
+
+def test_table_reaches_beyond_each_species(sequences):
+    species = {r.sequence: r.taxonomy.get("species") or "" for r in read_barcodes(BIOSCAN)}
+    names = sorted({species[s] for s in sequences})
+    groups = np.array([names.index(species[s]) if species[s] else -1 for s in sequences])
+    n = len(sequences)
+    table = neighbour_table(sequences, neighbours=6, beyond=3, groups=groups, candidates=n - 1, block=32)
+    everyone = np.array([[j for j in range(n) if j != i] for i in range(n)])
+    score, _, _ = score_candidates(sequences, sequences, everyone)
+    for i in range(n):
+        listed = table.rows[i][table.rows[i] >= 0]
+        assert len(set(listed.tolist())) == len(listed) and i not in listed
+        assert (np.diff(table.similarity[i][: len(listed)]) <= 0).all()
+        if groups[i] < 0:
+            continue
+        others = everyone[i][groups[everyone[i]] != groups[i]]
+        other_scores = np.sort(score[i][groups[everyone[i]] != groups[i]])[::-1]
+        listed_others = listed[groups[listed] != groups[i]]
+        assert len(listed_others) >= min(3, len(others))
+        # the nearest other-species neighbour is listed (up to a tie at its score)
+        nearest = score[i][np.isin(everyone[i], listed_others)].max()
+        assert nearest == pytest.approx(other_scores[0], rel=1e-6)
+    with pytest.raises(UsageError, match="one value per sequence"):
+        neighbour_table(sequences, groups=groups[:-1])

@@ -2,13 +2,18 @@
 
 No labels are needed. Each training barcode's nearest barcodes of the corpus by identity (`NeighbourTable`: the
 k-mer search's candidates, scored by the identity engine, `search.score_candidates`, coverage-weighted as
-`classify` ranks hits) are computed once. A batch (`NeighbourSampler`) holds random anchors, each with its
-identity-nearest neighbour and a few more of its list; every barcode of the batch is a query whose in-batch
-candidates are the others. The loss (`neighbour_loss`) is a cross-entropy between the teacher's distribution over
-the pairs it knows (softmax of identity / `teacher_temperature`: with 0.01, one identity point is a factor e) and
-the student's softmax of cosine / `temperature` over the whole batch, so the identity-nearest must come first and
-every unrelated barcode of the batch is a negative. Known pairs are those in either barcode's list; a pair unknown
-to the teacher is treated as further than every known one, which a list of the nearest guarantees.
+`classify` ranks hits) are computed once; where species are known, half of each list is the nearest barcodes of
+other species, found apart: a list of the 16 nearest alone would hold only conspecifics for most barcodes, and
+teach nothing about the ranks above species (a new species' genus is decided by the other species nearest to it).
+
+A batch (`NeighbourSampler`) holds random anchors, each with its identity-nearest neighbour and a few more of its
+list; every barcode of the batch is a query whose in-batch candidates are the others. The loss (`neighbour_loss`)
+is a cross-entropy between the teacher's distribution over the pairs it knows (softmax of identity /
+`teacher_temperature`: with 0.01, one identity point is a factor e) and the student's softmax of cosine /
+`temperature` over the whole batch, so the identity-nearest must come first and every unrelated barcode of the
+batch is a negative. Known pairs are those in either barcode's list; a pair unknown to the teacher is treated as
+further than every known one (true of a list of the nearest; nearly so of the lists that reach beyond a species,
+where a conspecific past the 8 nearest may be nearer than the other-species neighbours).
 
 An optional hierarchical supervised contrastive term (`supcon.supcon_loss` over genus and species, weight
 `label_weight`) adds what labels say where the corpus has them.
@@ -19,6 +24,7 @@ correct, species correct, genus known, species known]: the trainer reports `iden
 
 from __future__ import annotations
 
+import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -42,9 +48,10 @@ from .trainer import Trainer, _prepare_output
 
 TABLE_NEIGHBOURS = 16     # identity neighbours kept per barcode
 TABLE_CANDIDATES = 24     # k-mer candidates scored per barcode to find them
+TABLE_BEYOND = 8          # of the neighbours, those of other species (when species are known)
 TABLE_BLOCK = 2048        # barcodes searched and scored at once
 TABLE_FILE = "identity_neighbours.npz"
-TABLE_VERSION = 1
+TABLE_VERSION = 2
 
 
 @dataclass
@@ -73,11 +80,14 @@ class NeighbourTable:
 
 
 def neighbour_table(sequences, *, neighbours: int = TABLE_NEIGHBOURS, candidates: int = TABLE_CANDIDATES,
-                    threads: int = 1, block: int = TABLE_BLOCK, fingerprint: str = "", progress=None
-                    ) -> NeighbourTable:
+                    groups: np.ndarray | None = None, beyond: int = TABLE_BEYOND, threads: int = 1,
+                    block: int = TABLE_BLOCK, fingerprint: str = "", progress=None) -> NeighbourTable:
     """The `neighbours` nearest other sequences of each sequence by coverage-weighted identity, found among its
-    `candidates` best by shared k-mers (search.KmerIndex over the same sequences, itself excluded). Blocks of
-    `block` sequences are searched and scored on `threads` threads; progress(done) after each."""
+    `candidates` best by shared k-mers (search.KmerIndex over the same sequences, itself excluded). With `groups`
+    (int [N], e.g. species; -1: unknown), `beyond` of the places go to the nearest sequences of other groups
+    (searched apart), so that every list reaches past its own species to the neighbours that decide a new
+    species' genus; the list is then sorted as one. Blocks of `block` sequences are searched and scored on
+    `threads` threads; progress(done) after each."""
     if not 1 <= neighbours <= candidates:
         raise UsageError(f"neighbours must be between 1 and candidates ({candidates}), got {neighbours}")
     store = as_store(sequences)
@@ -86,18 +96,36 @@ def neighbour_table(sequences, *, neighbours: int = TABLE_NEIGHBOURS, candidates
     similarity = np.full((n, neighbours), -np.inf, dtype=np.float32)
     if n < 2:
         return NeighbourTable(rows, similarity, fingerprint)
+    beyond = 0 if groups is None else min(max(0, beyond), neighbours - 1)
+    if groups is not None:
+        groups = np.asarray(groups, dtype=np.int64)
+        if groups.shape != (n,):
+            raise UsageError(f"groups must hold one value per sequence ({n}), got shape {groups.shape}")
+        groups = np.where(groups >= 0, groups, groups.max(initial=0) + 1 + np.arange(n))   # unknown: its own
     index = KmerIndex(store)
     everyone = np.arange(n)
+
+    def nearest(part, own, exclude, keep: int) -> tuple[np.ndarray, np.ndarray]:
+        _, candidate_idx = index.search(part, min(candidates, n - 1), exclude=exclude)
+        score, _, _ = score_candidates(part, store, candidate_idx)                    # [b, C]
+        score[candidate_idx < 0] = -np.inf
+        order = np.argsort(-score, axis=1, kind="stable")[:, :keep]
+        return np.take_along_axis(candidate_idx, order, axis=1), np.take_along_axis(score, order, axis=1)
 
     def one_block(start: int) -> int:
         own = np.arange(start, min(n, start + block))
         part = store.subset(own)
-        _, candidate_idx = index.search(part, min(candidates, n - 1), exclude=(own, everyone))
-        score, _, _ = score_candidates(part, store, candidate_idx)                    # [b, C]
-        score[candidate_idx < 0] = -np.inf
-        order = np.argsort(-score, axis=1, kind="stable")[:, :neighbours]
+        found, score = nearest(part, own, (own, everyone), neighbours - beyond)
+        if beyond:
+            other, other_score = nearest(part, own, (groups[own], groups), beyond)
+            found, score = np.concatenate([found, other], 1), np.concatenate([score, other_score], 1)
+            repeated = np.zeros_like(found, dtype=bool)   # the first list may hold other groups' sequences too
+            for j in range(neighbours - beyond, found.shape[1]):
+                repeated[:, j] = (found[:, j:j + 1] == found[:, :neighbours - beyond]).any(1)
+            score[repeated | (found < 0)] = -np.inf
+        order = np.argsort(-score, axis=1, kind="stable")
         best = np.take_along_axis(score, order, axis=1)
-        rows[own, :best.shape[1]] = np.where(np.isfinite(best), np.take_along_axis(candidate_idx, order, axis=1), -1)
+        rows[own, :best.shape[1]] = np.where(np.isfinite(best), np.take_along_axis(found, order, axis=1), -1)
         similarity[own, :best.shape[1]] = best
         return len(own)
 
@@ -213,10 +241,17 @@ class IdentityTeacherTask(nn.Module):
         return loss, torch.stack([agree.float(), queries.float(), rows, *correct, *known])
 
 
+def table_fingerprint(corpus: Corpus) -> str:
+    """What a neighbour table depends on: the corpus's sequences and its species labels (the groups)."""
+    species = corpus.labels.get("species")
+    labels = hashlib.sha256(species.astype(np.int64).tobytes() if species is not None else b"").hexdigest()
+    return f"{corpus.fingerprint}:{labels[:16]}"
+
+
 def load_or_compute_table(corpus: Corpus, folder: Path, *, threads: int = 1, log=None) -> NeighbourTable:
     """The run folder's neighbour table if it was computed on this corpus, else computed and saved there."""
     path = folder / TABLE_FILE
-    fingerprint = corpus.fingerprint
+    fingerprint = table_fingerprint(corpus)
     if path.exists():
         table = NeighbourTable.load(path)
         if table.fingerprint == fingerprint and len(table) == len(corpus):
@@ -224,7 +259,8 @@ def load_or_compute_table(corpus: Corpus, folder: Path, *, threads: int = 1, log
     if log:
         log(f"identity neighbours of {len(corpus)} barcodes (k-mer candidates scored by the identity engine)")
     step = max(1, len(corpus) // 10)
-    table = neighbour_table(corpus.sequences, threads=threads, fingerprint=fingerprint,
+    table = neighbour_table(corpus.sequences, groups=corpus.labels.get("species"), threads=threads,
+                            fingerprint=fingerprint,
                             progress=(lambda done: log(f"  {done}/{len(corpus)}") if done % step < TABLE_BLOCK
                                       else None) if log else None)
     folder.mkdir(parents=True, exist_ok=True)
@@ -250,7 +286,7 @@ def identity_trainer(corpus: Corpus, base: PretrainedModel | str | os.PathLike, 
     folder = _prepare_output(output, name, resume)
     if table is None:
         table = load_or_compute_table(corpus, folder, threads=threads, log=log)
-    elif table.fingerprint and table.fingerprint != corpus.fingerprint or len(table) != len(corpus):
+    elif table.fingerprint and table.fingerprint != table_fingerprint(corpus) or len(table) != len(corpus):
         raise UsageError("the neighbour table was computed on other sequences than this corpus")
     sampler = NeighbourSampler(table, config.anchors_per_batch, config.neighbours_per_anchor)
     model = BarcodeMAE(base.config, include_decoder=False)
