@@ -96,14 +96,41 @@ def test_loss_prefers_the_teachers_order():
     teacher[0, 2] = teacher[2, 0] = 0.95
     right = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.99, 0.1], [0.9, -0.4], [0.0, 1.0]]), dim=-1)
     wrong = right[[0, 2, 1, 3]]
-    good, agree, queries = neighbour_loss(right, teacher, batch, 0.05, 0.01)
-    bad, agree_bad, _ = neighbour_loss(wrong, teacher, batch, 0.05, 0.01)
+    same = batch[:, None] == batch[None, :]
+    good, agree, queries = neighbour_loss(right, teacher, same, 0.05, 0.01)
+    bad, agree_bad, _ = neighbour_loss(wrong, teacher, same, 0.05, 0.01)
     assert float(good) < float(bad)
     assert int(queries) == 3 and int(agree) == 3 and int(agree_bad) < 3
     z = right.clone().requires_grad_(True)
-    loss, _, _ = neighbour_loss(torch.nn.functional.normalize(z, dim=-1), teacher, batch, 0.05, 0.01)
+    loss, _, _ = neighbour_loss(torch.nn.functional.normalize(z, dim=-1), teacher, same, 0.05, 0.01)
     loss.backward()
     assert torch.isfinite(z.grad).all() and z.grad[3].abs().sum() > 0   # the unrelated row is pushed away
+
+
+def test_loss_beyond_a_species_hides_it_and_ranks_the_others():
+    from barcodetool.train.identity_teacher import own_group
+
+    # rows 0 and 1 one species; 2 a congener (0.92 to row 0), 3 further (0.85); row 4 unlabelled, 0.98 to row 3
+    batch = torch.arange(5)
+    teacher = torch.full((5, 5), float("-inf"))
+    for i, j, value in ((0, 1, 0.99), (0, 2, 0.92), (0, 3, 0.85), (3, 4, 0.98)):
+        teacher[i, j] = teacher[j, i] = value
+    species = torch.tensor([0, 0, 1, 2, -1])
+    group = own_group(species, teacher)
+    assert bool(group[0, 1]) and not bool(group[0, 2]) and bool(group[3, 4]) and not bool(group[2, 4])
+    hidden = (batch[:, None] == batch[None, :]) | group
+    # row 0 sees rows 2 and 3 only: the congener must come first, whatever row 1 does
+    congener_first = torch.nn.functional.normalize(torch.tensor(
+        [[1.0, 0.0], [-1.0, 0.0], [0.9, 0.3], [0.6, -0.8], [0.6, -0.8]]), dim=-1)
+    swapped = congener_first[[0, 1, 3, 2, 4]]
+    good, agree, queries = neighbour_loss(congener_first, teacher, hidden, 0.05, 0.01)
+    bad, _, _ = neighbour_loss(swapped, teacher, hidden, 0.05, 0.01)
+    assert float(good) < float(bad) and int(queries) == 3 and int(agree) == 3   # rows 0, 2, 3 (1 and 4: nothing)
+    z = congener_first.clone().requires_grad_(True)
+    everything_hidden = torch.ones(5, 5, dtype=torch.bool)
+    loss, _, none = neighbour_loss(torch.nn.functional.normalize(z, dim=-1), teacher, everything_hidden, 0.05, 0.01)
+    loss.backward()
+    assert int(none) == 0 and torch.isfinite(z.grad).all()
 
 
 def test_identity_run_on_a_tiny_model_reads_in_phase_and_resumes(tiny_model_dir, tmp_path):

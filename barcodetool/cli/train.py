@@ -107,6 +107,9 @@ def training_options(function):
               help="identity: softmax temperature of the identities (0.01: one identity point is a factor e).")
 @click.option("--label-weight", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="identity: weight of the supervised contrastive loss over genus and species added to it.")
+@click.option("--beyond-weight", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="identity: weight of the same ranking with each barcode's own species hidden (by the species "
+                   "column; without one, barcodes at >= 97% identity), which teaches how new species place.")
 @device_options
 @read_options
 @click.pass_obj
@@ -186,7 +189,8 @@ def _run_training(obj: Context, kind: str, data: tuple[str, ...], settings: dict
         checkpoint_every=settings["checkpoint_every"], log_every=settings["log_every"],
         compile=settings["compile"], device=settings["device"],
         **{key: settings[key] for key in ("genera_per_batch", "barcodes_per_genus", "temperature", "anchors_per_batch",
-                                          "neighbours_per_anchor", "teacher_temperature", "label_weight")
+                                          "neighbours_per_anchor", "teacher_temperature", "label_weight",
+                                          "beyond_weight")
            if settings.get(key) is not None})
     splits = [s.strip() for s in settings["include_splits"].split(",")] if settings.get("include_splits") else None
     output, name = settings["output"], settings["name"]

@@ -63,6 +63,7 @@ class TrainConfig:
     neighbours_per_anchor: int = 3
     teacher_temperature: float = 0.01
     label_weight: float = 0.0
+    beyond_weight: float = 1.0   # the same ranking with each query's own species hidden (a new species' view)
 
     def __post_init__(self):
         problems = []
@@ -94,6 +95,7 @@ class TrainConfig:
         require(self.neighbours_per_anchor >= 1, "neighbours_per_anchor", "at least 1")
         require(self.teacher_temperature > 0, "teacher_temperature", "positive")
         require(self.label_weight >= 0, "label_weight", "0 or more")
+        require(self.beyond_weight >= 0, "beyond_weight", "0 or more")
         if problems:
             raise UsageError("training settings: " + "; ".join(problems))
 

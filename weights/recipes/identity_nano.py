@@ -13,6 +13,7 @@ in one phase (TokenizerConfig.phase = "coi5p"), and learns to rank each barcode'
 does (each barcode's 16 nearest by coverage-weighted identity among its 24 best k-mer candidates, computed once
 and kept in the run folder): batches of --anchors anchors x (1 + --per-anchor) barcodes, student temperature
 --temperature, teacher temperature --teacher-temperature, AdamW --lr on a cosine schedule over --steps;
+--beyond-weight adds the same ranking with each barcode's own species hidden (each query seen as a new species);
 --label-weight adds the hierarchical supervised contrastive loss over genus and species.
 
 Corpus: unique barcodes of bold_insects `train` and of coi_extra, less every record of the species of
@@ -108,6 +109,7 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=0.05)
     parser.add_argument("--teacher-temperature", type=float, default=0.01)
     parser.add_argument("--label-weight", type=float, default=0.0)
+    parser.add_argument("--beyond-weight", type=float, default=1.0)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--resume", action="store_true")
@@ -147,7 +149,8 @@ def main() -> None:
                          warmup_steps=100, device="cpu", log_every=25, checkpoint_every=200, seed=1,
                          offset_augmentation=True, anchors_per_batch=args.anchors,
                          neighbours_per_anchor=args.per_anchor, temperature=args.temperature,
-                         teacher_temperature=args.teacher_temperature, label_weight=args.label_weight)
+                         teacher_temperature=args.teacher_temperature, label_weight=args.label_weight,
+                         beyond_weight=args.beyond_weight)
     name = Path(args.package).name if args.package else "barcodemae-nano-id"
     started = time.time()
     result = identity_teach(corpus, base, config=config, output=args.output, name=name, phase=args.phase,
