@@ -26,10 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from phylum_transfer import (category, load_groups, pct, read_blast6, slug,  # noqa: E402
-                             top_hit_scores)
+from phylum_transfer import category, load_groups, pct, read_blast6, slug, top_hit_scores   # beside this script
 
 PROFILE_K = 5
 

@@ -305,7 +305,7 @@ def test_python_api_prose():
     assert stated(page, r'`barcodetool.load_model\(device="cuda"\)` loads `([\w-]+)`') == [(DEFAULT_GPU_MODEL,)]
     assert stated(page, r"else the reference's calibrated one, else the (bridged cut) \(identity; `BridgedCut`")
     check(page, r"longer than (\d+) nt, they are truncated", TokenizerConfig().max_length)
-    models = set(re.findall(r'"(barcodemae-[\w]+)"', prose(page).split("see `barcodetool.available_models()`")[0]))
+    models = set(re.findall(r'"(barcodemae-[\w-]+)"', prose(page).split("see `barcodetool.available_models()`")[0]))
     assert models == {m for m in available_models() if m.startswith("barcodemae-")}
 
 
@@ -384,7 +384,7 @@ def test_quickstart_and_readme_name_the_default_models():
     check_models("docs/quickstart.md", r"`([\w-]+)` \(the paper's 6 \+ 6 layers\) when PyTorch sees a GPU, "
                                        r"`([\w-]+)` \([^)]*\) on a CPU")
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    rows = re.findall(r"^\| `(barcodemae-[\w]+)` \|[^|]*\| *(\w*) *\|", readme, flags=re.M)
+    rows = re.findall(r"^\| `(barcodemae-[\w-]+)` \|[^|]*\| *(\w*) *\|", readme, flags=re.M)
     assert {name for name, _ in rows} == {m for m in available_models() if m.startswith("barcodemae-")}
     assert {device: name for name, device in rows if device} == {"GPU": DEFAULT_GPU_MODEL, "CPU": DEFAULT_CPU_MODEL}
 
