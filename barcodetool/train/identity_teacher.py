@@ -113,7 +113,7 @@ def neighbour_table(sequences, *, neighbours: int = TABLE_NEIGHBOURS, candidates
     index = KmerIndex(store)
     everyone = np.arange(n)
 
-    def nearest(part, own, exclude, keep: int) -> tuple[np.ndarray, np.ndarray]:
+    def nearest(part, exclude, keep: int) -> tuple[np.ndarray, np.ndarray]:
         _, candidate_idx = index.search(part, min(candidates, n - 1), exclude=exclude)
         score, _, _ = score_candidates(part, store, candidate_idx)                    # [b, C]
         score[candidate_idx < 0] = -np.inf
@@ -123,9 +123,9 @@ def neighbour_table(sequences, *, neighbours: int = TABLE_NEIGHBOURS, candidates
     def one_block(start: int) -> int:
         own = np.arange(start, min(n, start + block))
         part = store.subset(own)
-        found, score = nearest(part, own, (own, everyone), neighbours - beyond)
+        found, score = nearest(part, (own, everyone), neighbours - beyond)
         if beyond:
-            other, other_score = nearest(part, own, (groups[own], groups), beyond)
+            other, other_score = nearest(part, (groups[own], groups), beyond)
             found, score = np.concatenate([found, other], 1), np.concatenate([score, other_score], 1)
             repeated = np.zeros_like(found, dtype=bool)   # the first list may hold other groups' sequences too
             for j in range(neighbours - beyond, found.shape[1]):
