@@ -34,7 +34,6 @@ from pathlib import Path
 
 import numpy as np
 
-HELD_OUT = ("test", "test_unseen", "key_unseen")
 CHOOSING_FRACTION = 0.1
 DESCRIPTION = ("barcodemae-nano read in one COI-5P phase, then fine-tuned to rank barcodes as the identity engine "
                "does (weights/recipes/identity_nano.py)")
@@ -53,42 +52,29 @@ def choosing_species(insects: list, fraction: float = CHOOSING_FRACTION, seed: i
 
 
 def corpus_records(insects: list, extra: list, choosing: set[str]) -> list:
-    """bold_insects `train` and coi_extra records, less the held-out splits' species and the choosing species."""
-    held_out = {r.taxonomy.get("species") for r in insects if r.split in HELD_OUT} - {None, ""}
-    kept_out = held_out | choosing
-    return [r for r in insects if r.split == "train" and r.taxonomy.get("species") not in choosing] + [
-        r for r in extra if r.taxonomy.get("species") not in kept_out]
+    """supcon_nano's corpus (bold_insects `train`, coi_extra less the held-out splits' species) less the choosing
+    species."""
+    from supcon_nano import corpus_records as supcon_corpus
 
-
-def unique_split(records: list, keep) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """(unique sequences, species, genus) of the records `keep` accepts, first record's labels."""
-    seen: dict[str, int] = {}
-    species, genus = [], []
-    for r in records:
-        if not keep(r):
-            continue
-        sequence = r.sequence
-        if len(sequence) < 6 or sequence in seen:
-            continue
-        seen[sequence] = len(species)
-        species.append(r.taxonomy.get("species") or "")
-        genus.append(r.taxonomy.get("genus") or "")
-    return list(seen), np.array(species), np.array(genus)
+    return [r for r in supcon_corpus(insects, extra) if r.taxonomy.get("species") not in choosing]
 
 
 def choose_scores(model, insects: list, choosing: set[str], batch_size: int = 256) -> dict:
     """Species 1-NN of `val` against `train`; genus 1-NN of the choosing species against the rest of `train`."""
+    from quick_eval import load_split
+
     from barcodetool.embedding import embed_sequences
     from barcodetool.search import knn_search, normalize
 
     def vectors(sequences):
         return normalize(embed_sequences(model, sequences, batch_size=batch_size))
 
-    train_seq, train_species, train_genus = unique_split(insects, lambda r: r.split == "train")
-    val_seq, val_species, _ = unique_split(insects, lambda r: r.split == "val")
-    train = vectors(train_seq)
-    _, nearest = knn_search(vectors(val_seq), train, 1)
-    out = {"species_val": float((train_species[nearest[:, 0]] == val_species).mean()), "val": len(val_seq)}
+    splits = load_split(insects)
+    train_species, train_genus = np.array(splits["train"]["species"]), np.array(splits["train"]["genus"])
+    train = vectors(splits["train"]["seq"])
+    _, nearest = knn_search(vectors(splits["val"]["seq"]), train, 1)
+    out = {"species_val": float((train_species[nearest[:, 0]] == np.array(splits["val"]["species"])).mean()),
+           "val": len(splits["val"]["seq"])}
     chosen = np.isin(train_species, sorted(choosing))
     _, nearest = knn_search(train[chosen], train[~chosen], 1)
     out["genus_choosing"] = float((train_genus[~chosen][nearest[:, 0]] == train_genus[chosen]).mean())

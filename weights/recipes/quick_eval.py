@@ -14,17 +14,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 import numpy as np
 
 
-def load_split(path: str) -> dict[str, dict]:
-    """Unique cleaned barcodes per split with species, genus and BIN of their first record."""
+def load_split(source) -> dict[str, dict]:
+    """Unique cleaned barcodes per split with species, genus and BIN of their first record; `source`: a table's
+    path, or its records already read."""
     from barcodetool.io import read_barcodes
 
     splits: dict[str, dict] = {}
-    for record in read_barcodes(path):
+    for record in read_barcodes(source) if isinstance(source, (str, os.PathLike)) else source:
         part = splits.setdefault(record.split or "", {"seq": [], "species": [], "genus": [], "bin": [],
                                                      "_seen": set()})
         if record.sequence in part["_seen"] or len(record.sequence) < 6:
