@@ -19,8 +19,10 @@ from barcodetool.cli import main
 from barcodetool.errors import InputError
 from barcodetool.io.readers import read_barcodes
 from barcodetool.reference import ReferenceIndex, build_reference
-from barcodetool.reference.confidence import (FEATURES, FEATURES_VERSION, ConfidenceModel, RankModel, chain,
-                                              fit_rank, rank_evidence)
+from barcodetool.reference.confidence import (FEATURES, FEATURES_VERSION, MAX_DISTANCE, RANK_FEATURES,
+                                              ConfidenceModel, RankModel, chain, fit_rank, partner_rows,
+                                              query_evidence, rank_evidence)
+from barcodetool.search.sequences import SequenceStore
 
 
 # ============================================================================================ the trees
@@ -109,13 +111,67 @@ def test_rank_evidence_reads_the_hit_list():
     overlap = np.array([[600, 600, 600], [300, 300, 0]])
     codes = np.array([1, 1, 2, 5, 5])
     label, x = rank_evidence(idx, score, overlap, np.array([600, 600]), np.array([0, 0]), codes)
-    f = {name: x[:, i] for i, name in enumerate(FEATURES)}
+    f = {name: x[:, i] for i, name in enumerate(RANK_FEATURES)}
     assert label.tolist() == [1, 5]
     np.testing.assert_allclose(f["distance"], [0.01, 0.10], atol=1e-6)
     np.testing.assert_allclose(f["gap"], [0.04, 0.02], atol=1e-6)     # query 1: the lowest candidate bounds it
     assert f["no_other_label"].tolist() == [0.0, 1.0]
     assert f["share_near"].tolist() == [1.0, 1.0]
     np.testing.assert_allclose(f["coverage"], [1.0, 0.5])
+    # the label's second-best candidate: 0.005 below the best in query 0, 0.02 in query 1
+    np.testing.assert_allclose(f["second_gap"], [0.005, 0.02], atol=1e-6)
+
+
+def test_second_gap_without_a_second_candidate_of_the_label():
+    idx = np.array([[0, 2, 1]])
+    score = np.array([[0.97, 0.95, 0.90]])
+    label, x = rank_evidence(idx, score, np.full((1, 3), 600), np.array([600]), np.array([0]), np.array([1, 1, 2]))
+    f = {name: x[:, i] for i, name in enumerate(RANK_FEATURES)}
+    np.testing.assert_allclose(f["second_gap"], [0.07], atol=1e-6)   # the other member of label 1, last
+    label, x = rank_evidence(idx, score, np.full((1, 3), 600), np.array([600]), np.array([0]), np.array([1, 3, 2]))
+    assert x[0, RANK_FEATURES.index("second_gap")] == MAX_DISTANCE   # the label's only candidate
+
+
+def _mutated(sequence: str, positions: list[int]) -> str:
+    swap = {"A": "C", "C": "G", "G": "T", "T": "A"}
+    return "".join(swap[b] if i in positions else b for i, b in enumerate(sequence))
+
+
+def test_query_evidence_gives_every_rank_the_context_of_species_genus_and_family():
+    # one query: best hit species a (genus A), then species b of genus A at 0.97, then genus B at 0.90; the three
+    # references are real sequences: 6 and 30 differences from the hit
+    base = "".join(np.random.default_rng(5).choice(list("ACGT"), 600))
+    store = SequenceStore.from_sequences([base, _mutated(base, list(range(0, 600, 100))),
+                                          _mutated(base, list(range(0, 600, 20)))])
+    idx = np.array([[0, 1, 2]])
+    score = np.array([[0.99, 0.97, 0.90]])
+    overlap = np.full((1, 3), 600)
+    codes = {"family": np.array([0, 0, 0]), "genus": np.array([0, 0, 1]), "species": np.array([0, 1, 2])}
+    evidence = query_evidence(idx, score, overlap, np.array([600]), np.array([0]), codes,
+                              ["family", "genus", "species"], store)
+    assert set(evidence) == {"family", "genus", "species"}
+    for rank, (label, x) in evidence.items():
+        assert label.tolist() == [0] and x.shape == (1, len(FEATURES))     # the hit's label at every rank: 0
+        f = dict(zip(FEATURES, x[0]))
+        assert f["species_gap"] == pytest.approx(0.02) and f["species_no_other_label"] == 0.0
+        assert f["genus_gap"] == pytest.approx(0.09) and f["genus_no_other_label"] == 0.0
+        assert f["family_no_other_label"] == 1.0      # one family among the candidates: its gap is a lower bound
+        # the hit against its partners: species a has no second candidate; b (6 differences) is the nearest other
+        # species and genus A's second candidate; genus B's reference is 30 differences away
+        assert f["species_hit_to_second"] == MAX_DISTANCE
+        assert f["species_hit_to_other"] == pytest.approx(0.01, abs=1e-4)
+        assert f["genus_hit_to_second"] == pytest.approx(0.01, abs=1e-4)
+        assert f["genus_hit_to_other"] == pytest.approx(0.05, abs=1e-4)
+        own = rank_evidence(idx, score, overlap, np.array([600]), np.array([0]), codes[rank])[1][0]
+        np.testing.assert_array_equal(x[0, :len(RANK_FEATURES)], own)
+    assert partner_rows(idx, score, np.array([0]), codes).tolist() == [[-1, 1, 1, 2]]
+    # a reference without species: its context columns read as no gap and no other label, no partners, for every
+    # rank
+    evidence = query_evidence(idx, score, overlap, np.array([600]), np.array([0]),
+                              {k: v for k, v in codes.items() if k != "species"}, ["genus"], store)
+    f = dict(zip(FEATURES, evidence["genus"][1][0]))
+    assert f["species_gap"] == 0.0 and f["species_no_other_label"] == 1.0
+    assert f["species_hit_to_second"] == f["species_hit_to_other"] == MAX_DISTANCE
 
 
 @settings(max_examples=60, deadline=None)

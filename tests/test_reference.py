@@ -385,7 +385,7 @@ def test_identity_thresholds_reach_precision_on_calibration_set(synthetic, preci
         for level, (queries, scores, idx) in levels.items():
             votes, _ = identity_decide(idx, scores, codes, thresholds=thresholds.ranks, model=model,
                                        overlap=calibration.overlaps[level],
-                                       query_length=layer.store.lengths[queries])
+                                       query_length=layer.store.lengths[queries], reference=layer.store)
             called = votes.assigned[rank] & (codes[rank][queries] >= 0)
             right += int((votes.label[rank][called] == codes[rank][queries][called]).sum())
             named += int(called.sum())

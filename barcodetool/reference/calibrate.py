@@ -25,7 +25,7 @@ from ..errors import UsageError
 from ..search import SequenceStore, knn_search, score_candidates
 from ..taxonomy import RANKS
 from .candidates import ScoredCandidates, embedding_needed, merge_ranked, search_candidates, widened, widening_needed
-from .confidence import fit_confidence, held_out_confidences
+from .confidence import fit_confidence, held_out_confidences, level_evidence
 from .decide import (DEFAULT_K, DEFAULT_MIN_CONFIDENCE, DEFAULT_PRECISION, IDENTITY_CANDIDATES_EMBEDDING,
                      IDENTITY_CANDIDATES_KMER, IDENTITY_EMBED_BELOW, NO_WIDENING, IdentityThresholds, KnnThresholds,
                      Thresholds, Votes, tie_vote, vote)
@@ -608,6 +608,7 @@ class IdentityCalibration(Calibration):
         layer = self.index.identity
         chosen = {name: tie_vote(idx, score, codes) for name, (_, score, idx) in levels.items()}
         full = {name: (queries, score, idx, self.overlaps[name]) for name, (queries, score, idx) in levels.items()}
+        evidence = level_evidence(full, codes, layer.store, chosen)
         previous = self.stored
         if (previous is not None and previous.confidence is not None
                 and tuple(previous.candidates) == tuple(settings["candidates"])
@@ -615,11 +616,11 @@ class IdentityCalibration(Calibration):
                 and tuple(previous.widen) == tuple(settings["widen"])):
             model, details = previous.confidence, {"confidence": previous.details.get("confidence", {})}
         else:
-            model, fitted = fit_confidence(full, codes, layer.store.lengths, chosen)
+            model, fitted = fit_confidence(full, codes, evidence)
             details = {"confidence": fitted}
         cutoff = float(settings["min_confidence"])
         ranks = {rank: cutoff if rank in model.ranks else math.nan for rank in codes}
-        judged = held_out_confidences(full, codes, layer.store.lengths, chosen)
+        judged = held_out_confidences(full, codes, evidence)
         for rank, info in leave_out_calls(judged, full, codes, cutoff).items():
             details[rank] = info
         conflicts = conflicting_records(levels.get("sequence"), codes, self.index, layer)

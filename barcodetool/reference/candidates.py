@@ -254,7 +254,8 @@ def identity_hits(queries, vectors: np.ndarray | None, index: ReferenceIndex, th
     idx, score, identity, overlap = (a[:, :n_embedding + n_kmer] for a in merge_ranked(kmer, embedding, need))
     codes = {r: layer.codes[r] for r in index.ranks}
     votes, chosen = identity_decide(idx, score, codes, thresholds=thresholds.ranks, min_confidence=min_confidence,
-                                    model=thresholds.confidence, overlap=overlap, query_length=store.lengths)
+                                    model=thresholds.confidence, overlap=overlap, query_length=store.lengths,
+                                    reference=layer.store)
     n = len(store)
     rows = np.arange(n)
     if idx.shape[1]:

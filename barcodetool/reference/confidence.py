@@ -10,7 +10,17 @@ genus is at 85%. Here every (query, rank) gets the evidence a taxonomist reads o
   share among the tied-best);
 - how much of the query the best hit covers;
 - how many candidates carry the label, and how far their mean score is below the best (a query inside a well
-  sampled taxon has hits of it at many distances; one beside it finds them all about equally far).
+  sampled taxon has hits of it at many distances; one beside it finds them all about equally far), and how far the
+  second-best candidate of the label is below the best (a new species next to a sampled one finds that species'
+  members close together and all about as far; a new haplotype of it finds one member nearer than the rest);
+- the context of the other ranks (`query_evidence`): the gap to another species, another genus and another family,
+  whatever the rank judged. A genus call whose species is also clear of every other species is a call inside a
+  known species; a species call with another genus close behind is one in a thinly sampled neighbourhood;
+- where the hit stands among its neighbours (`partner_distances`): the identity of the hit to the second-best
+  candidate of its species and of its genus, and to the best candidate of another species and another genus (one
+  reference-to-reference pair each). A query 2% from its hit, whose species' members lie within 0.2% of each other
+  and 3% from the next species, is outside that species' cloud, halfway to the next: a new species more often than
+  a new haplotype.
 
 A small gradient-boosted tree model per rank (`RankModel`) turns the evidence into a probability. It is fitted on
 the reference itself (`fit_rank`): the leave-out searches of the calibration (each query a reference sequence
@@ -36,9 +46,15 @@ import numpy as np
 
 from ..taxonomy import OPTIONAL_RANKS, RANKS
 
-FEATURES_VERSION = 1
-FEATURES = ("distance", "gap", "no_other_label", "share_near", "share_tied", "coverage", "label_candidates",
-            "label_spread")
+FEATURES_VERSION = 2
+RANK_FEATURES = ("distance", "gap", "no_other_label", "share_near", "share_tied", "coverage", "label_candidates",
+                 "label_spread", "second_gap")
+CONTEXT_RANKS = ("species", "genus", "family")
+CONTEXT_FEATURES = ("gap", "no_other_label")   # of each context rank, for the model of every rank
+PARTNER_RANKS = ("species", "genus")
+PARTNER_FEATURES = ("hit_to_second", "hit_to_other")   # distance of the hit to its label's second / another label
+FEATURES = (RANK_FEATURES + tuple(f"{rank}_{name}" for rank in CONTEXT_RANKS for name in CONTEXT_FEATURES)
+            + tuple(f"{rank}_{name}" for rank in PARTNER_RANKS for name in PARTNER_FEATURES))
 MAX_LABEL_CANDIDATES = 30
 NEAR_SCORE = 0.01          # candidates within this of the best score count as "near" (share_near)
 MAX_DISTANCE = 0.5
@@ -201,7 +217,7 @@ def rank_evidence(idx: np.ndarray, score: np.ndarray, overlap: np.ndarray, query
     -1 (their features mean nothing)."""
     n, width = idx.shape
     if width == 0:
-        return np.full(n, -1, dtype=np.int64), np.zeros((n, len(FEATURES)))
+        return np.full(n, -1, dtype=np.int64), np.zeros((n, len(RANK_FEATURES)))
     rows = np.arange(n)
     valid = (idx >= 0) & np.isfinite(score)
     labels = np.where(valid, codes[np.where(valid, idx, 0)], -1)
@@ -219,6 +235,9 @@ def rank_evidence(idx: np.ndarray, score: np.ndarray, overlap: np.ndarray, query
     tied = labelled & (score >= best[:, None])
     carrying = same & labelled
     mean_carrying = np.where(carrying, score, 0.0).sum(axis=1) / np.maximum(carrying.sum(axis=1), 1)
+    others_carrying = carrying.copy()
+    others_carrying[rows, chosen] = False
+    second = np.where(others_carrying, score, -np.inf).max(axis=1)
     features = np.stack([
         np.clip(1.0 - best, 0.0, MAX_DISTANCE),
         np.clip(best - other_best, 0.0, MAX_DISTANCE),
@@ -228,18 +247,82 @@ def rank_evidence(idx: np.ndarray, score: np.ndarray, overlap: np.ndarray, query
         np.clip(overlap[rows, chosen] / np.maximum(query_length, 1), 0.0, 1.0),
         np.minimum(carrying.sum(axis=1), MAX_LABEL_CANDIDATES).astype(np.float64),
         np.clip(best - mean_carrying, 0.0, MAX_DISTANCE),
+        np.where(np.isfinite(second), np.clip(best - second, 0.0, MAX_DISTANCE), MAX_DISTANCE),
     ], axis=1)
     return label, features
 
 
-def rank_confidences(model: ConfidenceModel, idx: np.ndarray, score: np.ndarray, overlap: np.ndarray,
-                     query_length: np.ndarray, chosen: np.ndarray, codes: dict[str, np.ndarray],
+def partner_rows(idx: np.ndarray, score: np.ndarray, chosen: np.ndarray, codes: dict[str, np.ndarray]
+                 ) -> np.ndarray:
+    """int64 [Q, 2 * len(PARTNER_RANKS)]: per partner rank, the reference row of the best candidate after the hit
+    that carries the hit's label, and of the best candidate of another label (-1: none; or the reference does not
+    label that rank)."""
+    n, width = idx.shape
+    out = np.full((n, 2 * len(PARTNER_RANKS)), -1, dtype=np.int64)
+    if width == 0:
+        return out
+    rows = np.arange(n)
+    valid = (idx >= 0) & np.isfinite(score)
+    for r, rank in enumerate(PARTNER_RANKS):
+        if rank not in codes:
+            continue
+        labels = np.where(valid, codes[rank][np.where(valid, idx, 0)], -1)
+        label = np.where(valid[rows, chosen], labels[rows, chosen], -1)
+        same = (labels == label[:, None]) & (labels >= 0)
+        same[rows, chosen] = False
+        other = (labels >= 0) & (labels != label[:, None])
+        for c, mask in enumerate((same, other)):     # candidates are ranked: the first one is the best
+            column = np.argmax(mask, axis=1)
+            out[:, 2 * r + c] = np.where(mask.any(axis=1) & (label >= 0), idx[rows, column], -1)
+    return out
+
+
+def partner_distances(reference, idx: np.ndarray, score: np.ndarray, chosen: np.ndarray,
+                      codes: dict[str, np.ndarray]) -> np.ndarray:
+    """float64 [Q, 2 * len(PARTNER_RANKS)]: 1 - the identity score of the hit (as the query) against each of its
+    `partner_rows` in `reference` (the reference's SequenceStore), MAX_DISTANCE where there is no partner."""
+    from ..search.identity import score_candidates
+
+    n = len(idx)
+    out = np.full((n, 2 * len(PARTNER_RANKS)), MAX_DISTANCE)
+    if idx.shape[1] == 0:
+        return out
+    rows = np.arange(n)
+    hit = np.where((idx[rows, chosen] >= 0) & np.isfinite(score[rows, chosen]), idx[rows, chosen], -1)
+    partners = partner_rows(idx, score, chosen, codes)
+    todo = np.nonzero((hit >= 0) & (partners >= 0).any(axis=1))[0]
+    if len(todo):
+        pair_score = score_candidates(reference.subset(hit[todo]), reference, partners[todo])[0]
+        out[todo] = np.where(np.isfinite(pair_score), np.clip(1.0 - pair_score, 0.0, MAX_DISTANCE), MAX_DISTANCE)
+    return out
+
+
+def query_evidence(idx: np.ndarray, score: np.ndarray, overlap: np.ndarray, query_length: np.ndarray,
+                   chosen: np.ndarray, codes: dict[str, np.ndarray], ranks: Sequence[str], reference
+                   ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """rank -> (label int64 [Q], features float64 [Q, len(FEATURES)]) for ranked, identity-scored candidates
+    (idx, score, overlap [Q, N]; chosen [Q]: the reported hit's column) of rows of `reference` (a SequenceStore):
+    each rank's own evidence (`rank_evidence`), then the gap columns of the CONTEXT_RANKS (a context rank the
+    reference does not label reads as a gap of 0 with no other label) and the `partner_distances`, the same for
+    every rank."""
+    own = {rank: rank_evidence(idx, score, overlap, query_length, chosen, codes[rank])
+           for rank in dict.fromkeys([*ranks, *CONTEXT_RANKS]) if rank in codes}
+    columns = [RANK_FEATURES.index(name) for name in CONTEXT_FEATURES]
+    absent = np.tile(np.array([0.0 if name == "gap" else 1.0 for name in CONTEXT_FEATURES]), (len(idx), 1))
+    shared = np.concatenate([own[rank][1][:, columns] if rank in own else absent for rank in CONTEXT_RANKS]
+                            + [partner_distances(reference, idx, score, chosen, codes)], axis=1)
+    return {rank: (own[rank][0], np.concatenate([own[rank][1], shared], axis=1)) for rank in ranks
+            if rank in own}
+
+
+def rank_confidences(model: ConfidenceModel, evidence: dict[str, tuple[np.ndarray, np.ndarray]],
                      ranks: Sequence[str]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """(labels, confidences) per rank: each rank's label (the chosen hit's; -1 = none) and the probability that
-    it is right (nan where there is no label or no model), made non-increasing down the ranks (`chain`)."""
+    """(labels, confidences) per rank from `query_evidence`: each rank's label (the chosen hit's; -1 = none) and
+    the probability that it is right (nan where there is no label or no model), made non-increasing down the
+    ranks (`chain`)."""
     labels, confidence = {}, {}
     for rank in ranks:
-        label, features = rank_evidence(idx, score, overlap, query_length, chosen, codes[rank])
+        label, features = evidence[rank]
         p = np.full(len(label), np.nan, dtype=np.float32)
         model_of_rank = model.ranks.get(rank)
         has = label >= 0
@@ -291,19 +374,29 @@ def level_weight(rank: str, level: str) -> float:
     return LEVEL_WEIGHTS.get(rank, {}).get(level, DEFAULT_LEVEL_WEIGHT)
 
 
-def fit_confidence(levels: dict[str, tuple], codes: dict[str, np.ndarray], query_length: np.ndarray,
-                   chosen_of: dict[str, np.ndarray], *, half: int | None = None) -> tuple[ConfidenceModel, dict]:
-    """The confidence model of a reference from its leave-out levels: level -> (queries [m], score [m, N],
-    idx [m, N], overlap [m, N]) in distinct-sequence space; chosen_of: level -> the reported column [m];
-    query_length: the length of every distinct reference sequence; `half` (0 or 1): fitted on the queries whose
-    sequence number has that parity only (`held_out_confidences`). Returns (model, details per rank)."""
+def level_evidence(levels: dict[str, tuple], codes: dict[str, np.ndarray], reference, chosen_of: dict[str, np.ndarray]
+                   ) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """level -> `query_evidence` of its leave-out queries: levels: level -> (queries [m], score [m, N], idx [m, N],
+    overlap [m, N]) in the distinct-sequence space of `reference` (the SequenceStore the queries are rows of);
+    chosen_of: level -> the reported column [m]."""
+    ranks = [r for r in RANKS if r in codes]
+    return {level: query_evidence(idx, score, overlap, reference.lengths[queries], chosen_of[level], codes, ranks,
+                                  reference)
+            for level, (queries, score, idx, overlap) in levels.items()}
+
+
+def fit_confidence(levels: dict[str, tuple], codes: dict[str, np.ndarray],
+                   evidence: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], *, half: int | None = None
+                   ) -> tuple[ConfidenceModel, dict]:
+    """The confidence model of a reference from its leave-out levels (level -> (queries [m], ...), as for
+    `level_evidence`) and their `level_evidence`; `half` (0 or 1): fitted on the queries whose sequence number has
+    that parity only (`held_out_confidences`). Returns (model, details per rank)."""
     ranks = [r for r in RANKS if r in codes]
     models, details = {}, {}
     for rank in ranks:
         parts = []
-        for level, (queries, score, idx, overlap) in levels.items():
-            label, features = rank_evidence(idx, score, overlap, query_length[queries], chosen_of[level],
-                                            codes[rank])
+        for level, (queries, *_searched) in levels.items():
+            label, features = evidence[level][rank]
             truth = codes[rank][queries]
             use = (truth >= 0) & (label >= 0)
             if half is not None:
@@ -325,17 +418,17 @@ def fit_confidence(levels: dict[str, tuple], codes: dict[str, np.ndarray], query
     return ConfidenceModel(models), details
 
 
-def held_out_confidences(levels: dict[str, tuple], codes: dict[str, np.ndarray], query_length: np.ndarray,
-                         chosen_of: dict[str, np.ndarray]) -> dict[str, tuple[dict, dict]]:
+def held_out_confidences(levels: dict[str, tuple], codes: dict[str, np.ndarray],
+                         evidence: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]
+                         ) -> dict[str, tuple[dict, dict]]:
     """level -> (labels, confidences) per rank of every leave-out query by a model fitted without it (two models,
     each on the queries of one parity of sequence number, each judging the other's): what the model does on
     queries it has not seen, for `reference info`; in-sample figures would flatter it."""
-    halves = [fit_confidence(levels, codes, query_length, chosen_of, half=half)[0] for half in (0, 1)]
+    halves = [fit_confidence(levels, codes, evidence, half=half)[0] for half in (0, 1)]
     ranks = [r for r in RANKS if r in codes]
     out = {}
-    for level, (queries, score, idx, overlap) in levels.items():
-        judged = [rank_confidences(model, idx, score, overlap, query_length[queries], chosen_of[level], codes, ranks)
-                  for model in halves]
+    for level, (queries, *_searched) in levels.items():
+        judged = [rank_confidences(model, evidence[level], ranks) for model in halves]
         odd = queries % 2 == 1      # judged by the model of the even half, and the even ones by the odd half's
         labels = judged[0][0]
         confidence = {rank: np.where(odd, judged[0][1][rank], judged[1][1][rank]) for rank in ranks}

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..taxonomy import OPTIONAL_RANKS, RANKS
-from .confidence import ConfidenceModel, rank_confidences
+from .confidence import ConfidenceModel, query_evidence, rank_confidences
 
 DEFAULT_K = 10                    # neighbours that vote (--neighbours)
 DEFAULT_PRECISION = 0.95
@@ -198,13 +198,14 @@ def tie_vote(idx: np.ndarray, score: np.ndarray, codes: dict[str, np.ndarray]) -
 def identity_decide(idx: np.ndarray, score: np.ndarray, codes: dict[str, np.ndarray], *,
                     thresholds: dict[str, float] | None = None, min_confidence: float = DEFAULT_MIN_CONFIDENCE,
                     ranks: Sequence[str] = RANKS, model: ConfidenceModel | None = None,
-                    overlap: np.ndarray | None = None, query_length: np.ndarray | None = None
-                    ) -> tuple[Votes, np.ndarray]:
+                    overlap: np.ndarray | None = None, query_length: np.ndarray | None = None,
+                    reference=None) -> tuple[Votes, np.ndarray]:
     """The identity classifier's decision on re-ranked candidates (idx, score [Q, N], best first, -1 = empty).
 
     The reported hit is the tie vote's (`tie_vote`), and every rank's candidate label is that hit's.
 
-    With a confidence `model` (and the candidates' `overlap` and the queries' lengths), a label's confidence is the
+    With a confidence `model` (and the candidates' `overlap`, the queries' lengths and the `reference`
+    SequenceStore the candidates are rows of), a label's confidence is the
     model's probability that it is right, given the whole candidate list (reference.confidence), and a rank is
     assigned when it reaches the rank's cutoff in `thresholds` (`min_confidence` is not used: the tied-best share
     is part of the model's evidence). Without a model (indexes of older versions) the confidence is the share of
@@ -220,8 +221,9 @@ def identity_decide(idx: np.ndarray, score: np.ndarray, codes: dict[str, np.ndar
     hit = np.where(valid[rows, chosen], idx[rows, chosen], -1) if idx.shape[1] else np.full(n, -1)
     ranks = [rank for rank in ranks if rank in codes]
     probability = None
-    if model is not None and overlap is not None and query_length is not None:
-        probability = rank_confidences(model, idx, score, overlap, query_length, chosen, codes, ranks)[1]
+    if model is not None and overlap is not None and query_length is not None and reference is not None:
+        evidence = query_evidence(idx, score, overlap, query_length, chosen, codes, ranks, reference)
+        probability = rank_confidences(model, evidence, ranks)[1]
     else:
         best = np.where(valid[:, 0], score[:, 0], -np.inf) if idx.shape[1] else np.full(n, -np.inf)
         tied = valid & (score >= best[:, None])
