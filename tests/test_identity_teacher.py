@@ -20,7 +20,7 @@ from barcodetool.search import score_candidates
 from barcodetool.train import (CHECKPOINT_DIR, SUPCON_RANKS, NeighbourSampler, NeighbourTable, TrainConfig,
                                identity_teach, neighbour_loss, neighbour_table, read_corpus, read_training_state,
                                supcon_tokenizer)
-from barcodetool.train.identity_teacher import TABLE_FILE, teacher_similarity
+from barcodetool.train.identity_teacher import IDENTITY_TEMPERATURE, TABLE_FILE, teacher_similarity
 
 DATA = Path(__file__).resolve().parent / "data"
 BIOSCAN = DATA / "bioscan_sample.csv"
@@ -143,6 +143,8 @@ def test_identity_run_on_a_tiny_model_reads_in_phase_and_resumes(tiny_model_dir,
     card = read_card(tmp_path / "id")
     assert card["training"]["kind"] == "identity" and card["tokenizer_config"]["phase"] == "coi5p"
     assert card["training"]["batch_size"] == 12 and card["training"]["config"]["label_weight"] == 0.5
+    # a library caller's default temperature is the objective's own (supcon's 0.1 would be the wrong default)
+    assert SHORT.temperature is None and card["training"]["config"]["temperature"] == IDENTITY_TEMPERATURE == 0.05
     after = load_model_folder(tmp_path / "id")
     assert not torch.equal(base.model.token_embedding.weight, after.model.token_embedding.weight)
     with pytest.raises(UsageError, match="resume"):

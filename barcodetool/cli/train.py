@@ -126,8 +126,6 @@ def train_command(obj: Context, data: tuple[str, ...], read_options: ReadOptions
     if objective in ("supcon", "identity"):
         if not settings["init_model"]:
             raise click.UsageError(f"--objective {objective} needs --init MODEL (the model to continue)")
-        if settings["temperature"] is None:
-            settings["temperature"] = 0.1 if objective == "supcon" else 0.05
         _run_training(obj, objective, data, settings, read_options, base=settings["init_model"])
     else:
         if settings["init_model"]:

@@ -53,10 +53,12 @@ class TrainConfig:
     mae_weight: float = 0.25
     cosine_scale: float = 16.0
     cosine_margin: float = 0.1
-    # supervised contrastive fine-tuning only (train.supcon): batches of genera x barcodes, softmax temperature
+    # supervised contrastive fine-tuning only (train.supcon): batches of genera x barcodes
     genera_per_batch: int = 48
     barcodes_per_genus: int = 4
-    temperature: float = 0.1
+    # supcon and identity: the softmax temperature of the embedding's cosines (None: the objective's own,
+    # supcon.SUPCON_TEMPERATURE or identity_teacher.IDENTITY_TEMPERATURE; the run's card records the one used)
+    temperature: float | None = None
     # identity-teacher fine-tuning only (train.identity_teacher): anchors x (1 + neighbours) barcodes a batch; the
     # student's softmax temperature is `temperature`
     anchors_per_batch: int = 64
@@ -90,7 +92,7 @@ class TrainConfig:
         require(self.cosine_margin >= 0, "cosine_margin", "0 or more")
         require(self.genera_per_batch >= 2, "genera_per_batch", "at least 2")
         require(self.barcodes_per_genus >= 2, "barcodes_per_genus", "at least 2")
-        require(self.temperature > 0, "temperature", "positive")
+        require(self.temperature is None or self.temperature > 0, "temperature", "positive (or None)")
         require(self.anchors_per_batch >= 2, "anchors_per_batch", "at least 2")
         require(self.neighbours_per_anchor >= 1, "neighbours_per_anchor", "at least 1")
         require(self.teacher_temperature > 0, "teacher_temperature", "positive")

@@ -59,6 +59,7 @@ TABLE_BLOCK = 2048        # barcodes searched and scored at once
 TABLE_FILE = "identity_neighbours.npz"
 TABLE_VERSION = 2
 GROUP_IDENTITY = 0.97     # without species labels, a pair this similar counts as one species (the beyond loss)
+IDENTITY_TEMPERATURE = 0.05   # the student's, where TrainConfig.temperature is None
 HIDDEN_LOGIT = -1e4       # the student's logit of a hidden pair (cosine / temperature is within +-1 / temperature)
 
 
@@ -228,7 +229,7 @@ class IdentityTeacherTask(nn.Module):
     label_ranks = SUPCON_RANKS
     first_metric = "identity_top1"
 
-    def __init__(self, model: BarcodeMAE, table: NeighbourTable, temperature: float = 0.05,
+    def __init__(self, model: BarcodeMAE, table: NeighbourTable, temperature: float = IDENTITY_TEMPERATURE,
                  teacher_temperature: float = 0.01, label_weight: float = 0.0, label_temperature: float = 0.1,
                  beyond_weight: float = 1.0):
         super().__init__()
@@ -297,9 +298,10 @@ def identity_trainer(corpus: Corpus, base: PretrainedModel | str | os.PathLike, 
                      progress=None) -> Trainer:
     """A Trainer that continues `base` (its encoder) with the identity teacher's ranking loss: batches of
     config.anchors_per_batch anchors x (1 + config.neighbours_per_anchor) barcodes, student temperature
-    config.temperature, teacher temperature config.teacher_temperature, SupCon over genus and species weighted
-    config.label_weight (0: labels unused). `table`: the corpus's NeighbourTable (None: the run folder's, or
-    computed there on `threads` threads). `phase` as for supcon_trainer. Ready to `run(resume=...)`."""
+    config.temperature (None: IDENTITY_TEMPERATURE), teacher temperature config.teacher_temperature, SupCon over
+    genus and species weighted config.label_weight (0: labels unused). `table`: the corpus's NeighbourTable (None:
+    the run folder's, or computed there on `threads` threads). `phase` as for supcon_trainer. Ready to
+    `run(resume=...)`."""
     dist, device = init_distributed(config.device)
     if not isinstance(base, PretrainedModel):
         base = load_model(base, device="cpu")
@@ -316,9 +318,10 @@ def identity_trainer(corpus: Corpus, base: PretrainedModel | str | os.PathLike, 
     model.load_state_dict(base.model.encoder_state_dict(), strict=True)
     model.to(device)
     torch.manual_seed(config.seed)
+    config = TrainConfig.from_dict(config.to_dict() | {"batch_size": sampler.batch_size, "val_fraction": 0.0,
+                                                         "temperature": config.temperature or IDENTITY_TEMPERATURE})
     task = IdentityTeacherTask(model, table, config.temperature, config.teacher_temperature, config.label_weight,
                                beyond_weight=config.beyond_weight).to(device)
-    config = TrainConfig.from_dict(config.to_dict() | {"batch_size": sampler.batch_size, "val_fraction": 0.0})
     return Trainer(task, corpus, None, config, tokenizer_config, RunOutput(folder, name, log, progress),
                    dist=dist, device=device, base_card=base.card, sampler=sampler)
 

@@ -32,6 +32,7 @@ from .distributed import init_distributed
 from .trainer import Trainer, _prepare_output
 
 SUPCON_RANKS = ("genus", "species")
+SUPCON_TEMPERATURE = 0.1    # TrainConfig.temperature None: this
 
 
 def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,7 +61,7 @@ class SupConTask(nn.Module):
     label_ranks = SUPCON_RANKS
     first_metric = "batch_species_1nn"
 
-    def __init__(self, model: BarcodeMAE, temperature: float = 0.1, rank_weights: dict | None = None):
+    def __init__(self, model: BarcodeMAE, temperature: float = SUPCON_TEMPERATURE, rank_weights: dict | None = None):
         super().__init__()
         self.model = model
         self.temperature = temperature
@@ -133,9 +134,9 @@ def supcon_trainer(corpus: Corpus, base: PretrainedModel | str | os.PathLike, *,
     """A Trainer that continues `base` (its encoder) with the hierarchical supervised contrastive loss over the
     corpus's genus and species labels (read with label_ranks=SUPCON_RANKS, tokenized with `supcon_tokenizer`),
     batches of config.genera_per_batch x config.barcodes_per_genus barcodes (config.batch_size is not used),
-    softmax temperature config.temperature; config.rank_weights weighs the ranks (missing: 1). `phase`: the
-    run's tokenizer reading phase (None: the base's); the corpus must have been tokenized with the same tokenizer.
-    Ready to `run(resume=...)`."""
+    softmax temperature config.temperature (None: SUPCON_TEMPERATURE); config.rank_weights weighs the ranks
+    (missing: 1). `phase`: the run's tokenizer reading phase (None: the base's); the corpus must have been
+    tokenized with the same tokenizer. Ready to `run(resume=...)`."""
     dist, device = init_distributed(config.device)
     if not isinstance(base, PretrainedModel):
         base = load_model(base, device="cpu")
@@ -149,8 +150,9 @@ def supcon_trainer(corpus: Corpus, base: PretrainedModel | str | os.PathLike, *,
     model.load_state_dict(base.model.encoder_state_dict(), strict=True)
     model.to(device)
     torch.manual_seed(config.seed)
+    config = TrainConfig.from_dict(config.to_dict() | {"batch_size": sampler.batch_size, "val_fraction": 0.0,
+                                                         "temperature": config.temperature or SUPCON_TEMPERATURE})
     task = SupConTask(model, config.temperature, config.rank_weights).to(device)
-    config = TrainConfig.from_dict(config.to_dict() | {"batch_size": sampler.batch_size, "val_fraction": 0.0})
     return Trainer(task, corpus, None, config, tokenizer_config, RunOutput(folder, name, log, progress),
                    dist=dist, device=device, base_card=base.card, sampler=sampler)
 
