@@ -18,6 +18,7 @@ from barcodetool.reference import (LEVELS, IdentityCalibration, IdentityThreshol
                                    calibrate_thresholds, identity_decide, open_reference, precision_threshold,
                                    representative_records, resolve_model_for_reference, search_candidates,
                                    thresholds_for, vote)
+from barcodetool.reference.confidence import ConfidenceModel, RankModel
 from barcodetool.search import knn_search, normalize
 
 
@@ -421,6 +422,11 @@ def test_identity_decide_tie_vote_lineage_and_confidence():
     # an unreached vote share leaves the rank empty
     votes, _ = identity_decide(idx, score, codes, thresholds=thresholds, min_confidence=0.7)
     assert not votes.assigned["species"][0] and not votes.assigned["genus"][0]
+    # a confidence model without the evidence it reads is refused, not silently replaced by the vote share
+    model = ConfidenceModel({"species": RankModel.constant(0.9, 100)})
+    with pytest.raises(UsageError, match="overlap, the query lengths and the reference"):
+        identity_decide(idx, score, codes, thresholds=thresholds, model=model,
+                        overlap=np.full(idx.shape, 600), query_length=np.array([600, 600]))
 
 
 def test_identity_decide_an_unlabelled_tie_never_hides_a_lineage():

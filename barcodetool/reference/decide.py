@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..errors import UsageError
 from ..taxonomy import OPTIONAL_RANKS, RANKS
 from .confidence import ConfidenceModel, query_evidence, rank_confidences
 
@@ -221,7 +222,9 @@ def identity_decide(idx: np.ndarray, score: np.ndarray, codes: dict[str, np.ndar
     hit = np.where(valid[rows, chosen], idx[rows, chosen], -1) if idx.shape[1] else np.full(n, -1)
     ranks = [rank for rank in ranks if rank in codes]
     probability = None
-    if model is not None and overlap is not None and query_length is not None and reference is not None:
+    if model is not None:
+        if overlap is None or query_length is None or reference is None:
+            raise UsageError("a confidence model needs the candidates' overlap, the query lengths and the reference")
         evidence = query_evidence(idx, score, overlap, query_length, chosen, codes, ranks, reference)
         probability = rank_confidences(model, evidence, ranks)[1]
     else:
