@@ -44,6 +44,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..search import score_candidates
 from ..taxonomy import OPTIONAL_RANKS, RANKS
 
 FEATURES_VERSION = 2
@@ -281,8 +282,6 @@ def partner_distances(reference, idx: np.ndarray, score: np.ndarray, chosen: np.
                       codes: dict[str, np.ndarray]) -> np.ndarray:
     """float64 [Q, 2 * len(PARTNER_RANKS)]: 1 - the identity score of the hit (as the query) against each of its
     `partner_rows` in `reference` (the reference's SequenceStore), MAX_DISTANCE where there is no partner."""
-    from ..search.identity import score_candidates
-
     n = len(idx)
     out = np.full((n, 2 * len(PARTNER_RANKS)), MAX_DISTANCE)
     if idx.shape[1] == 0:
