@@ -205,3 +205,25 @@ def test_genus_gap(run_main, tmp_path, tiny_pretrained):
     printed = run_main(RESEARCH / "genus_gap.py", index)
     lines = printed.splitlines()
     assert lines[0].startswith("| rule | new species, genus present") and "(calibrated)" in lines[2]
+
+
+def test_confidence_evidence(run_main, tmp_path, subprocess_env):
+    """The evidence comparison end to end on the sample: an index of its train records (the default model), every
+    feature set judged by the halves, a second draw and val."""
+    from barcodetool.io import write_fasta
+    from barcodetool.reference.confidence import FEATURES
+
+    fasta, index, out = tmp_path / "train.fasta", tmp_path / "train.h5", tmp_path / "evidence.json"
+    write_fasta([r for r in read_barcodes(SAMPLE) if r.split == "train"], fasta, sintax=True)
+    subprocess.run([sys.executable, "-m", "barcodetool", "-q", "reference", "build", str(fasta), "-o", str(index),
+                    "--threads", "1"], check=True, env=subprocess_env)
+    printed = run_main(BENCHMARKS / "confidence_evidence.py", SAMPLE, "--reference", index, "--json", out)
+    module = load_module(BENCHMARKS / "confidence_evidence.py", "confidence_evidence_script")
+    assert module.FEATURE_SETS["+ both + neighbours (this version)"] == list(FEATURES)
+    results = json.loads(out.read_text())["results"]
+    assert list(results) == list(module.FEATURE_SETS) and len(printed.splitlines()) == 2 + len(results)
+    for result in results.values():
+        assert 0 <= result["halves"]["species_right_new_haplotypes"] <= 1
+        assert 0 <= result["val_species_right"] <= 1
+    # the sample's val barcodes are known species next to their own: most are named right whatever the features
+    assert min(result["val_species_right"] for result in results.values()) > 0.8
