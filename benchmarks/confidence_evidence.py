@@ -28,6 +28,7 @@ import numpy as np
 
 from barcodetool.classify import load_inference_model
 from barcodetool.embedding import embed_sequences
+from barcodetool.evaluation.protocol import unique_by_split
 from barcodetool.io import read_barcodes
 from barcodetool.reference import confidence
 from barcodetool.reference.calibrate import LEVELS, IdentityCalibration, leave_out_calls, thresholds_for
@@ -105,16 +106,13 @@ def main() -> None:
     evidence = {"first": confidence.level_evidence(first, codes, layer.store, chosen["first"]),
                 "second": confidence.level_evidence(second, codes, layer.store, chosen["second"])}
 
-    val = {}
-    for record in read_barcodes(args.split_file):
-        if record.split == "val" and record.sequence not in val:
-            val[record.sequence] = record
-    sequences = list(val)
+    val = unique_by_split(read_barcodes(args.split_file), ["val"])["val"]
+    sequences = [record.sequence for record in val]
     model, _ = load_inference_model(None, args.reference)
     hits = index.identity_hits(sequences, None, thresholds_for(index, "identity"),
                                embed=lambda batch: embed_sequences(model, batch))
     species_code = {name: code for code, name in enumerate(index.label_names["species"])}
-    val_truth = np.array([species_code.get(r.taxonomy.get("species", ""), -2) for r in val.values()])
+    val_truth = np.array([species_code.get(r.taxonomy.get("species", ""), -2) for r in val])
     val_evidence = confidence.query_evidence(hits.idx, hits.score, hits.overlap,
                                              np.array([len(s) for s in sequences]), hits.chosen, codes, ranks,
                                              layer.store)
