@@ -6,7 +6,7 @@ reference's own leave-out queries and on `val` (never on the test splits).
 
 `train.h5`: the unique `train` barcodes of the split file built by `barcodetool reference build` (this version).
 For each feature set (FEATURE_SETS: the 8 features of 2026-12-06, then with `second_gap`, the context of the other
-ranks, both, and the neighbours: all of this version's), three judgements:
+ranks, both, the neighbours, and the hit's isolation: all of this version's), three judgements:
 
 1. halves: the index's stored leave-out queries (5,000 per level), each judged by a model fitted on the other half
    (`confidence.held_out_confidences`, what `reference info` prints);
@@ -34,15 +34,18 @@ from barcodetool.reference import confidence
 from barcodetool.reference.calibrate import LEVELS, IdentityCalibration, leave_out_calls, thresholds_for
 from barcodetool.reference.decide import tie_vote
 from barcodetool.reference.index import ReferenceIndex
+from barcodetool.reference.isolation import isolation_tables, left_out_isolation
 
 OLD = list(confidence.RANK_FEATURES[:8])
 CONTEXT = [f"{rank}_{name}" for rank in confidence.CONTEXT_RANKS for name in confidence.CONTEXT_FEATURES]
+NEIGHBOURS = [f"{rank}_{name}" for rank in confidence.PARTNER_RANKS for name in confidence.PARTNER_FEATURES]
 FEATURE_SETS = {
     "the 8 features of 2026-12-06": OLD,
     "+ second_gap": OLD + ["second_gap"],
     "+ context": OLD + CONTEXT,
     "+ both": OLD + ["second_gap"] + CONTEXT,
-    "+ both + neighbours (this version)": list(confidence.FEATURES),
+    "+ both + neighbours (2026-12-07)": OLD + ["second_gap"] + CONTEXT + NEIGHBOURS,
+    "+ both + neighbours + isolation (this version)": list(confidence.FEATURES),
 }
 CUTOFF = 0.5
 
@@ -103,8 +106,13 @@ def main() -> None:
         second[level] = tuple(part[keep] for part in second[level])
     chosen = {name: {level: tie_vote(idx, score, codes) for level, (_, score, idx, _) in draw.items()}
               for name, draw in (("first", first), ("second", second))}
-    evidence = {"first": confidence.level_evidence(first, codes, layer.store, chosen["first"]),
-                "second": confidence.level_evidence(second, codes, layer.store, chosen["second"])}
+    tables = isolation_tables(index)
+    evidence = {}
+    for name, draw in (("first", first), ("second", second)):
+        isolation = {level: left_out_isolation(index, tables, confidence.reported_hits(idx, score, chosen[name][level]),
+                                               queries, level)
+                     for level, (queries, score, idx, _) in draw.items()}
+        evidence[name] = confidence.level_evidence(draw, codes, layer.store, chosen[name], isolation)
 
     val = unique_by_split(read_barcodes(args.split_file), ["val"])["val"]
     sequences = [record.sequence for record in val]
@@ -115,7 +123,7 @@ def main() -> None:
     val_truth = np.array([species_code.get(r.taxonomy.get("species", ""), -2) for r in val])
     val_evidence = confidence.query_evidence(hits.idx, hits.score, hits.overlap,
                                              np.array([len(s) for s in sequences]), hits.chosen, codes, ranks,
-                                             layer.store)
+                                             layer.store, confidence.isolation_distances(tables, hits.hit))
 
     results = {}
     for name, features in FEATURE_SETS.items():

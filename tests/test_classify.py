@@ -410,9 +410,13 @@ def test_cli_classify_methods_and_kmer_only(tmp_path, tiny, index_path, records)
         outputs[name] = rows
     assert all(row["identity_overlap"] for row in outputs["identity"])      # identity methods report it
     assert not any(row["identity_overlap"] for row in outputs["knn"])
-    # the k-mer candidates find the same genus as the default here (real sequences, a tiny random model)
-    agree = sum(a["genus"] == b["genus"] for a, b in zip(outputs["identity"], outputs["kmer"]))
-    assert agree >= 0.9 * len(queries)
+    # the k-mer candidates find the same nearest reference as the default here (real sequences, a tiny random
+    # model), and where both name a genus it is the same (whether they name it is each one's confidence model,
+    # fitted on this small reference's leave-out searches with its own candidates)
+    pairs = list(zip(outputs["identity"], outputs["kmer"]))
+    assert sum(a["nearest_id"] == b["nearest_id"] for a, b in pairs) >= 0.9 * len(queries)
+    both = [(a["genus"], b["genus"]) for a, b in pairs if a["genus"] and b["genus"]]
+    assert len(both) >= len(queries) // 2 and all(x == y for x, y in both)
     bad = runner.invoke(main, ["classify", str(fasta), "-r", str(index_path), "-o", str(tmp_path / "x.tsv"),
                                "--model", str(tiny[0]), "--kmer-only", "--method", "knn"])
     assert bad.exit_code == 2 and "--kmer-only" in bad.output

@@ -148,7 +148,7 @@ def test_query_evidence_gives_every_rank_the_context_of_species_genus_and_family
     overlap = np.full((1, 3), 600)
     codes = {"family": np.array([0, 0, 0]), "genus": np.array([0, 0, 1]), "species": np.array([0, 1, 2])}
     evidence = query_evidence(idx, score, overlap, np.array([600]), np.array([0]), codes,
-                              ["family", "genus", "species"], store)
+                              ["family", "genus", "species"], store, np.array([[0.03, 0.12]]))
     assert set(evidence) == {"family", "genus", "species"}
     for rank, (label, x) in evidence.items():
         assert label.tolist() == [0] and x.shape == (1, len(FEATURES))     # the hit's label at every rank: 0
@@ -162,13 +162,15 @@ def test_query_evidence_gives_every_rank_the_context_of_species_genus_and_family
         assert f["species_hit_to_other"] == pytest.approx(0.01, abs=1e-4)
         assert f["genus_hit_to_second"] == pytest.approx(0.01, abs=1e-4)
         assert f["genus_hit_to_other"] == pytest.approx(0.05, abs=1e-4)
+        assert (f["species_isolation"], f["genus_isolation"]) == (0.03, 0.12)   # as given, for every rank
         own = rank_evidence(idx, score, overlap, np.array([600]), np.array([0]), codes[rank])[1][0]
         np.testing.assert_array_equal(x[0, :len(RANK_FEATURES)], own)
     assert partner_rows(idx, score, np.array([0]), codes).tolist() == [[-1, 1, 1, 2]]
     # a reference without species: its context columns read as no gap and no other label, no partners, for every
     # rank
     evidence = query_evidence(idx, score, overlap, np.array([600]), np.array([0]),
-                              {k: v for k, v in codes.items() if k != "species"}, ["genus"], store)
+                              {k: v for k, v in codes.items() if k != "species"}, ["genus"], store,
+                              np.array([[MAX_DISTANCE, 0.12]]))
     f = dict(zip(FEATURES, evidence["genus"][1][0]))
     assert f["species_gap"] == 0.0 and f["species_no_other_label"] == 1.0
     assert f["species_hit_to_second"] == f["species_hit_to_other"] == MAX_DISTANCE

@@ -19,6 +19,7 @@ from barcodetool.reference import (LEVELS, IdentityCalibration, IdentityThreshol
                                    representative_records, resolve_model_for_reference, search_candidates,
                                    thresholds_for, vote)
 from barcodetool.reference.confidence import ConfidenceModel, RankModel
+from barcodetool.reference.isolation import isolation_tables
 from barcodetool.search import knn_search, normalize
 
 
@@ -386,7 +387,8 @@ def test_identity_thresholds_reach_precision_on_calibration_set(synthetic, preci
         for level, (queries, scores, idx) in levels.items():
             votes, _ = identity_decide(idx, scores, codes, thresholds=thresholds.ranks, model=model,
                                        overlap=calibration.overlaps[level],
-                                       query_length=layer.store.lengths[queries], reference=layer.store)
+                                       query_length=layer.store.lengths[queries], reference=layer.store,
+                                       isolation=isolation_tables(index))
             called = votes.assigned[rank] & (codes[rank][queries] >= 0)
             right += int((votes.label[rank][called] == codes[rank][queries][called]).sum())
             named += int(called.sum())
@@ -424,7 +426,7 @@ def test_identity_decide_tie_vote_lineage_and_confidence():
     assert not votes.assigned["species"][0] and not votes.assigned["genus"][0]
     # a confidence model without the evidence it reads is refused, not silently replaced by the vote share
     model = ConfidenceModel({"species": RankModel.constant(0.9, 100)})
-    with pytest.raises(UsageError, match="overlap, the query lengths and the reference"):
+    with pytest.raises(UsageError, match="overlap, the query lengths, the reference and its isolation"):
         identity_decide(idx, score, codes, thresholds=thresholds, model=model,
                         overlap=np.full(idx.shape, 600), query_length=np.array([600, 600]))
 

@@ -219,7 +219,7 @@ def test_confidence_evidence(run_main, tmp_path, subprocess_env):
                     "--threads", "1"], check=True, env=subprocess_env)
     printed = run_main(BENCHMARKS / "confidence_evidence.py", SAMPLE, "--reference", index, "--json", out)
     module = load_module(BENCHMARKS / "confidence_evidence.py", "confidence_evidence_script")
-    assert module.FEATURE_SETS["+ both + neighbours (this version)"] == list(FEATURES)
+    assert module.FEATURE_SETS["+ both + neighbours + isolation (this version)"] == list(FEATURES)
     results = json.loads(out.read_text())["results"]
     assert list(results) == list(module.FEATURE_SETS) and len(printed.splitlines()) == 2 + len(results)
     for result in results.values():

@@ -25,7 +25,8 @@ from ..errors import UsageError
 from ..search import SequenceStore, knn_search, score_candidates
 from ..taxonomy import RANKS
 from .candidates import ScoredCandidates, embedding_needed, merge_ranked, search_candidates, widened, widening_needed
-from .confidence import fit_confidence, held_out_confidences, level_evidence
+from .confidence import fit_confidence, held_out_confidences, level_evidence, reported_hits
+from .isolation import isolation_tables, left_out_isolation
 from .decide import (DEFAULT_K, DEFAULT_MIN_CONFIDENCE, DEFAULT_PRECISION, IDENTITY_CANDIDATES_EMBEDDING,
                      IDENTITY_CANDIDATES_KMER, IDENTITY_EMBED_BELOW, NO_WIDENING, IdentityThresholds, KnnThresholds,
                      Thresholds, Votes, tie_vote, vote)
@@ -608,7 +609,11 @@ class IdentityCalibration(Calibration):
         layer = self.index.identity
         chosen = {name: tie_vote(idx, score, codes) for name, (_, score, idx) in levels.items()}
         full = {name: (queries, score, idx, self.overlaps[name]) for name, (queries, score, idx) in levels.items()}
-        evidence = level_evidence(full, codes, layer.store, chosen)
+        tables = isolation_tables(self.index)
+        isolation = {name: left_out_isolation(self.index, tables, reported_hits(idx, score, chosen[name]), queries,
+                                              name)
+                     for name, (queries, score, idx) in levels.items()}
+        evidence = level_evidence(full, codes, layer.store, chosen, isolation)
         previous = self.stored
         if (previous is not None and previous.confidence is not None
                 and tuple(previous.candidates) == tuple(settings["candidates"])

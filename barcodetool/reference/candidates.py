@@ -19,6 +19,7 @@ from ..errors import UsageError
 from ..search import (KMER_FALLBACK_BELOW, KMER_FALLBACK_DF, KMER_MAX_DF, KMER_QUERY_STRIDE, as_store, candidate_union,
                       knn_search, normalize, rank_scored, score_candidates)
 from .decide import IDENTITY_CANDIDATES_EMBEDDING, IDENTITY_CANDIDATES_KMER, IdentityThresholds, Votes, identity_decide
+from .isolation import isolation_tables
 
 if TYPE_CHECKING:   # the index is passed in; this module never needs its class at run time
     from .index import ReferenceIndex
@@ -255,7 +256,8 @@ def identity_hits(queries, vectors: np.ndarray | None, index: ReferenceIndex, th
     codes = {r: layer.codes[r] for r in index.ranks}
     votes, chosen = identity_decide(idx, score, codes, thresholds=thresholds.ranks, min_confidence=min_confidence,
                                     model=thresholds.confidence, overlap=overlap, query_length=store.lengths,
-                                    reference=layer.store)
+                                    reference=layer.store,
+                                    isolation=isolation_tables(index) if thresholds.confidence is not None else None)
     n = len(store)
     rows = np.arange(n)
     if idx.shape[1]:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..taxonomy import RANKS
 from .confidence import ConfidenceModel
 
 log = logging.getLogger("barcodetool")
@@ -139,6 +140,20 @@ class Checker:
                                                             0, 1 << 31)
             calibration[level] = stored
         return calibration
+
+    def isolation(self, handle, groups: int) -> dict | None:
+        """/identity/isolation/<rank>/rows, scores: each distinct sequence's nearest references of another label
+        (None: an index written before they existed)."""
+        if "isolation" not in self.members(handle, "identity"):
+            return None
+        tables = {}
+        for rank in self.members(handle, "identity/isolation"):
+            if rank not in RANKS:
+                raise self.error(f"/identity/isolation holds an unknown rank {rank!r}")
+            rows = self.integers(handle, f"identity/isolation/{rank}/rows", (groups, None), -1, groups)
+            scores = self.floats(handle, f"identity/isolation/{rank}/scores", rows.shape)
+            tables[rank] = (rows.astype(np.int32), scores.astype(np.float32))
+        return tables
 
     def kmer_layout(self, handle, groups: int | None) -> tuple[int, int, int | None]:
         """(k, size, max_stored_df) of /identity/kmer (max_stored_df None: every k-mer's postings are stored, as in

@@ -20,7 +20,11 @@ genus is at 85%. Here every (query, rank) gets the evidence a taxonomist reads o
   candidate of its species and of its genus, and to the best candidate of another species and another genus (one
   reference-to-reference pair each). A query 2% from its hit, whose species' members lie within 0.2% of each other
   and 3% from the next species, is outside that species' cloud, halfway to the next: a new species more often than
-  a new haplotype.
+  a new haplotype;
+- how isolated the hit is in the whole reference (`isolation_distances`, isolation.py): its identity to the nearest
+  reference of another species and of another genus, which a hit list of one species cannot show. A query 1% from
+  a hit whose species lies 8% from every other species is inside a barcode gap; the same query beside a species
+  0.6% from its sister is not.
 
 A small gradient-boosted tree model per rank (`RankModel`) turns the evidence into a probability. It is fitted on
 the reference itself (`fit_rank`): the leave-out searches of the calibration (each query a reference sequence
@@ -47,15 +51,17 @@ import numpy as np
 from ..search import score_candidates
 from ..taxonomy import OPTIONAL_RANKS, RANKS
 
-FEATURES_VERSION = 2
+FEATURES_VERSION = 3
 RANK_FEATURES = ("distance", "gap", "no_other_label", "share_near", "share_tied", "coverage", "label_candidates",
                  "label_spread", "second_gap")
 CONTEXT_RANKS = ("species", "genus", "family")
 CONTEXT_FEATURES = ("gap", "no_other_label")   # of each context rank, for the model of every rank
 PARTNER_RANKS = ("species", "genus")
 PARTNER_FEATURES = ("hit_to_second", "hit_to_other")   # distance of the hit to its label's second / another label
+ISOLATION_RANKS = ("species", "genus")   # the hit's distance to the nearest reference of another label (isolation.py)
 FEATURES = (RANK_FEATURES + tuple(f"{rank}_{name}" for rank in CONTEXT_RANKS for name in CONTEXT_FEATURES)
-            + tuple(f"{rank}_{name}" for rank in PARTNER_RANKS for name in PARTNER_FEATURES))
+            + tuple(f"{rank}_{name}" for rank in PARTNER_RANKS for name in PARTNER_FEATURES)
+            + tuple(f"{rank}_isolation" for rank in ISOLATION_RANKS))
 MAX_LABEL_CANDIDATES = 30
 NEAR_SCORE = 0.01          # candidates within this of the best score count as "near" (share_near)
 MAX_DISTANCE = 0.5
@@ -278,6 +284,16 @@ def partner_rows(idx: np.ndarray, score: np.ndarray, chosen: np.ndarray, codes: 
     return out
 
 
+def reported_hits(idx: np.ndarray, score: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+    """int64 [Q]: the reference row of each query's reported hit (column `chosen` of idx, score [Q, N]), -1 where
+    that column is empty."""
+    if idx.shape[1] == 0:
+        return np.full(len(idx), -1, dtype=np.int64)
+    rows = np.arange(len(idx))
+    picked = idx[rows, chosen]
+    return np.where((picked >= 0) & np.isfinite(score[rows, chosen]), picked, -1).astype(np.int64)
+
+
 def partner_distances(reference, idx: np.ndarray, score: np.ndarray, chosen: np.ndarray,
                       codes: dict[str, np.ndarray]) -> np.ndarray:
     """float64 [Q, 2 * len(PARTNER_RANKS)]: 1 - the identity score of the hit (as the query) against each of its
@@ -286,8 +302,7 @@ def partner_distances(reference, idx: np.ndarray, score: np.ndarray, chosen: np.
     out = np.full((n, 2 * len(PARTNER_RANKS)), MAX_DISTANCE)
     if idx.shape[1] == 0:
         return out
-    rows = np.arange(n)
-    hit = np.where((idx[rows, chosen] >= 0) & np.isfinite(score[rows, chosen]), idx[rows, chosen], -1)
+    hit = reported_hits(idx, score, chosen)
     partners = partner_rows(idx, score, chosen, codes)
     todo = np.nonzero((hit >= 0) & (partners >= 0).any(axis=1))[0]
     if len(todo):
@@ -296,20 +311,35 @@ def partner_distances(reference, idx: np.ndarray, score: np.ndarray, chosen: np.
     return out
 
 
+def isolation_distances(tables: dict[str, tuple[np.ndarray, np.ndarray]], hit: np.ndarray) -> np.ndarray:
+    """float64 [Q, len(ISOLATION_RANKS)]: 1 - the identity of each hit (a reference row, -1 = none) to the nearest
+    reference of another label at each ISOLATION_RANKS rank, from the reference's isolation tables (rank ->
+    (rows [R, K], scores [R, K]), isolation.py); MAX_DISTANCE without a hit, a table or an entry."""
+    out = np.full((len(hit), len(ISOLATION_RANKS)), MAX_DISTANCE)
+    has = hit >= 0
+    for column, rank in enumerate(ISOLATION_RANKS):
+        if rank in tables and has.any():
+            best = tables[rank][1][hit[has]].max(axis=1, initial=-np.inf).astype(np.float64)
+            out[has, column] = np.where(np.isfinite(best), np.clip(1.0 - best, 0.0, MAX_DISTANCE), MAX_DISTANCE)
+    return out
+
+
 def query_evidence(idx: np.ndarray, score: np.ndarray, overlap: np.ndarray, query_length: np.ndarray,
-                   chosen: np.ndarray, codes: dict[str, np.ndarray], ranks: Sequence[str], reference
-                   ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+                   chosen: np.ndarray, codes: dict[str, np.ndarray], ranks: Sequence[str], reference,
+                   isolation: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """rank -> (label int64 [Q], features float64 [Q, len(FEATURES)]) for ranked, identity-scored candidates
     (idx, score, overlap [Q, N]; chosen [Q]: the reported hit's column) of rows of `reference` (a SequenceStore):
     each rank's own evidence (`rank_evidence`), then the gap columns of the CONTEXT_RANKS (a context rank the
-    reference does not label reads as a gap of 0 with no other label) and the `partner_distances`, the same for
-    every rank."""
+    reference does not label reads as a gap of 0 with no other label), the `partner_distances` and the hit's
+    `isolation` ([Q, len(ISOLATION_RANKS)], `isolation_distances`), the same for every rank."""
     own = {rank: rank_evidence(idx, score, overlap, query_length, chosen, codes[rank])
            for rank in dict.fromkeys([*ranks, *CONTEXT_RANKS]) if rank in codes}
     columns = [RANK_FEATURES.index(name) for name in CONTEXT_FEATURES]
     absent = np.tile(np.array([0.0 if name == "gap" else 1.0 for name in CONTEXT_FEATURES]), (len(idx), 1))
     shared = np.concatenate([own[rank][1][:, columns] if rank in own else absent for rank in CONTEXT_RANKS]
-                            + [partner_distances(reference, idx, score, chosen, codes)], axis=1)
+                            + [partner_distances(reference, idx, score, chosen, codes),
+                               np.asarray(isolation, dtype=np.float64).reshape(len(idx), len(ISOLATION_RANKS))],
+                            axis=1)
     return {rank: (own[rank][0], np.concatenate([own[rank][1], shared], axis=1)) for rank in ranks
             if rank in own}
 
@@ -373,14 +403,15 @@ def level_weight(rank: str, level: str) -> float:
     return LEVEL_WEIGHTS.get(rank, {}).get(level, DEFAULT_LEVEL_WEIGHT)
 
 
-def level_evidence(levels: dict[str, tuple], codes: dict[str, np.ndarray], reference, chosen_of: dict[str, np.ndarray]
-                   ) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+def level_evidence(levels: dict[str, tuple], codes: dict[str, np.ndarray], reference, chosen_of: dict[str, np.ndarray],
+                   isolation_of: dict[str, np.ndarray]) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
     """level -> `query_evidence` of its leave-out queries: levels: level -> (queries [m], score [m, N], idx [m, N],
     overlap [m, N]) in the distinct-sequence space of `reference` (the SequenceStore the queries are rows of);
-    chosen_of: level -> the reported column [m]."""
+    chosen_of: level -> the reported column [m]; isolation_of: level -> the hits' isolation as the reference
+    without the left-out sequences has it (`isolation.left_out_isolation`)."""
     ranks = [r for r in RANKS if r in codes]
     return {level: query_evidence(idx, score, overlap, reference.lengths[queries], chosen_of[level], codes, ranks,
-                                  reference)
+                                  reference, isolation_of[level])
             for level, (queries, score, idx, overlap) in levels.items()}
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import UsageError
 from ..taxonomy import OPTIONAL_RANKS, RANKS
-from .confidence import ConfidenceModel, query_evidence, rank_confidences
+from .confidence import ConfidenceModel, isolation_distances, query_evidence, rank_confidences, reported_hits
 
 DEFAULT_K = 10                    # neighbours that vote (--neighbours)
 DEFAULT_PRECISION = 0.95
@@ -200,13 +200,13 @@ def identity_decide(idx: np.ndarray, score: np.ndarray, codes: dict[str, np.ndar
                     thresholds: dict[str, float] | None = None, min_confidence: float = DEFAULT_MIN_CONFIDENCE,
                     ranks: Sequence[str] = RANKS, model: ConfidenceModel | None = None,
                     overlap: np.ndarray | None = None, query_length: np.ndarray | None = None,
-                    reference=None) -> tuple[Votes, np.ndarray]:
+                    reference=None, isolation: dict | None = None) -> tuple[Votes, np.ndarray]:
     """The identity classifier's decision on re-ranked candidates (idx, score [Q, N], best first, -1 = empty).
 
     The reported hit is the tie vote's (`tie_vote`), and every rank's candidate label is that hit's.
 
-    With a confidence `model` (and the candidates' `overlap`, the queries' lengths and the `reference`
-    SequenceStore the candidates are rows of), a label's confidence is the
+    With a confidence `model` (and the candidates' `overlap`, the queries' lengths, the `reference`
+    SequenceStore the candidates are rows of and its `isolation` tables), a label's confidence is the
     model's probability that it is right, given the whole candidate list (reference.confidence), and a rank is
     assigned when it reaches the rank's cutoff in `thresholds` (`min_confidence` is not used: the tied-best share
     is part of the model's evidence). Without a model (indexes of older versions) the confidence is the share of
@@ -216,16 +216,17 @@ def identity_decide(idx: np.ndarray, score: np.ndarray, codes: dict[str, np.ndar
     column [Q]).
     """
     n = len(idx)
-    rows = np.arange(n)
     chosen = tie_vote(idx, score, codes)
     valid = (idx >= 0) & np.isfinite(score)
-    hit = np.where(valid[rows, chosen], idx[rows, chosen], -1) if idx.shape[1] else np.full(n, -1)
+    hit = reported_hits(idx, score, chosen)
     ranks = [rank for rank in ranks if rank in codes]
     probability = None
     if model is not None:
-        if overlap is None or query_length is None or reference is None:
-            raise UsageError("a confidence model needs the candidates' overlap, the query lengths and the reference")
-        evidence = query_evidence(idx, score, overlap, query_length, chosen, codes, ranks, reference)
+        if overlap is None or query_length is None or reference is None or isolation is None:
+            raise UsageError("a confidence model needs the candidates' overlap, the query lengths, the reference "
+                             "and its isolation tables")
+        evidence = query_evidence(idx, score, overlap, query_length, chosen, codes, ranks, reference,
+                                  isolation_distances(isolation, hit))
         probability = rank_confidences(model, evidence, ranks)[1]
     else:
         best = np.where(valid[:, 0], score[:, 0], -np.inf) if idx.shape[1] else np.full(n, -np.inf)

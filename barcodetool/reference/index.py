@@ -14,6 +14,8 @@ HDF5 layout (format `barcodetool-reference`, version 2; see docs/file-formats.md
     /identity/kmer/{kmers,df,refs}     the KmerIndex of the distinct sequences (int32; attrs k, size)
     /identity/calibration/<level>/{queries,embedding,embedding_score,embedding_overlap,kmer,kmer_score,
                             kmer_overlap}   leave-out identity candidates of distinct sequences (sequence groups)
+    /identity/isolation/<rank>/{rows,scores}   int32 / float32 [groups, 3]: each distinct sequence's nearest
+                            references of another species / genus (isolation.py; absent in older indexes)
     root attributes         format, format_version, barcodetool_version, model_name, model_sha256, pooling,
                             embedding_dim, dtype, count, source, created, tokenizer (JSON),
                             threshold_<rank> and threshold_bin (similarity; inf = never assigned, nan = the
@@ -126,6 +128,8 @@ class ReferenceIndex:
     calibration: dict | None = None              # level -> {"queries", "neighbours", "similarities"} arrays
     identity_thresholds: IdentityThresholds | None = None   # of the identity rule (identity scores)
     identity_calibration: dict | None = None     # level -> stored leave-out identity candidates (group space)
+    # rank -> (rows int32, scores float32) [groups, K]: each distinct sequence's nearest references of another label
+    identity_isolation: dict | None = None
     # the distinct sequences (group order): held while an index is built, else read from `path` on first use
     _distinct: SequenceStore | None = field(default=None, init=False, repr=False)
     _identity: IdentityLayer | None = field(default=None, init=False, repr=False)
@@ -363,6 +367,9 @@ class ReferenceIndex:
                     text = np.frombuffer(json.dumps(confidence.to_json()).encode(), dtype=np.uint8)
                     create(handle, "identity/confidence_model", data=text, chunks=(max(1, len(text)),),
                            compression="gzip", compression_opts=4)
+                for rank, (rows, scores) in (self.identity_isolation or {}).items():
+                    create(handle, f"identity/isolation/{rank}/rows", data=np.asarray(rows, dtype=np.int32))
+                    create(handle, f"identity/isolation/{rank}/scores", data=np.asarray(scores, dtype=np.float32))
                 for level, stored in (self.identity_calibration or {}).items():
                     for name, values in stored.items():
                         dtype_ = np.float32 if name.endswith("_score") else np.int32
@@ -420,6 +427,7 @@ class ReferenceIndex:
                 codes, names = check.labels(handle, n)
                 calibration = check.calibration(handle, n)
                 identity_calibration = check.identity_calibration(handle, int(groups.max(initial=-1)) + 1)
+                identity_isolation = check.isolation(handle, int(groups.max(initial=-1)) + 1)
                 if "kmer" in check.members(handle, "identity"):
                     check.kmer_layout(handle, int(groups.max(initial=-1)) + 1)
                 confidence = check.confidence_model(handle)
@@ -441,7 +449,8 @@ class ReferenceIndex:
         return cls(ids=ids, embeddings=embeddings, codes=codes, label_names=names, groups=groups,
                    model_name=check.string(attrs, "model_name"), model_sha256=check.string(attrs, "model_sha256"),
                    thresholds=thresholds, attrs=attrs, path=path, calibration=calibration,
-                   identity_thresholds=identity_thresholds, identity_calibration=identity_calibration or None)
+                   identity_thresholds=identity_thresholds, identity_calibration=identity_calibration or None,
+                   identity_isolation=identity_isolation)
 
 
 def _thresholds_attrs(thresholds: Thresholds, prefix: str) -> dict:

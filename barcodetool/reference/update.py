@@ -43,6 +43,7 @@ from ..errors import IndexMismatchError, InputError, UsageError
 from ..search import SequenceStore, normalize
 from ..taxonomy import LABELS, RANKS, encode_labels
 from .calibrate import calibrate_thresholds
+from .isolation import compute_isolation
 from .decide import DEFAULT_K, DEFAULT_MIN_CONFIDENCE, DEFAULT_PRECISION
 from .index import IdentityLayer, ReferenceIndex, representative_records
 
@@ -189,6 +190,9 @@ def _append(index: ReferenceIndex, added: _Added, vectors_of: Callable[[np.ndarr
         group_record=group_record,
         codes={name: values[group_record].astype(np.int32) for name, values in codes.items()}))
     _calibrate(index, merged, len(fresh), old_groups, recalibrate)
+    if merged.identity_thresholds is not None and merged.identity_isolation is None:
+        # every sequence's nearest references of another label, the added ones among them (isolation.py)
+        merged.identity_isolation = compute_isolation(merged)
     return merged
 
 

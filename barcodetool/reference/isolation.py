@@ -1,0 +1,174 @@
+"""How far each reference sequence lies from the nearest reference of another species and of another genus.
+
+A hit list shows the neighbourhood of the query only: for 93% of known-species queries of the insect `train`
+reference every candidate carries one species, so the list cannot say whether that species is 0.5% or 10% from the
+next one. The reference can. For every distinct reference sequence and each ISOLATION_RANKS rank, `isolation_tables`
+keeps the ISOLATION_NEIGHBOURS nearest references of another label at that rank (k-mer candidates excluding the
+sequence's own label, scored by identity), and the confidence model reads the reported hit's distance to the
+nearest of them (`confidence.isolation_distances`): a query 1% from a hit whose species lies 8% from every other
+species is inside a barcode gap; the same query beside a species 0.6% from its sister is not.
+
+The calibration's leave-out queries must see the tables a reference without the left-out sequence, species or genus
+would have (`left_out_isolation`): the nearest other species of a hit is very often the left-out one (the query
+came from it), so those entries are skipped, and where all of a hit's entries are skipped its neighbours are
+searched again without the left-out taxon (LEAVE_OUT_DEPTH k-mer candidates).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..search import (KMER_FALLBACK_BELOW, KMER_FALLBACK_DF, KMER_MAX_DF, KMER_QUERY_STRIDE, SequenceStore,
+                      score_candidates)
+from .confidence import ISOLATION_RANKS, MAX_DISTANCE
+
+if TYPE_CHECKING:
+    from .index import ReferenceIndex
+
+log = logging.getLogger(__name__)
+
+ISOLATION_NEIGHBOURS = 3   # nearest references of another label kept per sequence and rank
+ISOLATION_SEARCH = 5       # k-mer candidates scored to find them
+ISOLATION_MAX_SEARCHED = 100_000   # distinct sequences searched at most (a sample of larger references)
+LEAVE_OUT_DEPTH = 300      # k-mer candidates searched again for a left-out query's hit whose entries were all skipped
+
+Tables = dict[str, tuple[np.ndarray, np.ndarray]]   # rank -> (rows int32 [R, K], scores float32 [R, K]) best first
+
+
+def _nearest_other(store: SequenceStore, kmer, queries: SequenceStore, query_codes: np.ndarray,
+                   codes: np.ndarray, depth: int) -> np.ndarray:
+    """int64 [Q, depth]: k-mer candidates (rows of `store`, -1 = none) of `queries` among the references whose code
+    differs from the query's, in k-mer order."""
+    # the commoner k-mers too for sequences of heavily sampled taxa, as for k-mer-only queries (`search_candidates`),
+    # as far as the index stores their postings
+    stored = kmer.max_stored_df if kmer.postings_left_out else None
+    cap, fallback_cap = (KMER_MAX_DF, KMER_FALLBACK_DF) if stored is None else (min(KMER_MAX_DF, stored),
+                                                                                 min(KMER_FALLBACK_DF, stored))
+    _, found = kmer.search(queries, depth, max_df=cap, stride=KMER_QUERY_STRIDE, exclude=(query_codes, codes),
+                           fallback=(fallback_cap, KMER_FALLBACK_BELOW) if fallback_cap > cap else None)
+    return found.astype(np.int64)
+
+
+def _best_scored(queries: SequenceStore, store: SequenceStore, candidates: np.ndarray, keep: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """The `keep` best of `candidates` [Q, N] by identity score: (rows int32 [Q, keep], scores float32 [Q, keep]),
+    best first, -1 / -inf where there are fewer."""
+    score = score_candidates(queries, store, candidates)[0]
+    score = np.where((candidates >= 0) & np.isfinite(score), score, -np.inf)
+    order = np.argsort(-score, axis=1, kind="stable")[:, :keep]
+    rows = np.take_along_axis(candidates, order, axis=1)
+    score = np.take_along_axis(score, order, axis=1)
+    rows = np.where(np.isfinite(score), rows, -1)
+    return rows.astype(np.int32), score.astype(np.float32)
+
+
+def isolation_tables(index: ReferenceIndex) -> Tables:
+    """The index's tables (`index.identity_isolation`), computed and kept in memory when it has none (an index of
+    an older version: `reference build` or `reference add` store them)."""
+    if index.identity_isolation is None:
+        started = time.perf_counter()
+        index.identity_isolation = compute_isolation(index)
+        if index.path is not None:
+            log.warning(f"{index.path} holds no isolation tables (an index of an older version): computed them in "
+                        f"{time.perf_counter() - started:.0f} s; `barcodetool reference build` stores them")
+    return index.identity_isolation
+
+
+def searched_rows(codes: dict[str, np.ndarray], size: int, limit: int = ISOLATION_MAX_SEARCHED, seed: int = 0
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(rows searched [m], source [size]: the searched row whose entries each row takes). Up to `limit` rows all
+    are searched; above, a seeded sample of `limit` (or of one row per group, where there are more groups) that
+    holds every species (and every genus of rows without a species; unlabelled rows are all searched) as evenly
+    as it can, and every other row takes the entries of a searched row of its species (or genus): its nearest
+    other species is about its sibling's."""
+    everything = np.arange(size)
+    if size <= limit:
+        return everything, everything
+    species = codes.get("species", np.full(size, -1))
+    genus = codes.get("genus", np.full(size, -1))
+    # one group per species; rows without a species by genus; rows without either alone
+    group = np.where(species >= 0, species, np.where(genus >= 0, species.max(initial=-1) + 1 + genus, -1))
+    alone = group < 0
+    group = np.where(alone, group.max(initial=-1) + 1 + everything, group)
+    shuffled = np.random.default_rng(seed).permutation(size)
+    order = shuffled[np.argsort(group[shuffled], kind="stable")]          # by group, random within a group
+    first = np.searchsorted(group[order], group[order], side="left")
+    turn = np.empty(size, dtype=np.int64)
+    turn[order] = np.arange(size) - first          # 0 for a group's first (random) row, 1 for its second, ...
+    groups = int((turn == 0).sum())      # every group keeps at least its first row, whatever the limit
+    searched = np.sort(np.argsort(turn, kind="stable")[:max(limit, groups)])
+    picked = np.zeros(size, dtype=bool)
+    picked[searched] = True
+    # each group's first searched row in `order` is the source of the group's rows not searched
+    source_of_group = {}
+    for row in order[picked[order]].tolist():
+        source_of_group.setdefault(int(group[row]), row)
+    source = np.where(picked, everything, np.array([source_of_group[int(g)] for g in group.tolist()]))
+    return searched, source
+
+
+def compute_isolation(index: ReferenceIndex, *, block: int = 4096, limit: int = ISOLATION_MAX_SEARCHED) -> Tables:
+    """rank -> (rows, scores) [distinct sequences, ISOLATION_NEIGHBOURS] for each ISOLATION_RANKS rank the index
+    labels: each sequence's nearest references of another label at that rank (rows without a label get the
+    nearest labelled ones); above `limit` distinct sequences only a sample is searched (`searched_rows`)."""
+    layer = index.identity
+    store, kmer = layer.store, layer.kmer
+    searched, source = searched_rows(layer.codes, len(store), limit)
+    if len(searched) < len(store):
+        log.info(f"isolation: the nearest other species and genus of {len(searched):,} of the {len(store):,} "
+                 "distinct sequences searched, the others take a searched sibling's")
+    tables = {}
+    for rank in ISOLATION_RANKS:
+        codes = layer.codes.get(rank)
+        if codes is None or not (codes >= 0).any():
+            continue
+        rows = np.full((len(store), ISOLATION_NEIGHBOURS), -1, dtype=np.int32)
+        scores = np.full((len(store), ISOLATION_NEIGHBOURS), -np.inf, dtype=np.float32)
+        for start in range(0, len(searched), block):
+            part = searched[start:start + block]
+            queries = store.subset(part)
+            found = _nearest_other(store, kmer, queries, codes[part], codes, ISOLATION_SEARCH)
+            rows[part], scores[part] = _best_scored(queries, store, found, ISOLATION_NEIGHBOURS)
+        tables[rank] = (rows[source], scores[source])
+    return tables
+
+
+def left_out_isolation(index: ReferenceIndex, tables: Tables, hit: np.ndarray, queries: np.ndarray, level: str
+                       ) -> np.ndarray:
+    """float64 [m, len(ISOLATION_RANKS)]: `confidence.isolation_distances` of the hits (rows, -1 = none) of
+    leave-out queries (rows `queries`) of one level ("sequence", "species", "genus"), as if the left-out sequence
+    (or every sequence of the query's species or genus) were not in the reference."""
+    layer = index.identity
+    out = np.full((len(hit), len(ISOLATION_RANKS)), MAX_DISTANCE)
+    has = hit >= 0
+    left_codes = layer.codes.get(level) if level != "sequence" else None
+
+    def kept(rows: np.ndarray, query_rows: np.ndarray) -> np.ndarray:
+        ok = rows >= 0
+        if level == "sequence":
+            return ok & (rows != query_rows[:, None])
+        return ok & (left_codes[np.maximum(rows, 0)] != left_codes[query_rows][:, None])
+
+    for column, rank in enumerate(ISOLATION_RANKS):
+        if rank not in tables:
+            continue
+        table_rows, table_scores = tables[rank]
+        safe = np.maximum(hit, 0)
+        rows, scores = table_rows[safe], table_scores[safe]
+        ok = kept(rows, queries) & np.isfinite(scores)
+        best = np.where(ok, scores, -np.inf).max(axis=1, initial=-np.inf)
+        again = np.nonzero(has & ~ok.any(axis=1) & (rows >= 0).any(axis=1))[0]
+        if len(again):
+            codes = layer.codes[rank]
+            searched = layer.store.subset(hit[again])
+            found = _nearest_other(layer.store, layer.kmer, searched, codes[hit[again]], codes, LEAVE_OUT_DEPTH)
+            keep = kept(found, queries[again])
+            order = np.argsort(~keep, axis=1, kind="stable")[:, :ISOLATION_SEARCH]   # first kept, in k-mer order
+            found = np.where(np.take_along_axis(keep, order, axis=1), np.take_along_axis(found, order, axis=1), -1)
+            best[again] = _best_scored(searched, layer.store, found, 1)[1][:, 0]
+        out[:, column] = np.where(has & np.isfinite(best), np.clip(1.0 - best, 0.0, MAX_DISTANCE), MAX_DISTANCE)
+    return out
