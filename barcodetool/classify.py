@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -37,7 +36,7 @@ from .io.fasta import sintax_label, tab_separated
 from .io.interrupts import signals_held
 from .io.streaming import read_ahead
 from .model.onnx import OnnxModel, load_onnx_model
-from .model.runtime import cuda_impossible, resolve_device, set_threads
+from .model.runtime import available_cores, cuda_impossible, resolve_device, set_threads
 from .model.weights import PretrainedModel, load_model, locate_model
 from .options import Options
 from .reference import IdentityHits, identity_hits, nearest_bins  # noqa: F401 (part of this module's API)
@@ -483,7 +482,7 @@ class _Pipeline:
     def run(self, records: Iterable, progress) -> Iterator[Assignment]:
         """Assignments in input order; the worker threads are gone when this ends (or is closed)."""
         # the cores shared among the workers: each worker's neighbour search (a matrix product) gets its share
-        share = max(1, _available_cores() // self.search_workers)
+        share = max(1, available_cores() // self.search_workers)
         with _blas_threads(share if self.search_workers > 1 and self.options.embeds else None):
             yield from self._run(records, progress)
 
@@ -579,13 +578,6 @@ class _Pipeline:
                              overlap=template.overlap, score=template.score)
         if progress is not None:
             progress(len(chunk.records))
-
-
-def _available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:   # not on Linux
-        return os.cpu_count() or 1
 
 
 @contextmanager

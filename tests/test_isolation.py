@@ -129,16 +129,22 @@ def test_tables_round_trip_and_an_older_index_computes_them(tiny, records, tmp_p
 def test_a_large_reference_searches_a_sample_and_rows_take_a_siblings_entries(index):
     layer = index.identity
     full = compute_isolation(index)
-    limit = len(layer) // 2
-    searched, source = searched_rows(layer.codes, len(layer), limit)
     species, genus = layer.codes["species"], layer.codes["genus"]
-    groups = np.unique(np.where(species >= 0, species, -2 - np.arange(len(layer))))
-    assert len(searched) == max(limit, len(groups)) and len(np.unique(searched)) == len(searched)
-    assert set(species[searched][species[searched] >= 0]) == set(species[species >= 0])   # every species
-    assert np.isin(source, searched).all() and (source[searched] == searched).all()
-    assert (species[source] == species).all() and (genus[source] == genus).all()
-    sampled = compute_isolation(index, limit=limit)
-    for rank in sampled:
-        np.testing.assert_array_equal(sampled[rank][0], full[rank][0][source])
-        np.testing.assert_array_equal(sampled[rank][1], full[rank][1][source])
+    groups = len(np.unique(np.where(species >= 0, species, -2 - np.arange(len(layer)))))
+    for limit in (groups + 10, groups // 2):   # room for every species, and not
+        searched, source = searched_rows(layer.codes, len(layer), limit)
+        assert len(searched) == limit and len(np.unique(searched)) == limit
+        covered = source >= 0
+        assert np.isin(source[covered], searched).all() and (source[searched] == searched).all()
+        assert (species[source[covered]] == species[covered]).all()
+        assert (genus[source[covered]] == genus[covered]).all()
+        # as evenly as the limit allows: every group has a searched row, or none has two
+        per_group = np.bincount(np.unique(species[searched], return_inverse=True)[1])
+        assert covered.all() if limit > groups else per_group.max() == 1
+        sampled = compute_isolation(index, limit=limit)
+        for rank in sampled:
+            np.testing.assert_array_equal(sampled[rank][0][covered], full[rank][0][source[covered]])
+            np.testing.assert_array_equal(sampled[rank][1][covered], full[rank][1][source[covered]])
+            assert (sampled[rank][0][~covered] == -1).all()
+            assert (isolation_distances(sampled, np.nonzero(~covered)[0]) == MAX_DISTANCE).all()
     assert searched_rows(layer.codes, len(layer), len(layer))[1].tolist() == list(range(len(layer)))

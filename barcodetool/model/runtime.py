@@ -29,6 +29,14 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     return torch.device(name)
 
 
+def available_cores() -> int:
+    """The CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:   # not on Linux
+        return os.cpu_count() or 1
+
+
 def set_threads(threads: int | None) -> int:
     """Set PyTorch's intra-op threads; 0 or None means all cores. Returns the count in use."""
     import torch
