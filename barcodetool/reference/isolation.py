@@ -42,10 +42,10 @@ LEAVE_OUT_DEPTH = 300      # k-mer candidates searched again for a left-out quer
 Tables = dict[str, tuple[np.ndarray, np.ndarray]]   # rank -> (rows int32 [R, K], scores float32 [R, K]) best first
 
 
-def _nearest_other(store: SequenceStore, kmer, queries: SequenceStore, query_codes: np.ndarray,
-                   codes: np.ndarray, depth: int) -> np.ndarray:
-    """int64 [Q, depth]: k-mer candidates (rows of `store`, -1 = none) of `queries` among the references whose code
-    differs from the query's, in k-mer order."""
+def _nearest_other(kmer, queries: SequenceStore, query_codes: np.ndarray, codes: np.ndarray, depth: int
+                   ) -> np.ndarray:
+    """int64 [Q, depth]: k-mer candidates (rows of the KmerIndex `kmer`, -1 = none) of `queries` among the
+    references whose code differs from the query's, in k-mer order."""
     # the commoner k-mers too for sequences of heavily sampled taxa, as for k-mer-only queries (`search_candidates`),
     # as far as the index stores their postings
     stored = kmer.max_stored_df if kmer.postings_left_out else None
@@ -138,7 +138,7 @@ def compute_isolation(index: ReferenceIndex, *, block: int = 2048, limit: int = 
 
         def search(part: np.ndarray, codes=codes) -> tuple[np.ndarray, np.ndarray]:
             queries = store.subset(part)
-            return _best_scored(queries, store, _nearest_other(store, kmer, queries, codes[part], codes,
+            return _best_scored(queries, store, _nearest_other(kmer, queries, codes[part], codes,
                                                                 ISOLATION_SEARCH), ISOLATION_NEIGHBOURS)
 
         parts = [searched[start:start + block] for start in range(0, len(searched), block)]
@@ -180,7 +180,7 @@ def left_out_isolation(index: ReferenceIndex, tables: Tables, hit: np.ndarray, q
         if len(again):
             codes = layer.codes[rank]
             searched = layer.store.subset(hit[again])
-            found = _nearest_other(layer.store, layer.kmer, searched, codes[hit[again]], codes, LEAVE_OUT_DEPTH)
+            found = _nearest_other(layer.kmer, searched, codes[hit[again]], codes, LEAVE_OUT_DEPTH)
             keep = kept(found, queries[again])
             order = np.argsort(~keep, axis=1, kind="stable")[:, :ISOLATION_SEARCH]   # first kept, in k-mer order
             found = np.where(np.take_along_axis(keep, order, axis=1), np.take_along_axis(found, order, axis=1), -1)
