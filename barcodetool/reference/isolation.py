@@ -36,7 +36,9 @@ log = logging.getLogger(__name__)
 ISOLATION_NEIGHBOURS = 3   # nearest references of another label kept per sequence and rank
 ISOLATION_SEARCH = 5       # k-mer candidates scored to find them
 ISOLATION_WORKERS = 2      # threads that search (31,000 sequences: 1.5x faster with 2 than with 1 on 2 cores)
-ISOLATION_MAX_SEARCHED = 100_000   # distinct sequences searched at most (a sample of larger references)
+ISOLATION_MAX_SEARCHED = 20_000   # distinct sequences searched at most (a sample of larger references): the
+# tables cost about 1.3 ms a searched sequence at 123,564 references (two threads); this keeps the build of that
+# reference within 240 s (docs/benchmarks.md)
 LEAVE_OUT_DEPTH = 300      # k-mer candidates searched again for a left-out query's hit whose entries were all skipped
 
 Tables = dict[str, tuple[np.ndarray, np.ndarray]]   # rank -> (rows int32 [R, K], scores float32 [R, K]) best first
