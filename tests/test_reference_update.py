@@ -20,6 +20,7 @@ from barcodetool.cli import main
 from barcodetool.errors import IndexMismatchError, InputError
 from barcodetool.io.readers import BarcodeRecord, read_barcodes
 from barcodetool.reference import RECALIBRATE_SHARE, ReferenceIndex, add_records, build_reference, merge_indexes
+from barcodetool.reference.isolation import compute_isolation
 from barcodetool.search import KmerIndex
 
 BASE_SPLITS = ("train", "pretrain")
@@ -96,6 +97,10 @@ def test_add_equals_rebuild_and_classifies_the_same(tiny, records, base_index):
     grown = add_records(base_index, extra, model, recalibrate=False)
     rebuilt = build_reference(base + extra, model, calibrate=False)
     assert_same_index(grown, rebuilt)
+    # the isolation tables of the grown index are those of the whole reference, the added sequences among them
+    for rank, (rows, scores) in compute_isolation(rebuilt).items():
+        np.testing.assert_array_equal(grown.identity_isolation[rank][0], rows)
+        np.testing.assert_array_equal(grown.identity_isolation[rank][1], scores)
     # old codes unchanged; new names appended (a build sorts "Aaaa" first)
     old = base_index.label_names["genus"]
     assert grown.label_names["genus"][:len(old)] == old and grown.label_names["genus"][len(old):][:2] == ["Aaaa",
