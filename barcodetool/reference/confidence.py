@@ -284,6 +284,13 @@ def partner_rows(idx: np.ndarray, score: np.ndarray, chosen: np.ndarray, codes: 
     return out
 
 
+def score_distance(score: np.ndarray) -> np.ndarray:
+    """float64: 1 - identity scores, clipped to [0, MAX_DISTANCE]; MAX_DISTANCE where a score is not finite (no
+    such reference)."""
+    score = np.asarray(score, dtype=np.float64)
+    return np.where(np.isfinite(score), np.clip(1.0 - score, 0.0, MAX_DISTANCE), MAX_DISTANCE)
+
+
 def reported_hits(idx: np.ndarray, score: np.ndarray, chosen: np.ndarray) -> np.ndarray:
     """int64 [Q]: the reference row of each query's reported hit (column `chosen` of idx, score [Q, N]), -1 where
     that column is empty."""
@@ -307,7 +314,7 @@ def partner_distances(reference, idx: np.ndarray, score: np.ndarray, chosen: np.
     todo = np.nonzero((hit >= 0) & (partners >= 0).any(axis=1))[0]
     if len(todo):
         pair_score = score_candidates(reference.subset(hit[todo]), reference, partners[todo])[0]
-        out[todo] = np.where(np.isfinite(pair_score), np.clip(1.0 - pair_score, 0.0, MAX_DISTANCE), MAX_DISTANCE)
+        out[todo] = score_distance(pair_score)
     return out
 
 
@@ -319,8 +326,7 @@ def isolation_distances(tables: dict[str, tuple[np.ndarray, np.ndarray]], hit: n
     has = hit >= 0
     for column, rank in enumerate(ISOLATION_RANKS):
         if rank in tables and has.any():
-            best = tables[rank][1][hit[has]].max(axis=1, initial=-np.inf).astype(np.float64)
-            out[has, column] = np.where(np.isfinite(best), np.clip(1.0 - best, 0.0, MAX_DISTANCE), MAX_DISTANCE)
+            out[has, column] = score_distance(tables[rank][1][hit[has]].max(axis=1, initial=-np.inf))
     return out
 
 

@@ -426,10 +426,11 @@ class ReferenceIndex:
                     check.dataset(handle, "sequences", "str", (n,))
                 codes, names = check.labels(handle, n)
                 calibration = check.calibration(handle, n)
-                identity_calibration = check.identity_calibration(handle, int(groups.max(initial=-1)) + 1)
-                identity_isolation = check.isolation(handle, int(groups.max(initial=-1)) + 1)
+                distinct = int(groups.max(initial=-1)) + 1
+                identity_calibration = check.identity_calibration(handle, distinct)
+                identity_isolation = check.isolation(handle, distinct)
                 if "kmer" in check.members(handle, "identity"):
-                    check.kmer_layout(handle, int(groups.max(initial=-1)) + 1)
+                    check.kmer_layout(handle, distinct)
                 confidence = check.confidence_model(handle)
             except KeyError as error:
                 raise check.error(f"the reference index is incomplete ({error})") from None

@@ -26,7 +26,7 @@ import numpy as np
 from ..model.runtime import available_cores
 from ..search import (KMER_FALLBACK_BELOW, KMER_FALLBACK_DF, KMER_MAX_DF, KMER_QUERY_STRIDE, SequenceStore,
                       score_candidates)
-from .confidence import ISOLATION_RANKS, MAX_DISTANCE
+from .confidence import ISOLATION_RANKS, MAX_DISTANCE, score_distance
 
 if TYPE_CHECKING:
     from .index import ReferenceIndex
@@ -187,5 +187,5 @@ def left_out_isolation(index: ReferenceIndex, tables: Tables, hit: np.ndarray, q
             order = np.argsort(~keep, axis=1, kind="stable")[:, :ISOLATION_SEARCH]   # first kept, in k-mer order
             found = np.where(np.take_along_axis(keep, order, axis=1), np.take_along_axis(found, order, axis=1), -1)
             best[again] = _best_scored(searched, layer.store, found, 1)[1][:, 0]
-        out[:, column] = np.where(has & np.isfinite(best), np.clip(1.0 - best, 0.0, MAX_DISTANCE), MAX_DISTANCE)
+        out[:, column] = np.where(has, score_distance(best), MAX_DISTANCE)
     return out
