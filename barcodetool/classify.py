@@ -41,8 +41,9 @@ from .model.weights import PretrainedModel, load_model, locate_model
 from .options import Options
 from .reference import IdentityHits, identity_hits, nearest_bins  # noqa: F401 (part of this module's API)
 from .reference import (DEFAULT_K, IDENTITY_CANDIDATES_EMBEDDING, IDENTITY_CANDIDATES_KMER, IDENTITY_EMBED_BELOW,
-                        ReferenceIndex, ScoredCandidates, Thresholds, embedding_needed, gate, index_model_name,
-                        kmer_fallback, kmer_hits, resolve_model_for_reference, thresholds_for, vote, widen_setting)
+                        NO_WIDENING, ReferenceIndex, ScoredCandidates, Thresholds, embedding_needed, gate,
+                        index_model_name, kmer_fallback, kmer_hits, resolve_model_for_reference, thresholds_for, vote,
+                        widen_parts, widen_setting)
 from .search import knn_search, normalize, sequence_groups
 from .taxonomy import RANKS, SINTAX_LETTERS
 
@@ -546,8 +547,9 @@ class _Pipeline:
 
     def search_kmers(self, chunk: _Chunk) -> _Chunk:
         """First of two passes: the workers find the k-mer candidates."""
+        wide = widen_parts(getattr(self.thresholds, "widen", NO_WIDENING))[0]
         chunk.searches = [(a, b, self.submit(kmer_hits, chunk.unique[a:b], self.index, self.options.candidates_kmer,
-                                             fallback=self.fallback))
+                                             fallback=self.fallback, wide=wide))
                           for a, b in self.slices(len(chunk.unique))]
         return chunk
 

@@ -1,6 +1,7 @@
 """Write the unique barcodes of chosen splits of a BIOSCAN-5M-style table as FASTA (benchmark inputs).
 
     python benchmarks/split_fasta.py ../shared/data/bold_insects.csv.gz test -o /tmp/test_unique.fasta
+    python benchmarks/split_fasta.py ../shared/data/bold_insects.csv.gz train --sintax -o /tmp/train.fasta
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ def main():
     parser.add_argument("table")
     parser.add_argument("splits", nargs="+")
     parser.add_argument("-o", "--output", required=True)
+    parser.add_argument("--sintax", action="store_true",
+                        help="SINTAX headers (taxonomy and BIN): what `reference build` and `vsearch --sintax` read")
     args = parser.parse_args()
     seen, chosen = set(), []
     for record in read_barcodes(args.table):
@@ -22,7 +25,7 @@ def main():
             seen.add(record.sequence)
             chosen.append(record)
     with open(args.output, "w", encoding="utf-8") as handle:
-        write_fasta(chosen, handle)
+        write_fasta(chosen, handle, sintax=args.sintax)
     print(f"{len(chosen)} unique barcodes of {', '.join(args.splits)} -> {args.output}")
 
 

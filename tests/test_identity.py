@@ -221,6 +221,31 @@ def test_kmer_index_finds_the_closest(barcodes):
     assert idx.tolist() == [[-1, -1]] and counts.tolist() == [[0, 0]]
 
 
+@pytest.mark.parametrize("k,batch", [(8, 64), (6, 3)])
+def test_shared_kmer_counts_count_the_candidates_positions_holding_a_query_kmer(barcodes, k, batch):
+    """Each candidate's valid k-mer positions whose k-mer the query holds (brute force with Python sets), -1 for
+    empty slots, in batches of any size; a k-mer with an N is nobody's."""
+    from barcodetool.search import shared_kmer_counts
+
+    references = barcodes[:12] + [barcodes[12][:300] + "N" + barcodes[12][301:]]
+    queries = [barcodes[0], substitute(substitute(barcodes[5], 50), 300), barcodes[12][100:500], "ACGT" * 20]
+    candidates = np.array([[0, 1, -1, 12], [5, 4, 3, 2], [12, 11, -1, -1], [0, 6, 7, 12]])
+
+    def kmers(sequence):
+        return [sequence[i:i + k] for i in range(len(sequence) - k + 1) if set(sequence[i:i + k]) <= set("ACGT")]
+
+    expected = np.array([[-1 if ref < 0 else sum(kmer in set(kmers(query)) for kmer in kmers(references[ref]))
+                          for ref in row] for query, row in zip(queries, candidates)])
+    counts = shared_kmer_counts(queries, references, candidates, k=k, batch=batch)
+    np.testing.assert_array_equal(counts, expected)
+    assert counts[0, 0] == len(barcodes[0]) - k + 1          # the query itself: every position
+    assert counts[1, 0] > counts[1, 1]                       # its own barcode, two substitutions away, first
+    with pytest.raises(UsageError, match="k must be"):
+        shared_kmer_counts(queries, references, candidates, k=12)
+    with pytest.raises(UsageError, match="candidate_idx"):
+        shared_kmer_counts(queries, references, candidates[:2])
+
+
 @pytest.mark.parametrize("max_stored_df", [None, 4])
 def test_sparse_and_gathered_kmer_counts_agree(barcodes, monkeypatch, max_stored_df):
     """Small indexes count shared k-mers by a sparse product, large ones by gathering postings: the same counts, so

@@ -13,14 +13,14 @@ from helpers_sequences import synthetic_records
 from barcodetool.cli import main
 from barcodetool.errors import IndexMismatchError, InputError, UsageError
 from barcodetool.io.readers import ReadOptions, read_barcodes
-from barcodetool.reference import (LEVELS, IdentityCalibration, IdentityThresholds,
+from barcodetool.reference import (IDENTITY_CANDIDATES_WIDE, LEVELS, IdentityCalibration, IdentityThresholds,
                                    KnnCalibration, KnnThresholds, ReferenceIndex, build_reference, calibrate_ranks,
                                    calibrate_thresholds, identity_decide, open_reference, precision_threshold,
                                    representative_records, resolve_model_for_reference, search_candidates,
-                                   thresholds_for, vote)
+                                   thresholds_for, vote, widen_setting)
 from barcodetool.reference.confidence import ConfidenceModel, RankModel
 from barcodetool.reference.isolation import isolation_tables
-from barcodetool.search import knn_search, normalize
+from barcodetool.search import as_store, knn_search, normalize
 
 
 # ============================================================================================ fixtures
@@ -452,13 +452,19 @@ def test_cli_reference_build_and_info(tmp_path, tiny):
     assert info.exit_code == 0, info.output
     assert "threshold\tspecies" in info.output and "cluster_distance" in info.output
     assert "calibration\tidentity" in info.output and "knn_threshold\tspecies" in info.output
-    assert "embedding below 0.95" in info.output and "widened" not in info.output
+    assert "embedding below 0.95" in info.output
+    assert "widened to 60 k-mer below 0.95 (5 scored, by shared 8-mers)" in info.output   # the default
     assert "v2" in info.output
-    wide = tmp_path / "wide.h5"
-    result = runner.invoke(main, ["reference", "build", str(SAMPLE), "-o", str(wide), "--model", str(tiny[0]),
-                                  "--threads", "1", "--candidates-wide", "30"])
-    assert result.exit_code == 0, result.output
-    assert "widened to 30 k-mer below 0.95" in runner.invoke(main, ["reference", "info", str(wide)]).output
+    for extra, shown in ((["--candidates-wide", "0"], None),
+                         (["--candidates-wide-scored", "0"], "60 k-mer below 0.95\t"),
+                         (["--candidates-wide", "30"], "30 k-mer below 0.95 (5 scored")):
+        built = tmp_path / "other.h5"
+        result = runner.invoke(main, ["reference", "build", str(SAMPLE), "-o", str(built), "--model", str(tiny[0]),
+                                      "--threads", "1", *extra])
+        assert result.exit_code == 0, result.output
+        info = runner.invoke(main, ["reference", "info", str(built)]).output
+        assert ("widened" not in info) if shown is None else (f"widened to {shown}" in info), info
+    wide = built
     # classify with the index's widening, or another one (recalibrated in memory first), or none
     for extra, logged in (([], False), (["--candidates-wide", "0"], True), (["--candidates-wide", "30"], False)):
         done = runner.invoke(main, ["classify", str(SAMPLE), "-r", str(wide), "-o", str(tmp_path / "c.tsv"),
@@ -608,16 +614,55 @@ def test_distant_queries_get_the_best_of_a_wider_kmer_search(synthetic):
             assert wide.idx[row].tolist() == plain.idx[row].tolist()
     assert (wide.score[:, 0] > plain.score[:, 0]).any()   # some distant query found a nearer reference
     stored = index.identity_calibration["species"]
-    assert stored["kmer"].shape[1] >= 40     # searched again, deeper, for the wider calibration
+    # the wide search's candidates beyond the first stage (every one: a setting of two scores them all)
+    assert stored["kmer_wide"].shape == (len(stored["queries"]), 39)
+    assert stored["kmer_wide_setting"].tolist() == [1, 40, 0]
     merged_idx, merged_score, _ = merge_identity_candidates(stored, 0, 1, math.inf, (40, below))
     base_score = merge_identity_candidates(stored, 0, 1, math.inf)[1]
     grow = base_score[:, 0] < below
     assert merged_idx.shape == (len(stored["queries"]), 1)
-    top = np.sort(np.where(stored["kmer"][:, :40] >= 0, stored["kmer_score"][:, :40], -np.inf), axis=1)[:, ::-1]
+    forty = np.concatenate([stored["kmer"][:, :1], stored["kmer_wide"]], axis=1)
+    forty_score = np.concatenate([stored["kmer_score"][:, :1], stored["kmer_wide_score"]], axis=1)
+    top = np.sort(np.where(forty >= 0, forty_score, -np.inf), axis=1)[:, ::-1]
     np.testing.assert_allclose(merged_score[grow], top[grow, :1])
     np.testing.assert_array_equal(merged_score[~grow], base_score[~grow])
+    with pytest.raises(UsageError, match="not chosen for this widening"):
+        merge_identity_candidates(stored, 0, 1, math.inf, (40, below, 3))
     calibrate_thresholds(index, "identity")   # the module's index back to its defaults for the tests after this one
-    assert index.identity_thresholds.widen == (0, math.inf)
+    assert index.identity_thresholds.widen == widen_setting(IDENTITY_CANDIDATES_WIDE)
+
+
+def test_widened_candidates_scored_are_those_sharing_most_8mers(synthetic):
+    """With `scored` set, of the wide search's candidates beyond the first stage only those sharing the most 8-mers
+    with the query are scored: the widened query keeps the best of the first stage and those. The calibration
+    stores the same choice for its leave-out queries."""
+    from barcodetool.reference import identity_hits, kmer_hits
+    from barcodetool.reference.candidates import WIDEN_SHARED_STRIDE, beyond_first
+    from barcodetool.search import rerank, shared_kmer_counts
+
+    index, records, taxa, barcode, new_species = synthetic
+    queries = [new_species(f, g) for f in range(2) for g in range(3)] + [barcode(key) for key in list(taxa)[:2]]
+    store, layer = as_store(queries), index.identity
+    first = kmer_hits(queries, index, 2)
+    below = float(first.best().max()) + 1e-3                   # every query widened
+    _, km = search_candidates(index, queries, None, 0, 30)
+    chosen = beyond_first(store, layer.store, km, 2, 3)
+    shared = shared_kmer_counts(store, layer.store, km[:, 2:], stride=WIDEN_SHARED_STRIDE)
+    for row in range(len(queries)):
+        real = km[row, 2:] >= 0
+        picked = [int(c) for c in chosen[row] if c >= 0]
+        assert len(picked) == min(3, int(real.sum()))
+        counts = dict(zip(km[row, 2:].tolist(), shared[row].tolist()))
+        assert min(counts[c] for c in picked) >= max((v for c, v in counts.items() if c >= 0 and c not in picked),
+                                                      default=-1)
+    assert beyond_first(store, layer.store, km, 2, 0).tolist() == km[:, 2:].tolist()   # 0: all of them
+    wide = identity_hits(queries, None, index, thresholds_for(index, "identity", candidates=(0, 2),
+                                                               widen=(30, below, 3)), candidates=(0, 2))
+    best = rerank(queries, layer.store, np.concatenate([km[:, :2], chosen], axis=1))[1][:, 0]
+    np.testing.assert_allclose(wide.score[:, 0], best)
+    stored = index.identity_calibration["genus"]
+    assert stored["kmer_wide_setting"].tolist() == [2, 30, 3] and stored["kmer_wide"].shape[1] == 3
+    calibrate_thresholds(index, "identity")   # back to the defaults
 
 
 def test_embed_below_is_stored_with_the_calibration(synthetic, tmp_path):
@@ -629,15 +674,24 @@ def test_embed_below_is_stored_with_the_calibration(synthetic, tmp_path):
     assert index.identity_thresholds.embed_below == IDENTITY_EMBED_BELOW
     path = index.save(tmp_path / "ref.h5")
     assert ReferenceIndex.load(path).identity_thresholds.embed_below == IDENTITY_EMBED_BELOW
-    assert index.identity_thresholds.widen == (0, math.inf)     # off unless asked for
-    calibrate_thresholds(index, "identity", widen=(40, 0.9))
+    assert index.identity_thresholds.widen == widen_setting(IDENTITY_CANDIDATES_WIDE)     # on by default
+    assert ReferenceIndex.load(path).identity_thresholds.widen == (IDENTITY_CANDIDATES_WIDE, 0.95, 5)
+    for widen, read in (((40, 0.9), (40, 0.9, 0)), ((40, 0.9, 5), (40, 0.9, 5)), ((0, math.inf), (0, math.inf))):
+        calibrate_thresholds(index, "identity", widen=widen)
+        path = index.save(tmp_path / "ref.h5")
+        assert ReferenceIndex.load(path).identity_thresholds.widen == read
+    calibrate_thresholds(index, "identity", widen=(40, 0.9, 5))
     path = index.save(tmp_path / "ref.h5")
-    assert ReferenceIndex.load(path).identity_thresholds.widen == (40, 0.9)
+    with h5py.File(path, "a") as handle:       # written before the 8-mer choice: every wide candidate was scored
+        del handle.attrs["identity_calibration_widen_scored"]
+    assert ReferenceIndex.load(path).identity_thresholds.widen == (40, 0.9, 0)
     calibrate_thresholds(index, "identity")
+    path = index.save(tmp_path / "ref.h5")
     with h5py.File(path, "a") as handle:       # an index written before the attribute: every query was embedded
         del handle.attrs["identity_calibration_embed_below"]
         # ... and before widening: calibrated without it, so classified without it
-        del handle.attrs["identity_calibration_widen_candidates"], handle.attrs["identity_calibration_widen_below"]
+        for name in ("candidates", "below", "scored"):
+            del handle.attrs[f"identity_calibration_widen_{name}"]
     older = ReferenceIndex.load(path)
     assert older.identity_thresholds.embed_below == math.inf and older.identity_thresholds.widen == (0, math.inf)
     assert thresholds_for(older, "identity", embed_below=IDENTITY_EMBED_BELOW).embed_below == IDENTITY_EMBED_BELOW

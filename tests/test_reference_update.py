@@ -216,7 +216,8 @@ def test_calibration_kept_below_the_share_and_redone_above(tiny, records, base_i
 def test_recalibrate_asked_uses_the_index_settings(tiny, records, base_index, monkeypatch):
     index = copy.copy(base_index)
     index.thresholds = replace(base_index.thresholds, precision=0.9, k=7, min_confidence=0.6)
-    index.identity_thresholds = replace(base_index.identity_thresholds, precision=0.9, min_confidence=0.7)
+    index.identity_thresholds = replace(base_index.identity_thresholds, precision=0.9, min_confidence=0.7,
+                                        candidates=(15, 8), embed_below=0.9, widen=(40, 0.9, 3))
     calls = []
 
     def calibrate(merged, method, **settings):
@@ -228,7 +229,8 @@ def test_recalibrate_asked_uses_the_index_settings(tiny, records, base_index, mo
     monkeypatch.setattr(update, "calibrate_thresholds", calibrate)
     add_records(index, new_records(records, 1), tiny[1], recalibrate=True)
     assert calls == [("knn", {"precision": 0.9, "k": 7, "min_confidence": 0.6}),
-                     ("identity", {"precision": 0.9, "min_confidence": 0.7})]
+                     ("identity", {"precision": 0.9, "min_confidence": 0.7, "candidates": (15, 8),
+                                   "embed_below": 0.9, "widen": (40, 0.9, 3)})]
     calls.clear()
     add_records(index, new_records(records, 30), tiny[1], recalibrate=False)   # never, whatever the share
     assert calls == []

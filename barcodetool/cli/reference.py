@@ -12,6 +12,7 @@ from ..classify import load_inference_model
 from ..io import ReadOptions, ReadStats, read_barcodes
 from ..model.weights import check_model_outputs
 from ..reference import BuildOptions, ReferenceIndex, add_records, build_reference, merge_indexes
+from ..reference.decide import IDENTITY_CANDIDATES_WIDE, IDENTITY_WIDEN_SCORED, widen_parts
 from ..taxonomy import RANKS
 from ._common import (INPUT_FIX, Context, check_paths, device_options, handle_errors,
                       inference_model_option, log, log_model, log_reference, output_name, read_options,
@@ -38,6 +39,12 @@ def _calibration_queries(t) -> str:
     if population and counts:
         text += f" (sampled from {population:,} distinct sequences; standard errors in `reference info`)"
     return text
+
+
+def _widening(widen) -> str:
+    n_wide, below, scored = widen_parts(widen)
+    chosen = f" ({scored} scored, by shared 8-mers)" if scored else ""
+    return f"widened to {n_wide} k-mer below {below:g}{chosen}\t"
 
 
 def _named_text(t, rank: str) -> str:
@@ -76,10 +83,14 @@ def reference_group():
 @click.option("--min-confidence", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="Confidence a rank's label needs: the calibrated probability that it is right (knn: the vote "
                    "share, calibrated with this value).")
-@click.option("--candidates-wide", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--candidates-wide", type=click.IntRange(min=0), default=IDENTITY_CANDIDATES_WIDE, show_default=True,
               help="Calibrate `classify` for a wider k-mer search of distant queries (best k-mer candidate below "
                    "0.95): this many k-mer candidates, of which those nearer than the best found join (0 = none; "
-                   "60 finds nearer references for 2-3% of new species, docs/benchmarks.md).")
+                   "docs/benchmarks.md).")
+@click.option("--candidates-wide-scored", type=click.IntRange(min=0), default=IDENTITY_WIDEN_SCORED,
+              show_default=True,
+              help="Of the wide search's candidates beyond the first k-mer candidates, score the ones sharing the "
+                   "most 8-mers with the query (0 = score them all).")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
               help="Stored embeddings; float16 halves the size of very large references.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
@@ -194,7 +205,7 @@ def reference_info(index_path: str):
     if t is not None:  # the default classifier and clusterer: identity scores and identity distance
         click.echo(f"calibration\tidentity\tprecision {t.precision}\tcandidates {t.candidates[0]} embedding + "
                    f"{t.candidates[1]} k-mer\tembedding below {t.embed_below:g}\t"
-                   + (f"widened to {t.widen[0]} k-mer below {t.widen[1]:g}\t" if t.widen[0] else "")
+                   + (_widening(t.widen) if t.widen[0] else "")
                    + f"min confidence {t.min_confidence}")
         for rank in index.ranks:
             if t.confidence is None:   # an index of an older version: identity-score thresholds

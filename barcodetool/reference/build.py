@@ -23,7 +23,8 @@ from ..options import Options
 from ..search import SequenceStore, normalize
 from ..taxonomy import LABELS
 from .calibrate import calibrate_thresholds
-from .decide import DEFAULT_K, DEFAULT_MIN_CONFIDENCE, DEFAULT_PRECISION, widen_setting
+from .decide import (DEFAULT_K, DEFAULT_MIN_CONFIDENCE, DEFAULT_PRECISION, IDENTITY_CANDIDATES_WIDE,
+                     IDENTITY_WIDEN_SCORED, widen_setting)
 from .index import REFERENCE_FORMAT, REFERENCE_FORMAT_VERSION, ReferenceIndex, is_reference_file
 
 log = logging.getLogger("barcodetool")
@@ -52,14 +53,16 @@ class BuildOptions(Options):
     on the reference's own leave-out queries; `neighbours`: the neighbours that vote in the k-NN rule;
     `min_confidence`: the confidence a rank's label needs (identity: the calibrated probability that it is right;
     k-NN: the vote share); `candidates_wide`: k-mer candidates searched for distant queries (0: none;
-    decide.IDENTITY_CANDIDATES_WIDE); `dtype`: float32, or float16 to halve a very large reference;
+    decide.IDENTITY_CANDIDATES_WIDE), of which `candidates_wide_scored` beyond the first stage are scored (0: all;
+    decide.IDENTITY_WIDEN_SCORED); `dtype`: float32, or float16 to halve a very large reference;
     `calibrate`: False leaves the index without thresholds; `chunk_records`: distinct sequences embedded at once.
     """
 
     precision: float = DEFAULT_PRECISION
     neighbours: int = DEFAULT_K
     min_confidence: float = DEFAULT_MIN_CONFIDENCE
-    candidates_wide: int = 0
+    candidates_wide: int = IDENTITY_CANDIDATES_WIDE
+    candidates_wide_scored: int = IDENTITY_WIDEN_SCORED
     dtype: str = "float32"
     batch_size: int = 256
     calibrate: bool = True
@@ -78,8 +81,9 @@ class BuildOptions(Options):
             raise UsageError(f"min_confidence must be between 0 and 1, got {self.min_confidence}")
         if self.batch_size < 1 or self.chunk_records < 1:
             raise UsageError("batch_size and chunk_records must be at least 1")
-        if self.candidates_wide < 0:
-            raise UsageError(f"candidates_wide must be >= 0, got {self.candidates_wide}")
+        if self.candidates_wide < 0 or self.candidates_wide_scored < 0:
+            raise UsageError(f"candidates_wide and candidates_wide_scored must be >= 0, got {self.candidates_wide} "
+                             f"and {self.candidates_wide_scored}")
 
 
 def build_reference(records: Iterable, model, options: BuildOptions | None = None, *, source: str = "",
@@ -121,7 +125,7 @@ def build_reference(records: Iterable, model, options: BuildOptions | None = Non
         calibrate_thresholds(index, "knn", precision=options.precision, k=options.neighbours,
                              min_confidence=options.min_confidence)
         calibrate_thresholds(index, "identity", precision=options.precision, min_confidence=options.min_confidence,
-                             widen=widen_setting(options.candidates_wide))
+                             widen=widen_setting(options.candidates_wide, options.candidates_wide_scored))
     return index
 
 

@@ -24,12 +24,13 @@ from ..cluster import calibrate_cluster_threshold, calibrate_identity_cluster_th
 from ..errors import UsageError
 from ..search import SequenceStore, knn_search, score_candidates
 from ..taxonomy import RANKS
-from .candidates import ScoredCandidates, embedding_needed, merge_ranked, search_candidates, widened, widening_needed
+from .candidates import (ScoredCandidates, beyond_first, embedding_needed, merge_ranked, search_candidates, widened,
+                         widening_needed)
 from .confidence import fit_confidence, held_out_confidences, level_evidence, reported_hits
 from .isolation import isolation_tables, left_out_isolation
 from .decide import (DEFAULT_K, DEFAULT_MIN_CONFIDENCE, DEFAULT_PRECISION, IDENTITY_CANDIDATES_EMBEDDING,
-                     IDENTITY_CANDIDATES_KMER, IDENTITY_EMBED_BELOW, NO_WIDENING, IdentityThresholds, KnnThresholds,
-                     Thresholds, Votes, tie_vote, vote)
+                     IDENTITY_CANDIDATES_KMER, IDENTITY_CANDIDATES_WIDE, IDENTITY_EMBED_BELOW, NO_WIDENING,
+                     IdentityThresholds, KnnThresholds, Thresholds, Votes, tie_vote, vote, widen_parts, widen_setting)
 
 if TYPE_CHECKING:   # the index is passed in; this module never needs its class at run time
     from .index import ReferenceIndex
@@ -239,13 +240,12 @@ def calibrate_bin(levels: dict, bin_codes: np.ndarray | None, species_codes: np.
 
 
 def merge_identity_candidates(stored: dict, n_embedding: int, n_kmer: int, embed_below: float = math.inf,
-                              widen: tuple[int, float] = NO_WIDENING
-                              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                              widen=NO_WIDENING) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(idx, score, overlap) [m, n_embedding + n_kmer] of stored calibration candidates restricted to the first n
     of each source, merged and ranked exactly as `identity_hits` ranks them: the union of both sources where the
     best k-mer candidate scores below `embed_below` (or there are no k-mer candidates), the k-mer candidates alone
-    elsewhere; the k-mer candidates of queries whose best scores below `widen[1]` widened to the first
-    `widen[0]` (which the stored table must hold)."""
+    elsewhere; the k-mer candidates of queries whose best scores below `widen[1]` widened by the stored wide
+    candidates (`kmer_wide`, chosen for this widening and n_kmer: `wide_setting`)."""
     def kmer_columns(rows, n: int) -> ScoredCandidates:
         # identities are not stored: the scores stand in for them (only the ranking is used here)
         return ScoredCandidates(stored["kmer"][rows, :n], stored["kmer_score"][rows, :n],
@@ -258,10 +258,20 @@ def merge_identity_candidates(stored: dict, n_embedding: int, n_kmer: int, embed
     need = embedding_needed(kmer, n_embedding, embed_below)
     rows = np.nonzero(widening_needed(kmer, widen))[0]
     if len(rows):
-        kmer = widened(kmer, rows, kmer_columns(rows, widen[0]))
+        if not np.array_equal(stored.get("kmer_wide_setting", ()), wide_setting(n_kmer, widen)):
+            raise UsageError("the stored calibration candidates were not chosen for this widening")
+        kmer = widened(kmer, rows, ScoredCandidates(stored["kmer_wide"][rows], stored["kmer_wide_score"][rows],
+                                                    stored["kmer_wide_score"][rows],
+                                                    stored["kmer_wide_overlap"][rows]))
     idx, score, _, overlap = merge_ranked(kmer, embedding, need)
     width = n_embedding + n_kmer
     return idx[:, :width], score[:, :width], overlap[:, :width]
+
+
+def wide_setting(n_kmer: int, widen) -> np.ndarray:
+    """int32 [3]: what a level's stored wide candidates were chosen for (first stage, wide search, scored)."""
+    n_wide, _, scored = widen_parts(widen)
+    return np.array([n_kmer, n_wide, scored], dtype=np.int32)
 
 
 def leave_out_calls(judged: dict[str, tuple[dict, dict]], levels: dict, codes: dict[str, np.ndarray],
@@ -514,7 +524,7 @@ class IdentityCalibration(Calibration):
         if thresholds is None:
             return {"precision": DEFAULT_PRECISION, "min_confidence": DEFAULT_MIN_CONFIDENCE,
                     "candidates": (IDENTITY_CANDIDATES_EMBEDDING, IDENTITY_CANDIDATES_KMER),
-                    "embed_below": IDENTITY_EMBED_BELOW, "widen": NO_WIDENING}
+                    "embed_below": IDENTITY_EMBED_BELOW, "widen": widen_setting(IDENTITY_CANDIDATES_WIDE)}
         return {"precision": thresholds.precision, "min_confidence": thresholds.min_confidence,
                 "candidates": tuple(thresholds.candidates), "embed_below": thresholds.embed_below,
                 "widen": tuple(thresholds.widen)}
@@ -526,17 +536,17 @@ class IdentityCalibration(Calibration):
             raise UsageError("identity classification needs embedding or k-mer candidates (or both)")
         settings["candidates"] = (n_embedding, n_kmer)
         settings["embed_below"] = float(settings["embed_below"])
-        n_wide, below = settings.get("widen", NO_WIDENING)
-        if int(n_wide) < 0 or math.isnan(float(below)):
-            raise UsageError(f"widen must be (k-mer candidates >= 0, a score), got {settings['widen']}")
-        settings["widen"] = (int(n_wide), float(below))
+        n_wide, below, scored = widen_parts(settings.get("widen", NO_WIDENING))
+        if n_wide < 0 or scored < 0 or math.isnan(below):
+            raise UsageError(f"widen must be (k-mer candidates >= 0, a score, scored >= 0), got {settings['widen']}")
+        settings["widen"] = (n_wide, below, scored) if n_wide else NO_WIDENING
 
     def same_settings(self, current: dict, requested: dict) -> bool:
         candidates = (int(requested["candidates"][0]), int(requested["candidates"][1]))
         # without embedding candidates the embedding threshold does not matter
         return (super().same_settings(current, requested) and tuple(current["candidates"]) == candidates
                 and (current["embed_below"] == float(requested["embed_below"]) or candidates[0] == 0)
-                and tuple(current.get("widen", NO_WIDENING)) == tuple(requested.get("widen", NO_WIDENING)))
+                and widen_parts(current.get("widen", NO_WIDENING)) == widen_parts(requested.get("widen", NO_WIDENING)))
 
     def complete(self, thresholds: Thresholds) -> bool:
         return getattr(thresholds, "confidence", None) is not None   # indexes of older versions have none
@@ -546,7 +556,7 @@ class IdentityCalibration(Calibration):
         return (f"calibrating the identity rule for confidence {settings['min_confidence']}, BIN precision "
                 f"{settings['precision']}, candidates {int(n_embedding)} embedding + {int(n_kmer)} k-mer, "
                 f"embedding below {float(settings['embed_below'])}, widened to {int(settings['widen'][0])} k-mer "
-                f"below {float(settings['widen'][1])}")
+                f"below {float(settings['widen'][1])} ({widen_parts(settings['widen'])[2]} scored; 0: all)")
 
     def leave_out(self, level: str, settings: dict, *, max_queries: int = IDENTITY_CALIBRATION_QUERIES,
                   seed: int = 0, device=None):
@@ -558,12 +568,13 @@ class IdentityCalibration(Calibration):
         index = self.index
         n_embedding, n_kmer = settings.get("candidates", (IDENTITY_CANDIDATES_EMBEDDING, IDENTITY_CANDIDATES_KMER))
         widen = settings.get("widen", NO_WIDENING)
-        depth = max(n_kmer, widen[0])   # k-mer candidates the stored searches must hold
+        wide = widen_parts(widen)[0] > n_kmer
         index.identity_calibration = index.identity_calibration or {}
         stored = index.identity_calibration.get(level)
-        if stored is None or stored["embedding"].shape[1] < n_embedding or stored["kmer"].shape[1] < depth:
-            stored = self._search_level(level, n_embedding, depth, max_queries=max_queries, seed=seed,
-                                        device=device)
+        if (stored is None or stored["embedding"].shape[1] < n_embedding or stored["kmer"].shape[1] < n_kmer
+                or (wide and not np.array_equal(stored.get("kmer_wide_setting", ()), wide_setting(n_kmer, widen)))):
+            stored = self._search_level(level, n_embedding, n_kmer, widen if wide else NO_WIDENING,
+                                        max_queries=max_queries, seed=seed, device=device)
             if stored is None:
                 return None
             index.identity_calibration[level] = stored
@@ -572,7 +583,8 @@ class IdentityCalibration(Calibration):
         self.overlaps[level] = overlap
         return stored["queries"], score, idx
 
-    def _search_level(self, level: str, n_embedding: int, n_kmer: int, *, max_queries: int, seed: int, device):
+    def _search_level(self, level: str, n_embedding: int, n_kmer: int, widen, *, max_queries: int, seed: int,
+                      device):
         layer = self.index.identity
         groups = np.arange(len(layer), dtype=np.int32)
         labelled = None
@@ -587,12 +599,21 @@ class IdentityCalibration(Calibration):
             exclude = (layer.codes[level][queries], layer.codes[level])
         query_store = SequenceStore.from_sequences([layer.store.sequence(int(i)) for i in queries])
         vectors = np.asarray(self.index.group_embeddings[queries], dtype=np.float32)
+        n_wide, _, scored = widen_parts(widen)
+        depth = max(n_kmer, IDENTITY_CALIBRATION_CANDIDATES)
+        # one k-mer search as deep as the widening needs: its first columns are those of a shallower one
         emb, km = search_candidates(self.index, query_store, vectors, max(n_embedding, IDENTITY_CALIBRATION_CANDIDATES),
-                                    max(n_kmer, IDENTITY_CALIBRATION_CANDIDATES), exclude=exclude, device=device)
+                                    max(depth, n_wide), exclude=exclude, device=device)
+        tables = [("embedding", emb), ("kmer", km[:, :depth])]
+        if n_wide > n_kmer:
+            # every query's (not only those the widening picks: the stored table serves any `below`)
+            tables.append(("kmer_wide", beyond_first(query_store, layer.store, km[:, :n_wide], n_kmer, scored)))
         stored = {"queries": queries}
-        for name, table in (("embedding", emb), ("kmer", km)):
+        for name, table in tables:
             score, _, overlap = score_candidates(query_store, layer.store, table)
             stored.update({name: table, f"{name}_score": score, f"{name}_overlap": overlap})
+        if n_wide > n_kmer:
+            stored["kmer_wide_setting"] = wide_setting(n_kmer, widen)
         return stored
 
     def label_codes(self):
@@ -618,7 +639,7 @@ class IdentityCalibration(Calibration):
         if (previous is not None and previous.confidence is not None
                 and tuple(previous.candidates) == tuple(settings["candidates"])
                 and previous.embed_below == settings["embed_below"]
-                and tuple(previous.widen) == tuple(settings["widen"])):
+                and widen_parts(previous.widen) == widen_parts(settings["widen"])):
             model, details = previous.confidence, {"confidence": previous.details.get("confidence", {})}
         else:
             model, fitted = fit_confidence(full, codes, evidence)

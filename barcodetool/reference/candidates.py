@@ -2,8 +2,10 @@
 sequence identity, merged and ranked, then decided (`identity_hits`); and the nearest BINs of k-NN neighbours.
 
 Candidates are rows of the identity layer (distinct reference sequences, `ReferenceIndex.identity`). K-mer
-candidates come first; embedding candidates are added for the queries whose best k-mer candidate scores below
-`embed_below` (`embedding_needed`), the queries in doubt.
+candidates come first; for the queries whose best k-mer candidate scores below `embed_below` (`embedding_needed`),
+the queries in doubt, embedding candidates are added, and (with a widening, the default) the k-mer search goes on
+to its first 60, of which the few sharing the most 8-mers with the query are scored too (`widen_kmer_hits`): far
+from every reference the 12-mer count hardly follows identity, 8-mers still do.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import numpy as np
 
 from ..errors import UsageError
 from ..search import (KMER_FALLBACK_BELOW, KMER_FALLBACK_DF, KMER_MAX_DF, KMER_QUERY_STRIDE, as_store, candidate_union,
-                      knn_search, normalize, rank_scored, score_candidates)
-from .decide import IDENTITY_CANDIDATES_EMBEDDING, IDENTITY_CANDIDATES_KMER, IdentityThresholds, Votes, identity_decide
+                      knn_search, normalize, rank_scored, score_candidates, shared_kmer_counts)
+from .decide import (IDENTITY_CANDIDATES_EMBEDDING, IDENTITY_CANDIDATES_KMER, IdentityThresholds, Votes,
+                     identity_decide, widen_parts)
 from .isolation import isolation_tables
 
 if TYPE_CHECKING:   # the index is passed in; this module never needs its class at run time
@@ -64,6 +67,8 @@ class ScoredCandidates:
     score: np.ndarray     # float32 [Q, N] coverage scores (-inf = empty)
     identity: np.ndarray  # float32 [Q, N]
     overlap: np.ndarray   # int32 [Q, N]
+    # int64 [Q, W - N] the same k-mer search's next candidates, not scored (for a widening: `widen_kmer_hits`)
+    beyond: np.ndarray | None = None
 
     def best(self) -> np.ndarray:
         """float [Q]: the best score of each row (-inf without candidates)."""
@@ -71,7 +76,8 @@ class ScoredCandidates:
         return np.where(valid, self.score, -np.inf).max(axis=1, initial=-np.inf)
 
     def rows(self, rows: np.ndarray) -> ScoredCandidates:
-        return ScoredCandidates(self.idx[rows], self.score[rows], self.identity[rows], self.overlap[rows])
+        return ScoredCandidates(self.idx[rows], self.score[rows], self.identity[rows], self.overlap[rows],
+                                None if self.beyond is None else self.beyond[rows])
 
 
 def kmer_fallback(n_embedding: int, embed_below: float) -> bool:
@@ -92,13 +98,32 @@ def embedding_needed(kmer: ScoredCandidates, n_embedding: int, embed_below: floa
     return ~(kmer.best() >= embed_below)
 
 
-def widening_needed(kmer: ScoredCandidates, widen: tuple[int, float]) -> np.ndarray:
+def widening_needed(kmer: ScoredCandidates, widen) -> np.ndarray:
     """bool [Q]: the queries whose k-mer candidates are widened to the first `widen[0]`: those whose best
     first-stage candidate scores below `widen[1]`; none when that is not more than the first stage holds."""
-    n_wide, below = widen
+    n_wide, below, _ = widen_parts(widen)
     if n_wide <= kmer.idx.shape[1] or kmer.idx.shape[1] == 0:
         return np.zeros(len(kmer.idx), dtype=bool)
     return ~(kmer.best() >= below)
+
+
+# beyond_first: 8-mers of every second candidate position. On 5,000 species of the insects' `train` left out of it
+# (genus top hit of those whose genus keeps other species; 60 searched, 5 scored) every position 78.86%, every
+# second 78.89%, every third 78.50%; every second costs 0.72 of every one (docs/benchmarks.md).
+WIDEN_SHARED_STRIDE = 2
+
+
+def beyond_first(queries, ref_store, wide_idx: np.ndarray, first: int, scored: int) -> np.ndarray:
+    """int64 [Q, scored] (or [Q, W - first] with scored = 0): of a wide k-mer search's candidates `wide_idx`
+    [Q, W], those after its first `first` (the first stage's own) that share the most 8-mers with the query
+    (search.shared_kmer_counts over every WIDEN_SHARED_STRIDE-th position of the candidate; ties in the search's
+    order), or all of them; -1 = none."""
+    beyond = np.asarray(wide_idx, dtype=np.int64)[:, first:]
+    if scored <= 0 or scored >= beyond.shape[1]:
+        return beyond
+    shared = shared_kmer_counts(queries, ref_store, beyond, stride=WIDEN_SHARED_STRIDE)
+    order = np.argsort(-shared, axis=1, kind="stable")[:, :scored]       # -1 slots count -1: never before a real one
+    return np.take_along_axis(beyond, order, axis=1)
 
 
 def widened(first: ScoredCandidates, rows: np.ndarray, wide: ScoredCandidates) -> ScoredCandidates:
@@ -127,16 +152,22 @@ def widened(first: ScoredCandidates, rows: np.ndarray, wide: ScoredCandidates) -
     return ScoredCandidates(idx, score, identity, overlap)
 
 
-def widen_kmer_hits(store, index: ReferenceIndex, first: ScoredCandidates, widen: tuple[int, float], *,
+def widen_kmer_hits(store, index: ReferenceIndex, first: ScoredCandidates, widen, *,
                     fallback: bool) -> ScoredCandidates:
     """`widened` k-mer candidates of the queries `widening_needed` picks: their first `widen[0]` k-mer candidates
-    searched, the ones not already found scored."""
+    searched, those beyond the first stage chosen by `beyond_first` and scored."""
     rows = np.nonzero(widening_needed(first, widen))[0]
     if not len(rows):
         return first
+    n_wide, _, scored = widen_parts(widen)
+    n = first.idx.shape[1]
     subset = store.subset(rows)
-    _, km = search_candidates(index, subset, None, 0, widen[0], fallback=fallback)
-    fresh = candidate_union(first.idx[rows], km)[:, first.idx.shape[1]:]
+    if first.beyond is not None and first.beyond.shape[1] >= n_wide - n:   # the first search went that far
+        km = np.concatenate([first.idx[rows], first.beyond[rows, :n_wide - n]], axis=1)
+    else:
+        _, km = search_candidates(index, subset, None, 0, n_wide, fallback=fallback)
+    chosen = beyond_first(subset, index.identity.store, km, n, scored)
+    fresh = candidate_union(first.idx[rows], chosen)[:, first.idx.shape[1]:]
     return widened(first, rows, ScoredCandidates(fresh, *score_candidates(subset, index.identity.store, fresh)))
 
 
@@ -192,13 +223,17 @@ class IdentityHits:
     embedded: np.ndarray     # bool [Q] the query got embedding candidates (embedding_needed)
 
 
-def kmer_hits(queries, index: ReferenceIndex, n_kmer: int, *, fallback: bool = True) -> ScoredCandidates:
+def kmer_hits(queries, index: ReferenceIndex, n_kmer: int, *, fallback: bool = True, wide: int = 0
+              ) -> ScoredCandidates:
     """The first stage of `identity_hits`: k-mer candidates of query sequences scored by identity (`fallback`:
-    queries whose k-mers are nearly all too common are searched again with a higher cap)."""
+    queries whose k-mers are nearly all too common are searched again with a higher cap). With `wide` > n_kmer
+    the search goes on to the first `wide` (kept unscored in `beyond`, for a widening): one search costs about as
+    much as the shallower one, a second search of the widened queries as much again."""
     store = as_store(queries)
-    _, km = search_candidates(index, store, None, 0, n_kmer, fallback=fallback)
-    score, identity, overlap = score_candidates(store, index.identity.store, km)
-    return ScoredCandidates(km, score, identity, overlap)
+    _, km = search_candidates(index, store, None, 0, max(n_kmer, wide), fallback=fallback)
+    first = km[:, :n_kmer]
+    score, identity, overlap = score_candidates(store, index.identity.store, first)
+    return ScoredCandidates(first, score, identity, overlap, km[:, n_kmer:] if wide > n_kmer else None)
 
 
 def identity_hits(queries, vectors: np.ndarray | None, index: ReferenceIndex, thresholds: IdentityThresholds, *,

@@ -32,20 +32,32 @@ IDENTITY_CANDIDATES_KMER = 10          # classify --candidates-kmer
 # "Embedding only where it helps"). inf = every query is embedded.
 IDENTITY_EMBED_BELOW = 0.95
 # `--candidates-wide` (off unless asked for): where the best of the first k-mer candidates scores below
-# IDENTITY_WIDEN_BELOW, the first N k-mer candidates are scored and those nearer than the best found join the list
+# IDENTITY_WIDEN_BELOW, the first N k-mer candidates are searched and those nearer than the best found join the list
 # (as many candidates as before are kept). Far from every reference (80-93% identity) the count of shared 12-mers
 # hardly follows identity: the nearest reference of 20 such queries in 3 phyla of coi_extra ranked 15th to 175th by
 # that count. With 60 (IDENTITY_CANDIDATES_WIDE) the top hit gains 1.9 points of genus on the insects' `test_unseen`
-# and reaches VSEARCH's in Annelida and Tardigrada, but the confidences calibrated with it name 5.8 points fewer
-# genera there: not the default (docs/benchmarks.md, "Distant queries: a wider k-mer search").
+# and reaches VSEARCH's in Annelida and Tardigrada (docs/benchmarks.md, "Distant queries: a wider k-mer search").
+# Of the candidates beyond the first stage only IDENTITY_WIDEN_SCORED are scored: those sharing the most 8-mers with
+# the query (search.shared_kmer_counts), which follow identity that far out where 12-mers do not. On 5,000 species of
+# the insects' `train` left out of it (genus top hit where the genus keeps other species): 77.93% without widening,
+# 78.60% with all 50 scored, 78.86% with the best 5 by 8-mers (78.78% with 8): a tenth of the pairs, and the
+# confidences calibrated with it name more genera, not fewer (docs/benchmarks.md).
 IDENTITY_CANDIDATES_WIDE = 60
 IDENTITY_WIDEN_BELOW = 0.95
+IDENTITY_WIDEN_SCORED = 5
 NO_WIDENING = (0, math.inf)   # IdentityThresholds.widen of a calibration without it
 
 
-def widen_setting(candidates: int) -> tuple[int, float]:
-    """IdentityThresholds.widen for `--candidates-wide N` (0: none)."""
-    return (candidates, IDENTITY_WIDEN_BELOW) if candidates else NO_WIDENING
+def widen_setting(candidates: int, scored: int = IDENTITY_WIDEN_SCORED) -> tuple:
+    """IdentityThresholds.widen for `--candidates-wide N` (0: none), of which `scored` (0: all) are scored."""
+    return (candidates, IDENTITY_WIDEN_BELOW, scored) if candidates else NO_WIDENING
+
+
+def widen_parts(widen) -> tuple[int, float, int]:
+    """(k-mer candidates, below, scored) of an IdentityThresholds.widen; a setting of two (written before the
+    8-mer choice existed) scores every candidate beyond the first stage (scored = 0)."""
+    n_wide, below, *rest = widen
+    return int(n_wide), float(below), int(rest[0]) if rest else 0
 
 
 # ============================================================================================ thresholds
@@ -76,7 +88,7 @@ class IdentityThresholds(Thresholds):
 
     candidates: tuple[int, int] = (IDENTITY_CANDIDATES_EMBEDDING, IDENTITY_CANDIDATES_KMER)  # (embedding, k-mer)
     embed_below: float = math.inf           # embedding candidates only below this best k-mer score
-    widen: tuple[int, float] = NO_WIDENING    # (k-mer candidates, below): distant queries' widened k-mer search
+    widen: tuple = NO_WIDENING    # (k-mer candidates, below[, scored]): distant queries' widened search (widen_parts)
     confidence: ConfidenceModel | None = None   # per-query confidence of each rank's label (reference.confidence)
 
 

@@ -13,7 +13,10 @@ HDF5 layout (format `barcodetool-reference`, version 2; see docs/file-formats.md
     /calibration/<level>/similarities  float32 [m, K]   (level: sequence, species, genus)
     /identity/kmer/{kmers,df,refs}     the KmerIndex of the distinct sequences (int32; attrs k, size)
     /identity/calibration/<level>/{queries,embedding,embedding_score,embedding_overlap,kmer,kmer_score,
-                            kmer_overlap}   leave-out identity candidates of distinct sequences (sequence groups)
+                            kmer_overlap}   leave-out identity candidates of distinct sequences (sequence groups);
+                            with widening also kmer_wide{,_score,_overlap} (the wide search's candidates beyond
+                            the first stage, chosen by shared 8-mers) and kmer_wide_setting int32 [3] (first
+                            stage, wide search, scored)
     /identity/isolation/<rank>/{rows,scores}   int32 / float32 [groups, 3]: each distinct sequence's nearest
                             references of another species / genus (isolation.py; absent in older indexes)
     root attributes         format, format_version, barcodetool_version, model_name, model_sha256, pooling,
@@ -26,9 +29,10 @@ HDF5 layout (format `barcodetool-reference`, version 2; see docs/file-formats.md
                             identity_calibration_min_confidence, identity_calibration_candidates (JSON [embedding,
                             k-mer]), identity_calibration_embed_below (embedding candidates only for queries
                             whose best k-mer candidate scores below it; absent = inf),
-                            identity_calibration_widen_candidates and _widen_below (k-mer candidates scored for
-                            queries whose best scores below it; absent = 0, no widening), identity_calibration
-                            (JSON details)
+                            identity_calibration_widen_candidates, _widen_below and _widen_scored (the wide
+                            k-mer search of queries whose best k-mer candidate scores below it, and how many of
+                            its candidates beyond the first stage are scored; absent = 0: no widening, every
+                            one scored), identity_calibration (JSON details)
 
 The identity layer (docs/research/identity-rerank.md) works on distinct sequences ("groups", numbered by first record):
 each group's labels are those of its representative record (the most common full label set among its records).
@@ -62,9 +66,14 @@ from .calibrate import thresholds_for
 from .checks import REBUILD, Checker, check_attrs
 from .candidates import IdentityHits, identity_hits, nearest_bins
 from .decide import (DEFAULT_K, DEFAULT_MIN_CONFIDENCE, IDENTITY_CANDIDATES_EMBEDDING, IDENTITY_CANDIDATES_KMER,
-                     IdentityThresholds, KnnThresholds, Thresholds)
+                     NO_WIDENING, IdentityThresholds, KnnThresholds, Thresholds, widen_parts)
 
 log = logging.getLogger("barcodetool")
+
+
+def _widen_of(candidates: int, below: float, scored: int) -> tuple:
+    """IdentityThresholds.widen as stored (written before `scored` existed: 0, every candidate scored)."""
+    return (candidates, below, scored) if candidates else NO_WIDENING
 
 REFERENCE_FORMAT = "barcodetool-reference"
 REFERENCE_FORMAT_VERSION = 2     # 2: identity layer (k-mer index, identity calibration); older ones are refused
@@ -398,6 +407,7 @@ class ReferenceIndex:
                 attrs["identity_calibration_embed_below"] = float(self.identity_thresholds.embed_below)
                 attrs["identity_calibration_widen_candidates"] = int(self.identity_thresholds.widen[0])
                 attrs["identity_calibration_widen_below"] = float(self.identity_thresholds.widen[1])
+                attrs["identity_calibration_widen_scored"] = widen_parts(self.identity_thresholds.widen)[2]
             handle.attrs.update(attrs)
         if not is_stdout(path) and path.is_file():  # not standard output, a device or a FIFO: it can be read back
             self.path = path
@@ -444,8 +454,9 @@ class ReferenceIndex:
             # indexes written before the attribute existed embedded every query
             embed_below=check.number(attrs, "identity_calibration_embed_below", math.inf, nan=False),
             # indexes written before widening existed calibrated without it
-            widen=(check.integer(attrs, "identity_calibration_widen_candidates", 0, minimum=0),
-                   check.number(attrs, "identity_calibration_widen_below", math.inf, nan=False)),
+            widen=_widen_of(check.integer(attrs, "identity_calibration_widen_candidates", 0, minimum=0),
+                            check.number(attrs, "identity_calibration_widen_below", math.inf, nan=False),
+                            check.integer(attrs, "identity_calibration_widen_scored", 0, minimum=0)),
             confidence=confidence)
         return cls(ids=ids, embeddings=embeddings, codes=codes, label_names=names, groups=groups,
                    model_name=check.string(attrs, "model_name"), model_sha256=check.string(attrs, "model_sha256"),

@@ -261,5 +261,8 @@ def _calibrate(old: ReferenceIndex, merged: ReferenceIndex, new_groups: int, old
     calibrate_thresholds(merged, "knn", precision=knn.precision if knn else DEFAULT_PRECISION,
                          k=knn.k if knn else DEFAULT_K,
                          min_confidence=knn.min_confidence if knn else DEFAULT_MIN_CONFIDENCE)
+    # the index's own candidate settings (a widening included), or this version's defaults
+    kept = {"candidates": identity.candidates, "embed_below": identity.embed_below,
+            "widen": identity.widen} if identity is not None else {}
     calibrate_thresholds(merged, "identity", precision=identity.precision if identity else DEFAULT_PRECISION,
-                         min_confidence=identity.min_confidence if identity else DEFAULT_MIN_CONFIDENCE)
+                         min_confidence=identity.min_confidence if identity else DEFAULT_MIN_CONFIDENCE, **kept)

@@ -31,6 +31,10 @@ SPARSE_COUNT_MAX = np.iinfo(np.int16).max   # shared k-mers an int16 sparse prod
 KMER_STORED_DF = KMER_FALLBACK_DF
 KMER_BUILD_CELLS = 1 << 22  # KmerIndex: bases (padded) whose k-mers are taken at once while building
 KMER_MOVE_POSTINGS = 1 << 22   # KmerIndex.extended: old postings moved to their new offsets at a time
+# shared_kmer_counts: short k-mers, which follow identity further from the query than 12-mers do (COI's third
+# codon positions break most 12-mers of a barcode 10% away), counted for a few candidates only
+SHARED_K = 8
+SHARED_BATCH = 16           # queries whose k-mer tables (4^k bytes each) are held at once (in cache)
 
 
 def _kept_share(q_of: np.ndarray, kept: np.ndarray, n: int) -> np.ndarray:
@@ -77,6 +81,38 @@ def _place_postings(refs: np.ndarray, cursor: np.ndarray, rows: np.ndarray, valu
     rank = np.arange(len(values)) - np.repeat(run_start, run_length)
     refs[cursor[values] + rank] = rows
     cursor[values[run_start]] += run_length
+
+
+def shared_kmer_counts(queries, ref_store, candidate_idx: np.ndarray, *, k: int = SHARED_K, stride: int = 1,
+                       batch: int = SHARED_BATCH) -> np.ndarray:
+    """int32 [Q, N]: for each query and candidate (rows of `ref_store`, -1 = none, counted -1), how many of the
+    candidate's valid k-mer positions hold a k-mer of the query. A cheap ranking of candidates by similarity, for
+    a few dozen candidates a query (each query's k-mers as a table of 4^k + 1 bytes)."""
+    if not 4 <= k <= 10:
+        raise UsageError(f"k must be 4 to 10, got {k}")
+    queries, ref_store = as_store(queries), as_store(ref_store)
+    candidate_idx = np.asarray(candidate_idx, dtype=np.int64)
+    if candidate_idx.ndim != 2 or len(candidate_idx) != len(queries):
+        raise UsageError(f"candidate_idx must be [{len(queries)}, N], got {list(candidate_idx.shape)}")
+    counts = np.full(candidate_idx.shape, -1, dtype=np.int32)
+    width = 4 ** k + 1           # a query's table: cell 0 for k-mers with anything but A/C/G/T (code -1), never set
+    for q0 in range(0, len(queries), batch):
+        rows = np.arange(q0, min(len(queries), q0 + batch))
+        block = candidate_idx[rows]
+        pair_query, pair_column = np.nonzero(block >= 0)
+        if not len(pair_query):
+            continue
+        query_kmers = kmer_codes(queries.rows(rows), k)
+        r, c = np.nonzero(query_kmers >= 0)
+        held = np.zeros(len(rows) * width, dtype=np.uint8)
+        held[r * width + query_kmers[r, c] + 1] = 1
+        unique, of_pair = np.unique(block[pair_query, pair_column], return_inverse=True)
+        ref_kmers = kmer_codes(ref_store.rows(unique), k, stride)
+        ref_kmers += 1
+        cells = ref_kmers[of_pair]                                             # int32 [pairs, positions]
+        cells += (pair_query * width).astype(np.int32)[:, None]
+        counts[rows[pair_query], pair_column] = held[cells].sum(axis=1, dtype=np.int32)
+    return counts
 
 
 class KmerIndex:
