@@ -526,6 +526,26 @@ def test_read_stats_summary():
                                "2 empty or too short skipped, 1 duplicate id kept")
 
 
+def test_a_species_label_that_is_the_genus_name_is_no_species(tmp_path):
+    """A genus-level identification filed as the species (`species` = `genus`, as in 4,162 Annelida records of
+    coi_extra) is read as no species, whatever the format, and counted in the summary; real species stay."""
+    table = tmp_path / "t.tsv"
+    table.write_text("processid\tgenus\tspecies\tdna_barcode\n"
+                     "a\tAmynthas\tAmynthas\tACGTACGTAC\n"
+                     "b\tAmynthas\tAmynthas morrisi\tACGTACGTAC\n"
+                     "c\tPolydora\tpolydora\tACGTACGTAC\n", encoding="utf-8")
+    fasta = tmp_path / "s.fasta"
+    fasta.write_text(">d;tax=g:Amynthas,s:Amynthas;\nACGTACGTAC\n>e;tax=s:Amynthas;\nACGTACGTAC\n", encoding="utf-8")
+    for path, expected in ((table, [{"genus": "Amynthas"}, {"genus": "Amynthas", "species": "Amynthas morrisi"},
+                                    {"genus": "Polydora"}]),
+                           (fasta, [{"genus": "Amynthas"}, {"species": "Amynthas"}])):   # no genus to compare with
+        stats = ReadStats(str(path))
+        records = list(read_barcodes(path, stats=stats))
+        assert [r.taxonomy for r in records] == expected
+        assert stats.genus_as_species == (2 if path == table else 1)
+        assert f"{stats.genus_as_species} whose species is the genus name (read as no species)" in stats.summary()
+
+
 def test_default_stats_path():
     stats = ReadStats(path="")
     list(read_barcodes(EXAMPLE, stats=stats))

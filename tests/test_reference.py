@@ -660,6 +660,13 @@ def test_widened_candidates_scored_are_those_sharing_most_8mers(synthetic):
                                                                widen=(30, below, 3)), candidates=(0, 2))
     best = rerank(queries, layer.store, np.concatenate([km[:, :2], chosen], axis=1))[1][:, 0]
     np.testing.assert_allclose(wide.score[:, 0], best)
+    # classify's first stage searches the 30 at once; without its candidates beyond the first stage the widened
+    # queries are searched again: the same hits
+    for first in (kmer_hits(queries, index, 2, wide=30), kmer_hits(queries, index, 2)):
+        again = identity_hits(queries, None, index, thresholds_for(index, "identity", candidates=(0, 2),
+                                                                    widen=(30, below, 3)), candidates=(0, 2),
+                              kmer=first)
+        np.testing.assert_array_equal(again.idx, wide.idx)
     stored = index.identity_calibration["genus"]
     assert stored["kmer_wide_setting"].tolist() == [2, 30, 3] and stored["kmer_wide"].shape[1] == 3
     calibrate_thresholds(index, "identity")   # back to the defaults

@@ -40,8 +40,9 @@ from ._common import (INPUT_FIX, REFERENCE_FIX, Context, check_paths, device_opt
                    "slower on a CPU).")
 @click.option("--candidates-wide", type=click.IntRange(min=0), default=None,
               help="identity: k-mer candidates searched for distant queries (best k-mer candidate below 0.95), "
-                   "of which only references nearer than those already found join (0 = none) [default: the "
-                   "index's calibration]. A number other than the index's recalibrates in memory first.")
+                   "of which the few sharing the most 8-mers with the query are scored and join when nearer than "
+                   "those already found (0 = none) [default: the index's calibration; `reference build` makes "
+                   "60]. A number other than the index's recalibrates in memory first.")
 @click.option("--kmer-only", is_flag=True,
               help="identity with k-mer candidates only (= --candidates-embedding 0): no model, no embedding; "
                    "the same species accuracy, about 2 points less open-world genus accuracy "

@@ -256,7 +256,7 @@ def identity_hits(queries, vectors: np.ndarray | None, index: ReferenceIndex, th
     layer = index.identity
     fallback = kmer_fallback(n_embedding, thresholds.embed_below)
     if kmer is None:
-        kmer = kmer_hits(store, index, n_kmer, fallback=fallback)
+        kmer = kmer_hits(store, index, n_kmer, fallback=fallback, wide=widen_parts(thresholds.widen)[0])
     need = embedding_needed(kmer, n_embedding, thresholds.embed_below)
     kmer = widen_kmer_hits(store, index, kmer, thresholds.widen, fallback=fallback)
     rows = np.nonzero(need)[0]
