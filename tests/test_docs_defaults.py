@@ -37,7 +37,7 @@ from barcodetool.reference.calibrate import (CALIBRATION_NEIGHBOURS, CALIBRATION
                                              IDENTITY_CLUSTER_CALIBRATION_SIZE)
 from barcodetool.reference.decide import (DEFAULT_K, DEFAULT_MIN_CONFIDENCE, DEFAULT_PRECISION,
                                           IDENTITY_CANDIDATES_EMBEDDING, IDENTITY_CANDIDATES_KMER,
-                                          IDENTITY_EMBED_BELOW)
+                                          IDENTITY_CANDIDATES_WIDE, IDENTITY_EMBED_BELOW)
 from barcodetool.reference.index import REFERENCE_FORMAT, REFERENCE_FORMAT_VERSION
 from barcodetool.search.identity import BARCODE_REGION, DEFAULT_COVERAGE
 from barcodetool.search.kmer_index import KMER_FALLBACK_BELOW, KMER_FALLBACK_DF, KMER_K, KMER_MAX_DF
@@ -168,6 +168,7 @@ HAND_WRITTEN = {
     ("barcodetool classify", "neighbours"): DEFAULT_K,
     ("barcodetool classify", "precision"): DEFAULT_PRECISION,
     ("barcodetool classify", "min_confidence"): DEFAULT_MIN_CONFIDENCE,
+    ("barcodetool classify", "candidates_wide"): IDENTITY_CANDIDATES_WIDE,   # what `reference build` makes
     ("barcodetool cluster", "threshold"): DEFAULT_IDENTITY_DISTANCE_THRESHOLD,
 }
 
