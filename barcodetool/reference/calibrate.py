@@ -30,7 +30,8 @@ from .confidence import fit_confidence, held_out_confidences, level_evidence, re
 from .isolation import isolation_tables, left_out_isolation
 from .decide import (DEFAULT_K, DEFAULT_MIN_CONFIDENCE, DEFAULT_PRECISION, IDENTITY_CANDIDATES_EMBEDDING,
                      IDENTITY_CANDIDATES_KMER, IDENTITY_CANDIDATES_WIDE, IDENTITY_EMBED_BELOW, NO_WIDENING,
-                     IdentityThresholds, KnnThresholds, Thresholds, Votes, tie_vote, vote, widen_parts, widen_setting)
+                     IdentityThresholds, KnnThresholds, Thresholds, Votes, tie_vote, vote, widen_parts, widen_setting,
+                     widening)
 
 if TYPE_CHECKING:   # the index is passed in; this module never needs its class at run time
     from .index import ReferenceIndex
@@ -539,7 +540,7 @@ class IdentityCalibration(Calibration):
         n_wide, below, scored = widen_parts(settings.get("widen", NO_WIDENING))
         if n_wide < 0 or scored < 0 or math.isnan(below):
             raise UsageError(f"widen must be (k-mer candidates >= 0, a score, scored >= 0), got {settings['widen']}")
-        settings["widen"] = (n_wide, below, scored) if n_wide else NO_WIDENING
+        settings["widen"] = widening(n_wide, below, scored)
 
     def same_settings(self, current: dict, requested: dict) -> bool:
         candidates = (int(requested["candidates"][0]), int(requested["candidates"][1]))

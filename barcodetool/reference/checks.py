@@ -131,17 +131,16 @@ class Checker:
             where = f"identity/calibration/{level}"
             queries = self.integers(handle, f"{where}/queries", (None,), 0, groups)
             stored = {"queries": queries}
-            members = self.members(handle, where)
-            for source in _IDENTITY_CANDIDATE_SOURCES + ("kmer_wide",):
-                if source == "kmer_wide" and source not in members:   # calibrated without widening, or before
-                    continue
+            # kmer_wide: only calibrations with a widening (of this version) have it
+            wide = ("kmer_wide",) if "kmer_wide" in self.members(handle, where) else ()
+            for source in _IDENTITY_CANDIDATE_SOURCES + wide:
                 table = self.integers(handle, f"{where}/{source}", (len(queries), None), -1, groups)
                 stored[source] = table
                 stored[f"{source}_score"] = self.floats(handle, f"{where}/{source}_score",
                                                         table.shape).astype(np.float32)
                 stored[f"{source}_overlap"] = self.integers(handle, f"{where}/{source}_overlap", table.shape,
                                                             0, 1 << 31)
-            if "kmer_wide" in stored:
+            if wide:
                 stored["kmer_wide_setting"] = self.integers(handle, f"{where}/kmer_wide_setting", (3,), 0, 1 << 31)
             calibration[level] = stored
         return calibration

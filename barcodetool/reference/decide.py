@@ -31,7 +31,7 @@ IDENTITY_CANDIDATES_KMER = 10          # classify --candidates-kmer
 # this; above it the embedding's candidates hardly ever change the call (docs/research/identity-rerank.md,
 # "Embedding only where it helps"). inf = every query is embedded.
 IDENTITY_EMBED_BELOW = 0.95
-# `--candidates-wide` (off unless asked for): where the best of the first k-mer candidates scores below
+# `--candidates-wide` (60 unless asked otherwise, 0 = off): where the best of the first k-mer candidates scores below
 # IDENTITY_WIDEN_BELOW, the first N k-mer candidates are searched and those nearer than the best found join the list
 # (as many candidates as before are kept). Far from every reference (80-93% identity) the count of shared 12-mers
 # hardly follows identity: the nearest reference of 20 such queries in 3 phyla of coi_extra ranked 15th to 175th by
@@ -48,9 +48,14 @@ IDENTITY_WIDEN_SCORED = 5
 NO_WIDENING = (0, math.inf)   # IdentityThresholds.widen of a calibration without it
 
 
+def widening(candidates: int, below: float, scored: int) -> tuple:
+    """IdentityThresholds.widen: (candidates, below, scored), or NO_WIDENING without wide candidates."""
+    return (int(candidates), float(below), int(scored)) if candidates else NO_WIDENING
+
+
 def widen_setting(candidates: int, scored: int = IDENTITY_WIDEN_SCORED) -> tuple:
     """IdentityThresholds.widen for `--candidates-wide N` (0: none), of which `scored` (0: all) are scored."""
-    return (candidates, IDENTITY_WIDEN_BELOW, scored) if candidates else NO_WIDENING
+    return widening(candidates, IDENTITY_WIDEN_BELOW, scored)
 
 
 def widen_parts(widen) -> tuple[int, float, int]:

@@ -66,14 +66,9 @@ from .calibrate import thresholds_for
 from .checks import REBUILD, Checker, check_attrs
 from .candidates import IdentityHits, identity_hits, nearest_bins
 from .decide import (DEFAULT_K, DEFAULT_MIN_CONFIDENCE, IDENTITY_CANDIDATES_EMBEDDING, IDENTITY_CANDIDATES_KMER,
-                     NO_WIDENING, IdentityThresholds, KnnThresholds, Thresholds, widen_parts)
+                     IdentityThresholds, KnnThresholds, Thresholds, widen_parts, widening)
 
 log = logging.getLogger("barcodetool")
-
-
-def _widen_of(candidates: int, below: float, scored: int) -> tuple:
-    """IdentityThresholds.widen as stored (written before `scored` existed: 0, every candidate scored)."""
-    return (candidates, below, scored) if candidates else NO_WIDENING
 
 REFERENCE_FORMAT = "barcodetool-reference"
 REFERENCE_FORMAT_VERSION = 2     # 2: identity layer (k-mer index, identity calibration); older ones are refused
@@ -405,9 +400,10 @@ class ReferenceIndex:
                 attrs.update(_thresholds_attrs(self.identity_thresholds, "identity_"))
                 attrs["identity_calibration_candidates"] = json.dumps(list(self.identity_thresholds.candidates))
                 attrs["identity_calibration_embed_below"] = float(self.identity_thresholds.embed_below)
-                attrs["identity_calibration_widen_candidates"] = int(self.identity_thresholds.widen[0])
-                attrs["identity_calibration_widen_below"] = float(self.identity_thresholds.widen[1])
-                attrs["identity_calibration_widen_scored"] = widen_parts(self.identity_thresholds.widen)[2]
+                n_wide, below, scored = widen_parts(self.identity_thresholds.widen)
+                attrs["identity_calibration_widen_candidates"] = n_wide
+                attrs["identity_calibration_widen_below"] = below
+                attrs["identity_calibration_widen_scored"] = scored
             handle.attrs.update(attrs)
         if not is_stdout(path) and path.is_file():  # not standard output, a device or a FIFO: it can be read back
             self.path = path
@@ -453,10 +449,11 @@ class ReferenceIndex:
             candidates=check.candidates(attrs, "identity_calibration_candidates"),
             # indexes written before the attribute existed embedded every query
             embed_below=check.number(attrs, "identity_calibration_embed_below", math.inf, nan=False),
-            # indexes written before widening existed calibrated without it
-            widen=_widen_of(check.integer(attrs, "identity_calibration_widen_candidates", 0, minimum=0),
-                            check.number(attrs, "identity_calibration_widen_below", math.inf, nan=False),
-                            check.integer(attrs, "identity_calibration_widen_scored", 0, minimum=0)),
+            # indexes written before widening existed calibrated without it, and before `scored` existed scored
+            # every wide candidate (0)
+            widen=widening(check.integer(attrs, "identity_calibration_widen_candidates", 0, minimum=0),
+                         check.number(attrs, "identity_calibration_widen_below", math.inf, nan=False),
+                         check.integer(attrs, "identity_calibration_widen_scored", 0, minimum=0)),
             confidence=confidence)
         return cls(ids=ids, embeddings=embeddings, codes=codes, label_names=names, groups=groups,
                    model_name=check.string(attrs, "model_name"), model_sha256=check.string(attrs, "model_sha256"),
