@@ -5,9 +5,9 @@ Default method (docs/classify-and-cluster.md, docs/research/identity-rerank.md):
 (`cluster_identity`). Given a cut (`--threshold`, or a reference's calibrated one) the tree is cut there. Without
 one the bridged cut is used (BridgedCut): clusters at 2% average distance, and two of them up to 3.5% apart joined
 only where at least two of their cross pairs are within 1.5% (a chain of close barcodes, as BOLD's RESL starts
-from single linkage at 2.2%); see `bridged_labels`. The embedding method (`cluster`, `--method cosine`):
-average-linkage agglomerative clustering on cosine distance, cut at a distance threshold (or at a given number
-of clusters). Up to FULL_LINKAGE_LIMIT points the full distance matrix
+from single linkage at 2.2%), two lone barcodes where they are within 2.2%; see `bridged_labels`. The embedding
+method (`cluster`, `--method cosine`): average-linkage agglomerative clustering on cosine distance, cut at a
+distance threshold (or at a given number of clusters). Up to FULL_LINKAGE_LIMIT points the full distance matrix
 is used (exact). Larger inputs use a k-nearest-neighbour graph from the blocked exact search: edges with cosine
 distance <= threshold, connected components, then exact average linkage inside each component. Average linkage
 never merges two groups whose every cross pair is farther than the threshold, so this equals the full method
@@ -53,28 +53,34 @@ TSV_COLUMNS = ["id", "cluster", "reference_bin", "similarity"]
 
 @dataclass(frozen=True)
 class BridgedCut:
-    """The default identity cut when none is given: average linkage cut at `base`; above it, two clusters whose
-    average distance is at most `top` are still joined when at least `pairs` of their cross pairs (all of them if
-    fewer) are within `bridge`, i.e. when close barcodes chain them. Sparse samples of BINs (a few barcodes each,
-    which a fixed 3.5% cut merges across BINs 2-3% apart) stay apart at `base`; BINs with deep but continuous
-    variation (many insect BINs) stay whole. Chosen on BOLD BINs of 7 phyla, dense and subsampled to 2-5 barcodes
-    a BIN, against VSEARCH cluster_fast at 97% and 98%: base 0.02, bridge 0.015, 2 pairs, top 0.035."""
+    """The default identity cut when none is given: average linkage cut at `base`; above it, up to an average
+    distance of `top`, two clusters are still joined when close barcodes chain them:
+    - at least `pairs` of their cross pairs (all of them if fewer) are within `bridge`;
+    - or both sides are single barcodes (one cross pair: no chain can show) within `lone` of each other.
+    Sparse samples of BINs (a few barcodes each, which a fixed 3.5% cut merges across BINs 2-3% apart) stay apart
+    at `base`; BINs with deep but continuous variation stay whole. base, bridge, pairs and top were chosen on BOLD
+    BINs of 7 phyla, dense and subsampled to 2-5 barcodes a BIN, against VSEARCH cluster_fast at 97% and 98%;
+    lone on coi_extra's BINs of 6 phyla, bold_insects' train and val and the BCDM sample, dense and subsampled
+    to 1-3 and 1-5 a BIN (docs/benchmarks.md, "Cluster without a reference")."""
 
     base: float = 0.02
     top: float = DEFAULT_IDENTITY_DISTANCE_THRESHOLD
     bridge: float = 0.015
     pairs: int = 2
+    lone: float = 0.022
 
     def __post_init__(self):
         if not 0 <= self.bridge <= self.base <= self.top <= 1:
             raise UsageError(f"a bridged cut needs 0 <= bridge <= base <= top <= 1, got bridge {self.bridge}, "
                              f"base {self.base}, top {self.top}")
+        if not 0 <= self.lone <= self.top:
+            raise UsageError(f"a bridged cut needs 0 <= lone <= top ({self.top}), got lone {self.lone}")
         if self.pairs < 1:
             raise UsageError(f"a bridged cut needs pairs >= 1, got {self.pairs}")
 
     def describe(self) -> str:
         return (f"bridged cut {self.base:g} (to {self.top:g} where {self.pairs}+ cross pairs are within "
-                f"{self.bridge:g})")
+                f"{self.bridge:g}, or two lone barcodes within {self.lone:g})")
 
 
 BRIDGED_CUT = BridgedCut()
@@ -345,8 +351,8 @@ def bridged_labels(distances: np.ndarray, cut: BridgedCut = BRIDGED_CUT) -> np.n
     member.
 
     The average-linkage tree is cut at `cut.base`. Its merges above that, in order up to `cut.top`, are accepted
-    when both sides are accepted clusters (no merge below was refused) and at least min(`cut.pairs`, |A| |B|) of
-    the cross pairs of the two sides are within `cut.bridge`."""
+    when both sides are accepted clusters (no merge below was refused) and close cross pairs chain them
+    (BridgedCut: `pairs` within `bridge`, or two lone barcodes within `lone`)."""
     from scipy.cluster.hierarchy import fcluster, linkage
 
     distances = np.asarray(distances, dtype=np.float64)
@@ -366,9 +372,12 @@ def bridged_labels(distances: np.ndarray, cut: BridgedCut = BRIDGED_CUT) -> np.n
     final = np.arange(int(flat.max()) + 1)             # the accepted cluster of each base cluster
     node = np.full(len(final), -1, dtype=np.int64)     # the tree node above each base cluster, as merges go on
     ok = np.ones(2 * m - 1, dtype=bool)                # tree nodes accepted (below the base cut: all)
-    u, v = _condensed_pairs(np.flatnonzero(distances <= cut.bridge + 1e-9), m)
-    cu, cv = flat[u], flat[v]                          # close pairs as pairs of base clusters, across ones only
-    cu, cv = cu[cu != cv], cv[cu != cv]
+    reach = max(cut.bridge, cut.lone) + 1e-9
+    close = np.flatnonzero(distances <= reach)
+    u, v = _condensed_pairs(close, m)
+    cu, cv, cd = flat[u], flat[v], distances[close]    # close pairs as pairs of base clusters, across ones only
+    across = cu != cv
+    cu, cv, cd = cu[across], cv[across], cd[across]
     for k in upper.tolist():
         a, b = children[k]
         for child in (a, b):
@@ -377,8 +386,10 @@ def bridged_labels(distances: np.ndarray, cut: BridgedCut = BRIDGED_CUT) -> np.n
         in_a, in_b = node == a, node == b
         accept = bool(ok[a] and ok[b])
         if accept:
-            bridges = int(np.count_nonzero((in_a[cu] & in_b[cv]) | (in_b[cu] & in_a[cv])))
-            accept = bridges >= min(cut.pairs, int(size[a] * size[b]))
+            cross = cd[(in_a[cu] & in_b[cv]) | (in_b[cu] & in_a[cv])]
+            n_cross = int(size[a] * size[b])
+            accept = (np.count_nonzero(cross <= cut.bridge + 1e-9) >= min(cut.pairs, n_cross)
+                      or (n_cross == 1 and np.count_nonzero(cross <= cut.lone + 1e-9) == 1))
         ok[m + k] = accept
         both = in_a | in_b
         if accept:

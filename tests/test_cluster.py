@@ -240,6 +240,43 @@ def test_bridged_cut_splits_two_real_bins_the_fixed_cut_merged():
         cluster_bridged(store, graph, pairs=pairs, max_component=3)
 
 
+# Two lone barcodes of one BIN (coi_extra, BOLD public records GBSP0027-06 and GBSP0028-06, *Magellania joubini* and
+# *M. fragilis*, both in BOLD:AAX3383), 2.2 % apart: alone in a sample, no third barcode can bridge them; the lone
+# rule joins them.
+AAX3383 = [
+    "TGGTCGGGGCTAGTTGGTCTAGCCTTAAGACTTTTAATTCGAGTGGAATTGGGGCAACCGGGTAGATTATTGGGAGACGACCAGTTGTATAACGTTATTG"
+    "TAACATCCCACGCTTTAGTTATAATTTTTTTTTTGGTTATGCCCATTATGATTGGGGGTTTTGGGAATTGGCTTATCCCCATTATAATGGGGGCTCCGGA"
+    "CATGTCTTATCCCCGCATGAATAATATAAGGTTTTGGTTGTTGCCGCCTTCCCTAATTCTACTGCTAACTTCGGCGGCGGTTGAGAGAGGGGCTGGGACT"
+    "GGGTGGACTCTTTACCCCCCCCTATCGGCCTCTTTAGCCCATTCCGGCGGTTCAGTCGATTTGGCAATTTTTTCTTTGCATCTTGCTGGTGCTTCTTCGA"
+    "TTTTGGGGGCTATTAACTTTATTTCCTCGGTATTTAATCTTAAGGTAAAGGGGGCTAAGTTTGAGCAGATCCCACTGTTTGTGTGGGCTGTAATTATTAC"
+    "TGTAGTCTTATTATTATTATCCTTACCAGTTTTAGCCGGGGCTATTACTATACTGTTGACAGACCGTAACTTTAATACGTCTTTTTTTGATCCTGCTGGA"
+    "GGCGGGGATCCCGTATTATTTCAGCACTTGTTTTGGTTCTTCGGCCACCCCGAGGTTGATCTTCTGATCCTCCCTGGGTTTGGCATTATTTCTCATATTG"
+    "TCATGTCCCATGGCCGTAAGGAGGAGGCTTTTGGGCATTTAGGGATGATTTATGCAATATTATCCATTGGCCTATTGGGCTTTGTAGTTTGGGCCCACCA"
+    "CATGTTCACTGTTGGTATGGATGTTGATACCCGGG",
+    "TGGTCGGGGCTAGTTGGTCTAGCCTTAAGACTTTTAATTCGAGTGGAATTGGGGCAACCGGGTAGATTATTAGGAGAGGACCAGTTGTATAACGTTATTG"
+    "TAACATCCCACGCTTTAGTTATAATTTTTTTTTTGGTGATGCCCATTATAATTGGGGGTTTGGGGAATTGGCTTATCCCCATTATAATGGGGGCTCCGGA"
+    "CATGTCTTATCCCCGCATGAATAATATAAGGTTTTGGTTGTTGCCGCCTTCCCTAATTCTACTGCTAACTTCGGCGGCGGTTGAGAGAGGGGCTGGGACT"
+    "GGGTGGACTCTTTACCCCCCCCTATCGGCCTCTTTAGCCCATTCCGGCGGTTCAGTCGATTTGGCAATTTTTTCTTTACATCTTGCTGGTGCTTCTTCGA"
+    "TTTTGGGGGCTATTAACTTTATTTCCTCGGTATTTAATCTTAAGGTAAAGGGGGCTAAGTTTGAGCAGATCCCACTGTTTGTGTGGGCTGTAATTATTAC"
+    "TGTAGTCTTATTATTATTATCCTTACCAGTTTTAGCCGGGGCTATTACTATACTGTTGACTGACCGTAACTTTAATACGTCTTTTTTTGATCCTGCTGGA"
+    "GGCGGGGATCCTGTATTATTTCAGCACTTGTTTTGGTTTTTTGGCCACCCCGAGGTTTATATTCTGATCCTCCCTGGGTTTGGTATTATCTCTCATATTG"
+    "TCATGTCTCATGGCCGTAAGGAGGAGGCTTTTGGGCATTTAGGGATGATTTATGCGATATTATCCATTGGCCTATTGGGCTTTGTAGTTTGGGCCCATCA"
+    "CATGTTTACTGTTGGTATGGATGTTGATACCCGGG",
+]
+
+
+def test_bridged_cut_joins_two_lone_barcodes_of_one_bin():
+    from barcodetool.search import pair_identity
+
+    distance = 1 - float(pair_identity(AAX3383, [0], AAX3383, [1]).identity[0])
+    assert BRIDGED_CUT.base < distance < BRIDGED_CUT.lone
+    assert cluster_identity(AAX3383, None).tolist() == [0, 0]
+    assert cluster_identity(AAX3383, None, cut=BridgedCut(lone=0.02)).tolist() == [0, 1]
+    # with a second BIN's pair beside them, the 2 x 2 rule is unchanged: the real BINs above stay apart
+    sequences = [ADF1516[0], ADF1517[0], ADF1516[1], ADF1517[1]] + AAX3383
+    assert cluster_identity(sequences, None).tolist() == [0, 1, 0, 1, 2, 2]
+
+
 def condensed(matrix) -> np.ndarray:
     from scipy.spatial.distance import squareform
 
@@ -273,6 +310,14 @@ def test_bridged_labels_join_only_what_close_pairs_bridge():
     labels = bridged_labels(condensed(d))
     assert len(set(labels.tolist())) >= 2 and labels[0] == labels[1] and labels[2] == labels[3]
     assert labels[0] != labels[2]
+    # two lone barcodes (one cross pair, no chain can show): joined up to `lone`, apart beyond it; a lone barcode
+    # beside a pair still needs the bridges
+    assert bridged_labels(condensed([[0, 0.0215], [0.0215, 0]])).tolist() == [0, 0]
+    assert bridged_labels(condensed([[0, 0.024], [0.024, 0]])).tolist() == [0, 1]
+    assert bridged_labels(condensed([[0, 0.027], [0.027, 0]]), BridgedCut(lone=0.03)).tolist() == [0, 0]
+    assert bridged_labels(condensed([[0, 0.0215], [0.0215, 0]]), BridgedCut(lone=0.02)).tolist() == [0, 1]
+    trio = condensed([[0, 0.005, 0.0215], [0.005, 0, 0.0215], [0.0215, 0.0215, 0]])
+    assert bridged_labels(trio).tolist() == [0, 0, 1]
     # sizes 1 and 0
     assert bridged_labels(np.zeros(0)).tolist() == [0] and bridged_labels(condensed([[0, 0.5], [0.5, 0]])).tolist() \
         == [0, 1]
@@ -280,7 +325,7 @@ def test_bridged_labels_join_only_what_close_pairs_bridge():
         i, j = np.triu_indices(m, k=1)
         u, v = _condensed_pairs(np.arange(len(i)), m)
         assert (u == i).all() and (v == j).all()
-    for bad in ({"bridge": 0.03}, {"base": 0.04}, {"pairs": 0}, {"top": 1.5}):
+    for bad in ({"bridge": 0.03}, {"base": 0.04}, {"pairs": 0}, {"top": 1.5}, {"lone": 0.04}, {"lone": -0.01}):
         with pytest.raises(UsageError):
             BridgedCut(**bad)
 
@@ -351,7 +396,7 @@ def test_cli_cluster(tmp_path, tiny):
     assert result.exit_code == 0, result.output
     data = json.loads(metrics.read_text())
     assert data["threshold"] is None and data["bridged_cut"] == {"base": 0.02, "top": 0.035, "bridge": 0.015,
-                                                                 "pairs": 2}
+                                                                 "pairs": 2, "lone": 0.022}
     assert data["metrics"]["bin"]["ami"] > 0.95
     assert set(data["metrics"]["bin"]) >= {"ami", "ari", "match_ratio"}
     # the papers' protocol: the true number of clusters

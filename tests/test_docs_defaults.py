@@ -363,6 +363,7 @@ def test_classify_and_cluster_defaults():
     check(page, r"the tree is cut at ([\d.]+), and two clusters above that are still joined when their average "
                 r"distance is at most ([\d.]+) and at least (\d+) of their cross pairs are within ([\d.]+)",
           BRIDGED_CUT.base, BRIDGED_CUT.top, BRIDGED_CUT.pairs, BRIDGED_CUT.bridge)
+    check(page, r"or when both\s+are lone barcodes within ([\d.]+) of each other", BRIDGED_CUT.lone)
     check(page, r"else ([\d.]+) with a warning", DEFAULT_DISTANCE_THRESHOLD)
     check(page, r"the cut of ([\d.]+), ([\d.]+), …, ([\d.]+) that maximises", IDENTITY_CLUSTER_GRID[0],
           IDENTITY_CLUSTER_GRID[1], IDENTITY_CLUSTER_GRID[-1])

@@ -26,7 +26,8 @@ from ._common import (INPUT_FIX, REFERENCE_FIX, Context, check_paths, device_opt
 @click.option("--threshold", type=click.FloatRange(min=0), help="Distance cut: identity distance (1 - "
               "identity) for identity, cosine distance for cosine [default: the reference's calibrated one; "
               "identity without a reference: the bridged cut, clusters at 0.02 joined where 2 cross pairs are "
-              "within 0.015, never beyond 0.035]. `--threshold 0.035` is the fixed cut used before.")
+              "within 0.015 (two lone barcodes: within 0.022), never beyond 0.035]. `--threshold 0.035` is the "
+              "fixed cut used before.")
 @click.option("--n-clusters", type=click.IntRange(min=1), help="--method cosine: cut into exactly this many "
               "clusters (the papers' protocol with the true number of BINs).")
 @click.option("--metrics", "metrics_path", help="Write AMI, ARI and match ratio (JSON) when INPUT has BINs "
