@@ -31,19 +31,6 @@ def _check_model_name(ctx, param, value):
     return value
 
 
-def _part_sizes(ctx, param, value):
-    """--token-parts "1,3" -> (1, 3); "" -> ()."""
-    if not value or not value.strip():
-        return ()
-    try:
-        sizes = tuple(int(part) for part in value.split(","))
-    except ValueError:
-        raise click.BadParameter(f"{value!r}: give part sizes as integers separated by commas, e.g. 1,3") from None
-    if any(size < 1 for size in sizes) or len(set(sizes)) != len(sizes):
-        raise click.BadParameter(f"{value!r}: part sizes must be distinct and at least 1")
-    return sizes
-
-
 def training_options(function):
     options = [
         click.option("--output", "-o", type=click.Path(file_okay=False), help="Model folder to write "
@@ -123,10 +110,6 @@ def training_options(function):
 @click.option("--beyond-weight", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="identity: weight of the same ranking with each barcode's own species hidden (by the species "
                    "column; without one, barcodes at >= 97% identity), which teaches how new species place.")
-@click.option("--token-parts", callback=_part_sizes, default=None,
-              help="Sizes of sub-k-mer parts, e.g. 1,3: learned vectors of each token's bases (per position) and "
-                   "3-mers (per offset) are added to its embedding while training, so tokens one base apart learn "
-                   "together; the saved model holds the summed token table [default: none].")
 @device_options
 @read_options
 @click.pass_obj
@@ -205,7 +188,7 @@ def _run_training(obj: Context, kind: str, data: tuple[str, ...], settings: dict
         compile=settings["compile"], device=settings["device"],
         **{key: settings[key] for key in ("genera_per_batch", "barcodes_per_genus", "temperature", "anchors_per_batch",
                                           "neighbours_per_anchor", "teacher_temperature", "label_weight",
-                                          "beyond_weight", "token_parts")
+                                          "beyond_weight")
            if settings.get(key) is not None})
     splits = [s.strip() for s in settings["include_splits"].split(",")] if settings.get("include_splits") else None
     output, name = settings["output"], settings["name"]

@@ -112,23 +112,8 @@ class BarcodeMAE(nn.Module):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
 
-    def plain_state_dict(self) -> dict[str, torch.Tensor]:
-        """state_dict with every parametrized tensor (training's token parts, train.composition) as its value under
-        its own name: what a saved model holds."""
-        from torch.nn.utils import parametrize
-
-        state = self.state_dict()
-        for module_name, module in self.named_modules():
-            if parametrize.is_parametrized(module):
-                for tensor_name in module.parametrizations:
-                    prefix = f"{module_name}.parametrizations.{tensor_name}."
-                    for key in [k for k in state if k.startswith(prefix)]:
-                        del state[key]
-                    state[f"{module_name}.{tensor_name}"] = getattr(module, tensor_name).detach()
-        return state
-
     def encoder_state_dict(self) -> dict[str, torch.Tensor]:
-        return {name: t for name, t in self.plain_state_dict().items() if not name.startswith("decoder_")
+        return {name: t for name, t in self.state_dict().items() if not name.startswith("decoder_")
                 and name != "mask_token"}
 
     # ------------------------------------------------------------------ pretraining

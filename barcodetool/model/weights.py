@@ -149,7 +149,7 @@ def save_model(model: BarcodeMAE, tokenizer_config: TokenizerConfig, directory: 
         include_decoder = model.include_decoder
     if include_decoder and not model.include_decoder:
         raise ModelError("cannot save a decoder: this model holds only the encoder")
-    state = model.plain_state_dict() if include_decoder else model.encoder_state_dict()
+    state = model.state_dict() if include_decoder else model.encoder_state_dict()
     state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     if dtype == "float16":
         state = {k: v.to(torch.float16) for k, v in state.items()}

@@ -66,9 +66,6 @@ class TrainConfig:
     teacher_temperature: float = 0.01
     label_weight: float = 0.0
     beyond_weight: float = 1.0   # the same ranking with each query's own species hidden (a new species' view)
-    # any objective: sizes of the sub-k-mer parts whose learned vectors are added to each token's row while
-    # training, summed into the table when saved (train.composition); () = none
-    token_parts: tuple = ()
 
     def __post_init__(self):
         problems = []
@@ -101,9 +98,6 @@ class TrainConfig:
         require(self.teacher_temperature > 0, "teacher_temperature", "positive")
         require(self.label_weight >= 0, "label_weight", "0 or more")
         require(self.beyond_weight >= 0, "beyond_weight", "0 or more")
-        self.token_parts = tuple(self.token_parts)
-        require(all(isinstance(size, int) and size >= 1 for size in self.token_parts)
-                and len(set(self.token_parts)) == len(self.token_parts), "token_parts", "distinct sizes of 1 or more")
         if problems:
             raise UsageError("training settings: " + "; ".join(problems))
 

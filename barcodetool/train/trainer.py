@@ -32,8 +32,6 @@ from ..model.mae import preset as model_preset
 from ..model.runtime import autocast, resolve_compute
 from ..model.tokenizer import TokenizerConfig
 from ..model.weights import PretrainedModel, load_model, load_model_folder, save_model, sha256_file, user_models_dir
-from .composition import CHECKPOINT_KEY as TOKEN_PARTS_KEY
-from .composition import attach_token_parts, load_summed
 from .config import CHECKPOINT_DIR, METRICS_FILE, OPTIMIZER_FILE, STATE_FILE, RunOutput, TrainConfig
 from .data import Corpus, split_validation
 from .distributed import Distributed, all_reduce_sum, init_distributed
@@ -116,8 +114,6 @@ class Trainer:
         else:
             self.labels = None
         self._perm_epoch, self._perm = -1, None
-        self.token_parts = (attach_token_parts(self.model, tokenizer_config, config.token_parts)
-                            if config.token_parts else None)
         self.optimizer = make_optimizer(task, config, device)
         self.step = 0
         self.runner = task
@@ -215,8 +211,6 @@ class Trainer:
         tensors, groups = _flatten_optimizer(self.optimizer.state_dict())
         if self.kind == "finetune":
             tensors.update({f"heads.{k}": v for k, v in self.task.heads.state_dict().items()})
-        if self.token_parts is not None:
-            tensors[TOKEN_PARTS_KEY] = self.token_parts.basis
         with atomic_path(folder / OPTIMIZER_FILE) as temporary:
             save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(temporary))
         state = {"format": "barcodetool-training-state", "format_version": 1, "kind": self.kind,
@@ -250,14 +244,8 @@ class Trainer:
         loaded = load_model_folder(folder, device=self.device)
         _check_param_groups(state["param_groups"], self.optimizer.state_dict()["param_groups"], folder / STATE_FILE)
         try:
+            self.model.load_state_dict(loaded.model.state_dict(), strict=True)
             tensors = load_file(str(folder / OPTIMIZER_FILE))
-            basis = tensors.pop(TOKEN_PARTS_KEY, None)
-            if (basis is None) != (self.token_parts is None):
-                raise ValueError("the checkpoint's token parts differ from this run's")
-            if self.token_parts is None:
-                self.model.load_state_dict(loaded.model.state_dict(), strict=True)
-            else:
-                load_summed(self.model, loaded.model.state_dict(), basis)
             if self.kind == "finetune":
                 heads = {k[len("heads."):]: v for k, v in tensors.items() if k.startswith("heads.")}
                 self.task.heads.load_state_dict(heads, strict=True)

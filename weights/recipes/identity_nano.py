@@ -14,8 +14,7 @@ does (each barcode's 16 nearest by coverage-weighted identity among its 24 best 
 and kept in the run folder): batches of --anchors anchors x (1 + --per-anchor) barcodes, student temperature
 --temperature, teacher temperature --teacher-temperature, AdamW --lr on a cosine schedule over --steps;
 --beyond-weight adds the same ranking with each barcode's own species hidden (each query seen as a new species);
---label-weight adds the hierarchical supervised contrastive loss over genus and species; --token-parts 1,3 adds
-learned vectors of each token's bases and 3-mers to its embedding while training (train.composition).
+--label-weight adds the hierarchical supervised contrastive loss over genus and species.
 
 Corpus: unique barcodes of bold_insects `train` and of coi_extra, less every record of the species of
 bold_insects' `test`, `test_unseen` and `key_unseen`, and less the CHOOSING species: a tenth of the `train`
@@ -98,8 +97,6 @@ def main() -> None:
     parser.add_argument("--label-weight", type=float, default=0.0)
     parser.add_argument("--beyond-weight", type=float, default=1.0)
     parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--token-parts", default="", help="sizes of sub-k-mer token parts, e.g. 1,3 "
-                        "(train.composition; default none)")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--limit", type=int, help="read only this many records of each file (dry run)")
@@ -139,8 +136,7 @@ def main() -> None:
                          offset_augmentation=True, anchors_per_batch=args.anchors,
                          neighbours_per_anchor=args.per_anchor, temperature=args.temperature,
                          teacher_temperature=args.teacher_temperature, label_weight=args.label_weight,
-                         beyond_weight=args.beyond_weight,
-                         token_parts=tuple(int(p) for p in args.token_parts.split(",") if p.strip()))
+                         beyond_weight=args.beyond_weight)
     name = Path(args.package).name if args.package else "barcodemae-nano-id"
     started = time.time()
     result = identity_teach(corpus, base, config=config, output=args.output, name=name, phase=args.phase,
