@@ -372,12 +372,9 @@ def bridged_labels(distances: np.ndarray, cut: BridgedCut = BRIDGED_CUT) -> np.n
     final = np.arange(int(flat.max()) + 1)             # the accepted cluster of each base cluster
     node = np.full(len(final), -1, dtype=np.int64)     # the tree node above each base cluster, as merges go on
     ok = np.ones(2 * m - 1, dtype=bool)                # tree nodes accepted (below the base cut: all)
-    reach = max(cut.bridge, cut.lone) + 1e-9
-    close = np.flatnonzero(distances <= reach)
-    u, v = _condensed_pairs(close, m)
-    cu, cv, cd = flat[u], flat[v], distances[close]    # close pairs as pairs of base clusters, across ones only
-    across = cu != cv
-    cu, cv, cd = cu[across], cv[across], cd[across]
+    u, v = _condensed_pairs(np.flatnonzero(distances <= cut.bridge + 1e-9), m)
+    cu, cv = flat[u], flat[v]                          # close pairs as pairs of base clusters, across ones only
+    cu, cv = cu[cu != cv], cv[cu != cv]
     for k in upper.tolist():
         a, b = children[k]
         for child in (a, b):
@@ -386,10 +383,10 @@ def bridged_labels(distances: np.ndarray, cut: BridgedCut = BRIDGED_CUT) -> np.n
         in_a, in_b = node == a, node == b
         accept = bool(ok[a] and ok[b])
         if accept:
-            cross = cd[(in_a[cu] & in_b[cv]) | (in_b[cu] & in_a[cv])]
+            bridges = int(np.count_nonzero((in_a[cu] & in_b[cv]) | (in_b[cu] & in_a[cv])))
             n_cross = int(size[a] * size[b])
-            accept = (np.count_nonzero(cross <= cut.bridge + 1e-9) >= min(cut.pairs, n_cross)
-                      or (n_cross == 1 and np.count_nonzero(cross <= cut.lone + 1e-9) == 1))
+            # two lone barcodes: the merge's height is their one pair's distance
+            accept = bridges >= min(cut.pairs, n_cross) or (n_cross == 1 and tree[k, 2] <= cut.lone + 1e-9)
         ok[m + k] = accept
         both = in_a | in_b
         if accept:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -93,18 +92,12 @@ def cut_of(name: str):
 
 
 def vsearch_labels(sequences: list[str], work: Path, threads: int) -> list[str]:
-    from barcodetool.io import write_fasta
+    from barcodetool.evaluation.external import vsearch_clusters, write_plain_fasta
 
-    fasta, uc = work / "sample.fasta", work / "sample.uc"
-    write_fasta([(f"s{i}", s) for i, s in enumerate(sequences)], fasta)
-    subprocess.run(["vsearch", "--cluster_fast", str(fasta), "--id", "0.97", "--uc", str(uc), "--threads",
-                    str(threads), "--quiet"], check=True)
-    found = {}
-    for line in uc.read_text().splitlines():
-        cells = line.split("\t")
-        if cells[0] in ("S", "H"):
-            found[int(cells[8][1:])] = cells[1]
-    return [found[i] for i in range(len(sequences))]
+    fasta = work / "sample.fasta"
+    write_plain_fasta(fasta, [(f"s{i}", s) for i, s in enumerate(sequences)])
+    found, _ = vsearch_clusters(fasta, 0.97, work / "sample.uc", threads)
+    return [found[f"s{i}"] for i in range(len(sequences))]
 
 
 def run_sample(records: list, work: Path, args) -> dict:
