@@ -65,7 +65,7 @@ def embed(sequences, model=None, *, batch_size: int = 256, device: str = "auto")
     sequences = list(sequences)
     _check_cleaned(sequences)
     if not isinstance(model, (PretrainedModel, OnnxModel)):
-        model = load_model(model, device=resolve_device(device))
+        model = load_model(model, device=resolve_device(device), task="embed")
     return embed_sequences(model, sequences, batch_size=batch_size)
 
 

@@ -42,7 +42,8 @@ the file and record, with a fix); 2 a usage error (bad options, or an optional d
 reader that closes standard output early (`barcodetool classify ... -o - | head`) ends the command quietly with
 status 0, as for other pipeline tools, so `set -o pipefail` pipelines go on.
 
-**Models**: `--model auto` (the default) picks `GPU_MODEL` on a GPU and `CPU_MODEL` on a CPU;
+**Models**: `--model auto` (the default) picks `GPU_MODEL` on a GPU and `CPU_MODEL` on a CPU
+(`embed` on a CPU: `CPU_EMBED_MODEL`, nano taught to rank barcodes as alignment does, the better vectors);
 `barcodetool models` lists the named models, and any model folder path works too. With a prebuilt reference
 index made by a named model, `auto` picks that model.
 
@@ -72,9 +73,10 @@ Regenerate the file after upgrading barcodetool. The variable name is the progra
 
 def preamble() -> str:
     """PREAMBLE with the default models of the code (barcodetool.model.weights), so that they cannot drift."""
-    from barcodetool.model.weights import DEFAULT_CPU_MODEL, DEFAULT_GPU_MODEL
+    from barcodetool.model.weights import DEFAULT_CPU_EMBED_MODEL, DEFAULT_CPU_MODEL, DEFAULT_GPU_MODEL
 
-    return PREAMBLE.replace("GPU_MODEL", DEFAULT_GPU_MODEL).replace("CPU_MODEL", DEFAULT_CPU_MODEL)
+    return (PREAMBLE.replace("GPU_MODEL", DEFAULT_GPU_MODEL).replace("CPU_EMBED_MODEL", DEFAULT_CPU_EMBED_MODEL)
+            .replace("CPU_MODEL", DEFAULT_CPU_MODEL))
 
 
 def walk(command: click.Command, ctx: click.Context) -> Iterator[tuple[click.Command, click.Context]]:

@@ -56,7 +56,8 @@ def docs_env(tiny_folder, tmp_path, monkeypatch):
     (work / "tests").mkdir(parents=True)
     (work / "tests" / "data").symlink_to(DATA, target_is_directory=True)
     monkeypatch.chdir(work)
-    monkeypatch.setattr(barcodetool.model.weights, "default_model_name", lambda device="cpu": str(tiny_folder))
+    monkeypatch.setattr(barcodetool.model.weights, "default_model_name",
+                        lambda device="cpu", task="classify": str(tiny_folder))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     return work

@@ -29,7 +29,8 @@ from barcodetool.evaluation import run_benchmark
 from barcodetool.io import ReadOptions, read_barcodes
 from barcodetool.model.onnx import ONNX_FORMAT, ONNX_FORMAT_VERSION, OPSET, load_onnx_model
 from barcodetool.model.tokenizer import TokenizerConfig
-from barcodetool.model.weights import DEFAULT_CPU_MODEL, DEFAULT_GPU_MODEL, available_models
+from barcodetool.model.weights import (DEFAULT_CPU_EMBED_MODEL, DEFAULT_CPU_MODEL, DEFAULT_GPU_MODEL,
+                                       available_models)
 from barcodetool.plot import plot_embeddings
 from barcodetool.reference import BuildOptions, build_reference
 from barcodetool.reference.calibrate import (CALIBRATION_NEIGHBOURS, CALIBRATION_QUERIES, CLUSTER_CALIBRATION_SIZE,
@@ -228,6 +229,7 @@ def test_cli_reference_shows_each_default_of_the_code():
 
 def test_cli_reference_names_the_default_models():
     check_models("docs/cli.md", r"`--model auto` \(the default\) picks `([\w-]+)` on a GPU and `([\w-]+)` on a CPU")
+    assert stated("docs/cli.md", r"\(`embed` on a CPU: `([\w-]+)`") == [(DEFAULT_CPU_EMBED_MODEL,)]
 
 
 def check_models(name: str, pattern: str, prefix: str = "") -> None:
@@ -304,6 +306,10 @@ def test_python_api_prose():
     page = "docs/python-api.md"
     assert stated(page, r"load_model\(\) # the default for a CPU: ([\w-]+)") == [(DEFAULT_CPU_MODEL,)]
     assert stated(page, r'`barcodetool.load_model\(device="cuda"\)` loads `([\w-]+)`') == [(DEFAULT_GPU_MODEL,)]
+    assert stated(page, r'`task="embed"` picks the default of `embed` instead, `([\w-]+)` on a CPU') == [
+        (DEFAULT_CPU_EMBED_MODEL,)]
+    assert stated(page, r"barcodetool.embed\(sequences\) with no model uses ([\w-]+) on a CPU") == [
+        (DEFAULT_CPU_EMBED_MODEL,)]
     assert stated(page, r"else the reference's calibrated one, else the (bridged cut) \(identity; `BridgedCut`")
     check(page, r"longer than (\d+) nt, they are truncated", TokenizerConfig().max_length)
     models = set(re.findall(r'"(barcodemae-[\w-]+)"', prose(page).split("see `barcodetool.available_models()`")[0]))
@@ -386,9 +392,12 @@ def test_quickstart_and_readme_name_the_default_models():
     check_models("docs/quickstart.md", r"`([\w-]+)` \(the paper's 6 \+ 6 layers\) when PyTorch sees a GPU, "
                                        r"`([\w-]+)` \([^)]*\) on a CPU")
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    rows = re.findall(r"^\| `(barcodemae-[\w-]+)` \|[^|]*\| *(\w*) *\|", readme, flags=re.M)
+    rows = re.findall(r"^\| `(barcodemae-[\w-]+)` \|[^|]*\| *([^|]*?) *\|", readme, flags=re.M)
     assert {name for name, _ in rows} == {m for m in available_models() if m.startswith("barcodemae-")}
-    assert {device: name for name, device in rows if device} == {"GPU": DEFAULT_GPU_MODEL, "CPU": DEFAULT_CPU_MODEL}
+    assert {device: name for name, device in rows if device} == {
+        "GPU": DEFAULT_GPU_MODEL, "CPU": DEFAULT_CPU_MODEL, "CPU, `embed`": DEFAULT_CPU_EMBED_MODEL}
+    assert stated("docs/quickstart.md", r"except that `embed`\s+on a CPU uses `([\w-]+)`") == [
+        (DEFAULT_CPU_EMBED_MODEL,)]
 
 
 def test_file_formats_numbers():

@@ -248,3 +248,25 @@ def test_embed_file_of_a_model_that_reads_in_phase(tmp_path):
     np.testing.assert_allclose(result.embeddings, np.broadcast_to(result.embeddings[0], (6, 32)), atol=1e-5)
     assert '"phase": "coi5p"' in result.attrs["tokenizer"]
     assert "phase" not in read_embeddings(tmp_path / "plain.h5").attrs["tokenizer"]
+
+
+def test_embed_command_defaults_to_the_embedding_model(tmp_path):
+    """`barcodetool embed` with --model auto on a CPU embeds with barcodemae-nano-identity (the better vectors),
+    read in the COI-5P phase, while the same sequences embedded by nano differ; the HDF5 file says which."""
+    from click.testing import CliRunner
+
+    from barcodetool.cli import main
+    from barcodetool.model.weights import DEFAULT_CPU_EMBED_MODEL
+
+    output = tmp_path / "example.h5"
+    result = CliRunner().invoke(main, ["embed", str(EXAMPLE_FASTA), "-o", str(output), "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    written = read_embeddings(output)
+    assert written.attrs["model_name"] == DEFAULT_CPU_EMBED_MODEL == "barcodemae-nano-identity"
+    assert '"phase": "coi5p"' in written.attrs["tokenizer"] and written.embeddings.shape == (100, 128)
+    assert "barcodemae-nano-identity" in result.output
+    nano = tmp_path / "nano.h5"
+    assert CliRunner().invoke(main, ["embed", str(EXAMPLE_FASTA), "-o", str(nano), "-m", "barcodemae-nano",
+                                     "--threads", "1"]).exit_code == 0
+    assert read_embeddings(nano).attrs["model_name"] == "barcodemae-nano"
+    assert not np.allclose(read_embeddings(nano).embeddings, written.embeddings, atol=1e-2)

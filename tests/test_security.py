@@ -205,7 +205,8 @@ def test_model_named_in_an_index_is_not_loaded_from_that_path(model_dir, tmp_pat
     index.model_name = str(planted)  # as if the index named a path
     index_path = index.save(tmp_path / "ref.h5")
     other = make_tiny_model(tmp_path / "other", seed=1)
-    monkeypatch.setattr(barcodetool.model.weights, "default_model_name", lambda device="cpu": str(other))
+    monkeypatch.setattr(barcodetool.model.weights, "default_model_name",
+                        lambda device="cpu", task="classify": str(other))
     output = tmp_path / "out.tsv"
     result = invoke(["-q", "classify", str(EXAMPLE), "-r", str(index_path), "-o", str(output), *CPU])
     assert result.exit_code == 1, result.output

@@ -230,6 +230,27 @@ def test_unknown_model_name_lists_available(tiny_model_dir, registry):
         load_model("alpha-model.v2")  # a dotted name is still a name, not a path
 
 
+def test_auto_picks_the_default_of_the_task(tiny_model_dir, registry, monkeypatch):
+    _, bundled = registry
+    for name in (weights.DEFAULT_CPU_MODEL, weights.DEFAULT_CPU_EMBED_MODEL, weights.DEFAULT_GPU_MODEL):
+        copy_model(tiny_model_dir, bundled / name)
+    assert load_model().path.name == load_model("auto").name == "barcodemae-nano"   # reference indexes' model
+    assert load_model(task="embed").path.name == load_model("auto", task="embed").name == "barcodemae-nano-identity"
+    assert load_model("barcodemae-nano", task="embed").name == "barcodemae-nano"   # a name given is kept
+    assert weights.default_model_name("cuda", "embed") == weights.default_model_name("cuda") == "barcodemae-base"
+    with pytest.raises(ValueError, match="task"):
+        weights.default_model_name("cpu", "cluster")
+    # barcodetool.embed with no model embeds with the embed default
+    import barcodetool
+
+    chosen = []
+    monkeypatch.setattr(barcodetool, "load_model", lambda *a, **k: chosen.append(k["task"]) or load_model(*a, **k))
+    assert barcodetool.embed(SEQUENCES).shape[0] == len(SEQUENCES) and chosen == ["embed"]
+    # without the embedding model installed, embed falls back to the CPU default
+    shutil.rmtree(bundled / weights.DEFAULT_CPU_EMBED_MODEL)
+    assert weights.default_model_name("cpu", "embed") == "barcodemae-nano"
+
+
 def test_encoder_only_save(model, tmp_path):
     folder = save_model(model, TokenizerConfig(), tmp_path / "enc", include_decoder=False)
     card = read_card(folder)

@@ -194,10 +194,17 @@ def device_options(function):
     return function
 
 
-def model_option(function):
+def model_option(function=None, *, task: str = "classify"):
+    """--model; `task` says which default `auto` stands for (barcodetool.model.weights.default_model_name). Used
+    bare (@model_option) or with the task (@model_option(task="embed"))."""
+    if function is None:
+        return functools.partial(model_option, task=task)
+    from ..model.weights import DEFAULT_CPU_EMBED_MODEL, DEFAULT_CPU_MODEL, DEFAULT_GPU_MODEL
+
+    cpu_model = DEFAULT_CPU_EMBED_MODEL if task == "embed" else DEFAULT_CPU_MODEL
     return click.option("--model", "-m", "model_name", default="auto", show_default=True,
-                        help="Bundled model name (see `barcodetool models`) or a model folder; auto = "
-                             "barcodemae-base on a GPU, barcodemae-nano on a CPU.")(function)
+                        help=f"Bundled model name (see `barcodetool models`) or a model folder; auto = "
+                             f"{DEFAULT_GPU_MODEL} on a GPU, {cpu_model} on a CPU.")(function)
 
 
 def _remember_compute(ctx, param, value):
@@ -205,15 +212,17 @@ def _remember_compute(ctx, param, value):
     return value
 
 
-def inference_model_option(function):
+def inference_model_option(function=None, *, task: str = "classify"):
     """--model plus --compute, for commands that embed barcodes (the value of --compute: `requested_compute`)."""
+    if function is None:
+        return functools.partial(inference_model_option, task=task)
     function = click.option("--compute", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto",
                             show_default=True, expose_value=False, callback=_remember_compute,
                             help="Inference arithmetic: auto = bfloat16 on GPUs and on CPUs that run it natively "
                                  "(AVX-512 BF16, AMX), float32 elsewhere. `classify` against a built index on a "
                                  "CPU runs a model's exported encoder.onnx, where there is one, in float32 with ONNX "
                                  "Runtime and never imports PyTorch; bfloat16 keeps PyTorch.")(function)
-    return model_option(function)
+    return model_option(function, task=task)
 
 
 def requested_compute() -> str:

@@ -17,7 +17,7 @@ from ._common import (INPUT_FIX, Context, check_paths, device_options, handle_er
 @click.argument("input_path", metavar="INPUT")
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False),
               help="HDF5 file to write; `-` = standard output (made in the temporary folder, then copied).")
-@inference_model_option
+@inference_model_option(task="embed")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True,
               help="Barcodes per forward pass (larger is faster on a GPU, needs more memory).")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
@@ -33,7 +33,7 @@ def embed_command(obj: Context, input_path: str, output: str, model_name: str, b
     refuse_binary_terminal(output)
     set_threads(threads)
     torch_device = resolve_device(device)
-    model = load_model(model_name, device=torch_device, compute=requested_compute())
+    model = load_model(model_name, device=torch_device, compute=requested_compute(), task="embed")
     check_model_outputs(model, output)
     read_options = read_options.replace(min_length=model.tokenizer.config.k)
     log_model(model, torch_device)

@@ -54,6 +54,11 @@ CARD_TYPE_WORDS = {str: "text", list: "a JSON list", dict: "a JSON object"}
 MAX_CARD_DEPTH = 32   # levels of nested lists and objects a card may hold (real cards: 4)
 DEFAULT_CPU_MODEL = "barcodemae-nano"
 DEFAULT_GPU_MODEL = "barcodemae-base"
+# `embed` on a CPU: the identity-taught nano embeds at nano's speed and far better (species / new-species genus
+# 1-NN 98.81 / 58.54% against 92.96 / 29.67%, docs/benchmarks.md); nano stays the default where the model only
+# proposes candidates for the identity engine (reference indexes, classify, cluster), where it is the better one.
+DEFAULT_CPU_EMBED_MODEL = "barcodemae-nano-identity"
+MODEL_TASKS = ("classify", "embed")
 
 
 def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
@@ -334,17 +339,24 @@ def available_models() -> dict[str, Path]:
     return found
 
 
-def default_model_name(device: str | torch.device = "cpu") -> str:
+def default_model_name(device: str | torch.device = "cpu", task: str = "classify") -> str:
+    """The model `auto` stands for: barcodemae-base on a GPU; on a CPU barcodemae-nano, or for task "embed"
+    (vectors for the user's own analyses) barcodemae-nano-identity."""
+    if task not in MODEL_TASKS:
+        raise ValueError(f"task must be one of {MODEL_TASKS}, not {task!r}")
     is_cuda = str(device).startswith("cuda")
     names = available_models()
     if is_cuda and DEFAULT_GPU_MODEL in names:
         return DEFAULT_GPU_MODEL
+    if task == "embed" and DEFAULT_CPU_EMBED_MODEL in names:
+        return DEFAULT_CPU_EMBED_MODEL
     return DEFAULT_CPU_MODEL
 
 
-def resolve_model(name_or_path: str | os.PathLike | None, device: str | torch.device = "cpu") -> Path:
+def resolve_model(name_or_path: str | os.PathLike | None, device: str | torch.device = "cpu",
+                  task: str = "classify") -> Path:
     if name_or_path is None or str(name_or_path) in {"", "auto"}:
-        name_or_path = default_model_name(device)
+        name_or_path = default_model_name(device, task)
     candidate = Path(name_or_path)
     if candidate.is_dir():
         return candidate
@@ -357,25 +369,27 @@ def resolve_model(name_or_path: str | os.PathLike | None, device: str | torch.de
     raise ModelError(f"unknown model {str(name_or_path)!r}; available: {listing} (or give a model folder path)")
 
 
-def locate_model(name_or_path: str | os.PathLike | None, device: str | torch.device = "cpu"
-                 ) -> tuple[Path, str | None]:
+def locate_model(name_or_path: str | os.PathLike | None, device: str | torch.device = "cpu",
+                 task: str = "classify") -> tuple[Path, str | None]:
     """The model folder, and the name the loaded model takes: the registry name for a named model, None for a
     folder given by path (its card's name is used)."""
-    path = resolve_model(name_or_path, device)
+    path = resolve_model(name_or_path, device, task)
     is_named = not Path(str(name_or_path or "")).is_dir()
     return path, path.name if is_named else None
 
 
 def load_model(name_or_path: str | os.PathLike | None = None, *, device: str | torch.device = "cpu",
-               verify: bool = True, compute: str | None = None) -> PretrainedModel:
+               verify: bool = True, compute: str | None = None, task: str = "classify") -> PretrainedModel:
     """Load a model by registry name (`barcodemae-fast`, `barcodemae-base`, ...) or folder path.
+
+    task: which default None (or "auto") stands for: "classify" (the model of reference indexes) or "embed".
 
     compute: inference arithmetic: None (bf16 on CUDA, float32 on CPU), "float32", "bfloat16", or "auto" (bf16
     wherever the hardware runs it natively, CPUs with AVX-512 BF16 or AMX included).
     """
     import torch
 
-    path, name = locate_model(name_or_path, device)
+    path, name = locate_model(name_or_path, device, task)
     loaded = load_model_folder(path, device=device, verify=verify, name=name)
     loaded.compute = None if compute is None else resolve_compute(torch.device(device), compute)
     return loaded
