@@ -207,6 +207,22 @@ def test_cli_benchmark_json(tmp_path, tiny):
     assert data["tasks"]["species"]["queries"] == 8
 
 
+def test_cli_benchmark_with_the_default_model_says_which_model_embed_uses(monkeypatch, tiny):
+    """--model auto benchmarks the model of reference indexes (nano on a CPU); since `embed` uses another model
+    there, the log says so, and says how to get that model's embedding rows; a model given by name says nothing."""
+    from barcodetool.cli import benchmark as benchmark_command
+
+    ran = []
+    monkeypatch.setattr(benchmark_command, "run_benchmark", lambda split, model, **_: ran.append(model.name) or {})
+    monkeypatch.setattr(benchmark_command, "format_table", lambda result: "table")
+    result = CliRunner().invoke(main, ["benchmark", str(SAMPLE), "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    assert ran == ["barcodemae-nano"]
+    assert "`embed` uses barcodemae-nano-identity on a CPU (--model barcodemae-nano-identity" in result.output
+    result = CliRunner().invoke(main, ["benchmark", str(SAMPLE), "--model", str(tiny[0]), "--threads", "1"])
+    assert result.exit_code == 0 and "`embed` uses" not in result.output
+
+
 def test_cli_benchmark_needs_splits(tmp_path, tiny):
     fasta = tmp_path / "plain.fasta"
     fasta.write_text(">a\nACGTACGTACGTACGT\n")

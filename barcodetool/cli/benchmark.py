@@ -9,9 +9,10 @@ from ..evaluation import format_table, run_benchmark
 from ..io import ReadOptions
 from ..errors import UsageError
 from ..io.atomic import is_stdout
-from ..model.weights import check_model_outputs
+from ..model.weights import DEFAULT_CPU_EMBED_MODEL, check_model_outputs, default_model_name
 from ._common import (INPUT_FIX, Context, check_paths, device_options, handle_errors,
-                      inference_model_option, log_model, read_options, renamed_option, requested_compute, write_json)
+                      inference_model_option, log, log_model, read_options, renamed_option, requested_compute,
+                      write_json)
 
 
 @click.command("benchmark")
@@ -44,6 +45,9 @@ def benchmark_command(obj: Context, split_file: str, model_name: str, json_path:
                                                     compute=requested_compute(), onnx=False)
     check_model_outputs(model, json_path)
     log_model(model, torch_device)
+    if model_name in ("", "auto") and default_model_name(torch_device, "embed") == DEFAULT_CPU_EMBED_MODEL:
+        log.info(f"the embedding rows are {model.name}'s, the model of reference indexes; `embed` uses "
+                 f"{DEFAULT_CPU_EMBED_MODEL} on a CPU (--model {DEFAULT_CPU_EMBED_MODEL} for its rows)")
     result = run_benchmark(split_file, model, compare=settings["compare"], sample=settings["sample"],
                            threads=threads, neighbours=settings["neighbours"], precision=settings["precision"],
                            seed=settings["seed"], batch_size=settings["batch_size"], device=torch_device,
