@@ -54,7 +54,7 @@ CARD_TYPE_WORDS = {str: "text", list: "a JSON list", dict: "a JSON object"}
 MAX_CARD_DEPTH = 32   # levels of nested lists and objects a card may hold (real cards: 4)
 DEFAULT_CPU_MODEL = "barcodemae-nano"
 DEFAULT_GPU_MODEL = "barcodemae-base"
-# `embed` on a CPU: the identity-taught nano embeds at nano's speed and far better (species / new-species genus
+# `embed` on a CPU: the identity-taught nano embeds at nearly nano's speed and far better (species / new-species genus
 # 1-NN 98.81 / 58.54% against 92.96 / 29.67%, docs/benchmarks.md); nano stays the default where the model only
 # proposes candidates for the identity engine (reference indexes, classify, cluster), where it is the better one.
 DEFAULT_CPU_EMBED_MODEL = "barcodemae-nano-identity"
