@@ -118,6 +118,16 @@ def test_models_lists_a_model(runner, registry):
     assert rows["my-mapped"] == ["2x32->48", str(registry / "my-mapped")]   # its embedding width after the arrow
 
 
+def test_models_say_what_auto_picks_them_for():
+    result = CliRunner().invoke(main, ["models"])
+    assert result.exit_code == 0, result.output
+    roles = {line.split("\t")[0]: line.split("\t")[-1] for line in result.stdout.splitlines()}
+    assert roles["barcodemae-nano"] == "(the default on a CPU)"
+    assert roles["barcodemae-nano-identity"] == "(the default of embed on a CPU)"
+    assert roles["barcodemae-base"] == "(the default on a GPU)"
+    assert not roles["barcodemae-mini"].startswith("(")
+
+
 def test_embed_by_registry_name(runner, registry, tmp_path):
     output = tmp_path / "out.h5"
     result = runner.invoke(main, ["-q", "embed", str(EXAMPLE_FASTA), "-o", str(output), "-m", "my-tiny", *CPU])

@@ -4,14 +4,27 @@ from __future__ import annotations
 
 import click
 
-from ..model.weights import available_models, read_card
+from ..model.weights import available_models, default_model_name, read_card
 from ._common import handle_errors
+
+
+def default_roles(name: str) -> str:
+    """What `--model auto` picks this model for, in words ("" for none)."""
+    roles = []
+    if name == default_model_name("cpu", "classify"):
+        roles.append("the default on a CPU")
+    if name == default_model_name("cpu", "embed") and name != default_model_name("cpu", "classify"):
+        roles.append("the default of embed on a CPU")
+    if name == default_model_name("cuda"):
+        roles.append("the default on a GPU")
+    return ", ".join(roles)
 
 
 @click.command("models")
 @handle_errors
 def models_command():
-    """List the named models (bundled, then user-trained)."""
+    """List the named models (bundled, then user-trained): name, shape (layers x width, -> embedding width), folder,
+    a figure from the model card where it has one, and what `--model auto` picks it for."""
     for name, path in available_models().items():
         card = read_card(path)
         config = card.get("model_config", {})
@@ -22,4 +35,5 @@ def models_command():
         shape = f"{config.get('encoder_layers')}x{config.get('encoder_width')}"
         if config.get("embedding_width"):
             shape += f"->{config['embedding_width']}"
-        click.echo(f"{name}\t{shape}\t{path}{extra}")
+        roles = default_roles(name)
+        click.echo(f"{name}\t{shape}\t{path}{extra}" + (f"\t({roles})" if roles else ""))
