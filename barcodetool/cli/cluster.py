@@ -9,7 +9,8 @@ import click
 from ..classify import load_inference_model
 from ..cluster import FULL_LINKAGE_LIMIT, ClusterOptions, cluster_records, write_clusters
 from ..io import ReadOptions, ReadStats, read_barcodes
-from ..model.weights import check_model_outputs
+from ..model.runtime import resolve_device
+from ..model.weights import check_model_outputs, default_model_name
 from ._common import (INPUT_FIX, REFERENCE_FIX, Context, check_paths, device_options,
                       handle_errors, inference_model_option, log, log_model, open_reference_index, output,
                       read_options, reference_format_option, requested_compute, write_json)
@@ -22,7 +23,8 @@ from ._common import (INPUT_FIX, REFERENCE_FIX, Context, check_paths, device_opt
               "each cluster's reference BIN.")
 @click.option("--method", type=click.Choice(["identity", "cosine"]), default="identity", show_default=True,
               help="identity: average linkage on sequence identity distance over embedding + k-mer neighbours; "
-                   "cosine: average linkage on embedding cosine distance (the papers' protocol).")
+                   "cosine: average linkage on embedding cosine distance (the papers' protocol; without "
+                   "--reference, --model auto is the model of `embed`).")
 @click.option("--threshold", type=click.FloatRange(min=0), help="Distance cut: identity distance (1 - "
               "identity) for identity, cosine distance for cosine [default: the reference's calibrated one; "
               "identity without a reference: the bridged cut, clusters at 0.02 joined where 2 cross pairs are "
@@ -46,6 +48,9 @@ def cluster_command(obj: Context, input_path: str, output_path: str, reference: 
     options = ClusterOptions(**settings)
     check_paths(inputs=[(input_path, INPUT_FIX), (reference, REFERENCE_FIX)],
                 outputs=[(output_path, "--output"), (metrics_path, "--metrics")])
+    if options.method == "cosine" and reference is None and model_name in ("", "auto"):
+        # clusters of the embeddings alone: the embedding model's space (as `embed`), not the candidate generator
+        model_name = default_model_name(resolve_device(device), "embed")
     model, torch_device = load_inference_model(model_name, reference, device=device, threads=threads,
                                                compute=requested_compute(), onnx=False)
     check_model_outputs(model, output_path, metrics_path)
