@@ -13,7 +13,7 @@ import torch
 
 from barcodetool.model import weights
 from barcodetool.embedding import embed_sequences
-from barcodetool.errors import ModelError
+from barcodetool.errors import ModelError, UsageError
 from barcodetool.io.readers import read_barcodes
 from barcodetool.model.mae import BarcodeMAE, preset
 from barcodetool.model.tokenizer import KmerTokenizer, TokenizerConfig
@@ -234,11 +234,11 @@ def test_auto_picks_the_default_of_the_task(tiny_model_dir, registry, monkeypatc
     _, bundled = registry
     for name in (weights.DEFAULT_CPU_MODEL, weights.DEFAULT_CPU_EMBED_MODEL, weights.DEFAULT_GPU_MODEL):
         copy_model(tiny_model_dir, bundled / name)
-    assert load_model().path.name == load_model("auto").name == "barcodemae-nano"   # reference indexes' model
-    assert load_model(task="embed").path.name == load_model("auto", task="embed").name == "barcodemae-nano-identity"
+    assert load_model().name == load_model("auto").name == "barcodemae-nano"   # reference indexes' model
+    assert load_model(task="embed").name == load_model("auto", task="embed").name == "barcodemae-nano-identity"
     assert load_model("barcodemae-nano", task="embed").name == "barcodemae-nano"   # a name given is kept
     assert weights.default_model_name("cuda", "embed") == weights.default_model_name("cuda") == "barcodemae-base"
-    with pytest.raises(ValueError, match="task"):
+    with pytest.raises(UsageError, match="task must be one of classify, embed"):
         weights.default_model_name("cpu", "cluster")
     # barcodetool.embed with no model embeds with the embed default
     import barcodetool

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._version import __version__
 from ..io.atomic import atomic_path, check_outputs_spare_model
-from ..errors import ModelError, TokenizerError
+from ..errors import ModelError, TokenizerError, UsageError
 from .config import BarcodeMAEConfig
 from .runtime import resolve_compute
 from .tokenizer import KmerTokenizer, TokenizerConfig
@@ -343,7 +343,7 @@ def default_model_name(device: str | torch.device = "cpu", task: str = "classify
     """The model `auto` stands for: barcodemae-base on a GPU; on a CPU barcodemae-nano, or for task "embed"
     (vectors for the user's own analyses) barcodemae-nano-identity."""
     if task not in MODEL_TASKS:
-        raise ValueError(f"task must be one of {MODEL_TASKS}, not {task!r}")
+        raise UsageError(f"task must be one of {', '.join(MODEL_TASKS)}, not {task!r}")
     is_cuda = str(device).startswith("cuda")
     names = available_models()
     if is_cuda and DEFAULT_GPU_MODEL in names:
@@ -374,7 +374,7 @@ def locate_model(name_or_path: str | os.PathLike | None, device: str | torch.dev
     """The model folder, and the name the loaded model takes: the registry name for a named model, None for a
     folder given by path (its card's name is used)."""
     path = resolve_model(name_or_path, device, task)
-    is_named = not Path(str(name_or_path or "")).is_dir()
+    is_named = str(name_or_path or "") in {"", "auto"} or not Path(str(name_or_path)).is_dir()
     return path, path.name if is_named else None
 
 
