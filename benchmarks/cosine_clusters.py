@@ -37,7 +37,7 @@ def distinct_binned(path: str, key, cap: int | None) -> dict[str, list]:
     return {name: list(by_sequence.values()) for name, by_sequence in sets.items()}
 
 
-def main() -> int:
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("split_file", help="a BIOSCAN-5M-style table with a split column (its `val` is scored)")
     parser.add_argument("--extra", help="a table whose phyla are scored as sets too (coi_extra)")
@@ -68,8 +68,7 @@ def main() -> int:
             cells.append(f"{100 * adjusted_mutual_info_score(truth, result.clusters):.2f}%")
         print("| " + " | ".join(cells) + " |", flush=True)
     print(f"\n{time.perf_counter() - started:.0f} s", file=sys.stderr)
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -82,7 +82,7 @@ def vsearch_nearest(records: list, work: Path, threads: int) -> dict[int, int]:
     return found
 
 
-def main() -> int:
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", help="coi_extra.csv.gz (a BIOSCAN-5M-style table with phyla)")
     parser.add_argument("--bcdm", help="a BOLD BCDM TSV scored as one more group")
@@ -117,8 +117,7 @@ def main() -> int:
         cells += [share_right(genus, scored, nearest_other(embed_sequences(model, sequences))) for _, model in models]
         print("| " + " | ".join(cells) + " |", flush=True)
     print(f"\n{time.perf_counter() - started:.0f} s", file=sys.stderr)
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

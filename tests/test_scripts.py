@@ -139,6 +139,38 @@ def test_large_reference(run_main, tmp_path):
     assert 0 <= result["accuracy"]["genus_precision"] <= 1 and "| `reference build` |" in printed
 
 
+def table_rows(printed: str) -> dict[str, list[str]]:
+    """A markdown table's rows by first cell (the header and rule left out)."""
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in printed.splitlines()
+            if line.startswith("| ")]
+    return {row[0]: row[1:] for row in rows[1:]}
+
+
+def percent(cell: str) -> float:
+    return float(cell.rstrip("%"))
+
+
+def test_cosine_clusters(run_main, tiny_model_dir):
+    """Each set's BIN AMI by the identity method and by each model's cosine clusters at its card's cut."""
+    rows = table_rows(run_main(BENCHMARKS / "cosine_clusters.py", SAMPLE, "--extra", SAMPLE, "--models",
+                               tiny_model_dir, "--min-size", 10, "--threads", 1))
+    assert set(rows) == {"val", "Arthropoda"}
+    for cells in rows.values():
+        assert len(cells) == 3 and all(-100 <= percent(cell) <= 100 for cell in cells[1:])
+    assert percent(rows["Arthropoda"][1]) > 90     # identity clusters of real barcodes recover their BINs
+
+
+@pytest.mark.skipif(shutil.which("vsearch") is None, reason="needs vsearch")
+def test_embedding_loo(run_main, tmp_path, tiny_model_dir):
+    """Leave-one-out genus 1-NN of VSEARCH --self, a 5-mer profile and a model, on the sample's one phylum."""
+    rows = table_rows(run_main(BENCHMARKS / "embedding_loo.py", SAMPLE, "--models", tiny_model_dir, "--work",
+                               tmp_path, "--threads", 1))
+    assert list(rows) == ["Arthropoda"]
+    cells = rows["Arthropoda"]
+    assert len(cells) == 4 and all(0 <= percent(cell) <= 100 for cell in cells[1:])
+    assert percent(cells[1]) > 80 and percent(cells[2]) > 80   # VSEARCH and the profile find congeners
+
+
 def test_gpu_scripts_on_the_cpu(run_main):
     trained = json.loads(run_main(BENCHMARKS / "gpu_train.py", "--device", "cpu", "--preset", "tiny",
                                   "--batch-size", 8, "--steps", 2, "--warmup", 1).splitlines()[0])
