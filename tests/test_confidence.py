@@ -235,6 +235,38 @@ def test_mislabelled_records_switch_no_rank_off_and_are_named(noisy_index):
     assert "confidence\tgenus\t>= 0.5000" in info.output
 
 
+def test_the_odd_record_of_a_conflict_is_read_as_unlabelled(noisy_index, tiny):
+    """A record given another order sits beside its species' records, far from any of its new order: it is the odd
+    one of its conflict, and calibration and classification read it as unlabelled at that order and below (its
+    record keeps the label it was given); the partner keeps its labels; the stored index reads the same."""
+    from barcodetool.classify import ClassifyOptions, classify_records
+
+    index, path, flipped = noisy_index
+    odd = index.identity_thresholds.details["conflicts"]["odd"]
+    assert odd and {entry["id"] for entry in odd} <= set(flipped)
+    layer = index.identity
+    row_of = {record_id: row for row, record_id in enumerate(index.ids)}
+    for entry in odd:
+        assert entry["rank"] == "order" and entry["own_nearest"] < entry["partner_own_nearest"] - 0.02
+        record = row_of[entry["id"]]
+        group = int(index.groups[record])
+        assert all(layer.codes[rank][group] == -1 for rank in ("order", "family", "genus", "species"))
+        assert layer.codes["class"][group] >= 0 and index.codes["order"][record] >= 0
+    partners = {c["other_id"] for c in index.identity_thresholds.details["conflicts"]["records"]} - set(flipped)
+    assert all(layer.codes["order"][int(index.groups[row_of[p]])] >= 0 for p in partners)
+    loaded = ReferenceIndex.load(path)
+    for rank in layer.codes:
+        np.testing.assert_array_equal(loaded.identity.codes[rank], layer.codes[rank])
+    info = CliRunner().invoke(main, ["reference", "info", str(path)]).output
+    assert {line.split("\t")[1] for line in info.splitlines() if line.startswith("unlabelled\t")} == {
+        entry["id"] for entry in odd}
+    # a barcode identical to an odd record is never given the order that record was wrongly given
+    records = [r for r in read_barcodes(SAMPLE, skip_empty=True) if r.id in {e["id"] for e in odd}]
+    for record, assignment in zip(records, classify_records(records, loaded, tiny[1], ClassifyOptions())):
+        wrong = index.label("order", int(index.codes["order"][row_of[record.id]]))
+        assert assignment.label("order") != wrong
+
+
 def test_stored_model_loads_identically_and_a_damaged_one_is_refused(noisy_index, tmp_path):
     index, path, _ = noisy_index
     loaded = ReferenceIndex.load(path)

@@ -223,6 +223,9 @@ def reference_info(index_path: str):
                        f"{c['other_label']}\t{c['identity']:.4f}")
         if conflicts.get("pairs", 0) > len(conflicts.get("records", [])):
             click.echo(f"conflict\t... {conflicts['pairs'] - len(conflicts['records'])} more")
+        for c in conflicts.get("odd", []):   # read as unlabelled at that rank and below
+            click.echo(f"unlabelled\t{c['id']}\t{c['rank']} and below\tnearest of its own {c['rank']} "
+                       f"{c['own_nearest']:.4f}, its partner's {c['partner_own_nearest']:.4f}")
     t = index.thresholds
     if t is not None:  # --method knn / probe and cluster --method cosine: cosine similarity and distance
         click.echo(f"calibration\tknn\tprecision {t.precision}\tk {t.k}\tmin confidence {t.min_confidence}")

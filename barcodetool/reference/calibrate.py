@@ -50,6 +50,11 @@ CONFLICT_IDENTITY = 0.97
 CONFLICT_RANKS = ("phylum", "class", "order", "family")
 CONFLICTS_LOGGED = 5
 CONFLICTS_STORED = 100
+# Of a conflicting pair, the record whose nearest other record of its own label (at the conflict's rank) is this
+# much farther than its partner's is the odd one: its label is read as unknown at that rank and below, in
+# calibration and classification alike (the pair's other record keeps its label). Within this margin neither is.
+CONFLICT_ODD_MARGIN = 0.02
+CONFLICT_OWN_CANDIDATES = 50   # k-mer candidates searched for a conflicting record's nearest of its own label
 
 # Leave-out levels of the calibration searches: each calibration query is a distinct reference sequence searched
 # against the reference without every record of the same sequence ("sequence"), of the same species ("species")
@@ -313,13 +318,14 @@ def conflicting_records(level, codes: dict[str, np.ndarray], index: ReferenceInd
         return found
     best, hit = score[:, 0], idx[:, 0]
     close = (hit >= 0) & (best >= CONFLICT_IDENTITY)
-    records = []
+    records, pairs = [], []
     for q, h, s in zip(queries[close].tolist(), hit[close].tolist(), best[close].tolist()):
         for rank in CONFLICT_RANKS:
             if rank not in codes:
                 continue
             mine, theirs = int(codes[rank][q]), int(codes[rank][h])
             if mine >= 0 and theirs >= 0 and mine != theirs:
+                pairs.append((int(q), int(h), rank))
                 records.append({"id": index.ids[int(layer.group_record[q])], "rank": rank,
                                 "label": index.label_names[rank][mine],
                                 "other_id": index.ids[int(layer.group_record[h])],
@@ -327,7 +333,47 @@ def conflicting_records(level, codes: dict[str, np.ndarray], index: ReferenceInd
                 break
     found["pairs"] = len(records)
     found["records"] = records[:CONFLICTS_STORED]
+    found["pair_groups"] = pairs
     return found
+
+
+def odd_records(conflicts: dict, codes: dict[str, np.ndarray], index: ReferenceIndex, layer) -> list[dict]:
+    """The odd record of each conflicting pair (`conflicting_records`), where there is one: the side whose
+    nearest other record of its own label at the conflict's rank (among CONFLICT_OWN_CANDIDATES k-mer candidates,
+    its own sequence left out) is CONFLICT_ODD_MARGIN farther than its partner's. A mislabelled or contaminating
+    record sits beside records of another family, far from its own; the record it copies sits among its own."""
+    pairs = conflicts.get("pair_groups", [])
+    if not pairs:
+        return []
+    groups = np.array(sorted({g for q, h, _ in pairs for g in (q, h)}), dtype=np.int64)
+    store = SequenceStore.from_sequences([layer.store.sequence(int(g)) for g in groups])
+    _, candidates = search_candidates(index, store, None, 0, CONFLICT_OWN_CANDIDATES,
+                                      exclude=(groups, np.arange(len(layer))))
+    scores, _, _ = score_candidates(store, layer.store, candidates)
+    row_of = {int(g): i for i, g in enumerate(groups)}
+
+    def own_nearest(group: int, rank: str) -> float:
+        row = row_of[group]
+        own = codes[rank][group]
+        found = candidates[row]
+        same = (found >= 0) & (codes[rank][np.maximum(found, 0)] == own)
+        return float(scores[row][same].max()) if same.any() else 0.0
+
+    odd, seen = [], set()
+    for q, h, rank in pairs:
+        mine, theirs = own_nearest(q, rank), own_nearest(h, rank)
+        side = q if mine < theirs - CONFLICT_ODD_MARGIN else h if theirs < mine - CONFLICT_ODD_MARGIN else None
+        if side is not None and (side, rank) not in seen:
+            seen.add((side, rank))
+            odd.append({"id": index.ids[int(layer.group_record[side])], "rank": rank,
+                        "own_nearest": round(min(mine, theirs), 4), "partner_own_nearest": round(max(mine, theirs), 4)})
+    return odd
+
+
+def group_codes(index: ReferenceIndex, layer) -> dict[str, np.ndarray]:
+    """rank -> int32 [groups]: the representative records' own codes, before any odd record is read as unlabelled
+    (conflicts are always found on these, so that finding them again finds the same)."""
+    return {rank: index.codes[rank][layer.group_record].astype(np.int32) for rank in index.ranks}
 
 
 # ============================================================================================ the calibrations
@@ -629,6 +675,11 @@ class IdentityCalibration(Calibration):
         """The confidence model (fitted on the leave-out levels; kept when only the cutoff changes) and, per rank,
         the cutoff on its confidence (`min_confidence`), where the rank has a model."""
         layer = self.index.identity
+        conflicts = conflicting_records(levels.get("sequence"), group_codes(self.index, layer), self.index, layer)
+        conflicts["odd"] = odd_records(conflicts, group_codes(self.index, layer), self.index, layer)
+        del conflicts["pair_groups"]
+        # in place: `codes` holds the layer's arrays, so calibration and classification read the same labels
+        self.index.unlabel_odd_records(layer.codes, layer.group_record, conflicts["odd"])
         chosen = {name: tie_vote(idx, score, codes) for name, (_, score, idx) in levels.items()}
         full = {name: (queries, score, idx, self.overlaps[name]) for name, (queries, score, idx) in levels.items()}
         tables = isolation_tables(self.index)
@@ -650,7 +701,6 @@ class IdentityCalibration(Calibration):
         judged = held_out_confidences(full, codes, evidence)
         for rank, info in leave_out_calls(judged, full, codes, cutoff).items():
             details[rank] = info
-        conflicts = conflicting_records(levels.get("sequence"), codes, self.index, layer)
         details["conflicts"] = conflicts
         if conflicts["pairs"]:
             shown = "; ".join(f"{c['id']} ({c['label']}) ~ {c['other_id']} ({c['other_label']}) "
@@ -659,8 +709,9 @@ class IdentityCalibration(Calibration):
                         f"of another {'/'.join(CONFLICT_RANKS)} at >= {100 * CONFLICT_IDENTITY:g}% identity "
                         f"(mislabelled or contaminated records?): {shown}"
                         + (" ..." if conflicts["pairs"] > CONFLICTS_LOGGED else "")
-                        + "; they lower the confidence of calls near them but switch no rank off "
-                          "(all are listed by `barcodetool reference info`)")
+                        + f"; {len(conflicts['odd'])} of them, each far from its own label and beside another, "
+                          "are read as unlabelled at that rank and below; the others lower the confidence of calls "
+                          "near them but switch no rank off (all are listed by `barcodetool reference info`)")
         return ranks, details, {"confidence": model}
 
     def cluster_threshold(self, *, max_size: int, seed: int, device) -> tuple[float, dict]:
