@@ -267,6 +267,20 @@ def test_the_odd_record_of_a_conflict_is_read_as_unlabelled(noisy_index, tiny):
         assert assignment.label("order") != wrong
 
 
+def test_an_index_grown_in_memory_reads_the_odd_records_as_unlabelled(noisy_index, tiny):
+    """`reference add` of a few records keeps the calibration, and with it the odd records read as unlabelled."""
+    from barcodetool.reference.update import add_records
+
+    index, _, _ = noisy_index
+    odd = index.identity_thresholds.details["conflicts"]["odd"]
+    extra = [r for r in read_barcodes(SAMPLE, skip_empty=True) if r.split == "test"][:5]
+    grown = add_records(index, extra, tiny[1], recalibrate=False)
+    row_of = {record_id: row for row, record_id in enumerate(grown.ids)}
+    for entry in odd:
+        group = int(grown.groups[row_of[entry["id"]]])
+        assert grown.identity.codes[entry["rank"]][group] == -1 and grown.identity.codes["species"][group] == -1
+
+
 def test_stored_model_loads_identically_and_a_damaged_one_is_refused(noisy_index, tmp_path):
     index, path, _ = noisy_index
     loaded = ReferenceIndex.load(path)
