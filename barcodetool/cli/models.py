@@ -8,16 +8,15 @@ from ..model.weights import available_models, default_model_name, read_card
 from ._common import handle_errors
 
 
-def default_roles(name: str) -> str:
-    """What `--model auto` picks this model for, in words ("" for none)."""
-    roles = []
-    if name == default_model_name("cpu", "classify"):
-        roles.append("the default on a CPU")
-    if name == default_model_name("cpu", "embed") and name != default_model_name("cpu", "classify"):
-        roles.append("the default of embed on a CPU")
-    if name == default_model_name("cuda"):
-        roles.append("the default on a GPU")
-    return ", ".join(roles)
+def default_roles() -> dict[str, str]:
+    """model name -> what `--model auto` picks it for, in words."""
+    cpu, embed, gpu = default_model_name("cpu"), default_model_name("cpu", "embed"), default_model_name("cuda")
+    roles: dict[str, list[str]] = {}
+    roles.setdefault(cpu, []).append("the default on a CPU")
+    if embed != cpu:
+        roles.setdefault(embed, []).append("the default of embed on a CPU")
+    roles.setdefault(gpu, []).append("the default on a GPU")
+    return {name: ", ".join(words) for name, words in roles.items()}
 
 
 @click.command("models")
@@ -25,6 +24,7 @@ def default_roles(name: str) -> str:
 def models_command():
     """List the named models (bundled, then user-trained): name, shape (layers x width, -> embedding width), folder,
     a figure from the model card where it has one, and what `--model auto` picks it for."""
+    roles = default_roles()
     for name, path in available_models().items():
         card = read_card(path)
         config = card.get("model_config", {})
@@ -35,5 +35,4 @@ def models_command():
         shape = f"{config.get('encoder_layers')}x{config.get('encoder_width')}"
         if config.get("embedding_width"):
             shape += f"->{config['embedding_width']}"
-        roles = default_roles(name)
-        click.echo(f"{name}\t{shape}\t{path}{extra}" + (f"\t({roles})" if roles else ""))
+        click.echo(f"{name}\t{shape}\t{path}{extra}" + (f"\t({roles[name]})" if name in roles else ""))

@@ -595,9 +595,9 @@ class IdentityCalibration(Calibration):
         """The confidence model (fitted on the leave-out levels; kept when only the cutoff changes) and, per rank,
         the cutoff on its confidence (`min_confidence`), where the rank has a model."""
         layer = self.index.identity
-        conflicts = conflicting_records(levels.get("sequence"), group_codes(self.index, layer), self.index, layer)
-        conflicts["odd"] = odd_records(conflicts, group_codes(self.index, layer), self.index, layer)
-        del conflicts["pair_groups"]
+        own = group_codes(self.index, layer)
+        conflicts, pairs = conflicting_records(levels.get("sequence"), own, self.index, layer)
+        conflicts["odd"] = odd_records(pairs, own, self.index, layer)
         # in place: `codes` holds the layer's arrays, so calibration and classification read the same labels
         self.index.unlabel_odd_records(layer.codes, layer.group_record, conflicts["odd"])
         chosen = {name: tie_vote(idx, score, codes) for name, (_, score, idx) in levels.items()}

@@ -28,17 +28,19 @@ CONFLICT_ODD_MARGIN = 0.02
 CONFLICT_OWN_CANDIDATES = 50   # k-mer candidates searched for a conflicting record's nearest of its own label
 
 
-def conflicting_records(level, codes: dict[str, np.ndarray], index: ReferenceIndex, layer) -> dict:
+def conflicting_records(level, codes: dict[str, np.ndarray], index: ReferenceIndex, layer
+                        ) -> tuple[dict, list[tuple[int, int, str]]]:
     """Calibration queries (sequence level: only their own sequence left out) whose best hit, at >=
     CONFLICT_IDENTITY, carries another label at a rank of CONFLICT_RANKS: records that are mislabelled,
-    contaminated or chimeric, or the reference they match is."""
+    contaminated or chimeric, or the reference they match is. Returns what the calibration details keep (counts
+    and up to CONFLICTS_STORED records) and every pair as (query group, hit group, rank)."""
     found = {"queries": 0, "pairs": 0, "records": []}
     if level is None:
-        return found
+        return found, []
     queries, score, idx = level
     found["queries"] = int(len(queries))
     if not idx.shape[1]:
-        return found
+        return found, []
     best, hit = score[:, 0], idx[:, 0]
     close = (hit >= 0) & (best >= CONFLICT_IDENTITY)
     records, pairs = [], []
@@ -56,16 +58,15 @@ def conflicting_records(level, codes: dict[str, np.ndarray], index: ReferenceInd
                 break
     found["pairs"] = len(records)
     found["records"] = records[:CONFLICTS_STORED]
-    found["pair_groups"] = pairs
-    return found
+    return found, pairs
 
 
-def odd_records(conflicts: dict, codes: dict[str, np.ndarray], index: ReferenceIndex, layer) -> list[dict]:
+def odd_records(pairs: list[tuple[int, int, str]], codes: dict[str, np.ndarray], index: ReferenceIndex,
+                layer) -> list[dict]:
     """The odd record of each conflicting pair (`conflicting_records`), where there is one: the side whose
     nearest other record of its own label at the conflict's rank (among CONFLICT_OWN_CANDIDATES k-mer candidates,
     its own sequence left out) is CONFLICT_ODD_MARGIN farther than its partner's. A mislabelled or contaminating
     record sits beside records of another family, far from its own; the record it copies sits among its own."""
-    pairs = conflicts.get("pair_groups", [])
     if not pairs:
         return []
     groups = np.array(sorted({g for q, h, _ in pairs for g in (q, h)}), dtype=np.int64)

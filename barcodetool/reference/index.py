@@ -229,18 +229,21 @@ class ReferenceIndex:
         first, representative = representative_records(self.groups, self.codes)
         store = self.distinct_store
         codes = {name: values[representative].astype(np.int32) for name, values in self.codes.items()}
-        details = self.identity_thresholds.details if self.identity_thresholds is not None else {}
-        self.unlabel_odd_records(codes, representative, details.get("conflicts", {}).get("odd", []))
+        self.unlabel_odd_records(codes, representative)
         return store, first, representative, codes
 
-    def unlabel_odd_records(self, codes: dict[str, np.ndarray], representative: np.ndarray, odd: list) -> int:
-        """Read the odd records of conflicting pairs (`odd`: [{"id", "rank"}], calibrate.odd_records) as
-        unlabelled, in place in the identity layer's group codes `codes` (int32 [groups]), at their rank and the
-        ranks below, where the record is its group's representative. Returns how many were."""
+    def unlabel_odd_records(self, codes: dict[str, np.ndarray], representative: np.ndarray,
+                            odd: list | None = None) -> None:
+        """Read the odd records of conflicting pairs (`odd`: [{"id", "rank"}], conflicts.odd_records; default:
+        those of the identity calibration's details) as unlabelled, in place in the identity layer's group codes
+        `codes` (int32 [groups]), at their rank and the ranks below, where the record is its group's
+        representative."""
+        if odd is None:
+            details = self.identity_thresholds.details if self.identity_thresholds is not None else {}
+            odd = details.get("conflicts", {}).get("odd", [])
         if not odd:
-            return 0
+            return
         row_of = {record_id: row for row, record_id in enumerate(self.ids)}
-        done = 0
         for entry in odd:
             record, rank = row_of.get(entry.get("id")), entry.get("rank")
             if record is None or rank not in RANKS:
@@ -251,8 +254,6 @@ class ReferenceIndex:
             for below in RANKS[RANKS.index(rank):]:
                 if below in codes:
                     codes[below][group] = -1
-            done += 1
-        return done
 
     def hold_identity(self, layer: IdentityLayer) -> None:
         """Use this identity layer (an index grown in memory: barcodetool.reference.update)."""

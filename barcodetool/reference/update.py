@@ -190,9 +190,8 @@ def _append(index: ReferenceIndex, added: _Added, vectors_of: Callable[[np.ndarr
         group_record=group_record,
         codes={name: values[group_record].astype(np.int32) for name, values in codes.items()}))
     _calibrate(index, merged, len(fresh), old_groups, recalibrate)
-    if merged.identity_thresholds is not None:   # a kept calibration's odd records, as reading the index applies them
-        odd = merged.identity_thresholds.details.get("conflicts", {}).get("odd", [])
-        merged.unlabel_odd_records(merged.identity.codes, group_record, odd)
+    # a kept calibration's odd records, as reading the index applies them (a recalibration has applied its own)
+    merged.unlabel_odd_records(merged.identity.codes, group_record)
     if merged.identity_thresholds is not None and merged.identity_isolation is None:
         # every sequence's nearest references of another label, the added ones among them (isolation.py)
         merged.identity_isolation = compute_isolation(merged)
