@@ -90,6 +90,8 @@ def main() -> None:
     parser.add_argument("--reference", required=True)
     parser.add_argument("--seed", type=int, default=1, help="the second draw of leave-out queries")
     parser.add_argument("--json")
+    parser.add_argument("--last", type=int, default=len(FEATURE_SETS),
+                        help="only the last N feature sets (1: this version's)")
     args = parser.parse_args()
 
     index = ReferenceIndex.load(args.reference)
@@ -126,7 +128,7 @@ def main() -> None:
                                              layer.store, confidence.isolation_distances(tables, hits.hit))
 
     results = {}
-    for name, features in FEATURE_SETS.items():
+    for name, features in list(FEATURE_SETS.items())[-args.last:]:
         columns = [confidence.FEATURES.index(feature) for feature in features]
         first_evidence = sliced(evidence["first"], columns)
         halves = summary(confidence.held_out_confidences(first, codes, first_evidence), first, codes)
