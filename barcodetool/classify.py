@@ -37,7 +37,7 @@ from .io.interrupts import signals_held
 from .io.streaming import read_ahead
 from .model.onnx import OnnxModel, load_onnx_model
 from .model.runtime import available_cores, cuda_impossible, resolve_device, set_threads
-from .model.weights import PretrainedModel, load_model, locate_model
+from .model.weights import PretrainedModel, asks_for_default, load_model, locate_model
 from .options import Options
 from .reference import IdentityHits, identity_hits, nearest_bins  # noqa: F401 (part of this module's API)
 from .reference import (DEFAULT_K, IDENTITY_CANDIDATES_EMBEDDING, IDENTITY_CANDIDATES_KMER, IDENTITY_EMBED_BELOW,
@@ -373,7 +373,7 @@ def load_inference_model(model_name: str | None, reference: str | None = None, *
         model = load_model(resolve_model_for_reference(model_name, reference), device=torch_device,
                                 compute=compute)
     except ModelError as error:
-        built_with = index_model_name(reference) if reference and model_name in (None, "", "auto") else None
+        built_with = index_model_name(reference) if reference and asks_for_default(model_name) else None
         if built_with is None:
             raise
         raise ModelError(f"{reference} was built with model {built_with!r}, which is not installed here, and the "

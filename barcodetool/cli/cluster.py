@@ -10,7 +10,7 @@ from ..classify import load_inference_model
 from ..cluster import FULL_LINKAGE_LIMIT, ClusterOptions, cluster_records, write_clusters
 from ..io import ReadOptions, ReadStats, read_barcodes
 from ..model.runtime import resolve_device
-from ..model.weights import check_model_outputs, default_model_name
+from ..model.weights import asks_for_default, check_model_outputs, default_model_name
 from ._common import (INPUT_FIX, REFERENCE_FIX, Context, check_paths, device_options,
                       handle_errors, inference_model_option, log, log_model, open_reference_index, output,
                       read_options, reference_format_option, requested_compute, write_json)
@@ -48,7 +48,7 @@ def cluster_command(obj: Context, input_path: str, output_path: str, reference: 
     options = ClusterOptions(**settings)
     check_paths(inputs=[(input_path, INPUT_FIX), (reference, REFERENCE_FIX)],
                 outputs=[(output_path, "--output"), (metrics_path, "--metrics")])
-    if options.method == "cosine" and reference is None and model_name in ("", "auto"):
+    if options.method == "cosine" and reference is None and asks_for_default(model_name):
         # clusters of the embeddings alone: the embedding model's space (as `embed`), not the candidate generator
         model_name = default_model_name(resolve_device(device), "embed")
     model, torch_device = load_inference_model(model_name, reference, device=device, threads=threads,

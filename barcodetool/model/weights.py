@@ -353,9 +353,14 @@ def default_model_name(device: str | torch.device = "cpu", task: str = "classify
     return DEFAULT_CPU_MODEL
 
 
+def asks_for_default(name_or_path: str | os.PathLike | None) -> bool:
+    """Whether a model argument leaves the choice to barcodetool (None, "" or "auto": `default_model_name`)."""
+    return name_or_path is None or str(name_or_path) in {"", "auto"}
+
+
 def resolve_model(name_or_path: str | os.PathLike | None, device: str | torch.device = "cpu",
                   task: str = "classify") -> Path:
-    if name_or_path is None or str(name_or_path) in {"", "auto"}:
+    if asks_for_default(name_or_path):
         name_or_path = default_model_name(device, task)
     candidate = Path(name_or_path)
     if candidate.is_dir():
@@ -374,7 +379,7 @@ def locate_model(name_or_path: str | os.PathLike | None, device: str | torch.dev
     """The model folder, and the name the loaded model takes: the registry name for a named model, None for a
     folder given by path (its card's name is used)."""
     path = resolve_model(name_or_path, device, task)
-    is_named = str(name_or_path or "") in {"", "auto"} or not Path(str(name_or_path)).is_dir()
+    is_named = asks_for_default(name_or_path) or not Path(str(name_or_path)).is_dir()
     return path, path.name if is_named else None
 
 

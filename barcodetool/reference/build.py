@@ -18,7 +18,7 @@ import numpy as np
 from ..embedding import embed_sequences
 from ..errors import IndexMismatchError, InputError, UsageError
 from ..io.readers import ReadOptions, ReadStats, read_barcodes
-from ..model.weights import available_models, sha256_file
+from ..model.weights import asks_for_default, available_models, sha256_file
 from ..options import Options
 from ..search import SequenceStore, normalize
 from ..taxonomy import LABELS
@@ -308,7 +308,7 @@ def index_model_name(path: str | os.PathLike) -> str | None:
 
 def resolve_model_for_reference(model_name: str | None, reference: str | os.PathLike | None) -> str | None:
     """With `--model auto` and a prebuilt index made with a known named model, use that model."""
-    if model_name not in (None, "", "auto") or reference is None:
+    if not asks_for_default(model_name) or reference is None:
         return model_name
     name = index_model_name(reference)
     if name and name in available_models():
