@@ -93,6 +93,8 @@ def main() -> None:
     parser.add_argument("--last", type=int, default=len(FEATURE_SETS),
                         help="only the last N feature sets (1: this version's)")
     args = parser.parse_args()
+    if not 1 <= args.last <= len(FEATURE_SETS):
+        parser.error(f"--last must be 1 to {len(FEATURE_SETS)}, got {args.last}")
 
     index = ReferenceIndex.load(args.reference)
     calibration = IdentityCalibration(index)
