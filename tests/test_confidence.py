@@ -19,9 +19,9 @@ from barcodetool.cli import main
 from barcodetool.errors import InputError
 from barcodetool.io.readers import read_barcodes
 from barcodetool.reference import ReferenceIndex, build_reference
-from barcodetool.reference.confidence import (FEATURES, FEATURES_VERSION, MAX_DISTANCE, RANK_FEATURES,
-                                              ConfidenceModel, RankModel, chain, fit_rank, partner_rows,
-                                              query_evidence, rank_evidence)
+from barcodetool.reference.confidence import (FEATURES, FEATURES_VERSION, MAX_BINS, MAX_DISTANCE, RANK_FEATURES,
+                                              ConfidenceModel, RankModel, boosted_trees, chain, fit_rank,
+                                              partner_rows, quantile_bins, query_evidence, rank_evidence)
 from barcodetool.search.sequences import SequenceStore
 
 
@@ -78,6 +78,41 @@ def test_model_json_round_trip_and_refusals():
     broken(lambda v: v["ranks"]["genus"]["feature"][0].__setitem__(0, len(FEATURES)))
     broken(lambda v: v["ranks"]["genus"]["value"][0].__setitem__(1, float("nan")))
     broken(lambda v: v["ranks"]["genus"].pop("threshold"))
+
+
+@pytest.mark.parametrize("distinct", [1, 9, 255, 256, 4000])
+def test_quantile_bins_keep_the_order_of_every_value(distinct):
+    rng = np.random.default_rng(distinct)
+    values = np.sort(rng.random(distinct))[rng.integers(0, distinct, 6000)]
+    weights = rng.random(6000) + 0.1
+    codes, cuts = quantile_bins(values, weights)
+    bins, present = int(codes.max()) + 1, len(np.unique(values))
+    assert bins == present if present <= MAX_BINS else 0.8 * MAX_BINS < bins <= MAX_BINS
+    assert len(cuts) == bins - 1 and (np.diff(cuts) > 0).all()
+    assert (codes == np.round(codes)).all()
+    for j, cut in enumerate(cuts):   # x <= cut exactly for the codes up to j
+        np.testing.assert_array_equal(values <= cut, codes <= j)
+    if distinct > MAX_BINS:          # about equal shares of the weight
+        share = np.bincount(codes.astype(int), weights=weights) / weights.sum()
+        assert share.max() < 3 / MAX_BINS
+
+
+def test_fit_rank_predicts_as_the_trees_fitted_on_the_binned_features():
+    """fit_rank bins the features itself (scikit-learn's weighted binning takes a sort a percentile); its trees,
+    read on the raw features, give what the trees fitted on the bins give."""
+    rng = np.random.default_rng(4)
+    n = 3000
+    features = np.round(rng.random((n, len(FEATURES))), 4)
+    correct = (features[:, 0] < 0.3) & (features[:, 1] > 0.2) | (rng.random(n) < 0.05)
+    weights = rng.random(n) + 0.5
+    model = fit_rank(features, correct, weights)
+    codes = np.stack([quantile_bins(column, weights * n / weights.sum())[0] for column in features.T], axis=1)
+    direct = boosted_trees(n).fit(codes, correct, sample_weight=weights * n / weights.sum())
+    within = features[:, 0] <= model.reach       # beyond the farthest right call: 0 (as tested below)
+    assert within.mean() > 0.99
+    np.testing.assert_allclose(model.probability(features)[within], direct.predict_proba(codes)[within, 1],
+                               atol=1e-6)
+    assert len(np.unique(model.threshold[~model.leaf])) > 20 and (model.threshold[~model.leaf] < 1).all()
 
 
 def test_fit_rank_constant_where_every_call_is_right():

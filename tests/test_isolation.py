@@ -4,6 +4,7 @@ leave-out calibration sees them, and in an index of an older version."""
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import h5py
 import numpy as np
@@ -15,8 +16,8 @@ from barcodetool.cli import main
 from barcodetool.io.readers import read_barcodes
 from barcodetool.reference import ReferenceIndex, build_reference
 from barcodetool.reference.confidence import MAX_DISTANCE, isolation_distances
-from barcodetool.reference.isolation import (ISOLATION_NEIGHBOURS, compute_isolation, isolation_tables,
-                                             left_out_isolation, searched_rows)
+from barcodetool.reference.isolation import (ISOLATION_NEIGHBOURS, ISOLATION_SEARCH, _nearest_other,
+                                             compute_isolation, isolation_tables, left_out_isolation, searched_rows)
 from barcodetool.search import score_candidates
 
 
@@ -37,11 +38,12 @@ def index(tiny, records):
 
 
 def _brute_force_best(layer, rank: str) -> np.ndarray:
-    """Each distinct sequence's best identity score against every sequence of another label (-inf: none)."""
+    """Each distinct sequence's best identity score against every sequence of another label (-inf: none); a
+    sequence without a label at the rank is nobody's other label."""
     codes = layer.codes[rank]
     n = len(layer)
     candidates = np.tile(np.arange(n), (n, 1))
-    candidates = np.where(codes[candidates] != codes[:, None], candidates, -1)
+    candidates = np.where((codes[candidates] != codes[:, None]) & (codes[candidates] >= 0), candidates, -1)
     score = score_candidates(layer.store, layer.store, candidates)[0]
     return np.where(candidates >= 0, score, -np.inf).max(axis=1)
 
@@ -69,6 +71,35 @@ def test_tables_hold_the_nearest_references_of_another_label(index):
     distances = isolation_distances(tables, np.array([0, -1]))
     assert distances[0].tolist() == pytest.approx([1 - tables["species"][1][0, 0], 1 - tables["genus"][1][0, 0]])
     assert distances[1].tolist() == [MAX_DISTANCE, MAX_DISTANCE]
+
+
+def test_a_reference_without_a_label_is_not_another_label(tiny, records):
+    """The species most often the nearest other species, its name removed (as an odd record's, or a source's
+    empty rank): its sequences are no longer anybody's nearest other species, and the sequences whose k-mer
+    candidates were all of it search deeper and find the nearest labelled one."""
+    full = build_reference(records, tiny[1], calibrate=False)
+    species = full.identity.codes["species"]
+    nearest = species[compute_isolation(full)["species"][0][:, 0]]
+    name = full.label_names["species"][int(np.bincount(nearest[nearest >= 0]).argmax())]
+    unnamed = [replace(r, taxonomy={k: v for k, v in r.taxonomy.items() if k != "species"})
+               if r.taxonomy.get("species") == name else r for r in records]
+    index = build_reference(unnamed, tiny[1], calibrate=False)
+    layer = index.identity
+    codes = layer.codes["species"]
+    assert (codes < 0).sum() >= 3
+    rows, scores = compute_isolation(index)["species"]
+    found = rows >= 0
+    assert (codes[rows[found]] >= 0).all()
+    assert found[:, 0].all()
+    truth = _brute_force_best(layer, "species")
+    assert (scores[:, 0] <= truth + 1e-6).all()
+    near = truth >= 0.9
+    assert np.mean(np.isclose(scores[near, 0], truth[near], atol=1e-6)) >= 0.9
+    # the deeper search: sequences whose ISOLATION_SEARCH nearest of another label are all unnamed ones
+    first = _nearest_other(layer.kmer, layer.store, codes, codes, ISOLATION_SEARCH)
+    deeper = np.flatnonzero((codes >= 0) & ((first < 0) | (codes[np.maximum(first, 0)] < 0)).all(axis=1))
+    assert len(deeper) and found[deeper, 0].all()
+    np.testing.assert_allclose(scores[deeper, 0], truth[deeper], atol=1e-6)
 
 
 def test_left_out_isolation_is_that_of_the_reference_without_the_left_out_species(index, tiny, records):

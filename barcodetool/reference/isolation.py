@@ -4,9 +4,10 @@ A hit list shows the neighbourhood of the query only: for 93% of known-species q
 reference every candidate carries one species, so the list cannot say whether that species is 0.5% or 10% from the
 next one. The reference can. For every distinct reference sequence and each ISOLATION_RANKS rank, `isolation_tables`
 keeps the ISOLATION_NEIGHBOURS nearest references of another label at that rank (k-mer candidates excluding the
-sequence's own label, scored by identity), and the confidence model reads the reported hit's distance to the
-nearest of them (`confidence.isolation_distances`): a query 1% from a hit whose species lies 8% from every other
-species is inside a barcode gap; the same query beside a species 0.6% from its sister is not.
+sequence's own label and references without a label at the rank, scored by identity), and the confidence model
+reads the reported hit's distance to the nearest of them (`confidence.isolation_distances`): a query 1% from a hit
+whose species lies 8% from every other species is inside a barcode gap; the same query beside a species 0.6% from
+its sister is not.
 
 The calibration's leave-out queries must see the tables a reference without the left-out sequence, species or genus
 would have (`left_out_isolation`): the nearest other species of a hit is very often the left-out one (the query
@@ -56,6 +57,34 @@ def _nearest_other(kmer, queries: SequenceStore, query_codes: np.ndarray, codes:
     _, found = kmer.search(queries, depth, max_df=cap, stride=KMER_QUERY_STRIDE, exclude=(query_codes, codes),
                            fallback=(fallback_cap, KMER_FALLBACK_BELOW) if fallback_cap > cap else None)
     return found.astype(np.int64)
+
+
+def _first_kept(found: np.ndarray, keep: np.ndarray, n: int) -> np.ndarray:
+    """int64 [Q, n]: the first `n` candidates of `found` [Q, N] (in its order) where `keep`, then -1."""
+    order = np.argsort(~keep, axis=1, kind="stable")[:, :n]
+    return np.where(np.take_along_axis(keep, order, axis=1), np.take_along_axis(found, order, axis=1), -1)
+
+
+def _labelled(found: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """bool [Q, N]: candidates (-1 = none) that carry a label in `codes` (-1 = none)."""
+    return (found >= 0) & (codes[np.maximum(found, 0)] >= 0)
+
+
+def _labelled_others(kmer, queries: SequenceStore, query_codes: np.ndarray, codes: np.ndarray, depth: int
+                     ) -> np.ndarray:
+    """int64 [Q, depth]: `_nearest_other`'s candidates that carry another label: a reference without a label at
+    the rank (an odd record read as unlabelled, or a rank its source left empty) is not "another species" (an
+    unnamed record 0.3% from a species is most likely of it). Queries left with fewer than ISOLATION_NEIGHBOURS
+    labelled candidates are searched again LEAVE_OUT_DEPTH deep and keep the first `depth` labelled ones."""
+    found = _nearest_other(kmer, queries, query_codes, codes, depth)
+    labelled = _labelled(found, codes)
+    out = np.where(labelled, found, -1)
+    dropped = (found >= 0) & ~labelled
+    again = np.flatnonzero(dropped.any(axis=1) & (labelled.sum(axis=1) < ISOLATION_NEIGHBOURS))
+    if len(again):
+        deeper = _nearest_other(kmer, queries.subset(again), query_codes[again], codes, LEAVE_OUT_DEPTH)
+        out[again] = _first_kept(deeper, _labelled(deeper, codes), depth)
+    return out
 
 
 def _best_scored(queries: SequenceStore, store: SequenceStore, candidates: np.ndarray, keep: int
@@ -140,8 +169,8 @@ def compute_isolation(index: ReferenceIndex, *, block: int = 2048, limit: int = 
 
         def search(part: np.ndarray, codes=codes) -> tuple[np.ndarray, np.ndarray]:
             queries = store.subset(part)
-            return _best_scored(queries, store, _nearest_other(kmer, queries, codes[part], codes,
-                                                                ISOLATION_SEARCH), ISOLATION_NEIGHBOURS)
+            return _best_scored(queries, store, _labelled_others(kmer, queries, codes[part], codes,
+                                                                  ISOLATION_SEARCH), ISOLATION_NEIGHBOURS)
 
         parts = [searched[start:start + block] for start in range(0, len(searched), block)]
         # the k-mer search and the scoring run mostly outside the GIL: threads share the index, processes could not
@@ -183,9 +212,7 @@ def left_out_isolation(index: ReferenceIndex, tables: Tables, hit: np.ndarray, q
             codes = layer.codes[rank]
             searched = layer.store.subset(hit[again])
             found = _nearest_other(layer.kmer, searched, codes[hit[again]], codes, LEAVE_OUT_DEPTH)
-            keep = kept(found, queries[again])
-            order = np.argsort(~keep, axis=1, kind="stable")[:, :ISOLATION_SEARCH]   # first kept, in k-mer order
-            found = np.where(np.take_along_axis(keep, order, axis=1), np.take_along_axis(found, order, axis=1), -1)
+            found = _first_kept(found, kept(found, queries[again]) & _labelled(found, codes), ISOLATION_SEARCH)
             best[again] = _best_scored(searched, layer.store, found, 1)[1][:, 0]
         out[:, column] = np.where(has, score_distance(best), MAX_DISTANCE)
     return out
