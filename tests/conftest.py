@@ -12,12 +12,19 @@ import pytest
 import torch
 
 from barcodetool.model.mae import BarcodeMAE, preset
+from barcodetool.model.runtime import available_cores
 from barcodetool.model.tokenizer import TokenizerConfig
 from barcodetool.model.weights import load_model_folder, save_model
 
 # The test machine has few cores shared with other jobs: one intra-op thread keeps timings stable and makes
 # CPU results reproducible bit for bit between runs (and between this process and the subprocesses below).
 torch.set_num_threads(1)
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """Workers for `-n auto` (pyproject's addopts): one a core this process may run on (not the host's count,
+    which a container can exceed), at most 4: each holds PyTorch and its own session fixtures."""
+    return max(1, min(4, available_cores()))
 
 
 @pytest.fixture(scope="session")
