@@ -355,3 +355,40 @@ def test_training_logs_progress_without_a_terminal_and_resumes_with_its_own_budg
 def test_threads_are_left_as_they_were():
     # the watchdog thread of every guard above is gone
     assert not [t for t in threading.enumerate() if t.name == "barcodetool-signal-watchdog" and t.is_alive()]
+
+
+def test_a_signal_while_a_log_line_is_written_ends_the_command(monkeypatch):
+    """Interrupted raised by the signal handler inside the log handler's write (the CI run that found it: a
+    SIGTERM during `cluster`'s "read N records" line) propagates; logging would print it as a "Logging error" with
+    a traceback and go on."""
+    import logging
+    import sys
+
+    from barcodetool.cli import _StderrHandler
+    from barcodetool.errors import Interrupted
+
+    class SignalledStream:       # the signal arrives during the first write only
+        written: list[str] = []
+
+        def write(self, text):
+            if not self.written:
+                self.written.append("")
+                raise Interrupted(15)
+            self.written.append(text)
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(sys, "stderr", SignalledStream())
+    handler = _StderrHandler()
+    record = logging.LogRecord("barcodetool", logging.INFO, __file__, 1, "read 3,000 records", None, None)
+    with pytest.raises(Interrupted):
+        handler.emit(record)
+
+    class BrokenStream(SignalledStream):
+        def write(self, text):
+            raise ValueError("an ordinary write error")
+
+    monkeypatch.setattr(sys, "stderr", BrokenStream())
+    monkeypatch.setattr(logging, "raiseExceptions", False)
+    handler.emit(record)          # other errors are still logging's to report

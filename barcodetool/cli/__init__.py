@@ -23,6 +23,7 @@ import sys
 import click
 
 from .._version import __version__
+from ..errors import Interrupted
 from ..io.interrupts import install_early_handlers, interruption_message, launched_as_program, reported
 from ._common import Context
 
@@ -172,6 +173,13 @@ class _StderrHandler(logging.StreamHandler):
             return
         with tqdm_module.tqdm.external_write_mode(file=sys.stderr):
             super().emit(record)
+
+    def handleError(self, record):
+        # a signal whose handler raises Interrupted while a message is being written must end the command, not be
+        # printed as a logging error with a traceback and swallowed (logging.Handler.emit catches every Exception)
+        if isinstance(sys.exc_info()[1], Interrupted):
+            raise
+        super().handleError(record)
 
 
 if __name__ == "__main__":  # pragma: no cover
