@@ -41,9 +41,9 @@ from .model.weights import PretrainedModel, asks_for_default, load_model, locate
 from .options import Options
 from .reference import IdentityHits, identity_hits, nearest_bins  # noqa: F401 (part of this module's API)
 from .reference import (DEFAULT_K, IDENTITY_CANDIDATES_EMBEDDING, IDENTITY_CANDIDATES_KMER, IDENTITY_EMBED_BELOW,
-                        NO_WIDENING, ReferenceIndex, ScoredCandidates, Thresholds, embedding_needed, gate,
-                        index_model_name, kmer_fallback, kmer_hits, resolve_model_for_reference, thresholds_for, vote,
-                        widen_parts, widen_setting)
+                        MIN_NAMED_COLUMNS, NO_WIDENING, ReferenceIndex, ScoredCandidates, Thresholds, embedding_needed,
+                        gate, index_model_name, kmer_fallback, kmer_hits, resolve_model_for_reference, thresholds_for,
+                        vote, widen_parts, widen_setting)
 from .search import knn_search, normalize, sequence_groups
 from .taxonomy import RANKS, SINTAX_LETTERS
 
@@ -311,6 +311,18 @@ def _labelled_assignments(ids: Sequence[str], labels: dict[str, np.ndarray], sha
         yield a
 
 
+def _say_unnamed_ranks(index: ReferenceIndex, thresholds: Thresholds) -> None:
+    """Warn of the ranks the index labels but the identity rule can never name: a reference of a few dozen
+    distinct sequences gives too few labelled leave-out queries at a rank to fit its confidence (MIN_EXAMPLES)."""
+    labelled = [rank for rank in RANKS if rank in index.codes and (index.codes[rank] >= 0).any()]
+    never = [rank for rank in labelled if not math.isfinite(thresholds.ranks.get(rank, math.nan))]
+    if never:
+        what = "no rank" if never == labelled else "no " + "/".join(never)
+        log.warning(f"the reference names {what}: too few labelled leave-out queries to calibrate a confidence "
+                    f"({len(index.identity):,} distinct sequences; `barcodetool reference info` shows the "
+                    "calibration); use a larger reference, or `--method knn`, whose thresholds need fewer")
+
+
 def classify_identity(sequences, vectors: np.ndarray | None, ids: Sequence[str], index: ReferenceIndex,
                       thresholds: Thresholds, *, candidates: tuple[int, int] = (IDENTITY_CANDIDATES_EMBEDDING,
                                                                                  IDENTITY_CANDIDATES_KMER),
@@ -463,6 +475,7 @@ class _Pipeline:
             self.thresholds = thresholds_for(
                 index, "identity", precision=options.precision, min_confidence=options.min_confidence,
                 candidates=options.candidates, embed_below=options.embed_below, widen=options.widen)
+            _say_unnamed_ranks(index, self.thresholds)
         else:
             self.thresholds = thresholds_for(index, "knn", precision=options.precision, k=neighbours,
                                              min_confidence=options.min_confidence)
@@ -479,6 +492,7 @@ class _Pipeline:
         self.workers: ThreadPoolExecutor | None = None
         self.distinct = 0   # distinct queries seen
         self.embedded = 0   # distinct queries embedded
+        self.too_short = 0  # queries (records) whose nearest reference aligns over under MIN_NAMED_COLUMNS columns
 
     def run(self, records: Iterable, progress) -> Iterator[Assignment]:
         """Assignments in input order; the worker threads are gone when this ends (or is closed)."""
@@ -510,6 +524,10 @@ class _Pipeline:
             if self.two_pass:
                 log.info(f"embedding candidates for {self.embedded:,} of {self.distinct:,} distinct queries (best "
                          f"k-mer candidate below {self.thresholds.embed_below:g})")
+            if self.too_short:
+                log.warning(f"{self.too_short:,} queries align with their nearest reference over fewer than "
+                            f"{MIN_NAMED_COLUMNS} columns: too short to name a rank or a BIN (fragments match "
+                            "references of other orders by chance); their nearest reference is reported")
         finally:
             self.workers.shutdown(wait=True, cancel_futures=True)
 
@@ -574,6 +592,7 @@ class _Pipeline:
         assignments = [a for part in chunk.decisions for a in part.result()]
         for record, group in zip(chunk.records, chunk.groups.tolist()):
             template = assignments[group]
+            self.too_short += template.overlap is not None and template.overlap < MIN_NAMED_COLUMNS
             yield Assignment(id=record.id, labels=template.labels, confidence=template.confidence,
                              candidates=template.candidates, rank=template.rank,
                              nearest_id=template.nearest_id, similarity=template.similarity, bin=template.bin,

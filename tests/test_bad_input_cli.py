@@ -237,6 +237,14 @@ def test_a_file_that_is_not_an_index(model_dir, tmp_path, out_dir):
     assert_nothing_written(out_dir)
 
 
+
+def test_a_folder_given_as_an_index_is_one_line(tmp_path):
+    """HDF5's own message holds a line break (after its time stamp): the error stays one line."""
+    folder = tmp_path / "folder.h5"
+    folder.mkdir()
+    assert_one_error_line(invoke(["-q", "reference", "info", str(folder)]), names=[str(folder)],
+                          words=["cannot open as HDF5", "reference build"])
+
 # ============================================================================================ weights
 def broken_model(model_dir: Path, folder: Path, how: str) -> Path:
     shutil.copytree(model_dir, folder)

@@ -17,7 +17,7 @@ from barcodetool.errors import IndexMismatchError, UsageError
 from barcodetool.io.readers import BarcodeRecord, parse_sintax_taxonomy, read_barcodes
 from barcodetool.reference import ReferenceIndex, build_reference, calibrate_thresholds
 from barcodetool.taxonomy import OPTIONAL_RANKS, RANKS
-from helpers_models import SAMPLE, load_tiny, make_tiny_model, restore_torch_threads  # noqa: F401
+from helpers_models import SAMPLE, SINTAX_REFERENCE, load_tiny, make_tiny_model, restore_torch_threads  # noqa: F401
 from helpers_sequences import lineage, synthetic_records
 
 
@@ -504,3 +504,41 @@ def test_blas_threads_held_while_workers_search_and_restored_after():
     assert blas_threads() == before
     with _blas_threads(None):
         assert blas_threads() == before
+
+
+def test_cli_classify_names_nothing_from_a_fragment_too_short_to_place(tmp_path, tiny, index_path, records):
+    """A 30-base fragment matches references of other orders at 96-100% by chance: it keeps its row and its nearest
+    reference, but no rank and no BIN is named, and the log says how many; a 150-base one is still named."""
+    queries = [r for r in records if r.split == "test" and len(r.sequence) >= 600][:6]
+    fasta = tmp_path / "fragments.fasta"
+    with open(fasta, "w") as handle:
+        for r in queries:
+            handle.write(f">{r.id}_full\n{r.sequence}\n>{r.id}_30\n{r.sequence[300:330]}\n"
+                         f">{r.id}_150\n{r.sequence[200:350]}\n")
+    out = tmp_path / "out.tsv"
+    result = CliRunner().invoke(main, ["classify", str(fasta), "-r", str(index_path), "-o", str(out),
+                                       "--model", str(tiny[0])])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(open(out), delimiter="\t"))
+    assert [row["id"] for row in rows] == [f"{r.id}_{part}" for r in queries for part in ("full", "30", "150")]
+    short = [row for row in rows if row["id"].endswith("_30")]
+    assert all(row["nearest_id"] and int(row["identity_overlap"]) < 100 for row in short)
+    assert all(row["rank"] == "" and row["bin"] == "" and not any(row[rank] for rank in RANKS) for row in short)
+    assert f"{len(short)} queries align with their nearest reference over fewer than 100 columns" in result.output
+    named = [row for row in rows if not row["id"].endswith("_30")]
+    assert sum(bool(row["order"]) for row in named) >= len(named) - 1
+
+
+def test_cli_classify_says_why_a_reference_too_small_names_nothing(tmp_path, tiny):
+    """Ten records (two species): too few leave-out queries to fit a confidence at any rank, so nothing is named,
+    not even the references themselves; the log says why and what to do instead (once, not per chunk)."""
+    small = tmp_path / "small.fasta"
+    small.write_text("".join(SINTAX_REFERENCE.read_text().splitlines(keepends=True)[:20]))
+    out = tmp_path / "out.tsv"
+    result = CliRunner().invoke(main, ["classify", str(small), "-r", str(small), "-o", str(out),
+                                       "--model", str(tiny[0]), "--chunk-size", "3"])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(open(out), delimiter="\t"))
+    assert len(rows) == 10 and all(row["rank"] == "" and float(row["similarity"]) == 1.0 for row in rows)
+    assert result.output.count("the reference names no rank: too few labelled leave-out queries") == 1
+    assert "--method knn" in result.output

@@ -412,6 +412,22 @@ def test_cli_cluster(tmp_path, tiny):
     assert identity_k.exit_code == 2 and "--method cosine" in identity_k.output
 
 
+
+@pytest.mark.parametrize("cut", [["--threshold", "0.1"], ["--n-clusters", "3"]])
+def test_cli_cosine_clusters_of_one_distinct_barcode(tmp_path, tiny, cut):
+    """One distinct sequence (twice, as a lab's replicate reads are) is one cluster; scipy's linkage refuses the
+    empty distance matrix, which reached the user as a traceback."""
+    fasta, out = tmp_path / "same.fasta", tmp_path / "c.tsv"
+    barcode = "AACATTATATTTTATTTTTGGAATTTGAGCAGGAATACTCGGAACATCTTTAAGATTACTAATTCGTGCTGAATTGGGAAATCC"
+    fasta.write_text(f">a\n{barcode}\n>b\n{barcode}\n")
+    result = CliRunner().invoke(main, ["cluster", str(fasta), "-o", str(out), "--method", "cosine",
+                                       "--model", str(tiny[0]), *cut])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(open(out), delimiter="\t"))
+    assert [row["id"] for row in rows] == ["a", "b"] and rows[0]["cluster"] == rows[1]["cluster"] != ""
+    assert cluster(np.ones((1, 4)), threshold=0.1).tolist() == [0]
+    assert cluster(np.ones((1, 4)), n_clusters=2).tolist() == [0]
+
 def test_cli_cosine_clusters_without_a_reference_use_the_embedding_model(tmp_path):
     """--method cosine with --model auto and no reference clusters in the space of `embed`'s model
     (barcodemae-nano-identity on a CPU) at its card's calibrated cut; the identity method keeps nano; a model

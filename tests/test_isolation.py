@@ -157,6 +157,18 @@ def test_tables_round_trip_and_an_older_index_computes_them(tiny, records, tmp_p
     assert len(out.read_text().splitlines()) == 21
 
 
+
+def test_an_index_without_species_or_genus_labels_is_no_older_version(tiny, records, tmp_path, caplog):
+    """Its tables are empty (no label to be isolated from), so none is stored; read back, it computes the same
+    nothing without calling itself an index of an older version on every use."""
+    unlabelled = [replace(r, taxonomy={rank: name for rank, name in r.taxonomy.items()
+                                       if rank not in ("genus", "species")}) for r in records[:60]]
+    path = build_reference(unlabelled, tiny[1], source="sample").save(tmp_path / "ref.h5")
+    loaded = ReferenceIndex.load(path)
+    with caplog.at_level(logging.WARNING):
+        assert isolation_tables(loaded) == {}
+    assert "holds no isolation tables" not in caplog.text
+
 def test_a_large_reference_searches_a_sample_and_rows_take_a_siblings_entries(index):
     layer = index.identity
     full = compute_isolation(index)

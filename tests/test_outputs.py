@@ -176,6 +176,16 @@ def test_dev_full_is_one_line(runner, model_dir, index_path):
     assert stat.S_ISCHR(os.stat("/dev/full").st_mode)
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full")
+def test_clusters_are_not_left_where_their_metrics_cannot_be_written(runner, model_dir, tmp_path):
+    """The two outputs of `cluster` succeed or fail together: metrics that cannot be written leave no clusters
+    file (a pipeline that checks only for it would go on with a run that failed)."""
+    clusters = tmp_path / "clusters.tsv"
+    result = invoke(runner, "cluster", FASTA, "-m", model_dir, *CPU, "-o", str(clusters), "--metrics", "/dev/full")
+    assert result.exit_code == 1 and "no space left" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 # ============================================================================================ standard output
 def test_dash_means_standard_output(runner, model_dir, index_path, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -72,6 +72,11 @@ class Context:
         log.info(stats.summary())
 
 
+def one_line(error: BaseException) -> str:
+    """The error's message on one line: texts from libraries (HDF5's, for one) may hold line breaks."""
+    return " ".join(str(error).split())
+
+
 def handle_errors(function):
     """Run a command under a SignalGuard: BarcodeToolError -> one line + its exit status; interrupts -> 130/143;
     outputs in progress are removed on every error; a reader of standard output that goes away (`| head`) ends
@@ -100,7 +105,7 @@ def handle_errors(function):
             remove_pending()
             if state.debug:  # the traceback, then the same line and exit status as without --debug
                 traceback.print_exc(file=sys.stderr)
-            click.echo(f"barcodetool: error: {error}", err=True)
+            click.echo(f"barcodetool: error: {one_line(error)}", err=True)
             ctx.exit(error.exit_code)
         except (OSError, MemoryError) as error:
             guard.caught = True
@@ -111,7 +116,7 @@ def handle_errors(function):
             remove_pending()
             if state.debug:
                 raise
-            click.echo(f"barcodetool: error: {error.__class__.__name__}: {error}", err=True)
+            click.echo(f"barcodetool: error: {error.__class__.__name__}: {one_line(error)}", err=True)
             ctx.exit(1)
         finally:
             guard.restore()

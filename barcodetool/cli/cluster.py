@@ -66,18 +66,18 @@ def cluster_command(obj: Context, input_path: str, output_path: str, reference: 
     _log_clustering(result, options, len(records))
     with output(output_path) as handle:
         write_clusters(result, handle)
+        if metrics_path:   # inside: where the metrics cannot be written, the clusters are not left either
+            write_json(metrics_path, {"method": options.method, "threshold": result.threshold,
+                                      "bridged_cut": None if result.cut is None else dataclasses.asdict(result.cut),
+                                      "n_clusters": result.n_clusters, "barcodes": len(records),
+                                      "distinct_sequences": result.distinct_sequences,
+                                      "metrics": result.metrics, "model": model.fingerprint})
     if result.reference_bin is not None:
         matched = {c for c, b in zip(result.clusters.tolist(), result.reference_bin) if b != "new"}
         log.info(f"{len(matched):,} clusters matched to reference BINs, {result.n_clusters - len(matched):,} new")
     for name, m in result.metrics.items():
         log.info(f"against the input's {name} labels ({m['n']:,} barcodes, {m['true_groups']:,} groups): "
                  f"AMI {m['ami']:.4f}, ARI {m['ari']:.4f}, match ratio {m['match_ratio']:.4f}")
-    if metrics_path:
-        write_json(metrics_path, {"method": options.method, "threshold": result.threshold,
-                                  "bridged_cut": None if result.cut is None else dataclasses.asdict(result.cut),
-                                  "n_clusters": result.n_clusters, "barcodes": len(records),
-                                  "distinct_sequences": result.distinct_sequences,
-                                  "metrics": result.metrics, "model": model.fingerprint})
 
 
 def _log_clustering(result, options: ClusterOptions, barcodes: int) -> None:

@@ -18,8 +18,8 @@ from .candidates import (IdentityHits, ScoredCandidates, embedding_needed, ident
                          merge_ranked, nearest_bins, search_candidates)
 from .decide import (DEFAULT_K, DEFAULT_MIN_CONFIDENCE, DEFAULT_PRECISION, IDENTITY_CANDIDATES_EMBEDDING,
                      IDENTITY_CANDIDATES_KMER, IDENTITY_CANDIDATES_WIDE, IDENTITY_EMBED_BELOW, IDENTITY_WIDEN_BELOW,
-                     IDENTITY_WIDEN_SCORED, NO_WIDENING, IdentityThresholds, KnnThresholds, Thresholds, Votes, gate,
-                     identity_decide, vote, widen_parts, widen_setting)
+                     IDENTITY_WIDEN_SCORED, MIN_NAMED_COLUMNS, NO_WIDENING, IdentityThresholds, KnnThresholds,
+                     Thresholds, Votes, gate, identity_decide, vote, widen_parts, widen_setting)
 from .index import (REFERENCE_FORMAT, REFERENCE_FORMAT_VERSION, IdentityLayer, ReferenceIndex, is_reference_file,
                     representative_records)
 from .update import RECALIBRATE_SHARE, add_records, merge_indexes
@@ -34,7 +34,7 @@ __all__ = [
     "merge_ranked", "nearest_bins", "search_candidates",
     "DEFAULT_K", "DEFAULT_MIN_CONFIDENCE", "DEFAULT_PRECISION", "IDENTITY_CANDIDATES_EMBEDDING",
     "IDENTITY_CANDIDATES_KMER", "IDENTITY_CANDIDATES_WIDE", "IDENTITY_EMBED_BELOW", "IDENTITY_WIDEN_BELOW",
-    "IDENTITY_WIDEN_SCORED", "IdentityThresholds", "KnnThresholds", "Thresholds",
+    "IDENTITY_WIDEN_SCORED", "MIN_NAMED_COLUMNS", "IdentityThresholds", "KnnThresholds", "Thresholds",
     "NO_WIDENING", "Votes", "gate", "identity_decide", "vote", "widen_parts", "widen_setting",
     "REFERENCE_FORMAT", "REFERENCE_FORMAT_VERSION", "IdentityLayer", "ReferenceIndex", "is_reference_file",
     "representative_records",

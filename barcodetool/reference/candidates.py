@@ -21,7 +21,7 @@ from ..errors import UsageError
 from ..search import (KMER_FALLBACK_BELOW, KMER_FALLBACK_DF, KMER_MAX_DF, KMER_QUERY_STRIDE, as_store, candidate_union,
                       knn_search, normalize, rank_scored, score_candidates, shared_kmer_counts)
 from .decide import (IDENTITY_CANDIDATES_EMBEDDING, IDENTITY_CANDIDATES_KMER, IdentityThresholds, Votes,
-                     identity_decide, widen_parts)
+                     aligned_enough, identity_decide, widen_parts)
 from .isolation import isolation_tables
 
 if TYPE_CHECKING:   # the index is passed in; this module never needs its class at run time
@@ -308,7 +308,7 @@ def identity_hits(queries, vectors: np.ndarray | None, index: ReferenceIndex, th
         first = np.argmax(labels >= 0, axis=1)           # the best-scoring BIN-labelled candidate ...
         use = np.where(labels[rows, chosen] >= 0, chosen, first)   # ... unless the reported hit has a BIN
         label = labels[rows, use]
-        ok = (label >= 0) & (score[rows, use] >= thresholds.bin)
+        ok = (label >= 0) & (score[rows, use] >= thresholds.bin) & aligned_enough(overlap, use)
         names = index.label_names["bin"]
         bins = [names[c] if good else "" for c, good in zip(label.tolist(), ok.tolist())]
     return IdentityHits(idx=idx, score=score, identity=identity, overlap=overlap, votes=votes, chosen=chosen,

@@ -106,7 +106,7 @@ def isolation_tables(index: ReferenceIndex) -> Tables:
     if index.identity_isolation is None:
         started = time.perf_counter()
         index.identity_isolation = compute_isolation(index)
-        if index.path is not None:
+        if index.path is not None and index.identity_isolation:   # (none to store: no species or genus labels)
             log.warning(f"{index.path} holds no isolation tables (an index of an older version): computed them in "
                         f"{time.perf_counter() - started:.0f} s; `barcodetool reference build` stores them")
     return index.identity_isolation
