@@ -16,6 +16,7 @@ layout. Importing it does not import PyTorch: that happens when a model is loade
 from . import _startup  # noqa: F401  isort: skip
 
 import importlib
+import logging
 import re
 
 from ._version import __version__
@@ -27,6 +28,11 @@ from .model.onnx import OnnxModel
 from .model.runtime import resolve_device
 from .model.tokenizer import KmerTokenizer, TokenizerConfig
 from .model.weights import PretrainedModel, available_models, load_model
+
+# The library's progress and warnings go to the "barcodetool" logger: silent in a program that configures no
+# logging (Python's last-resort handler printed its warnings to stderr), shown by logging.basicConfig(...) or the
+# program's own handlers; the command line attaches its own.
+logging.getLogger("barcodetool").addHandler(logging.NullHandler())
 
 
 def __getattr__(name: str):

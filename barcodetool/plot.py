@@ -501,6 +501,9 @@ def plot_benchmark(json_path: str | os.PathLike, out_png: str | os.PathLike, *, 
     except json.JSONDecodeError as error:
         raise InputError(f"not valid JSON ({error})", path=str(json_path),
                          fix="give the file written by `barcodetool benchmark --json`") from None
+    if not isinstance(data, dict):
+        raise InputError(f"the JSON holds a {type(data).__name__}, not an object", path=str(json_path),
+                         fix="give the file written by `barcodetool benchmark --json`")
     groups = benchmark_groups(data)
     if not groups:
         raise InputError("no accuracy or AMI figures to plot", path=str(json_path),

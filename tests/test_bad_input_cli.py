@@ -222,7 +222,9 @@ def test_index_built_with_another_model(other_model_dir, index_path, out_dir):
     for command in (["classify", str(BAD / "crlf.fasta"), "-o", str(out_dir / "out.tsv")],
                     ["cluster", str(BAD / "crlf.fasta"), "-o", str(out_dir / "out.tsv")]):
         result = invoke(["-q", *command, "-r", str(index_path), "-m", str(other_model_dir), *CPU])
-        assert_one_error_line(result, names=[str(index_path)], words=["tiny-bad", "tiny-other", "rebuild"])
+        # tiny-bad is a folder, not a registry name: `--model tiny-bad` would be refused as unknown
+        assert_one_error_line(result, names=[str(index_path)], words=["tiny-bad", "tiny-other", "rebuild",
+                                                                       "--model with the folder of model 'tiny-bad'"])
         assert_nothing_written(out_dir)
 
 

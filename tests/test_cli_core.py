@@ -118,6 +118,21 @@ def test_models_lists_a_model(runner, registry):
     assert rows["my-mapped"] == ["2x32->48", str(registry / "my-mapped")]   # its embedding width after the arrow
 
 
+
+def test_models_list_bundled_first_and_survive_a_damaged_user_model(runner, registry):
+    """A folder whose card this version cannot read is listed as unreadable, and the rest still are (one bad
+    folder made the whole listing fail); bundled models come first, as the help says."""
+    shutil.copytree(registry / "my-tiny", registry.parent / "bundled" / "barcodemae-nano")
+    (registry / "newer").mkdir()
+    (registry / "newer" / "barcodetool.json").write_text('{"format": "barcodetool-model", "format_version": 99}')
+    result = runner.invoke(main, ["models"])
+    assert result.exit_code == 0, result.output
+    names = [line.split("\t")[0] for line in result.stdout.splitlines()]
+    assert "barcodemae-nano" in names and "my-tiny" in names
+    assert names.index("barcodemae-nano") < names.index("my-tiny")
+    line = next(line for line in result.stdout.splitlines() if line.startswith("newer\t"))
+    assert "unreadable" in line and "newer than this barcodetool reads" in line
+
 def test_models_say_what_auto_picks_them_for():
     result = CliRunner().invoke(main, ["models"])
     assert result.exit_code == 0, result.output

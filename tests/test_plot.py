@@ -243,4 +243,8 @@ def test_benchmark_chart_errors(tmp_path):
         plot_benchmark(empty, tmp_path / "x.png")
     with pytest.raises(InputError, match="file not found"):
         plot_benchmark(tmp_path / "missing.json", tmp_path / "x.png")
+    listed = tmp_path / "list.json"
+    listed.write_text("[1, 2]", encoding="utf-8")
+    with pytest.raises(InputError, match="list.json.*holds a list, not an object"):    # the file is named
+        plot_benchmark(listed, tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()

@@ -392,3 +392,15 @@ def test_a_signal_while_a_log_line_is_written_ends_the_command(monkeypatch):
     monkeypatch.setattr(sys, "stderr", BrokenStream())
     monkeypatch.setattr(logging, "raiseExceptions", False)
     handler.emit(record)          # other errors are still logging's to report
+
+
+def test_the_library_prints_no_log_line_unless_the_program_configures_logging():
+    """A warning of the library (a plot's unmatched ids, queries too short to place) reached a Python user's stderr
+    through logging's last-resort handler: library code never prints."""
+    code = ("import logging, barcodetool\n"
+            "logging.getLogger('barcodetool.plot').warning('unmatched ids')\n"
+            "logging.basicConfig(level=logging.INFO)\n"
+            "logging.getLogger('barcodetool').info('shown once configured')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "unmatched ids" not in done.stderr and "shown once configured" in done.stderr

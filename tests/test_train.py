@@ -4,6 +4,7 @@ kill -9 and an interruption while a checkpoint is written), checkpoint integrity
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -109,7 +110,22 @@ def test_train_config_is_checked_when_built():
     with pytest.raises(UsageError, match="max_steps"):
         TrainConfig(max_steps=0)   # 0 would have fallen back to --epochs
     assert TrainConfig.from_dict(SHORT.to_dict() | {"setting_of_a_newer_version": 1}) == SHORT
+    # the command line's choices hold for the library too (these failed only inside pretrain(), or never)
+    for setting, value, rule in (("preset", "huge", "one of"), ("device", "tpu", "auto, cpu, cuda or cuda:N"),
+                                 ("lr", math.inf, "a finite number"), ("mask_ratio", math.nan, "a finite number")):
+        with pytest.raises(UsageError, match=f"{setting} must be {rule}"):
+            replace(SHORT, **{setting: value})
+    assert replace(SHORT, grad_clip=0.0, device="cuda:1").grad_clip == 0.0     # 0: no clipping, as documented
 
+
+
+def test_an_empty_corpus_says_where_its_records_went():
+    """--include-splits that matches nothing was reported as "all empty or shorter than k", naming no file."""
+    with pytest.raises(UsageError, match=r"in bioscan_sample\.csv: 0 records; \d+ rows left out whose split is not "
+                                         r"nosuch \(--include-splits\)"):
+        read_corpus([BIOSCAN], KmerTokenizer(), include_splits=["nosuch"])
+    with pytest.raises(UsageError, match=r"2 records, 2 of them shorter than k \(6\)"):
+        build_corpus([BarcodeRecord("a", "ACG", {}), BarcodeRecord("b", "ACGTA", {})], KmerTokenizer())
 
 # ============================================================================================ pretraining
 def test_pretrain_loss_falls_and_writes_outputs(corpus, tmp_path):
@@ -230,7 +246,37 @@ def test_existing_run_needs_resume(corpus, reference_run, tmp_path):
         pretrain(corpus, config=SHORT, output=output)
     with pytest.raises(UsageError, match="no checkpoint"):
         pretrain(corpus, config=SHORT, output=tmp_path / "fresh", resume=True)
+    assert not (tmp_path / "fresh").exists()        # a failed resume makes no folder
 
+
+
+def test_resume_refuses_fewer_steps_another_reading_and_a_finished_model(corpus, reference_run, tmp_path):
+    """Resumed with fewer steps than it has made, a run saved a checkpoint past its own end that no later run could
+    read; resumed reading barcodes in another phase, it changed course silently; a folder holding a model (no
+    run) was written over, its other files left beside weights they do not describe."""
+    output = tmp_path / "run"
+    shutil.copytree(reference_run, output)
+    done = json.loads((output / CHECKPOINT_DIR / STATE_FILE).read_text())["step"]
+    with pytest.raises(UsageError, match=f"at step {done}, past the 3 steps asked"):
+        pretrain(corpus, config=replace(SHORT, max_steps=3), output=output, resume=True)
+    assert json.loads((output / CHECKPOINT_DIR / STATE_FILE).read_text())["step"] == done     # untouched
+    with pytest.raises(UsageError, match="reads barcodes as"):
+        pretrain(corpus, config=replace(SHORT, max_steps=done + 2), output=output, resume=True,
+                 tokenizer_config=replace(KmerTokenizer().config, phase="coi5p"))
+    model = tmp_path / "model"
+    shutil.copytree(reference_run, model, ignore=shutil.ignore_patterns(CHECKPOINT_DIR, METRICS_FILE))
+    before = (model / TENSORS_FILE).read_bytes()
+    with pytest.raises(UsageError, match="already holds a model"):
+        pretrain(corpus, config=SHORT, output=model)
+    assert (model / TENSORS_FILE).read_bytes() == before
+
+
+def test_a_run_cannot_take_the_name_of_a_bundled_model(corpus, tmp_path, monkeypatch):
+    """Trained under a bundled model's name into the user models folder, a model could never be loaded by name."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    with pytest.raises(UsageError, match="'barcodemae-nano' names a bundled model"):
+        pretrain(corpus, config=SHORT, name="barcodemae-nano")
+    assert not list(tmp_path.rglob(CARD_FILE))
 
 # ============================================================================================ fine-tuning
 def test_finetune_reports_taxonomy_accuracy(tiny_model_dir, tmp_path):
@@ -310,6 +356,17 @@ def test_distill_brings_the_student_towards_the_teacher(corpus, tmp_path):
     assert card["parts"] == ["encoder"] and card["model_config"]["encoder_layers"] == 2
     assert load_model_folder(tmp_path / "student").tokenizer.config == KmerTokenizer().config
 
+
+
+def test_distill_resume_refuses_another_teacher(corpus, tmp_path):
+    for seed, name in ((3, "teacher-a"), (4, "teacher-b")):
+        torch.manual_seed(seed)
+        save_model(BarcodeMAE(preset("tiny", encoder_layers=3)), KmerTokenizer().config, tmp_path / name, name=name)
+    config = replace(SHORT, max_steps=2, checkpoint_every=1)
+    distill(corpus, tmp_path / "teacher-a", config=config, output=tmp_path / "student")
+    with pytest.raises(UsageError, match="started from model 'teacher-a', this one from 'teacher-b'"):
+        distill(corpus, tmp_path / "teacher-b", config=replace(config, max_steps=4), output=tmp_path / "student",
+                resume=True)
 
 def test_distill_resume_after_interrupt_is_exact(corpus, tmp_path):
     torch.manual_seed(2)

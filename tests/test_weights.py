@@ -282,3 +282,27 @@ def test_every_bundled_model_loads_strictly_and_embeds():
     for student in ("barcodemae-mini", "barcodemae-nano"):
         vectors = embed_sequences(load_model_folder(bundled[student]), barcodes)
         assert cosine(vectors, teacher).mean() > 0.9, student
+
+
+def test_load_model_refuses_a_device_it_cannot_use_with_a_usage_error(tiny_model_dir):
+    """python-api.md shows `load_model(device="cuda")`: without a GPU (or with a device torch does not know) that
+    is the library's typed UsageError, as on the command line, not torch's AssertionError or RuntimeError."""
+    for device in ["tpu", "cuda:x", "mps"] + ([] if torch.cuda.is_available() else ["cuda", "cuda:0"]):
+        with pytest.raises(UsageError, match="device"):
+            load_model(tiny_model_dir, device=device)
+    assert load_model(tiny_model_dir, device="auto").name == load_model(tiny_model_dir, device="cpu").name
+
+
+
+def test_the_default_model_is_never_a_folder_of_its_name_in_the_working_folder(tiny_model_dir, registry, monkeypatch,
+                                                                              tmp_path):
+    """`--model auto` stands for a registry name; a run trained into ./barcodemae-nano took its place (and the index
+    mismatch that followed named the same model twice). A name given explicitly still finds such a folder first."""
+    _, bundled = registry
+    copy_model(tiny_model_dir, bundled / weights.DEFAULT_CPU_MODEL)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    copy_model(tiny_model_dir, work / weights.DEFAULT_CPU_MODEL)
+    assert weights.resolve_model(None) == weights.resolve_model("auto") == bundled / weights.DEFAULT_CPU_MODEL
+    assert weights.resolve_model(weights.DEFAULT_CPU_MODEL) == Path(weights.DEFAULT_CPU_MODEL)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import click
 
+from ..errors import ModelError
 from ..model.weights import available_models, default_model_name, read_card
-from ._common import handle_errors
+from ._common import handle_errors, one_line
 
 
 def default_roles() -> dict[str, str]:
@@ -26,7 +27,11 @@ def models_command():
     a figure from the model card where it has one, and what `--model auto` picks it for."""
     roles = default_roles()
     for name, path in available_models().items():
-        card = read_card(path)
+        try:
+            card = read_card(path)
+        except ModelError as error:   # one damaged folder hides none of the others
+            click.echo(f"{name}	(unreadable: {one_line(error)})	{path}")
+            continue
         config = card.get("model_config", {})
         metrics = card.get("metrics", {})
         accuracy, cosine = metrics.get("val_masked_token_accuracy"), metrics.get("val_teacher_cosine")

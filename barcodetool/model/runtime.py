@@ -20,6 +20,8 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
+        if name != "cuda" and not (name[5:6] == ":" and name[6:].isdigit()):
+            raise UsageError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
         if not torch.cuda.is_available():
             raise UsageError("--device cuda was asked for, but PyTorch sees no CUDA GPU (use --device cpu)")
         if name == "cuda" and "LOCAL_RANK" in os.environ:

@@ -28,7 +28,7 @@ from .._version import __version__
 from ..io.atomic import atomic_path, check_outputs_spare_model
 from ..errors import ModelError, TokenizerError, UsageError
 from .config import BarcodeMAEConfig
-from .runtime import resolve_compute
+from .runtime import resolve_compute, resolve_device
 from .tokenizer import KmerTokenizer, TokenizerConfig
 
 if TYPE_CHECKING:   # PyTorch is imported when a model is loaded or saved: naming and listing models stay instant
@@ -334,8 +334,9 @@ def _models_in(root: Path) -> dict[str, Path]:
 
 def available_models() -> dict[str, Path]:
     """Named models: bundled ones first, then those in the user data folder."""
-    found = _models_in(user_models_dir())
-    found.update(_models_in(bundled_root()))  # a bundled name cannot be shadowed
+    found = _models_in(bundled_root())
+    for name, path in _models_in(user_models_dir()).items():
+        found.setdefault(name, path)   # a bundled name cannot be shadowed
     return found
 
 
@@ -360,12 +361,14 @@ def asks_for_default(name_or_path: str | os.PathLike | None) -> bool:
 
 def resolve_model(name_or_path: str | os.PathLike | None, device: str | torch.device = "cpu",
                   task: str = "classify") -> Path:
+    names = available_models()
     if asks_for_default(name_or_path):
         name_or_path = default_model_name(device, task)
+        if str(name_or_path) in names:   # the default is a registry name: never a folder of that name here
+            return names[str(name_or_path)]
     candidate = Path(name_or_path)
     if candidate.is_dir():
         return candidate
-    names = available_models()
     if str(name_or_path) in names:
         return names[str(name_or_path)]
     listing = ", ".join(names) or "none installed"
@@ -392,11 +395,10 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, device: str | t
     compute: inference arithmetic: None (bf16 on CUDA, float32 on CPU), "float32", "bfloat16", or "auto" (bf16
     wherever the hardware runs it natively, CPUs with AVX-512 BF16 or AMX included).
     """
-    import torch
-
+    device = resolve_device(device)   # a device this PyTorch cannot use is a UsageError here, not torch's own
     path, name = locate_model(name_or_path, device, task)
     loaded = load_model_folder(path, device=device, verify=verify, name=name)
-    loaded.compute = None if compute is None else resolve_compute(torch.device(device), compute)
+    loaded.compute = None if compute is None else resolve_compute(device, compute)
     return loaded
 
 

@@ -330,7 +330,16 @@ class ReferenceIndex:
             f"{where} was built with model {self.model_name!r} (sha256 {self.model_sha256[:12]}), but model "
             f"{model.name!r} (sha256 {model.sha256[:12]}) is in use; embeddings of different models "
             f"cannot be compared (rebuild the index with `barcodetool reference build ... --model "
-            f"{model.name}` or pass --model {self.model_name})")
+            f"{model.name}` or pass {self._model_argument()})")
+
+    def _model_argument(self) -> str:
+        """How to name the index's model on the command line: by name where the registry knows it, else its folder
+        (a model trained into a folder of one's own is found by path only)."""
+        from ..model.weights import available_models
+
+        if self.model_name in available_models():
+            return f"--model {self.model_name}"
+        return f"--model with the folder of model {self.model_name!r}"
 
     # ------------------------------------------------------------------------------------ calibration
     # ------------------------------------------------------------------------------------ saving

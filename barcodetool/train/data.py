@@ -97,7 +97,9 @@ def build_corpus(records: Iterable, tokenizer: KmerTokenizer, *, label_ranks: Se
                 if labels[rank][row] != values[rank]:
                     labels[rank][row] = None
     if not sequences:
-        raise UsageError("no usable barcodes to train on (all empty or shorter than k)")
+        where = f" in {', '.join(os.path.basename(str(s)) for s in sources)}" if sources else ""
+        raise UsageError(f"no usable barcodes to train on{where}: {records_seen:,} records"
+                         + (f", {too_short:,} of them shorter than k ({k})" if records_seen else ""))
     tokens, lengths = tokenize_corpus(sequences, tokenizer, offsets=offsets)
     label_arrays, label_names = {}, {}
     for rank in label_ranks:
@@ -119,17 +121,26 @@ def read_corpus(paths: Sequence[str], tokenizer: KmerTokenizer, *, include_split
     """Read training files (FASTA or tables). `include_splits` keeps table rows whose `split` is listed
     (rows without a split value are kept)."""
 
+    other_splits = [0]
+
     def records():
         for path in paths:
             stats = ReadStats(path=str(path))
             for record in read_barcodes(path, read_options, stats=stats):
                 if include_splits is not None and record.split and record.split not in include_splits:
+                    other_splits[0] += 1
                     continue
                 yield record
             if stats_out is not None:
                 stats_out.append(stats)
 
-    corpus = build_corpus(records(), tokenizer, label_ranks=label_ranks, sources=paths)
+    try:
+        corpus = build_corpus(records(), tokenizer, label_ranks=label_ranks, sources=paths)
+    except UsageError as error:
+        if not other_splits[0]:
+            raise
+        raise UsageError(f"{error}; {other_splits[0]:,} rows left out whose split is not "
+                         f"{', '.join(include_splits)} (--include-splits)") from None
     if include_splits is not None:
         corpus.summary["splits"] = list(include_splits)
     return corpus

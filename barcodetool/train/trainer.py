@@ -31,7 +31,8 @@ from ..model.mae import BarcodeMAE, BarcodeMAEConfig
 from ..model.mae import preset as model_preset
 from ..model.runtime import autocast, resolve_compute
 from ..model.tokenizer import TokenizerConfig
-from ..model.weights import PretrainedModel, load_model, load_model_folder, save_model, sha256_file, user_models_dir
+from ..model.weights import (CARD_FILE, TENSORS_FILE, PretrainedModel, available_models, load_model,
+                             load_model_folder, save_model, sha256_file, user_models_dir)
 from .config import CHECKPOINT_DIR, METRICS_FILE, OPTIMIZER_FILE, STATE_FILE, RunOutput, TrainConfig
 from .data import Corpus, split_validation
 from .distributed import Distributed, all_reduce_sum, init_distributed
@@ -231,6 +232,11 @@ class Trainer:
         state = read_training_state(folder)
         if state["kind"] != self.kind:
             raise ModelError(f"{folder}: checkpoint is from a {state['kind']} run, not {self.kind}")
+        if state["step"] > self.total_steps:
+            # (resumed, it would save a checkpoint past its own end, which no later run could read)
+            raise UsageError(f"--resume: the run in {self.output} is at step {state['step']}, past the "
+                             f"{self.total_steps} steps asked; give more (--max-steps or --epochs) to continue it")
+        self._check_same_run(folder)
         if state["corpus_sha256"] != self.corpus.fingerprint:
             raise ModelError(f"{folder}: checkpoint was trained on other data (the barcodes differ); resume "
                              "with the same input files and options")
@@ -257,6 +263,23 @@ class Trainer:
                              "delete the checkpoint folder to start over") from None
         self.step = int(state["step"])
         return float(state.get("seconds", 0.0))
+
+    def _check_same_run(self, folder: Path) -> None:
+        """Refuse to resume a checkpoint started from another model (base, teacher) or reading barcodes another
+        way (the tokenizer's phase): the run would change course silently halfway."""
+        try:
+            card = json.loads((folder / CARD_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return     # (load_model_folder below names an unreadable card)
+        started = (card.get("training") or {}).get("base_model") if isinstance(card, dict) else None
+        asked = self.base_card.get("name")
+        if started != asked:
+            raise UsageError(f"--resume: the run in {self.output} started from model {started!r}, this one from "
+                             f"{asked!r}; resume with the same --init/--teacher/--model, or choose another -o")
+        tokenizer = card.get("tokenizer_config") if isinstance(card, dict) else None
+        if isinstance(tokenizer, dict) and tokenizer != self.tokenizer_config.to_dict():
+            raise UsageError(f"--resume: the run in {self.output} reads barcodes as {tokenizer}, this one as "
+                             f"{self.tokenizer_config.to_dict()} (--phase?); resume with the same settings")
 
     # ----------------------------------------------------------------- main loop
     def train_step(self) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -467,9 +490,21 @@ def _prepare_output(output: str | os.PathLike | None, name: str | None, resume: 
     if output is None:
         output = user_models_dir() / (name or time.strftime("model-%Y%m%d-%H%M%S"))
     output = Path(output)
+    registered = available_models().get(output.name)
+    if (registered is not None and output.parent.resolve() == user_models_dir().resolve()
+            and registered.resolve() != output.resolve()):
+        raise UsageError(f"{output.name!r} names a bundled model: one trained under that name could never be loaded "
+                         "by it (the bundled one wins); choose another --name")
     if output.exists() and not resume and checkpoint_folder(output) is not None:
         raise UsageError(f"{output} already holds a training run; use --resume to continue it or choose "
                          "another -o")
+    if not resume and any((output / name).exists() for name in (CARD_FILE, TENSORS_FILE)):
+        # a finished model (a bundled one copied, a run whose checkpoint was removed): written over, its other
+        # files (an ONNX export, a model card) would be left beside weights they do not describe
+        raise UsageError(f"{output} already holds a model ({CARD_FILE}); training never writes over one: choose "
+                         "another -o")
+    if resume and checkpoint_folder(output) is None:    # (before making the folder: a failed resume leaves none)
+        raise UsageError(f"--resume: no checkpoint in {output / CHECKPOINT_DIR}")
     output.mkdir(parents=True, exist_ok=True)
     return output
 
@@ -510,7 +545,8 @@ def finetune_trainer(corpus: Corpus, base: PretrainedModel | str | os.PathLike, 
         base = load_model(base, device="cpu")
     ranks = [r for r in corpus.labels if corpus.label_names.get(r)]
     if not ranks:
-        raise UsageError("fine-tuning needs labelled barcodes (species, genus, family or BIN columns)")
+        raise UsageError("fine-tuning needs labelled barcodes: none has a species, genus, family or BIN label "
+                         "(identical barcodes whose labels disagree count as unlabelled at that rank)")
     output = _prepare_output(output, name, resume)
     keep_decoder = base.model.include_decoder and config.mae_weight > 0
     model = BarcodeMAE(base.config, include_decoder=keep_decoder)
