@@ -525,9 +525,11 @@ class _Pipeline:
                 log.info(f"embedding candidates for {self.embedded:,} of {self.distinct:,} distinct queries (best "
                          f"k-mer candidate below {self.thresholds.embed_below:g})")
             if self.too_short:
-                log.warning(f"{self.too_short:,} queries align with their nearest reference over fewer than "
-                            f"{MIN_NAMED_COLUMNS} columns: too short to name a rank or a BIN (fragments match "
-                            "references of other orders by chance); their nearest reference is reported")
+                what = ("align with their nearest reference over" if self.options.method == "identity"
+                        else "are")
+                log.warning(f"{self.too_short:,} queries {what} fewer than {MIN_NAMED_COLUMNS} bases: too short to "
+                            "name a rank or a BIN (fragments match references of other orders by chance); their "
+                            "nearest reference is reported")
         finally:
             self.workers.shutdown(wait=True, cancel_futures=True)
 
@@ -552,8 +554,13 @@ class _Pipeline:
             return classify_identity(unique, vectors, unique_ids, self.index, self.thresholds,
                                      candidates=options.candidates, min_confidence=options.min_confidence,
                                      device=self.device, kmer=kmer)
-        return classify_embeddings(vectors, unique_ids, self.index, self.thresholds, neighbours=self.neighbours,
-                                   method=options.method, min_confidence=options.min_confidence, device=self.device)
+        assignments = classify_embeddings(vectors, unique_ids, self.index, self.thresholds,
+                                          neighbours=self.neighbours, method=options.method,
+                                          min_confidence=options.min_confidence, device=self.device)
+        for a, sequence in zip(assignments, unique):   # as the identity rule: no name from a fragment
+            if len(sequence) < MIN_NAMED_COLUMNS:
+                a.labels, a.confidence, a.rank, a.bin = {}, {}, "", ""
+        return assignments
 
     def embed_and_decide(self, chunk: _Chunk) -> _Chunk:
         """One pass: embed every distinct query of the chunk (unless k-mer candidates only), then decide."""
@@ -592,7 +599,8 @@ class _Pipeline:
         assignments = [a for part in chunk.decisions for a in part.result()]
         for record, group in zip(chunk.records, chunk.groups.tolist()):
             template = assignments[group]
-            self.too_short += template.overlap is not None and template.overlap < MIN_NAMED_COLUMNS
+            self.too_short += (template.overlap if template.overlap is not None
+                               else len(record.sequence)) < MIN_NAMED_COLUMNS
             yield Assignment(id=record.id, labels=template.labels, confidence=template.confidence,
                              candidates=template.candidates, rank=template.rank,
                              nearest_id=template.nearest_id, similarity=template.similarity, bin=template.bin,

@@ -524,9 +524,17 @@ def test_cli_classify_names_nothing_from_a_fragment_too_short_to_place(tmp_path,
     short = [row for row in rows if row["id"].endswith("_30")]
     assert all(row["nearest_id"] and int(row["identity_overlap"]) < 100 for row in short)
     assert all(row["rank"] == "" and row["bin"] == "" and not any(row[rank] for rank in RANKS) for row in short)
-    assert f"{len(short)} queries align with their nearest reference over fewer than 100 columns" in result.output
+    assert f"{len(short)} queries align with their nearest reference over fewer than 100 bases" in result.output
     named = [row for row in rows if not row["id"].endswith("_30")]
     assert sum(bool(row["order"]) for row in named) >= len(named) - 1
+    # the embedding vote names nothing from a fragment either
+    knn = CliRunner().invoke(main, ["classify", str(fasta), "-r", str(index_path), "-o", str(out),
+                                    "--model", str(tiny[0]), "--method", "knn"])
+    assert knn.exit_code == 0, knn.output
+    rows = list(csv.DictReader(open(out), delimiter="\t"))
+    assert all(row["rank"] == "" and row["nearest_id"] for row in rows if row["id"].endswith("_30"))
+    assert any(row["rank"] for row in rows if not row["id"].endswith("_30"))
+    assert f"{len(short)} queries are fewer than 100 bases" in knn.output
 
 
 def test_cli_classify_says_why_a_reference_too_small_names_nothing(tmp_path, tiny):
