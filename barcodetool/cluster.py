@@ -30,7 +30,7 @@ from .io.fasta import tab_separated
 from .options import Options
 from .search import (KmerIndex, SequenceStore, as_store, candidate_union, identity_graph_cluster, knn_search,
                      neighbour_pairs, normalize, pair_identity, sequence_groups)
-from .search.identity import MAX_COMPONENT
+from .search.identity import MAX_COMPONENT, MIN_COMPARED_COLUMNS
 
 log = logging.getLogger("barcodetool")
 
@@ -304,6 +304,14 @@ def cluster_identity(sequences, vectors: np.ndarray | None, threshold: float | N
         raise UsageError(f"the identity distance threshold must be in [0, 1], got {threshold}")
     if len(store) == 0:
         return np.zeros(0, dtype=np.int64)
+    short = store.lengths < MIN_COMPARED_COLUMNS
+    if short.any():    # fragments: each in a cluster of its own, linking nothing (MIN_COMPARED_COLUMNS)
+        placed = np.flatnonzero(~short)
+        labels = np.empty(len(store), dtype=np.int64)
+        labels[placed] = cluster_identity(store.subset(placed), None if vectors is None else vectors[placed],
+                                          threshold, neighbours=neighbours, device=device, cut=cut)
+        labels[short] = len(placed) + np.arange(int(short.sum()))
+        return renumber(labels)
     graph = identity_neighbours(store, vectors, neighbours, device=device)
     if threshold is None:
         return cluster_bridged(store, graph, cut)

@@ -460,3 +460,18 @@ def test_cli_cluster_with_reference(tmp_path, tiny):
     assert all(row["reference_bin"] for row in rows)
     assert any(row["reference_bin"].startswith("BOLD:") for row in rows)
     assert all(0 <= float(row["similarity"]) <= 1.0001 for row in rows)
+
+
+@pytest.mark.parametrize("threshold", [None, 0.03])
+def test_fragments_neither_join_nor_bridge_clusters(threshold):
+    """A 30-base window is 100% identical to barcodes of several BINs: read as identical it joined them (40 such
+    windows among 800 `val` barcodes moved 13 clusters). A sequence under 100 bases stays in a cluster of its own,
+    linking nothing, so the whole barcodes cluster as they do alone."""
+    records = [r for r in read_barcodes(SAMPLE, skip_empty=True) if len(r.sequence) >= 500]
+    whole = list(dict.fromkeys(r.sequence for r in records))
+    windows = [sequence[300:330] for sequence in whole[::12]]
+    alone = cluster_identity(whole, None, threshold)
+    mixed = cluster_identity(whole + windows, None, threshold)
+    assert renumber(mixed[:len(whole)]).tolist() == alone.tolist()
+    by_window = mixed[len(whole):].tolist()
+    assert len(set(by_window)) == len(windows) and not set(by_window) & set(mixed[:len(whole)].tolist())

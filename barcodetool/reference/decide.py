@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import UsageError
+from ..search.identity import MIN_COMPARED_COLUMNS
 from ..taxonomy import OPTIONAL_RANKS, RANKS
 from .confidence import ConfidenceModel, isolation_distances, query_evidence, rank_confidences, reported_hits
 
@@ -28,7 +29,7 @@ VOTE_BLOCK_ELEMENTS = 1 << 22     # queries x k x k label comparisons held at on
 # sequences (0.1% of the benchmark's under 130 bases), reads its hit as a full barcode's. 1,499 `val` barcodes cut to
 # one window each, against the `train` index (benchmarks/fragment_lengths.py): precision of the species named
 # 55.5% at 25 bases (order 74.5%), 78.9% at 40, 93.8% at 60, 96.6% at 80, 98.7% at 100, 99.6% at 160, 99.7% whole.
-MIN_NAMED_COLUMNS = 100
+MIN_NAMED_COLUMNS = MIN_COMPARED_COLUMNS   # 100, below which `cluster` leaves a sequence on its own too
 # classify --candidates-embedding: for the queries in doubt only (IDENTITY_EMBED_BELOW); 20 rather than 10 raises
 # the genus top hit of train species left out from 76.81% to 78.60% (docs/research/identity-rerank.md, section 8)
 IDENTITY_CANDIDATES_EMBEDDING = 20

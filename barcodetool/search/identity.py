@@ -513,6 +513,13 @@ def rank_scored(candidate_idx: np.ndarray, score: np.ndarray, *others: np.ndarra
 
 
 # ============================================================================================ clustering
+# Fewer columns than this say too little to place a sequence: a 30-base window is 100% identical to barcodes of
+# several BINs (linked to them, 40 such windows among 800 `val` barcodes moved 13 clusters), and a taxon named from
+# such a hit is a guess (reference/decide.py, MIN_NAMED_COLUMNS, with the measurement). Clustering leaves a
+# sequence shorter than this in a cluster of its own; classification names nothing from a hit aligned over fewer.
+MIN_COMPARED_COLUMNS = 100
+
+
 def identity_graph_cluster(store, neighbours: np.ndarray, threshold: float, *, iupac: str = "ignore",
                            pairs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
                            max_component: int = MAX_COMPONENT, realign: str = "deciding", **options) -> np.ndarray:
