@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from barcodetool.model import onnx as onnx_encoder
 from barcodetool.cli import main
 from barcodetool.embedding import embed_sequences
-from barcodetool.errors import ModelError
+from barcodetool.errors import Interrupted, ModelError
 from barcodetool.io.readers import read_barcodes
 from barcodetool.model.mae import BarcodeMAE, preset
 from barcodetool.model.onnx import ONNX_FILE, export_onnx, load_onnx_model
@@ -85,6 +85,19 @@ def test_a_graph_of_other_weights_is_refused(exported, tmp_path):
     with pytest.raises(ModelError, match="cannot read the ONNX graph"):
         load_onnx_model(other)
 
+
+
+def test_a_signal_while_the_graph_loads_is_an_interrupt_not_a_broken_graph(exported, monkeypatch):
+    """SIGTERM's handler raises Interrupted wherever the program is; inside the graph's load it was caught as
+    onnxruntime's own error and reported as a graph to delete (exit 1, not 143)."""
+    import onnxruntime
+
+    def interrupted(*args, **kwargs):
+        raise Interrupted(15)
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", interrupted)
+    with pytest.raises(Interrupted):
+        load_onnx_model(exported)
 
 def test_no_graph_or_no_runtime_means_pytorch(exported, tiny_model_dir, monkeypatch):
     assert load_onnx_model(tiny_model_dir) is None   # no encoder.onnx

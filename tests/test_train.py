@@ -525,3 +525,14 @@ def test_train_cli_supcon_objective(tiny_model_dir, tmp_path):
     card = read_card(tmp_path / "sc")
     assert card["training"]["kind"] == "supcon" and card["training"]["batch_size"] == 6
     assert card["tokenizer_config"]["phase"] == "coi5p"
+
+
+def test_standard_input_is_refused_under_torchrun(tmp_path, monkeypatch):
+    """Under torchrun every process read its own part of the one stream (rank 0 512 records, rank 1 the rest) and
+    the run ended in gloo's collective-mismatch abort with a traceback per process."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    fasta = "".join(f">r{i}\n{'ACGTTGCA' * 20}\n" for i in range(20))
+    result = CliRunner().invoke(main, ["-q", "train", "-", "-o", str(tmp_path / "run"), "--preset", "tiny",
+                                       "--max-steps", "1", "--device", "cpu"], input=fasta)
+    assert result.exit_code == 2 and "cannot be read under torchrun" in result.output, result.output
+    assert not (tmp_path / "run").exists()

@@ -210,6 +210,11 @@ def _run_training(obj: Context, kind: str, data: tuple[str, ...], settings: dict
             tokenizer = KmerTokenizer(supcon_tokenizer(base, settings.get("phase")))
         read_options = read_options.replace(min_length=tokenizer.config.k)
         label_ranks = {"finetune": FINETUNE_RANKS, "supcon": SUPCON_RANKS, "identity": SUPCON_RANKS}.get(kind, ())
+    if "-" in data and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        # each process would read a different part of the one stream: corpora that differ end in a collective
+        # mismatch (gloo's abort, a traceback per process)
+        raise click.UsageError("standard input (-) cannot be read under torchrun: each process would read a different "
+                         "part of it; give the training data as a file every process can read")
     stats = []
     corpus = read_corpus(list(data), tokenizer, include_splits=splits, read_options=read_options,
                          label_ranks=label_ranks, stats_out=stats)

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from .._version import __version__
-from ..errors import ModelError
+from ..errors import Interrupted, ModelError
 from ..io.atomic import atomic_path
 from .config import BarcodeMAEConfig
 from .tokenizer import NUM_SPECIAL, PAD_ID, KmerTokenizer
@@ -148,6 +148,8 @@ def load_onnx_model(name_or_path: str | os.PathLike | None, *, name: str | None 
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")   # idle threads leave the cores
     try:
         session = onnxruntime.InferenceSession(str(graph_path), options, providers=["CPUExecutionProvider"])
+    except Interrupted:   # a signal's handler raised it here: an interrupt, not a broken graph
+        raise
     except Exception as error:   # onnxruntime raises its own exception types for unreadable graphs
         raise ModelError(f"{graph_path}: cannot read the ONNX graph ({str(error).splitlines()[0]}); delete it "
                          "to use PyTorch, or export it again") from None
@@ -245,6 +247,8 @@ def _computes_with(model: OnnxModel, tensors_path: Path) -> bool:
                          "retrain the model") from None
     try:
         found = model.embed_batch(ids, lengths)
+    except Interrupted:
+        raise
     except Exception as error:   # onnxruntime's own exception types: a graph of another shape
         raise ModelError(f"{model.path / ONNX_FILE}: the graph does not run on this model's tokens "
                          f"({str(error).splitlines()[0][:200]}); export it again or delete it to use "
