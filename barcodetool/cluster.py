@@ -173,6 +173,8 @@ def _condensed_cosine(x: np.ndarray) -> np.ndarray:
 def _linkage(x: np.ndarray) -> np.ndarray:
     from scipy.cluster.hierarchy import linkage
 
+    if len(x) < 2:      # no pair to link (scipy refuses an empty distance matrix); _cut gives the one cluster
+        return np.zeros((0, 4))
     return linkage(_condensed_cosine(x), method="average")
 
 
@@ -212,11 +214,9 @@ def cluster(embeddings: np.ndarray, *, threshold: float | None = None, n_cluster
         if n > full_limit:
             raise UsageError(f"--n-clusters needs the full distance matrix, which is limited to {full_limit:,} "
                              f"barcodes (got {n:,} unique ones); use a distance threshold instead")
-        return renumber(_cut(_linkage(x), n, n_clusters=min(n_clusters, n))) if n > 1 else np.zeros(1, np.int64)
+        return renumber(_cut(_linkage(x), n, n_clusters=min(n_clusters, n)))
     if threshold < 0:
         raise UsageError(f"the distance threshold must be >= 0, got {threshold}")
-    if n == 1:      # (no pair to link: scipy refuses an empty distance matrix)
-        return np.zeros(1, dtype=np.int64)
     if n <= full_limit:
         return renumber(_cut(_linkage(x), n, threshold=threshold))
     return renumber(_graph_cluster(x, threshold, neighbours=neighbours, full_limit=full_limit, device=device))

@@ -177,6 +177,7 @@ def _run_training(obj: Context, kind: str, data: tuple[str, ...], settings: dict
     """Read the corpus and run `kind` (pretrain, finetune, supcon or distill) with the command's settings."""
     from ..train import (FINETUNE_RANKS, SUPCON_RANKS, TrainConfig, distill, finetune, identity_teach, pretrain,
                          read_corpus, supcon, supcon_tokenizer)
+    from ..train.distributed import launched_world_size
 
     threads = settings.pop("threads")
     set_threads(threads)
@@ -210,7 +211,7 @@ def _run_training(obj: Context, kind: str, data: tuple[str, ...], settings: dict
             tokenizer = KmerTokenizer(supcon_tokenizer(base, settings.get("phase")))
         read_options = read_options.replace(min_length=tokenizer.config.k)
         label_ranks = {"finetune": FINETUNE_RANKS, "supcon": SUPCON_RANKS, "identity": SUPCON_RANKS}.get(kind, ())
-    if "-" in data and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+    if "-" in data and launched_world_size() > 1:
         # each process would read a different part of the one stream: corpora that differ end in a collective
         # mismatch (gloo's abort, a traceback per process)
         raise click.UsageError("standard input (-) cannot be read under torchrun: each process would read a different "

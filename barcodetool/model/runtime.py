@@ -12,22 +12,25 @@ if TYPE_CHECKING:   # imported by each function that needs it: `classify` with a
     import torch
 
 
+def is_device_name(name: str) -> bool:
+    """Whether `name` is a device barcodetool knows: auto, cpu, cuda or cuda:N (not whether it is present)."""
+    return name in ("auto", "cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit())
+
+
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     """`auto` picks CUDA when available, else CPU. Under torchrun, CUDA uses this process's LOCAL_RANK."""
     import torch
 
     name = "auto" if device is None else str(device)
+    if not is_device_name(name):
+        raise UsageError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
-        if name != "cuda" and not (name[5:6] == ":" and name[6:].isdigit()):
-            raise UsageError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
         if not torch.cuda.is_available():
             raise UsageError("--device cuda was asked for, but PyTorch sees no CUDA GPU (use --device cpu)")
         if name == "cuda" and "LOCAL_RANK" in os.environ:
             name = f"cuda:{int(os.environ['LOCAL_RANK'])}"
-    elif name != "cpu":
-        raise UsageError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
     return torch.device(name)
 
 

@@ -361,14 +361,15 @@ def asks_for_default(name_or_path: str | os.PathLike | None) -> bool:
 
 def resolve_model(name_or_path: str | os.PathLike | None, device: str | torch.device = "cpu",
                   task: str = "classify") -> Path:
-    names = available_models()
     if asks_for_default(name_or_path):
         name_or_path = default_model_name(device, task)
+        names = available_models()
         if str(name_or_path) in names:   # the default is a registry name: never a folder of that name here
             return names[str(name_or_path)]
     candidate = Path(name_or_path)
     if candidate.is_dir():
         return candidate
+    names = available_models()
     if str(name_or_path) in names:
         return names[str(name_or_path)]
     listing = ", ".join(names) or "none installed"

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..model.config import PRESETS
+from ..model.runtime import is_device_name
 
 # A run folder: the model (model.safetensors, barcodetool.json), metrics.jsonl, and CHECKPOINT_DIR holding the
 # model of the last checkpoint with optimizer.safetensors and training_state.json.
@@ -80,9 +81,7 @@ class TrainConfig:
         for name in numbers:      # inf or NaN passes every comparison below one way or the other
             require(math.isfinite(getattr(self, name)), name, "a finite number")
         require(self.preset in PRESETS, "preset", f"one of {', '.join(PRESETS)}")
-        require(self.device in ("auto", "cpu", "cuda") or (self.device.startswith("cuda:")
-                                                          and self.device[5:].isdigit()),
-                "device", "auto, cpu, cuda or cuda:N")
+        require(is_device_name(self.device), "device", "auto, cpu, cuda or cuda:N")
         require(self.epochs > 0, "epochs", "positive")
         require(self.max_steps is None or self.max_steps >= 1, "max_steps", "at least 1 (or None)")
         require(self.max_minutes is None or self.max_minutes > 0, "max_minutes", "positive (or None)")

@@ -28,10 +28,14 @@ class Distributed:
         return self.rank == 0
 
 
+def launched_world_size() -> int:
+    """How many processes torchrun started for this job (WORLD_SIZE; 1 without torchrun)."""
+    return int(os.environ.get("WORLD_SIZE") or 1)
+
+
 def init_distributed(device_name: str) -> tuple[Distributed, torch.device]:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1): NCCL on CUDA, gloo on CPU."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    dist = Distributed(rank=int(os.environ.get("RANK", "0")), world_size=world_size,
+    dist = Distributed(rank=int(os.environ.get("RANK", "0")), world_size=launched_world_size(),
                        local_rank=int(os.environ.get("LOCAL_RANK", "0")))
     device = resolve_device(device_name)
     if dist.enabled and not torch.distributed.is_initialized():

@@ -32,7 +32,7 @@ from ..model.mae import preset as model_preset
 from ..model.runtime import autocast, resolve_compute
 from ..model.tokenizer import TokenizerConfig
 from ..model.weights import (CARD_FILE, TENSORS_FILE, PretrainedModel, available_models, load_model,
-                             load_model_folder, save_model, sha256_file, user_models_dir)
+                             load_model_folder, read_card, save_model, sha256_file, user_models_dir)
 from .config import CHECKPOINT_DIR, METRICS_FILE, OPTIMIZER_FILE, STATE_FILE, RunOutput, TrainConfig
 from .data import Corpus, split_validation
 from .distributed import Distributed, all_reduce_sum, init_distributed
@@ -267,16 +267,13 @@ class Trainer:
     def _check_same_run(self, folder: Path) -> None:
         """Refuse to resume a checkpoint started from another model (base, teacher) or reading barcodes another
         way (the tokenizer's phase): the run would change course silently halfway."""
-        try:
-            card = json.loads((folder / CARD_FILE).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return     # (load_model_folder below names an unreadable card)
-        started = (card.get("training") or {}).get("base_model") if isinstance(card, dict) else None
+        card = read_card(folder)
+        started = (card.get("training") or {}).get("base_model")
         asked = self.base_card.get("name")
         if started != asked:
             raise UsageError(f"--resume: the run in {self.output} started from model {started!r}, this one from "
                              f"{asked!r}; resume with the same --init/--teacher/--model, or choose another -o")
-        tokenizer = card.get("tokenizer_config") if isinstance(card, dict) else None
+        tokenizer = card.get("tokenizer_config")
         if isinstance(tokenizer, dict) and tokenizer != self.tokenizer_config.to_dict():
             raise UsageError(f"--resume: the run in {self.output} reads barcodes as {tokenizer}, this one as "
                              f"{self.tokenizer_config.to_dict()} (--phase?); resume with the same settings")
