@@ -221,7 +221,7 @@ def banded_identity(a_store: SequenceStore, a_idx, b_store: SequenceStore, b_idx
             cells = 3 * (int(len_a[group[start:stop]].max()) + 1) * int(width[group].max())
             chosen = group[start:start + max(1, min(stop - start, BLOCK_BYTES // cells))]
             part = _Block(a_store.rows(a_idx[chosen]), b_store.rows(b_idx[chosen]), len_a[chosen], len_b[chosen],
-                          np.minimum(low, high)[chosen] - margin, int(width[chosen].max()), iupac)
+                          np.minimum(low, high)[chosen] - margin, width[chosen], iupac)
             (out.identity[chosen], out.columns[chosen], out.score[chosen], out.ok[chosen],
              out.end_identity[chosen], out.in_band[chosen]) = part.align()
             start += len(chosen)
@@ -266,10 +266,16 @@ def _groups(width: np.ndarray, len_a: np.ndarray, block: int) -> list[np.ndarray
 
 
 class _Block:
-    """One block of pairs p, band columns w: row i, band column w is cell (i, j = i + dlo[p] + w)."""
+    """One block of pairs p, band columns w: row i, band column w is cell (i, j = i + dlo[p] + w).
 
-    def __init__(self, a_rows, b_rows, len_a, len_b, dlo, W, iupac):
+    The block computes W = max(width) band columns for every pair, but a pair's path keeps to its own width[p]
+    (its Ix is cut at its own last column, its ends and band edge are its own): a pair aligns as it would alone,
+    whatever pairs share its block."""
+
+    def __init__(self, a_rows, b_rows, len_a, len_b, dlo, width, iupac):
+        W = int(width.max())
         self.a_rows, self.b_rows, self.len_a, self.len_b, self.dlo, self.W = a_rows, b_rows, len_a, len_b, dlo, W
+        self.width = width.astype(np.int64)
         self.iupac = iupac
         self.P, self.R = len(len_a), int(len_a.max())
         # b along the band: x = i + w is column j = x + dlo, holding b[j - 1]
@@ -312,6 +318,9 @@ class _Block:
         ends = np.argsort(self.len_a, kind="stable")
         bounds = np.searchsorted(self.len_a[ends], np.arange(R + 2))
         o4, e4 = 4 * GAP_OPEN, 4 * GAP_EXTEND
+        # Ix of a pair's own last band column and beyond: nothing enters from outside its band (as Xn[-1] below)
+        cut_x = np.arange(W)[:, None] >= self.width[None, :] - 1                    # [W, P]
+        cut_any = bool(cut_x[:-1].any())
         for i in range(1, R + 1):
             # M: the best state of (i-1, j-1), same band column, plus the letter pair's step
             np.bitwise_and(one_hot[i:i + W], a_bit[i], out=t)
@@ -327,6 +336,8 @@ class _Block:
             np.add(Xk[1:], e4, out=t2[:-1])
             np.maximum(t[:-1], t2[:-1], out=Xn[:-1])
             Xn[-1] = _LOW - 1
+            if cut_any:
+                np.putmask(Xn, cut_x, _LOW - 1)
             np.bitwise_and(Xn, 3, out=code_x[i], casting="unsafe")
             Xn &= -2
             # Iy(w) = max_{w' < w} H(w') + open + extend (w - 1 - w'): prefix maximum of V(w') = H(w') - extend w'
@@ -358,18 +369,20 @@ class _Block:
         P, R, W, C = self.P, self.R, self.W, DOVETAIL_REACH
         ar = np.arange(P)
         len_a, len_b, dlo = self.len_a, self.len_b, self.dlo
+        own = np.arange(W)[:, None] < self.width[None, :]                             # [W, P] the pair's band
         score_of = lambda key: key.astype(np.int64) >> 2
         # (1) M at (len_a, len_b)
         w_end = len_b - len_a - dlo
-        s_m = np.where((w_end >= 0) & (w_end < W), score_of(self.last_M[np.clip(w_end, 0, W - 1), ar]), _ABSENT)
+        s_m = np.where((w_end >= 0) & (w_end < self.width), score_of(self.last_M[np.clip(w_end, 0, W - 1), ar]),
+                       _ABSENT)
         # (2) Ix there: a free end gap down the last column from row r = col_x - w < len_a, out of M or Iy
         col_row = self.col_x[None, :] - np.arange(W)[:, None]                       # [W, P]
-        usable = (col_row >= 1) & (col_row < len_a[None, :]) & (col_row <= R)
+        usable = (col_row >= 1) & (col_row < len_a[None, :]) & (col_row <= R) & own
         cm = np.where(usable, score_of(self.col_M), _ABSENT)
         cy = np.where(usable, score_of(self.col_Y), _ABSENT)
         # (3) Iy there: a free end gap along the last row from column j' < len_b, out of M or Ix
         j_last = len_a[None, :] + dlo[None, :] + np.arange(W)[:, None]                 # [W, P]
-        before = (j_last >= 1) & (j_last < len_b[None, :])
+        before = (j_last >= 1) & (j_last < len_b[None, :]) & own
         lm = np.where(before, score_of(self.last_M), _ABSENT)
         lx = np.where(before, score_of(self.last_X), _ABSENT)
         # gap-free end overlaps and the empty alignment: only where the band's best could lose to them
@@ -457,7 +470,7 @@ class _Block:
         active = np.flatnonzero(state > 0)
         while len(active):
             ii, ww, st = i[active], w[active], state[active]
-            edge[active] |= (ww == 0) | (ww == W - 1)
+            edge[active] |= (ww == 0) | (ww == self.width[active] - 1)
             is_m = st == _M
             if is_m.any():
                 # M cells at rows ii, ii - 1, ...: a start cell (row or column 0) ends the path before it; a cell
@@ -490,7 +503,7 @@ class _Block:
                 state[pg] = np.where(is_x, code_x[at], code_y[at])
                 i[pg] = ig - is_x
                 w[pg] = wg + np.where(is_x, 1, -1)
-            lost = (i[active] < 0) | (w[active] < 0) | (w[active] >= W)       # cannot happen; never loop on it
+            lost = (i[active] < 0) | (w[active] < 0) | (w[active] >= self.width[active])   # cannot happen
             edge[active[lost]] = True
             state[active[lost]] = 0
             active = active[state[active] > 0]

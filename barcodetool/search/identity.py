@@ -76,9 +76,6 @@ CEILING_BLOCK_FLOOR = 0.7   # a suspect pair's ceiling counts the mismatches of 
 ANCHORLESS_CEILING = 0.8    # under MIN_VOTES anchors: below ~70-75 % identity (module docstring), with a margin
 MAX_COMPONENT = 20_000      # identity_graph_cluster: largest linked group clustered exactly (m^2 / 2 pairs)
 PAIR_BLOCK = 2048           # pairs processed at once (memory ~ PAIR_BLOCK x longest sequence x 40 B)
-# _align_pairs: fewer anchored pairs than this go to PairwiseAligner (~5-10 ms a pair) one by one: the banded
-# aligner's fixed cost (~30 numpy calls a row of `a`) is ~20 ms a call (measured)
-MIN_BANDED_PAIRS = 4
 REANCHOR_K = 7              # _align_pairs: k-mers that anchor a pair again when its two anchors were chance hits
 FALLBACKS = ("none", "two-offset", "align")
 
@@ -445,15 +442,17 @@ def realign_deciding(queries: SequenceStore, q_idx: np.ndarray, ref_store: Seque
 def _align_pairs(a_store: SequenceStore, a_idx: np.ndarray, b_store: SequenceStore, b_idx: np.ndarray,
                  result: PairIdentity, which: np.ndarray, iupac: str) -> None:
     """Align the pairs `which` as PairwiseAligner does, in place in `result` (method 3): those with anchors
-    (votes >= MIN_VOTES), when there are at least MIN_BANDED_PAIRS, with the banded aligner around their anchored
-    offsets (`banded.banded_identity`: the same scores, choices and identity, many pairs at once); the others,
-    and those the band cannot be trusted for, with PairwiseAligner itself (`aligned_identity`)."""
+    (votes >= MIN_VOTES) with the banded aligner around their anchored offsets (`banded.banded_identity`: the
+    same scores, choices and identity, many pairs at once); the others, and those the band cannot be trusted
+    for, with PairwiseAligner itself (`aligned_identity`). Each pair's answer is its own: the same whatever other
+    pairs are aligned with it (a lone anchored pair is banded too: PairwiseAligner can find a path outside the
+    band that the banded aligner would not, and a query's identity must not depend on its chunk)."""
     which = np.asarray(which, dtype=np.int64)
     a_idx = np.asarray(a_idx, dtype=np.int64)
     b_idx = np.asarray(b_idx, dtype=np.int64)
     banded = which[result.votes[which] >= MIN_VOTES]
     rest = which[result.votes[which] < MIN_VOTES]
-    if len(banded) >= MIN_BANDED_PAIRS:
+    if len(banded):
         got = banded_identity(a_store, a_idx[banded], b_store, b_idx[banded], result.band_low[banded],
                               result.band_high[banded], iupac=iupac)
         weak = np.flatnonzero(got.ok & ~got.in_band & (result.votes[banded] <= MIN_VOTES))
@@ -462,8 +461,6 @@ def _align_pairs(a_store: SequenceStore, a_idx: np.ndarray, b_store: SequenceSto
         done = banded[got.ok]
         _set_aligned(result, done, got.identity[got.ok], got.columns[got.ok])
         rest = np.concatenate([rest, banded[~got.ok]])
-    else:
-        rest = np.concatenate([rest, banded])
     for p in np.sort(rest).tolist():
         ident, cols = aligned_identity(a_store.sequence(int(a_idx[p])), b_store.sequence(int(b_idx[p])),
                                        iupac=iupac, detail=True)

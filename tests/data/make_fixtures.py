@@ -14,6 +14,8 @@ Files written:
     bold_bcdm_sample.tsv      header + 30 records of formats/bold_bcdm_sample.tsv, raw bytes (`None` values)
     example.fasta             100 records of the sample (test and test_unseen first), cleaned, 60 nt a line
     sintax_reference.fasta    100 train records of the sample with SINTAX headers (>id;tax=p:..,s:Genus_species;bin=..;)
+    tandem_pair.fasta         two Aedes aegypti train records: one with a ~125-base tandem duplication at its start,
+                              whose alignment to the other PairwiseAligner finds just outside the anchored band
     bad/                      the bad-input corpus (one file per case; see docs/input-formats.md)
 """
 
@@ -33,6 +35,7 @@ sys.path.insert(0, str(HERE.parent.parent))
 
 from barcodetool.io import BarcodeRecord, clean_sequence, write_fasta  # noqa: E402
 
+TANDEM_PAIR = ("GBMNA23272-19", "GBMNB24678-20")
 GENERA = ("Poecilus", "Cryptocephalus", "Simulium", "Megachile", "Eilema", "Crambus")
 PER_SPLIT = {"train": 7, "val": 2, "test": 4, "key_unseen": 3, "test_unseen": 4, "pretrain": 2}
 RANKS = ("phylum", "class", "order", "family", "subfamily", "genus", "species")
@@ -194,6 +197,11 @@ def main() -> None:
     reference = [to_record(r) for r in rows if r["split"] == "train"][:100]
     with open(HERE / "sintax_reference.fasta", "w", encoding="utf-8", newline="\n") as handle:
         write_fasta(reference, handle, sintax=True)
+
+    with gzip.open(data / "bold_insects.csv.gz", "rt", encoding="utf-8", newline="") as handle:
+        tandem = {r["processid"]: to_record(r) for r in csv.DictReader(handle) if r["processid"] in TANDEM_PAIR}
+    with open(HERE / "tandem_pair.fasta", "w", encoding="utf-8", newline="\n") as handle:
+        write_fasta([tandem[i] for i in TANDEM_PAIR], handle, width=60)
 
     write_bad(HERE / "bad", rows)
     write_bcdm_none(bcdm_path, HERE / "bad" / "bcdm_none.tsv")
