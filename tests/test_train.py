@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -24,7 +25,8 @@ from click.testing import CliRunner
 from barcodetool.cli import main
 from barcodetool.embedding import read_embeddings
 from barcodetool.errors import ModelError, UsageError
-from barcodetool.io.readers import BarcodeRecord
+from barcodetool.io import write_fasta
+from barcodetool.io.readers import BarcodeRecord, read_barcodes
 from barcodetool.model.mae import BarcodeMAE, preset
 from barcodetool.model.tokenizer import KmerTokenizer
 from barcodetool.model.weights import CARD_FILE, TENSORS_FILE, load_model_folder, read_card, save_model
@@ -471,6 +473,33 @@ def test_ddp_two_processes_on_cpu(tmp_path, subprocess_env):
     assert training["processes"] == 2 and training["steps"] == 6
     assert training["batch_size"] == 16  # 8 per process
     assert read_training_state(output / CHECKPOINT_DIR)["world_size"] == 2
+
+
+@pytest.mark.slow
+def test_ddp_processes_that_read_different_data_stop_with_one_error(tmp_path, subprocess_env):
+    """Each process reads DATA itself; one machine's differing copy trained that process on other barcodes, and a
+    different count gave it another number of steps (a hang at the last collective). Two processes reading 40
+    and 39 records of one file end at once, each with the same one-line error, and write nothing."""
+    records = list(read_barcodes(BIOSCAN, skip_empty=True))[:40]
+    for rank, part in enumerate((records, records[:-1])):
+        with open(tmp_path / f"data{rank}.fasta", "w", encoding="utf-8") as handle:
+            write_fasta(part, handle)
+    script = tmp_path / "each_rank.py"
+    script.write_text("import os, sys\nfrom barcodetool.cli import main\n"
+                      "sys.argv = ['barcodetool', '-q', 'train', os.path.join(sys.argv[1], 'data' + os.environ['RANK'] "
+                      "+ '.fasta'), '--preset', 'tiny', '--max-steps', '2', '--batch-size', '4', '--device', 'cpu', "
+                      "'--threads', '1', '-o', os.path.join(sys.argv[1], 'run')]\nmain()\n")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(free_port()), str(script), str(tmp_path)]
+    done = subprocess.run(command, env=subprocess_env, capture_output=True, text=True, timeout=240)
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("barcodetool: ")]
+    assert len(errors) == 2 and errors[0] == errors[1], done.stderr[-3000:]
+    counts = re.search(r"read different training data: rank 0 ([\d,]+) barcodes, sha256 \w+\.\.\., "
+                       r"rank 1 ([\d,]+) barcodes", errors[0])
+    assert counts and int(counts[1]) == int(counts[2]) + 1, errors[0]     # (the validation part held out)
+    assert "barcodetool/" not in done.stderr        # no traceback of ours (torchrun prints its own ChildFailedError)
+    assert not (tmp_path / "run" / "checkpoint").exists()
 
 
 # ============================================================================================ supervised contrastive

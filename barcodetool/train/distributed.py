@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import InputError
 from ..model.runtime import resolve_device
 
 
@@ -50,3 +51,23 @@ def all_reduce_sum(values: torch.Tensor, dist: Distributed) -> torch.Tensor:
     if dist.enabled:
         torch.distributed.all_reduce(values)
     return values
+
+
+def check_same_data(count: int, sha256: str, dist: Distributed, device: torch.device) -> None:
+    """Raise InputError on every process unless all of them read the same training data (the same number of
+    barcodes, the same Corpus.fingerprint). Each process reads DATA itself: a copy that differs on one machine
+    would train that process on other barcodes, and a different count gives it another number of steps, so the
+    job would hang at its last collective instead of ending."""
+    if not dist.enabled:
+        return
+    mine = torch.tensor([count] + [int(sha256[i:i + 8], 16) for i in range(0, 32, 8)], dtype=torch.int64,
+                        device=device)                                   # the count and 128 bits of the digest
+    gathered = [torch.empty_like(mine) for _ in range(dist.world_size)]
+    torch.distributed.all_gather(gathered, mine)
+    rows = [g.tolist() for g in gathered]
+    other = next((r for r, row in enumerate(rows) if row != rows[0]), None)
+    if other is not None:
+        describe = lambda row: f"{row[0]:,} barcodes, sha256 {''.join(f'{v:08x}' for v in row[1:])[:12]}..."
+        raise InputError(f"the processes of this torchrun job read different training data: rank 0 {describe(rows[0])}, "
+                         f"rank {other} {describe(rows[other])}", fix="every process must read the same DATA: one "
+                         "file on a shared disk, or identical copies on every machine")

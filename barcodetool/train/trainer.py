@@ -35,7 +35,7 @@ from ..model.weights import (CARD_FILE, TENSORS_FILE, PretrainedModel, available
                              load_model_folder, read_card, save_model, sha256_file, user_models_dir)
 from .config import CHECKPOINT_DIR, METRICS_FILE, OPTIMIZER_FILE, STATE_FILE, RunOutput, TrainConfig
 from .data import Corpus, split_validation
-from .distributed import Distributed, all_reduce_sum, init_distributed
+from .distributed import Distributed, all_reduce_sum, check_same_data, init_distributed
 from .tasks import DistillTask, FinetuneTask, MAETask, student_from_teacher
 
 
@@ -102,6 +102,7 @@ class Trainer:
         self.base_card = base_card or {}
         self.sampler = sampler   # None: shuffled epochs; else .rows(seed) gives each step's rows (supcon.GroupSampler)
         n = len(corpus)
+        check_same_data(n, corpus.fingerprint, dist, device)
         self.global_batch = min(config.batch_size * dist.world_size, n)
         self.local_batch = self.global_batch // dist.world_size
         if self.local_batch < 1:
