@@ -93,6 +93,7 @@ def test_hdf5_round_trip(tiny_pretrained, bioscan_records, tmp_path, dtype):
     assert attrs["model_sha256"] == tiny_pretrained.sha256 and len(attrs["model_sha256"]) == 64
     assert attrs["pooling"] == "mean"
     assert attrs["dtype"] == dtype and attrs["count"] == n and attrs["embedding_dim"] == 32
+    assert attrs["compute"] == "float32"                  # a CPU model loaded without --compute
     assert str(attrs["created"]).startswith("20")
     assert attrs["source"] == "bioscan_sample.csv"
 
@@ -208,9 +209,10 @@ def test_open_hdf5_checks_the_format_version(tmp_path, version, rebuild, word):
         pass
 
 
-def test_bfloat16_embeddings_match_float32_and_barely_depend_on_batches(tiny_model_dir, bioscan_records):
+def test_bfloat16_embeddings_match_float32_and_barely_depend_on_batches(tiny_model_dir, bioscan_records, tmp_path):
     """--compute bfloat16 (what `auto` picks on CPUs with native bf16): the same embeddings as float32 to bf16
-    rounding, and batch composition moves them by rounding only (dynamic int8 was rejected for failing this)."""
+    rounding, and batch composition moves them by rounding only (dynamic int8 was rejected for failing this);
+    the file says which arithmetic made it."""
     from barcodetool.model.weights import load_model
 
     sequences = [r.sequence for r in bioscan_records[:40]]
@@ -225,6 +227,8 @@ def test_bfloat16_embeddings_match_float32_and_barely_depend_on_batches(tiny_mod
     assert cosine(full, half).min() > 0.999
     assert cosine(alone, half).min() > 0.9999
     assert not np.array_equal(full, half)  # bf16 really ran
+    embed_file(BIOSCAN, tmp_path / "half.h5", half_model)
+    assert read_embeddings(tmp_path / "half.h5").attrs["compute"] == "bfloat16"
 
 
 def test_embed_file_of_a_model_that_reads_in_phase(tmp_path):
