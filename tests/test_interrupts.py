@@ -201,6 +201,9 @@ def test_interrupted_training_keeps_only_complete_checkpoints(runs, name):
     assert sha256_file(folder / "optimizer.safetensors") == state["optimizer_sha256"]
     load_model_folder(folder)  # verifies the card's sha256 too
     assert state["step"] >= 3 and state["step"] % 3 == 0
+    # the message names the checkpoint in place, once, not the files of its staging folder (gone by then)
+    last = run.stderr.strip().splitlines()[-1]
+    assert ".partial" not in last and last.count(str(model / "checkpoint")) == 1, last
 
 
 # ============================================================================================ swallowed signals

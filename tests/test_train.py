@@ -24,7 +24,7 @@ from click.testing import CliRunner
 
 from barcodetool.cli import main
 from barcodetool.embedding import read_embeddings
-from barcodetool.errors import ModelError, UsageError
+from barcodetool.errors import ModelError, OutputError, UsageError
 from barcodetool.io import write_fasta
 from barcodetool.io.readers import BarcodeRecord, read_barcodes
 from barcodetool.model.mae import BarcodeMAE, preset
@@ -250,6 +250,21 @@ def test_existing_run_needs_resume(corpus, reference_run, tmp_path):
         pretrain(corpus, config=SHORT, output=tmp_path / "fresh", resume=True)
     assert not (tmp_path / "fresh").exists()        # a failed resume makes no folder
 
+
+
+def test_resuming_a_finished_run_logs_nothing_twice_and_a_folder_is_no_metrics_log(corpus, reference_run, tmp_path):
+    """A finished run resumed with the same steps appended a second evaluation line to metrics.jsonl; a folder in
+    the metrics log's place ended the run with a bare "[Errno 21] Is a directory"."""
+    output = tmp_path / "run"
+    shutil.copytree(reference_run, output)
+    before = (output / METRICS_FILE).read_text()
+    result = pretrain(corpus, config=SHORT, output=output, resume=True)
+    assert result.steps == SHORT.max_steps and (output / METRICS_FILE).read_text() == before
+    assert_same_weights(reference_run, output)
+    (output / METRICS_FILE).unlink()
+    (output / METRICS_FILE).mkdir()
+    with pytest.raises(OutputError, match=f"{METRICS_FILE} is not a file: .*remove or rename it"):
+        pretrain(corpus, config=SHORT, output=output, resume=True)
 
 
 def test_resume_refuses_fewer_steps_another_reading_and_a_finished_model(corpus, reference_run, tmp_path):

@@ -44,8 +44,18 @@ def clear_signals() -> None:
 
 
 def note_published(path: str | os.PathLike) -> None:
-    """Record that an output is complete and in place (called by barcodetool.io.atomic after its rename)."""
-    _published.append(str(path))
+    """Record that an output is complete and in place (called by barcodetool.io.atomic after its rename); an
+    output published again (a checkpoint saved at every N steps) is named once."""
+    if str(path) not in _published:
+        _published.append(str(path))
+
+
+def note_folder_published(staging: str | os.PathLike, folder: str | os.PathLike) -> None:
+    """Record that the staging folder whose files were published one by one is now in place as `folder`: the
+    folder is named, not the files under a path that no longer exists."""
+    inside = os.path.join(str(staging), "")
+    _published[:] = [p for p in _published if p != str(staging) and not p.startswith(inside)]
+    note_published(folder)
 
 
 def published() -> list[str]:

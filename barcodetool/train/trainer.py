@@ -25,8 +25,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..errors import ModelError, UsageError
+from ..errors import ModelError, OutputError, UsageError
 from ..io.atomic import atomic_path
+from ..io.interrupts import note_folder_published, signals_held
 from ..model.mae import BarcodeMAE, BarcodeMAEConfig
 from ..model.mae import preset as model_preset
 from ..model.runtime import autocast, resolve_compute
@@ -308,8 +309,12 @@ class Trainer:
             spent = self.restore(folder)
             self.log(f"resumed from step {self.step} of {self.total_steps}")
         metrics_path = self.output / METRICS_FILE
+        if self.dist.is_main and (metrics_path.exists() or metrics_path.is_symlink()) and not metrics_path.is_file():
+            raise OutputError(f"{metrics_path} is not a file: training appends its metrics log there (remove or "
+                              "rename it)")
+        evaluated = set()   # steps whose evaluation the log already holds (a resumed run that had ended)
         if resume and self.dist.is_main:
-            _trim_metrics(metrics_path, self.step)
+            evaluated = _trim_metrics(metrics_path, self.step)
         log_handle = open(metrics_path, "a", encoding="utf-8") if self.dist.is_main else None
         start_time, window_start, window_rows = time.perf_counter(), time.perf_counter(), 0
         running, running_loss, running_n = None, 0.0, 0
@@ -351,7 +356,7 @@ class Trainer:
                     break
             seconds = spent + time.perf_counter() - start_time
             evaluation = self.evaluate()
-            if evaluation and log_handle:
+            if evaluation and log_handle and self.step not in evaluated:
                 log_handle.write(json.dumps({"step": self.step} | evaluation) + "\n")
             if self.dist.is_main:
                 self.save_checkpoint(seconds)
@@ -367,12 +372,13 @@ class Trainer:
 
 
 # ============================================================================================ checkpoints
-def _trim_metrics(path: Path, step: int) -> None:
+def _trim_metrics(path: Path, step: int) -> set[int]:
     """Keep the metrics log of a resumed run up to its checkpoint's step: the steps after it are trained (and
-    logged) again, and a line cut short by a kill is dropped, so the log holds each step once."""
+    logged) again, and a line cut short by a kill is dropped, so the log holds each step once. Returns the steps
+    of the evaluation lines kept (those without a learning rate), which the resumed run does not log again."""
     if not path.is_file():
-        return
-    kept = []
+        return set()
+    kept, evaluated = [], set()
     with open(path, encoding="utf-8", errors="replace") as handle:
         for line in handle:
             try:
@@ -381,8 +387,11 @@ def _trim_metrics(path: Path, step: int) -> None:
                 continue
             if isinstance(entry, dict) and isinstance(entry.get("step"), int) and entry["step"] <= step:
                 kept.append(line if line.endswith("\n") else line + "\n")
+                if "lr" not in entry:
+                    evaluated.add(entry["step"])
     with atomic_path(path) as temporary:
         temporary.write_text("".join(kept), encoding="utf-8")
+    return evaluated
 
 
 def _replace_folder(new: Path, folder: Path) -> None:
@@ -392,7 +401,9 @@ def _replace_folder(new: Path, folder: Path) -> None:
     if folder.exists():
         shutil.rmtree(old, ignore_errors=True)
         os.replace(folder, old)
-    os.replace(new, folder)
+    with signals_held():   # renamed and noted together: an interruption after this names the checkpoint
+        os.replace(new, folder)
+        note_folder_published(new, folder)
     shutil.rmtree(old, ignore_errors=True)
 
 
