@@ -68,6 +68,7 @@ def check_same_data(count: int, sha256: str, dist: Distributed, device: torch.de
     other = next((r for r, row in enumerate(rows) if row != rows[0]), None)
     if other is not None:
         describe = lambda row: f"{row[0]:,} barcodes, sha256 {''.join(f'{v:08x}' for v in row[1:])[:12]}..."
-        raise InputError(f"the processes of this torchrun job read different training data: rank 0 {describe(rows[0])}, "
-                         f"rank {other} {describe(rows[other])}", fix="every process must read the same DATA: one "
-                         "file on a shared disk, or identical copies on every machine")
+        raise InputError(f"the processes of this torchrun job read different training data: rank 0 "
+                         f"{describe(rows[0])}, rank {other} {describe(rows[other])}",
+                         fix="every process must read the same DATA: one file on a shared disk, or identical copies "
+                         "on every machine")
