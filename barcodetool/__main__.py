@@ -1,6 +1,6 @@
-"""`python -m barcodetool`: the command line (barcodetool.cli), with the same early signal handling as the
-`barcodetool` program (installed by barcodetool.cli as its first step)."""
+"""`python -m barcodetool`: the command line (barcodetool.cli), with the same early signal handling and exit as
+the `barcodetool` program (installed by barcodetool.cli as its first step)."""
 
-from .cli import main
+from .cli import run
 
-main(prog_name="barcodetool")
+run()
