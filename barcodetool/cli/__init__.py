@@ -1,9 +1,10 @@
 """The `barcodetool` command line: parses and validates options, calls the library, maps errors to exit codes.
 
-The group `main` is defined here, and `run`, the program (the console script and `python -m barcodetool`); each command lives in a module of its own (models, train,
-embed, reference, classify, cluster, benchmark, plot) that imports only `_common` and the library. A command's
-module is imported when that command runs (Click's lazily loaded subcommands), so that `barcodetool classify` does
-not pay for the imports of `benchmark` or `plot`, and `--version` for none of them.
+The group `main` is defined here, and `run`, the program (the console script and `python -m barcodetool`); each
+command lives in a module of its own (models, train, embed, reference, classify, cluster, benchmark, plot) that
+imports only `_common` and the library. A command's module is imported when that command runs (Click's lazily
+loaded subcommands), so that `barcodetool classify` does not pay for the imports of `benchmark` or `plot`, and
+`--version` for none of them.
 
 Exit status: 0 success (also when the reader of standard output stops early, as `| head` does); 1 a problem with
 the input, a model or an output (one line on stderr); 2 a usage error; 130 / 143 interrupted by SIGINT / SIGTERM
