@@ -240,6 +240,12 @@ def test_read_fasta_taxonomy_requires_taxonomy():
     ("id4;tax=f:Carabidae,t:Harpalinae,s:NA;", ("id4", {"family": "Carabidae", "subfamily": "Harpalinae"}, None)),
     ("  spaced  ", ("spaced", {}, None)),
     ("", ("", {}, None)),
+    # labels with spaces (cut at the first space, the species was the genus name and was then dropped)
+    ("id5;tax=g:Crambus,s:Crambus agitatellus;bin=BOLD:AAA4505;",
+     ("id5", {"genus": "Crambus", "species": "Crambus agitatellus"}, "BOLD:AAA4505")),
+    ("id6;tax=g:Foo,s:Foo sp. BOLD:AAA0003;", ("id6", {"genus": "Foo", "species": "Foo sp. BOLD:AAA0003"}, None)),
+    ("id7 tax=g:Aedes,s:Aedes aegypti bin=BOLD:AAA1 more words",
+     ("id7", {"genus": "Aedes", "species": "Aedes aegypti"}, "BOLD:AAA1")),
 ])
 def test_parse_fasta_header(title, expected):
     assert parse_fasta_header(title) == expected

@@ -12,7 +12,11 @@ from ..taxonomy import RANKS, SINTAX_LETTERS, SINTAX_RANKS
 from .atomic import atomic_text
 from .records import MISSING_VALUES, BarcodeRecord
 
-_KEY_VALUE = re.compile(r"(?:^|[;\s])(tax|bin)=([^;\s]*)")
+# `tax=`/`bin=` attributes: a SINTAX attribute runs to the next `;`; in a description of words (`id tax=... bin=...`)
+# a value ends where the next key=value word starts. Labels may hold spaces (`s:Crambus agitatellus`, `s:Foo sp.
+# BOLD:AAA0003`): cut at the first space, they were read as the genus alone.
+_KEY = re.compile(r"(?:^|[;\s])(tax|bin)=")
+_VALUE_END = re.compile(r";|\s+[A-Za-z_]\w*=")
 # What a SINTAX title cannot hold inside a label: white space and control characters, the ',' between ranks and
 # the ';' that ends an attribute; each becomes '_' (which parse_sintax_taxonomy reads back as a space)
 _SINTAX_UNSAFE = re.compile(r"[\s,;\x00-\x1f\x7f-\x9f]")
@@ -36,7 +40,8 @@ def parse_fasta_header(title: str) -> tuple[str, dict[str, str], str | None]:
     """Split a FASTA title line (without '>') into (id, taxonomy, bin).
 
     The id is the first word; in a SINTAX header (`id;tax=p:...,s:...;`) it is the part before the first `;`.
-    `tax=` and `bin=` keys are read from `;`-separated SINTAX attributes or from words of the description.
+    `tax=` and `bin=` keys are read from `;`-separated SINTAX attributes (to the next `;`: labels may hold
+    spaces) or from words of the description (to the next `key=` word).
     """
     title = title.strip()
     words = title.split(None, 1)
@@ -48,7 +53,12 @@ def parse_fasta_header(title: str) -> tuple[str, dict[str, str], str | None]:
     bin_uri = None
     if "=" in title:
         rest = title[len(record_id):]
-        for key, value in _KEY_VALUE.findall(rest):
+        for found in _KEY.finditer(rest):
+            key = found[1]
+            end = _VALUE_END.search(rest, found.end())
+            value = rest[found.end():end.start() if end else len(rest)].strip()
+            if key == "bin":
+                value = value.split(None, 1)[0] if value else value
             if key == "tax" and not taxonomy:
                 taxonomy = parse_sintax_taxonomy(value)
             elif key == "bin" and bin_uri is None and value and value not in MISSING_VALUES:
