@@ -251,6 +251,29 @@ def test_parse_fasta_header(title, expected):
     assert parse_fasta_header(title) == expected
 
 
+def test_bold_rows_of_other_markers_are_skipped_and_counted(tmp_path):
+    """A BOLD export holds a row per marker of a specimen under one processid: its 28S and ITS rows were read as
+    barcodes (after a duplicate-id error, or with --allow-duplicates into a reference under COI's taxonomy)."""
+    lines = BCDM.read_text(encoding="utf-8").splitlines()
+    header = lines[0].split("\t")
+    marker, sequence = header.index("marker_code"), header.index("nucraw")
+    rows = [line.split("\t") for line in lines[1:6]]
+    other = []
+    for row, gene in zip(rows[:3], ("28S", "ITS2", "COI-3P")):
+        copy = list(row)
+        copy[marker], copy[sequence] = gene, "ACGT" * 100
+        other.append(copy)
+    rows[4][marker] = ""                                   # no marker named: read as before
+    path = tmp_path / "multimarker.tsv"
+    path.write_text("\n".join(["\t".join(header)] + ["\t".join(r) for r in rows + other]) + "\n", encoding="utf-8")
+    records, stats = read(path)
+    assert [r.id for r in records] == [r[0] for r in rows] and all("ACGTACGT" not in r.sequence for r in records)
+    assert stats.other_markers == {"28S": 1, "ITS2": 1, "COI-3P": 1}
+    assert "3 rows of other markers than COI skipped (28S: 1, ITS2: 1, COI-3P: 1)" in stats.summary()
+    from barcodetool.io.tables import is_coi
+    assert is_coi("COI-5P|COI-5P") and is_coi("coi-5p") and is_coi("") and is_coi("None") and not is_coi("rbcL")
+
+
 def test_fasta_old_mac_line_ends(tmp_path):
     path = tmp_path / "mac.fasta"
     path.write_bytes(b">a\rACGTAC\rGTAC\r>b\rTTTT\r")

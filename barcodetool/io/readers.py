@@ -48,6 +48,7 @@ class ReadStats:
     genus_as_species: int = 0         # records whose species label is their genus's name (read as no species)
     skipped_invalid: int = 0          # invalid records skipped with skip_invalid
     invalid_ids: list[str] = field(default_factory=list)  # the ids of the first few of them
+    other_markers: dict[str, int] = field(default_factory=dict)  # table rows of other genes skipped, by marker
 
     def summary(self) -> str:
         """One human line for the log."""
@@ -64,6 +65,10 @@ class ReadStats:
             parts.append(f"{self.skipped_empty:,} empty or too short skipped")
         if self.duplicates:
             parts.append(f"{self.duplicates:,} duplicate id{'s' if self.duplicates != 1 else ''} kept")
+        if self.other_markers:
+            count = sum(self.other_markers.values())
+            shown = ", ".join(f"{m}: {n:,}" for m, n in sorted(self.other_markers.items(), key=lambda x: -x[1])[:5])
+            parts.append(f"{count:,} row{'s' if count != 1 else ''} of other markers than COI skipped ({shown})")
         if self.skipped_invalid:
             first = ", ".join(self.invalid_ids)
             more = ", ..." if self.skipped_invalid > len(self.invalid_ids) else ""
@@ -218,7 +223,7 @@ def _read(path, options: ReadOptions, stats: ReadStats) -> Iterator[BarcodeRecor
                 records = fastq_records(text, display)
             else:
                 records = table_records(text, sniffed.format, sniffed.delimiter, options.id_column,
-                                        options.sequence_column, display)
+                                        options.sequence_column, display, stats.other_markers)
             no_records = "" if sniffed.format in ("fasta", "fastq") else ": the table has a header line but no rows"
             yield from _checked(records, display, options, stats, no_records)
         except CORRUPT_ERRORS as error:

@@ -20,6 +20,10 @@ _KNOWN = {
     "bold-bcdm": dict(id="processid", sequence="nucraw", bin=("bin_uri",), taxonomy="{rank}"),
 }
 _SEQUENCE_GUESSES = ("sequence", "seq", "nucleotides", "nucraw", "dna_barcode", "barcode", "dna")
+# BOLD exports hold a row per marker of a specimen (COI-5P, 28S, ITS, rbcL, ...) under one processid: a row whose
+# marker column names none of these is another gene, not a barcode for these models, and is skipped (counted)
+MARKER_COLUMNS = ("marker_code", "markercode", "marker_codes", "marker")
+COI_MARKERS = frozenset({"coi-5p", "coi", "co1", "cox1", "coxi"})
 _ID_GUESSES = ("processid", "id", "sampleid", "seqid", "accession", "name")
 
 
@@ -43,6 +47,7 @@ class _Columns:
     bin: int | None
     split: int | None
     other: list[tuple[str, int]]
+    marker: int | None = None
 
 
 def _list_columns(header: list[str]) -> str:
@@ -106,7 +111,14 @@ def _column_map(fmt: str, header: list[str], id_column: str | None, sequence_col
     split_index = find("split")
     used = {id_index, sequence_index, bin_index, split_index} | {i for _, i in taxonomy}
     other = [(name, index) for index, name in enumerate(header) if index not in used]
-    return _Columns(id_index, sequence_index, taxonomy, bin_index, split_index, other)
+    marker_index = next((find(name) for name in MARKER_COLUMNS if find(name) is not None), None)
+    return _Columns(id_index, sequence_index, taxonomy, bin_index, split_index, other, marker_index)
+
+
+def is_coi(marker: str) -> bool:
+    """True for a marker field naming the COI barcode region (`COI-5P`, BOLD v3's `COI-5P|COI-5P`), or empty."""
+    parts = [part.strip().lower() for part in marker.split("|") if part.strip() and part.strip() not in MISSING_VALUES]
+    return not parts or any(part in COI_MARKERS for part in parts)
 
 
 def _rows(reader, display: str) -> Iterator[list[str]]:
@@ -128,12 +140,14 @@ def _strip_cr(handle) -> Iterator[str]:
 
 
 def table_records(text: IO[str], fmt: str, delimiter: str, id_column: str | None, sequence_column: str | None,
-                  display: str) -> Iterator[tuple[str, str, dict, str | None, str | None, dict]]:
+                  display: str, other_markers: dict[str, int] | None = None
+                  ) -> Iterator[tuple[str, str, dict, str | None, str | None, dict]]:
     """(id, raw sequence, taxonomy, bin, split, other fields) of each row of a table text stream, uncleaned.
 
     `fmt` is the table's layout ("bioscan", "bold-v3", "bold-bcdm", "table"), `delimiter` "\\t" or ",";
     `id_column` and `sequence_column` override the layout's columns (a generic "table" needs both). `display`
-    names the input in errors.
+    names the input in errors. Rows whose marker column (MARKER_COLUMNS) names another gene than COI are skipped
+    and counted by marker in `other_markers`.
     """
     if csv.field_size_limit() < _CSV_FIELD_LIMIT:
         csv.field_size_limit(_CSV_FIELD_LIMIT)
@@ -154,7 +168,7 @@ def table_records(text: IO[str], fmt: str, delimiter: str, id_column: str | None
     width = len(header)
     id_index, sequence_index = columns.id, columns.sequence
     taxonomy_columns, other_columns = columns.taxonomy, columns.other
-    bin_index, split_index = columns.bin, columns.split
+    bin_index, split_index, marker_index = columns.bin, columns.split, columns.marker
     id_name = header[id_index]
     missing = MISSING_VALUES
     for row in rows:
@@ -167,6 +181,11 @@ def table_records(text: IO[str], fmt: str, delimiter: str, id_column: str | None
                                  path=display, record=record or None,
                                  fix="check the delimiter and that fields holding it are quoted "
                                      "(or that a free-text field does not hold a line break)")
+        if marker_index is not None and not is_coi(row[marker_index]):
+            if other_markers is not None:
+                marker = row[marker_index].strip()
+                other_markers[marker] = other_markers.get(marker, 0) + 1
+            continue
         record_id = row[id_index].strip()
         if record_id in missing:
             raise InputError(f"line {reader.line_num} has no record id in column {id_name!r}", path=display,
