@@ -18,6 +18,7 @@ class InputError(BarcodeToolError):
 
     def __init__(self, message: str, *, path: str | None = None, record: str | None = None,
                  fix: str | None = None):
+        self.message = message
         self.path = path
         self.record = record
         self.fix = fix

@@ -218,6 +218,23 @@ def test_reference_without_taxonomy(model_dir, out_dir):
         assert_nothing_written(out_dir)
 
 
+def test_a_reference_that_needs_reading_options_points_to_reference_build(model_dir, out_dir, tmp_path):
+    """classify's --allow-duplicates, --id-column and --sequence-column are the queries': the error for a reference
+    table that needs them told the user to pass them, and passing them gave the same error."""
+    table = tmp_path / "generic.tsv"
+    table.write_text("sample\tseq\tgenus\n" + "".join(f"s{i}\t{r.sequence}\t{r.taxonomy.get('genus', '')}\n"
+                                                       for i, r in enumerate(read_barcodes(DATA / "example.fasta"))))
+    cases = [(BAD / "duplicate_ids.fasta", ["--allow-duplicates"], "--allow-duplicates is an option of"),
+             (table, ["--id-column", "sample", "--sequence-column", "seq"], "--id-column and --sequence-column are")]
+    for reference, options, words in cases:
+        for extra in ([], options):
+            result = invoke(["-q", "classify", str(BAD / "crlf.fasta"), "-r", str(reference), "-o",
+                             str(out_dir / "out.tsv"), "-m", str(model_dir), *CPU, *extra])
+            assert_one_error_line(result, names=[str(reference)],
+                                  words=[words, f"barcodetool reference build {reference} -o ref.h5", "-r ref.h5"])
+            assert_nothing_written(out_dir)
+
+
 def test_index_built_with_another_model(other_model_dir, index_path, out_dir):
     for command in (["classify", str(BAD / "crlf.fasta"), "-o", str(out_dir / "out.tsv")],
                     ["cluster", str(BAD / "crlf.fasta"), "-o", str(out_dir / "out.tsv")]):

@@ -22,7 +22,7 @@ from typing import IO
 import click
 from click.core import ParameterSource
 
-from ..errors import BarcodeToolError, Interrupted, UsageError
+from ..errors import BarcodeToolError, InputError, Interrupted, UsageError
 from ..io import ReadOptions
 from ..io.atomic import atomic_text, check_output_path, check_outputs_distinct, is_stdout, remove_pending
 from ..io.interrupts import SignalGuard, interrupted, interruption_message, note_reported
@@ -285,10 +285,26 @@ def open_reference_index(obj: Context, reference: str, model, batch_size: int, r
                          skip_invalid: bool = False):
     """A built index, or a table/FASTA indexed once and cached (barcodetool.reference.open_reference), logged."""
     options = ReadOptions(format=reference_format, skip_invalid=skip_invalid)
-    with obj.progress(None, "barcode", "reference") as bar:
-        index = open_reference(reference, model, read_options=options, batch_size=batch_size, progress=bar.update)
+    try:
+        with obj.progress(None, "barcode", "reference") as bar:
+            index = open_reference(reference, model, read_options=options, batch_size=batch_size,
+                                   progress=bar.update)
+    except InputError as error:
+        # the reading options of the command (--allow-duplicates, --id-column, ...) are the queries'; a reference
+        # that needs one is indexed once with `reference build`, which takes them all
+        needed = [option for option in REFERENCE_BUILD_OPTIONS if error.fix and option in error.fix]
+        if not needed:
+            raise
+        raise InputError(error.message, path=error.path, record=error.record,
+                         fix=f"{error.fix}; for a reference (-r) {' and '.join(needed)} "
+                             f"{'are options' if len(needed) > 1 else 'is an option'} of `barcodetool reference "
+                             f"build {reference} -o ref.h5`: index it so, then give -r ref.h5") from None
     log_reference(index)
     return index
+
+
+# reading options `reference build` takes that the reference of classify/cluster (-r TABLE) is not read with
+REFERENCE_BUILD_OPTIONS = ("--allow-duplicates", "--id-column", "--sequence-column")
 
 
 # ============================================================================================ outputs
