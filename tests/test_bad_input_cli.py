@@ -208,6 +208,24 @@ def test_classify_tolerated_queries(name, options, model_dir, index_path, out_di
     assert sorted(p.name for p in out_dir.iterdir()) == ["out.tsv"]
 
 
+def test_classify_and_cluster_refuse_a_record_longer_than_a_gene(model_dir, index_path, out_dir):
+    """`embed` reads a 50 kb record from its first 660 nt; aligned whole, such a record took classify 9.9 s (20 kb),
+    39 s (80 kb) or minutes (a 3 Mb contig, which then kept a SIGTERM waiting): classify and cluster refuse it by
+    name, or with --skip-invalid skip it (counted)."""
+    path = BAD / "long_50kb.fasta"
+    for command in (["classify", str(path), "-r", str(index_path)], ["cluster", str(path)]):
+        result = invoke(["-q", *command, "-o", str(out_dir / "out.tsv"), "-m", str(model_dir), *CPU])
+        assert_one_error_line(result, names=[str(path), "record 'LONG-50KB'"],
+                              words=["50,000 nt long, longer than a COI barcode or gene", "cut the COI region"])
+        assert_nothing_written(out_dir)
+    result = invoke(["classify", str(path), "-r", str(index_path), "-o", str(out_dir / "out.tsv"), "-m",
+                     str(model_dir), *CPU, "--skip-invalid"])
+    assert result.exit_code == 0, result.output
+    assert "1 invalid skipped (first: LONG-50KB)" in result.stderr
+    rows = (out_dir / "out.tsv").read_text().splitlines()[1:]
+    assert [row.split("\t")[0] for row in rows] == [r.id for r in read_barcodes(path) if r.id != "LONG-50KB"]
+
+
 def test_reference_without_taxonomy(model_dir, out_dir):
     """A reference FASTA without SINTAX taxonomy (or BINs) cannot classify: one line naming it and the fix."""
     reference = DATA / "example.fasta"  # 100 plain FASTA records, no taxonomy in the headers

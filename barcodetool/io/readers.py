@@ -168,7 +168,8 @@ class ReadOptions(Options):
     tables). Records whose cleaned sequence is empty or shorter than `min_length` raise InputError unless
     `skip_empty`; repeated ids raise InputError unless `allow_duplicates`; invalid records (a sequence with a
     character that is not a nucleotide code, or an id, label or BIN holding a line break, tab or other control
-    character) raise InputError unless `skip_invalid`, which skips them (counted in ReadStats).
+    character) raise InputError unless `skip_invalid`, which skips them (counted in ReadStats), as do sequences
+    longer than `max_length` (None: any length).
     """
 
     format: str = "auto"
@@ -178,6 +179,7 @@ class ReadOptions(Options):
     allow_duplicates: bool = False
     min_length: int = 1
     skip_invalid: bool = False
+    max_length: int | None = None   # longer cleaned sequences are invalid (commands that align the whole query)
 
     kind = "read"
     formats = FORMATS   # the values of `format`
@@ -186,6 +188,9 @@ class ReadOptions(Options):
         if isinstance(self.min_length, bool) or not isinstance(self.min_length, int):
             raise UsageError(f"min_length must be a whole number, got {self.min_length!r}")
         object.__setattr__(self, "min_length", max(1, self.min_length))
+        if self.max_length is not None and (isinstance(self.max_length, bool) or not isinstance(self.max_length, int)
+                                            or self.max_length < 1):
+            raise UsageError(f"max_length must be a positive whole number or None, got {self.max_length!r}")
 
 
 def read_barcodes(path: str | os.PathLike, options: ReadOptions | None = None, *, stats: ReadStats | None = None,
@@ -236,7 +241,7 @@ def _checked(records: Iterator[tuple[str, str, dict, str | None, str | None, dic
              options: ReadOptions, stats: ReadStats, no_records: str = "") -> Iterator[BarcodeRecord]:
     """Clean and check the raw records of a reader (see ReadOptions), counting into `stats`."""
     skip_empty, allow_duplicates, min_length = options.skip_empty, options.allow_duplicates, options.min_length
-    skip_invalid = options.skip_invalid
+    skip_invalid, max_length = options.skip_invalid, options.max_length
     hint = "" if skip_invalid else _SKIP_HINT
     seen: set[str] = set()
     found = 0
@@ -260,6 +265,17 @@ def _checked(records: Iterator[tuple[str, str, dict, str | None, str | None, dic
                 stats.invalid_ids.append(_shown(record_id))
             continue
         sequence = raw.translate(_CLEAN).strip("N")
+        if max_length is not None and len(sequence) > max_length:
+            # (a contig or a mitochondrial genome: aligned whole against each candidate, one such record took
+            # minutes, and a signal waited for the array operation to end)
+            if not skip_invalid:
+                raise InputError(f"the sequence is {len(sequence):,} nt long, longer than a COI barcode or gene "
+                                 f"(at most {max_length:,} nt here)", path=display, record=record_id,
+                                 fix="cut the COI region out of it, or use --skip-invalid to skip such records")
+            stats.skipped_invalid += 1
+            if len(stats.invalid_ids) < _SHOWN_INVALID:
+                stats.invalid_ids.append(_shown(record_id))
+            continue
         if len(sequence) < min_length:
             if skip_empty:
                 stats.skipped_empty += 1

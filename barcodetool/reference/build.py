@@ -21,6 +21,7 @@ from ..io.readers import ReadOptions, ReadStats, read_barcodes
 from ..model.weights import asks_for_default, available_models, sha256_file
 from ..options import Options
 from ..search import SequenceStore, normalize
+from ..search.identity import MAX_ALIGNED_LENGTH
 from ..taxonomy import LABELS
 from .calibrate import calibrate_thresholds
 from .decide import (DEFAULT_K, DEFAULT_MIN_CONFIDENCE, DEFAULT_PRECISION, IDENTITY_CANDIDATES_WIDE,
@@ -243,8 +244,10 @@ def cache_key(path: str | os.PathLike, model, read_options: ReadOptions | None =
 
 
 def read_reference_records(path: str | os.PathLike, read_options: ReadOptions | None = None, stats=None):
-    """Records of a reference table/FASTA; empty or too-short sequences (under `min_length`) are skipped."""
-    return read_barcodes(path, (read_options or ReadOptions()).replace(skip_empty=True), stats=stats)
+    """Records of a reference table/FASTA; empty or too-short sequences (under `min_length`) are skipped, longer
+    ones than MAX_ALIGNED_LENGTH are refused."""
+    return read_barcodes(path, (read_options or ReadOptions()).replace(skip_empty=True,
+                                                                        max_length=MAX_ALIGNED_LENGTH), stats=stats)
 
 
 def open_reference(path: str | os.PathLike, model, *, read_options: ReadOptions | None = None,

@@ -76,6 +76,10 @@ CEILING_BLOCK_FLOOR = 0.7   # a suspect pair's ceiling counts the mismatches of 
 ANCHORLESS_CEILING = 0.8    # under MIN_VOTES anchors: below ~70-75 % identity (module docstring), with a margin
 MAX_COMPONENT = 20_000      # identity_graph_cluster: largest linked group clustered exactly (m^2 / 2 pairs)
 PAIR_BLOCK = 2048           # pairs processed at once (memory ~ PAIR_BLOCK x longest sequence x 40 B)
+# The longest sequence the commands that align whole sequences read (classify, cluster, reference build): 5x a
+# full COI gene (~1,540 nt; the longest record of the shared data is 1,979). A pair costs time and memory in
+# proportion to the longer sequence: one 80 kb record took 39 s of classify, a 3 Mb contig minutes.
+MAX_ALIGNED_LENGTH = 10_000
 REANCHOR_K = 7              # _align_pairs: k-mers that anchor a pair again when its two anchors were chance hits
 FALLBACKS = ("none", "two-offset", "align")
 
