@@ -177,6 +177,25 @@ def test_dev_full_is_one_line(runner, model_dir, index_path):
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full")
+def test_standard_output_on_a_full_device_and_a_pseudo_file_system_are_one_true_line(model_dir, index_path,
+                                                                                       subprocess_env):
+    """`classify -o - > /dev/full` printed a bare "OSError: [Errno 28]"; `-o /proc/out.tsv` claimed "no space left"
+    (a pseudo file system reports no blocks, so none free)."""
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "barcodetool", "-q", "classify", FASTA, "-r", str(index_path),
+                               "-m", str(model_dir), *CPU, "-o", "-"], stdout=full, stderr=subprocess.PIPE,
+                              text=True, env=subprocess_env, timeout=120)
+    assert done.returncode == 1 and done.stderr.splitlines() == [
+        "barcodetool: error: no space left on the device holding standard output (free space or write the output "
+        "elsewhere)"], done.stderr
+    if os.path.isdir("/proc") and os.statvfs("/proc").f_blocks == 0:
+        result = invoke(CliRunner(), "classify", FASTA, "-r", index_path, "-m", model_dir, *CPU, "-o",
+                        "/proc/barcodetool-out.tsv")
+        assert result.exit_code == 1 and "no space" not in result.stderr, result.stderr
+        assert error_lines(result)[0].startswith("barcodetool: error: /proc/barcodetool-out.tsv: cannot create")
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full")
 def test_clusters_are_not_left_where_their_metrics_cannot_be_written(runner, model_dir, tmp_path):
     """The two outputs of `cluster` succeed or fail together: metrics that cannot be written leave no clusters
     file (a pipeline that checks only for it would go on with a run that failed)."""

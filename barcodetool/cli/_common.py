@@ -24,7 +24,8 @@ from click.core import ParameterSource
 
 from ..errors import BarcodeToolError, InputError, Interrupted, UsageError
 from ..io import ReadOptions
-from ..io.atomic import atomic_text, check_output_path, check_outputs_distinct, is_stdout, remove_pending
+from ..io.atomic import (DEVICE_ERRORS, atomic_text, check_output_path, check_outputs_distinct, is_stdout,
+                        remove_pending)
 from ..io.interrupts import SignalGuard, interrupted, interruption_message, note_reported
 from ..io.json_values import json_values
 from ..io.sniff import check_readable
@@ -116,7 +117,14 @@ def handle_errors(function):
             remove_pending()
             if state.debug:
                 raise
-            click.echo(f"barcodetool: error: {error.__class__.__name__}: {one_line(error)}", err=True)
+            device = DEVICE_ERRORS.get(getattr(error, "errno", None))
+            if device is not None and error.filename is None:   # (a file's write says which file: atomic.py)
+                # a write to standard output (`-o - > /dev/full`, a full disk behind a redirection)
+                _silence_stdout()
+                click.echo(f"barcodetool: error: {device.format('standard output')} (free space or write the "
+                           "output elsewhere)", err=True)
+            else:
+                click.echo(f"barcodetool: error: {error.__class__.__name__}: {one_line(error)}", err=True)
             ctx.exit(1)
         finally:
             guard.restore()

@@ -43,7 +43,7 @@ _pending: set[str] = set()
 _pending_lock = threading.Lock()
 STDOUT_NAMES = ("-", "/dev/stdout")
 # errors of a write that say where the output cannot go, rather than what went wrong in the program
-_DEVICE_ERRORS = {errno.ENOSPC: "no space left on the device holding {}",
+DEVICE_ERRORS = {errno.ENOSPC: "no space left on the device holding {}",
                   errno.EDQUOT: "disk quota exceeded on the device holding {}",
                   errno.EFBIG: "{} would exceed the largest file its file system holds",
                   errno.EROFS: "{} is on a read-only file system"}
@@ -95,7 +95,7 @@ def device_error(destination: str | os.PathLike, error: OSError, *, where: str |
     """The one-line OutputError for a write to `destination` that failed because of the device it is on (full,
     read-only, over quota), or None for any other error. `where` names what was being written when that was a
     temporary copy elsewhere."""
-    template = _DEVICE_ERRORS.get(error.errno)
+    template = DEVICE_ERRORS.get(error.errno)
     if template is None:
         return None
     if where is not None:
@@ -261,7 +261,7 @@ def _failed_write(error: BaseException) -> OSError | None:
         return None
     match = _HDF5_ERRNO.search(str(error)) if "write failed" in str(error) else None
     number = getattr(error, "errno", None) if match is None else int(match.group(1))
-    if match is None and number not in _DEVICE_ERRORS:
+    if match is None and number not in DEVICE_ERRORS:
         return None
     return OSError(number, os.strerror(number))
 
@@ -323,5 +323,5 @@ def check_output_path(path: str | os.PathLike | None, option: str = "-o") -> Non
         reason = "read-only file system" if device is not None and device.f_flag & os.ST_RDONLY else \
             "permission denied"
         raise OutputError(f"{path}: cannot write in folder {folder} ({reason}; choose another {option})")
-    if device is not None and device.f_bfree == 0:
+    if device is not None and device.f_blocks > 0 and device.f_bfree == 0:   # (/proc, /sys: no blocks at all)
         raise OutputError(f"no space left on the device holding {path} (free space or choose another {option})")
