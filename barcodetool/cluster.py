@@ -632,8 +632,13 @@ def cluster_records(records: Sequence, model, options: ClusterOptions | None = N
             # the nearest reference barcode carrying a BIN (among the 10 nearest), within the BIN threshold
             nearest_bins = reference.nearest_bins(sims, idx, bin_threshold)
         member_bins = [nearest_bins[g] for g in groups]
-        matched = match_reference_bins(clusters, member_bins)
-        result.reference_bin = [matched[c] for c in clusters.tolist()]
+        if reference.bin_codes is None:
+            # without BINs every cluster would read "new", as if it were a new BIN: the column stays empty
+            log.warning("the reference holds no BINs: reference_bin is left empty (similarity is still reported)")
+            result.reference_bin = [""] * len(clusters)
+        else:
+            matched = match_reference_bins(clusters, member_bins)
+            result.reference_bin = [matched[c] for c in clusters.tolist()]
         result.similarity = nearest_sim[groups]
     truth_bins = [r.bin or "" for r in records]
     truth_species = [r.taxonomy.get("species", "") for r in records]

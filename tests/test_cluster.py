@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+from dataclasses import replace
 from math import factorial, log
 
 import numpy as np
@@ -155,6 +156,18 @@ def test_cluster_records_with_reference(tiny):
             assert len({b for b, cc in zip(result.reference_bin, result.clusters) if cc == c}) == 1
     # identity on real barcodes recovers the BINs far better than a random-weight model's cosine distances
     assert result.metrics["bin"]["ami"] < cluster_records(queries, tiny[1], reference=reference).metrics["bin"]["ami"]
+
+
+def test_a_reference_without_bins_leaves_reference_bin_empty(tiny, caplog):
+    """Every cluster read "new" against a reference holding no BINs, as if each were a new BIN."""
+    records = list(read_barcodes(SAMPLE, skip_empty=True))
+    reference = build_reference([replace(r, bin=None) for r in records if r.split in ("train", "val")], tiny[1])
+    assert reference.bin_codes is None
+    queries = [r for r in records if r.split in ("test", "test_unseen")]
+    with caplog.at_level("WARNING", logger="barcodetool"):
+        result = cluster_records(queries, tiny[1], reference=reference)
+    assert result.reference_bin == [""] * len(queries) and (result.similarity > 0.9).mean() > 0.5
+    assert "the reference holds no BINs: reference_bin is left empty" in caplog.text
 
 
 # ============================================================================================ identity

@@ -74,7 +74,7 @@ def cluster_command(obj: Context, input_path: str, output_path: str, reference: 
                                       "n_clusters": result.n_clusters, "barcodes": len(records),
                                       "distinct_sequences": result.distinct_sequences,
                                       "metrics": result.metrics, "model": model.fingerprint})
-    if result.reference_bin is not None:
+    if result.reference_bin is not None and any(result.reference_bin):
         matched = {c for c, b in zip(result.clusters.tolist(), result.reference_bin) if b != "new"}
         log.info(f"{len(matched):,} clusters matched to reference BINs, {result.n_clusters - len(matched):,} new")
     for name, m in result.metrics.items():
