@@ -376,7 +376,7 @@ def load_inference_model(model_name: str | None, reference: str | None = None, *
     device is then None. Otherwise PyTorch runs the model on `device` with `threads` CPU threads (0 = all cores).
     """
     if onnx:
-        exported = _onnx_model(model_name, reference, device, threads, compute)
+        exported = exported_model(model_name, reference, device, threads, compute)
         if exported is not None:
             return exported, None
     set_threads(threads)
@@ -393,7 +393,7 @@ def load_inference_model(model_name: str | None, reference: str | None = None, *
     return model, torch_device
 
 
-def _onnx_model(model_name: str | None, reference: str | None, device: str, threads: int,
+def exported_model(model_name: str | None, reference: str | None, device: str, threads: int,
                 compute: str) -> OnnxModel | None:
     """The exported encoder in ONNX Runtime where `load_inference_model` can use it, else None."""
     if compute == "bfloat16" or not cuda_impossible(device):

@@ -7,7 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import click
 
-from ..classify import ClassifyOptions, classify_records, load_inference_model, write_classification
+from ..classify import (ClassifyOptions, classify_records, exported_model, load_inference_model,
+                        write_classification)
 from ..errors import UsageError
 from ..io import ReadOptions, ReadStats, read_barcodes
 from ..io.interrupts import signals_held
@@ -109,8 +110,15 @@ def _index_and_model(obj: Context, reference: str, model_name: str, options: Cla
         model, torch_device = load_inference_model(model_name, reference, device=device, threads=threads,
                                                    compute=compute, onnx=False)
         log_model(model, torch_device)
-        return open_reference_index(obj, reference, model, options.batch_size, reference_format,
-                                    skip_invalid), model, torch_device
+        index = open_reference_index(obj, reference, model, options.batch_size, reference_format, skip_invalid)
+        if options.method != "probe":
+            # the queries are embedded as against the built index (ONNX Runtime, float32, where it can): the same
+            # reference gives the same answers from its table (cached) and from `reference build`'s index
+            exported = exported_model(model_name, reference, device, threads, compute)
+            if exported is not None and exported.sha256 == model.sha256:
+                log_model(exported, "cpu")
+                return index, exported, None
+        return index, model, torch_device
     # the index is read (h5py, numpy) on a thread while PyTorch is imported on this one
     with signals_held():  # starts a thread
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="barcodetool-index")
