@@ -11,8 +11,12 @@
 
 from __future__ import annotations
 
+import bz2
 import contextlib
+import gzip
 import hashlib
+import json
+import lzma
 import os
 import stat
 import subprocess
@@ -203,6 +207,25 @@ def test_clusters_are_not_left_where_their_metrics_cannot_be_written(runner, mod
     result = invoke(runner, "cluster", FASTA, "-m", model_dir, *CPU, "-o", str(clusters), "--metrics", "/dev/full")
     assert result.exit_code == 1 and "no space left" in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_text_outputs_named_gz_bz2_or_xz_are_compressed(runner, model_dir, index_path, tmp_path):
+    """`-o out.tsv.gz` wrote plain text under a .gz name (zcat failed); named so, a text output is compressed, with
+    the same content as the plain one, and the same bytes twice (no name or time stamp in the gzip header)."""
+    plain = tmp_path / "plain.tsv"
+    assert invoke(runner, "classify", FASTA, "-r", index_path, "-m", model_dir, *CPU, "-o", plain).exit_code == 0
+    for suffix, opener in ((".gz", gzip.open), (".bz2", bz2.open), (".xz", lzma.open)):
+        packed = tmp_path / f"out.tsv{suffix}"
+        result = invoke(runner, "classify", FASTA, "-r", index_path, "-m", model_dir, *CPU, "-o", packed)
+        assert result.exit_code == 0, result.stderr
+        with opener(packed, "rt", encoding="utf-8") as handle:
+            assert handle.read() == plain.read_text()
+    first = (tmp_path / "out.tsv.gz").read_bytes()
+    invoke(runner, "classify", FASTA, "-r", index_path, "-m", model_dir, *CPU, "-o", tmp_path / "out.tsv.gz")
+    assert (tmp_path / "out.tsv.gz").read_bytes() == first and b"part" not in first[:64]
+    metrics = tmp_path / "metrics.json.gz"
+    result = invoke(runner, "cluster", FASTA, "-m", model_dir, *CPU, "-o", tmp_path / "c.tsv", "--metrics", metrics)
+    assert result.exit_code == 0 and json.loads(gzip.decompress(metrics.read_bytes()))["n_clusters"] > 0
 
 
 # ============================================================================================ standard output

@@ -24,8 +24,12 @@ output.
 
 from __future__ import annotations
 
+import bz2
 import contextlib
 import errno
+import gzip
+import io
+import lzma
 import os
 import re
 import shutil
@@ -42,6 +46,13 @@ from .interrupts import interrupted, note_published, signals_held
 _pending: set[str] = set()
 _pending_lock = threading.Lock()
 STDOUT_NAMES = ("-", "/dev/stdout")
+# text outputs named so are written compressed (gzip at level 6, as the gzip program; no name or time stamp in the
+# header: the same content gives the same bytes)
+COMPRESSED_SUFFIXES = {
+    ".gz": lambda raw: gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=6, mtime=0),
+    ".bz2": lambda raw: bz2.BZ2File(raw, mode="wb"),
+    ".xz": lambda raw: lzma.LZMAFile(raw, mode="wb"),
+}
 # errors of a write that say where the output cannot go, rather than what went wrong in the program
 DEVICE_ERRORS = {errno.ENOSPC: "no space left on the device holding {}",
                   errno.EDQUOT: "disk quota exceeded on the device holding {}",
@@ -186,15 +197,22 @@ def _forget(temporary: str) -> None:
 
 @contextlib.contextmanager
 def atomic_text(destination: str | os.PathLike, newline: str | None = None):
-    """A text file handle whose content replaces `destination` only once the block ends without error.
+    """A text file handle whose content replaces `destination` only once the block ends without error; a file
+    named `.gz`, `.bz2` or `.xz` is written compressed (as inputs so named are read).
 
     Standard output (`-`), a device or a FIFO is written as the text is made (a reader of a FIFO gets its rows
     as they come); a symlink's target is replaced, the symlink kept."""
     kind, _ = _target(destination)
     if kind == "file":
-        with atomic_path(destination) as temporary, open(temporary, "w", encoding="utf-8",
-                                                         newline=newline) as handle:
-            yield handle
+        compressor = COMPRESSED_SUFFIXES.get(Path(destination).suffix.lower())
+        with atomic_path(destination) as temporary:
+            if compressor is None:
+                with open(temporary, "w", encoding="utf-8", newline=newline) as handle:
+                    yield handle
+            else:
+                with open(temporary, "wb") as raw, compressor(raw) as packed, \
+                        io.TextIOWrapper(packed, encoding="utf-8", newline=newline) as handle:
+                    yield handle
         return
     try:
         if kind == "stdout":
