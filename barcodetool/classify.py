@@ -42,9 +42,10 @@ from .options import Options
 from .reference import IdentityHits, identity_hits, nearest_bins  # noqa: F401 (part of this module's API)
 from .reference import (DEFAULT_K, IDENTITY_CANDIDATES_EMBEDDING, IDENTITY_CANDIDATES_KMER, IDENTITY_EMBED_BELOW,
                         MIN_NAMED_COLUMNS, NO_WIDENING, ReferenceIndex, ScoredCandidates, Thresholds, embedding_needed,
-                        gate, index_model_name, kmer_fallback, kmer_hits, resolve_model_for_reference, thresholds_for,
+                        gate, index_model_name, kmer_fallback, oriented_kmer_hits, resolve_model_for_reference,
+                        thresholds_for,
                         vote, widen_parts, widen_setting)
-from .search import knn_search, normalize, sequence_groups
+from .search import knn_search, normalize, reverse_complement, sequence_groups
 from .taxonomy import RANKS, SINTAX_LETTERS
 
 if TYPE_CHECKING:  # PyTorch is imported when a model is loaded, not with this module
@@ -481,7 +482,9 @@ class _Pipeline:
                                              min_confidence=options.min_confidence)
             neighbours = self.thresholds.k if neighbours is None else neighbours
         self.neighbours = neighbours
-        self.two_pass = options.method == "identity" and options.candidates_embedding > 0
+        # identity: k-mer candidates first (queries of the other strand are read reverse-complemented from then on),
+        # then embedding candidates for the queries left in doubt (none with --kmer-only)
+        self.two_pass = options.method == "identity"
         self.search_workers = options.search_workers
         if self.search_workers is None:
             self.search_workers = 2 if options.method == "identity" else 1
@@ -493,6 +496,7 @@ class _Pipeline:
         self.distinct = 0   # distinct queries seen
         self.embedded = 0   # distinct queries embedded
         self.too_short = 0  # queries (records) whose nearest reference aligns over under MIN_NAMED_COLUMNS columns
+        self.reversed: list[str] = []   # ids of the distinct queries read as reverse complements
 
     def run(self, records: Iterable, progress) -> Iterator[Assignment]:
         """Assignments in input order; the worker threads are gone when this ends (or is closed)."""
@@ -521,9 +525,13 @@ class _Pipeline:
                 pending.append(self.embed_doubtful_and_decide(searched.popleft()))
             while pending:
                 yield from self.finish(pending.popleft(), progress)
-            if self.two_pass:
+            if self.two_pass and self.options.candidates_embedding > 0:
                 log.info(f"embedding candidates for {self.embedded:,} of {self.distinct:,} distinct queries (best "
                          f"k-mer candidate below {self.thresholds.embed_below:g})")
+            if self.reversed:
+                shown = ", ".join(self.reversed[:5]) + (", ..." if len(self.reversed) > 5 else "")
+                log.warning(f"{len(self.reversed):,} distinct queries match the reference only as reverse "
+                            f"complements (reads of the other strand) and were classified so: {shown}")
             if self.too_short:
                 what = ("align with their nearest reference over" if self.options.method == "identity"
                         else "are")
@@ -573,15 +581,21 @@ class _Pipeline:
     def search_kmers(self, chunk: _Chunk) -> _Chunk:
         """First of two passes: the workers find the k-mer candidates."""
         wide = widen_parts(getattr(self.thresholds, "widen", NO_WIDENING))[0]
-        chunk.searches = [(a, b, self.submit(kmer_hits, chunk.unique[a:b], self.index, self.options.candidates_kmer,
-                                             fallback=self.fallback, wide=wide))
+        chunk.searches = [(a, b, self.submit(oriented_kmer_hits, chunk.unique[a:b], self.index,
+                                             self.options.candidates_kmer, fallback=self.fallback, wide=wide))
                           for a, b in self.slices(len(chunk.unique))]
         return chunk
 
     def embed_doubtful_and_decide(self, chunk: _Chunk) -> _Chunk:
         """Second pass: embed the queries the k-mer candidates leave in doubt, then the workers add their
         embedding candidates and decide."""
-        parts = [(a, b, future.result()) for a, b, future in chunk.searches]
+        parts = []
+        for a, b, future in chunk.searches:
+            kmer, flipped = future.result()
+            for i in (a + flipped).tolist():   # read as the other strand from here on: embedded and decided so
+                chunk.unique[i] = reverse_complement(chunk.unique[i])
+                self.reversed.append(chunk.unique_ids[i])
+            parts.append((a, b, kmer))
         needs = [np.nonzero(embedding_needed(kmer, self.options.candidates_embedding, self.thresholds.embed_below))[0]
                  for _, _, kmer in parts]
         doubtful = [a + i for (a, _, _), need in zip(parts, needs) for i in need.tolist()]

@@ -148,6 +148,28 @@ def test_options_are_checked_once_and_keywords_override_them(index, tiny, record
     assert [(a.labels, a.nearest_id) for a in given] == [(a.labels, a.nearest_id) for a in keywords]
 
 
+def test_reads_of_the_other_strand_are_classified_as_their_reverse_complements(index, tiny, records, caplog):
+    """A query read from the other strand matched nothing (anchors of chance 12-mers, similarity ~0): it is searched
+    reverse-complemented too and read so where that matches, with its own row and id; a forward query never is."""
+    from barcodetool.search import reverse_complement
+
+    queries = [r for r in records if r.split in ("test", "test_unseen")][:12]
+    flipped = [BarcodeRecord(f"{r.id}_rc", reverse_complement(r.sequence), r.taxonomy) for r in queries[::3]]
+    for kmer_only in (False, True):
+        options = ClassifyOptions(candidates_embedding=0) if kmer_only else None
+        with caplog.at_level("WARNING", logger="barcodetool"):
+            caplog.clear()
+            result = list(classify_records(queries + flipped, index, None if kmer_only else tiny[1], options))
+        assert [a.id for a in result] == [r.id for r in queries + flipped]
+        forward = {a.id: a for a in result[:len(queries)]}
+        for a in result[len(queries):]:
+            same = forward[a.id.removesuffix("_rc")]
+            assert (a.labels, a.nearest_id, a.similarity) == (same.labels, same.nearest_id, same.similarity), a
+        assert f"{len(flipped)} distinct queries match the reference only as reverse complements" in caplog.text
+        assert all(q.id in caplog.text for q in flipped) and "_rc" not in caplog.text.replace(
+            ", ".join(q.id for q in flipped), "")
+
+
 def test_mismatched_model_is_refused(index, tmp_path, records):
     other = load_tiny(make_tiny_model(tmp_path / "tiny-b", seed=1))
     with pytest.raises(IndexMismatchError, match="tiny-a.*tiny-b"):

@@ -15,7 +15,7 @@ from .calibrate import (CALIBRATIONS, LEVELS, NOVEL_LEVEL, PRECISION_LEVEL, Cali
                         IdentityCalibration, KnnCalibration, calibrate_bin, calibrate_ranks, calibrate_thresholds,
                         calibration, precision_threshold, rejection_threshold, taxon_present, thresholds_for)
 from .candidates import (IdentityHits, ScoredCandidates, embedding_needed, identity_hits, kmer_fallback, kmer_hits,
-                         merge_ranked, nearest_bins, search_candidates)
+                         merge_ranked, nearest_bins, oriented_kmer_hits, search_candidates)
 from .decide import (DEFAULT_K, DEFAULT_MIN_CONFIDENCE, DEFAULT_PRECISION, IDENTITY_CANDIDATES_EMBEDDING,
                      IDENTITY_CANDIDATES_KMER, IDENTITY_CANDIDATES_WIDE, IDENTITY_EMBED_BELOW, IDENTITY_WIDEN_BELOW,
                      IDENTITY_WIDEN_SCORED, MIN_NAMED_COLUMNS, NO_WIDENING, IdentityThresholds, KnnThresholds,
@@ -31,6 +31,7 @@ __all__ = [
     "IdentityCalibration", "KnnCalibration", "calibrate_bin", "calibrate_ranks", "calibrate_thresholds",
     "calibration", "precision_threshold", "rejection_threshold", "taxon_present", "thresholds_for",
     "IdentityHits", "ScoredCandidates", "embedding_needed", "identity_hits", "kmer_fallback", "kmer_hits",
+    "oriented_kmer_hits",
     "merge_ranked", "nearest_bins", "search_candidates",
     "DEFAULT_K", "DEFAULT_MIN_CONFIDENCE", "DEFAULT_PRECISION", "IDENTITY_CANDIDATES_EMBEDDING",
     "IDENTITY_CANDIDATES_KMER", "IDENTITY_CANDIDATES_WIDE", "IDENTITY_EMBED_BELOW", "IDENTITY_WIDEN_BELOW",

@@ -160,3 +160,11 @@ def kmer_codes(codes: np.ndarray, k: int, stride: int = 1) -> np.ndarray:
         valid &= base[:, window]
     value[~valid] = -1
     return value
+
+
+_COMPLEMENT = str.maketrans("ACGTURYKMSWBDHVNacgturykmswbdhvn", "TGCAAYRMKSWVHDBNtgcaayrmkswvhdbn")
+
+
+def reverse_complement(sequence: str) -> str:
+    """The other strand of a (cleaned) sequence, IUPAC codes complemented (U read as T)."""
+    return sequence.translate(_COMPLEMENT)[::-1]
