@@ -285,10 +285,10 @@ def _checked(records: Iterator[tuple[str, str, dict, str | None, str | None, dic
             raise InputError(f"{what} after removing gaps and end Ns", path=display, record=record_id,
                              fix="use --skip-empty to skip such records")
         if record_id in seen:
-            stats.duplicates += 1
             if not allow_duplicates:
                 raise InputError("duplicate record id (an earlier record has the same id)", path=display,
                                  record=record_id, fix="make the ids unique or use --allow-duplicates")
+            stats.duplicates += 1
         else:
             seen.add(record_id)
         if "-" in raw or "." in raw:
