@@ -236,12 +236,19 @@ def kmer_hits(queries, index: ReferenceIndex, n_kmer: int, *, fallback: bool = T
     return ScoredCandidates(first, score, identity, overlap, km[:, n_kmer:] if wide > n_kmer else None)
 
 
-# A query whose best k-mer candidate scores below REVERSE_BELOW is searched as its reverse complement too, and read
-# so where that scores at least REVERSE_MARGIN higher (and REVERSE_BELOW): a read of the other strand matches
-# nothing as it is (its anchors are chance hits: score ~0), and a forward COI query, even of a new order, scores
-# 0.75 and up (of 7,209 val and test_unseen barcodes none scored under 0.5; their reverse complements, none as high)
+# Reads of the other strand. A query whose best k-mer candidate scores below REVERSE_BELOW is searched as its
+# reverse complement too, and read so where that scores at least REVERSE_MARGIN higher (and REVERSE_BELOW): such a
+# read matches nothing as it is (its anchors are chance hits: score ~0), and a forward COI query, even of a new
+# order, scores 0.75 and up (of 7,209 val and test_unseen barcodes none scored under 0.5). BOLD also holds a few
+# reversed records (3 of the 30,980 distinct train barcodes), which such reads match at 79-90%: below
+# REVERSE_CHECK_BELOW the share of the query's 12-mers the reference holds is compared with its reverse
+# complement's (forward queries: 0.75 and up, their reverse complements 0.54 at most; reversed ones the other way
+# round), and a query whose reverse complement's share is at least REVERSE_SHARE and twice its own is searched
+# reversed too (35 us a query and strand).
 REVERSE_BELOW = 0.5
 REVERSE_MARGIN = 0.1
+REVERSE_CHECK_BELOW = 0.92
+REVERSE_SHARE = 0.5
 
 
 def oriented_kmer_hits(queries: list[str], index: ReferenceIndex, n_kmer: int, *, fallback: bool = True,
@@ -250,7 +257,14 @@ def oriented_kmer_hits(queries: list[str], index: ReferenceIndex, n_kmer: int, *
     complements). The caller reads those rows' sequences reversed and complemented from then on."""
     forward = kmer_hits(queries, index, n_kmer, fallback=fallback, wide=wide)
     best = forward.best()
-    poor = np.flatnonzero(~(best >= REVERSE_BELOW))
+    poor = ~(best >= REVERSE_BELOW)
+    check = np.flatnonzero(~poor & (best < REVERSE_CHECK_BELOW))
+    if len(check):
+        kmers = index.identity.kmer
+        own = kmers.indexed_share([queries[i] for i in check.tolist()])
+        other = kmers.indexed_share([reverse_complement(queries[i]) for i in check.tolist()])
+        poor[check[(other >= REVERSE_SHARE) & (other >= 2 * own)]] = True
+    poor = np.flatnonzero(poor)
     if not len(poor):
         return forward, poor
     reverse = kmer_hits([reverse_complement(queries[i]) for i in poor.tolist()], index, n_kmer, fallback=fallback,
