@@ -43,8 +43,7 @@ from .reference import IdentityHits, identity_hits, nearest_bins  # noqa: F401 (
 from .reference import (DEFAULT_K, IDENTITY_CANDIDATES_EMBEDDING, IDENTITY_CANDIDATES_KMER, IDENTITY_EMBED_BELOW,
                         MIN_NAMED_COLUMNS, NO_WIDENING, ReferenceIndex, ScoredCandidates, Thresholds, embedding_needed,
                         gate, index_model_name, kmer_fallback, oriented_kmer_hits, resolve_model_for_reference,
-                        thresholds_for,
-                        vote, widen_parts, widen_setting)
+                        thresholds_for, vote, widen_parts, widen_setting)
 from .search import knn_search, normalize, reverse_complement, sequence_groups
 from .taxonomy import RANKS, SINTAX_LETTERS
 
@@ -395,7 +394,7 @@ def load_inference_model(model_name: str | None, reference: str | None = None, *
 
 
 def exported_model(model_name: str | None, reference: str | None, device: str, threads: int,
-                compute: str) -> OnnxModel | None:
+                   compute: str) -> OnnxModel | None:
     """The exported encoder in ONNX Runtime where `load_inference_model` can use it, else None."""
     if compute == "bfloat16" or not cuda_impossible(device):
         return None
