@@ -352,28 +352,31 @@ class KmerIndex:
     def indexed_share(self, queries, *, stride: int = 3) -> np.ndarray:
         """float [Q]: the share of each query's k-mers (every stride-th position, A/C/G/T only) that some reference
         holds: near 1 for a barcode of the reference's strand, a third or less for one of the other strand."""
-        queries = as_store(queries)
-        out = np.zeros(len(queries), dtype=np.float64)
-        if len(self.kmers) == 0:
-            return out
-        for q0 in range(0, len(queries), 2048):
-            rows = np.arange(q0, min(len(queries), q0 + 2048))
-            kmers = kmer_codes(queries.rows(rows), self.k)[:, ::stride]
+        def share(store: SequenceStore, rows: np.ndarray) -> np.ndarray:
+            kmers = kmer_codes(store.rows(rows), self.k)[:, ::stride]
             valid = kmers >= 0
             at = np.minimum(np.searchsorted(self.kmers, kmers), len(self.kmers) - 1)
             found = valid & (self.kmers[at] == kmers)
-            out[rows] = found.sum(axis=1) / np.maximum(valid.sum(axis=1), 1)
-        return out
+            return found.sum(axis=1) / np.maximum(valid.sum(axis=1), 1)
+
+        return self._per_query(queries, 2048, share)
 
     def kept_fraction(self, queries, *, max_df: int = KMER_MAX_DF, stride: int = 1) -> np.ndarray:
         """float [Q]: the fraction of each query's distinct indexed k-mers (every stride-th) held by at most
         max_df references, i.e. those `search` uses (0 for a query with no indexed k-mer)."""
+        def kept(store: SequenceStore, rows: np.ndarray) -> np.ndarray:
+            q_of, at = self._lookup(store, rows, stride)
+            return _kept_share(q_of, self.df[at] <= max_df, len(rows))
+
+        return self._per_query(queries, 1024, kept)
+
+    def _per_query(self, queries, block: int, value) -> np.ndarray:
+        """float [Q]: value(store, rows) of the queries, `block` rows at a time (0 where the index is empty)."""
         queries = as_store(queries)
         out = np.zeros(len(queries), dtype=np.float64)
         if len(self.kmers) == 0:
             return out
-        for q0 in range(0, len(queries), 1024):
-            rows = np.arange(q0, min(len(queries), q0 + 1024))
-            q_of, at = self._lookup(queries, rows, stride)
-            out[rows] = _kept_share(q_of, self.df[at] <= max_df, len(rows))
+        for q0 in range(0, len(queries), block):
+            rows = np.arange(q0, min(len(queries), q0 + block))
+            out[rows] = value(queries, rows)
         return out
