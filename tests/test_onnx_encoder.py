@@ -105,14 +105,20 @@ def test_no_graph_or_no_runtime_means_pytorch(exported, tiny_model_dir, monkeypa
     assert load_onnx_model(exported) is None
 
 
-def test_classify_with_the_graph_never_imports_pytorch(exported, tmp_path, subprocess_env):
-    runner = CliRunner()
+def index_and_queries(runner: CliRunner, exported: Path, tmp_path: Path, *build_options: str) -> tuple[Path, Path]:
+    """The sample indexed with the exported model (`reference build` with `build_options`) and 40 sample queries."""
     index = tmp_path / "ref.h5"
     built = runner.invoke(main, ["-q", "reference", "build", str(SAMPLE), "-o", str(index), "--model",
-                                 str(exported), "--compute", "float32", "--device", "cpu"])
+                                 str(exported), "--device", "cpu", *build_options])
     assert built.exit_code == 0, built.output
     queries = tmp_path / "queries.fasta"
     queries.write_text("".join(f">q{i}\n{s}\n" for i, s in enumerate(sample_sequences(40))))
+    return index, queries
+
+
+def test_classify_with_the_graph_never_imports_pytorch(exported, tmp_path, subprocess_env):
+    runner = CliRunner()
+    index, queries = index_and_queries(runner, exported, tmp_path, "--compute", "float32")
     code = ("import sys; from barcodetool.cli import main\n"
             "try:\n    main()\nexcept SystemExit as done:\n    assert not done.code, done.code\n"
             "assert 'torch' not in sys.modules, 'PyTorch was imported'\n")
@@ -177,12 +183,7 @@ def test_a_table_reference_classifies_as_its_built_index(exported, tmp_path, mon
     of 0.999 against 0.998). Both now embed the queries as against the built index."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     runner = CliRunner()
-    index = tmp_path / "ref.h5"
-    built = runner.invoke(main, ["-q", "reference", "build", str(SAMPLE), "-o", str(index), "--model",
-                                 str(exported), "--device", "cpu", "--threads", "1"])
-    assert built.exit_code == 0, built.output
-    queries = tmp_path / "queries.fasta"
-    queries.write_text("".join(f">q{i}\n{s}\n" for i, s in enumerate(sample_sequences(40))))
+    index, queries = index_and_queries(runner, exported, tmp_path, "--threads", "1")
     rows = {}
     for name, reference in (("table", SAMPLE), ("index", index)):
         result = runner.invoke(main, ["classify", str(queries), "-r", str(reference), "--model", str(exported),

@@ -29,6 +29,7 @@ from ..io.atomic import (DEVICE_ERRORS, atomic_text, check_output_path, check_ou
 from ..io.interrupts import SignalGuard, interrupted, interruption_message, note_reported
 from ..io.json_values import json_values
 from ..io.sniff import check_readable
+from ..search.identity import MAX_ALIGNED_LENGTH
 from ..reference import open_reference
 
 log = logging.getLogger("barcodetool")
@@ -309,6 +310,12 @@ def open_reference_index(obj: Context, reference: str, model, batch_size: int, r
                              f"build {reference} -o ref.h5`: index it so, then give -r ref.h5") from None
     log_reference(index)
     return index
+
+
+def aligned_read_options(read_options: ReadOptions, k: int) -> ReadOptions:
+    """How the commands that align whole sequences (classify, cluster, reference build and add) read their
+    records: shorter than k bases is empty (no k-mer to embed), longer than MAX_ALIGNED_LENGTH invalid."""
+    return read_options.replace(min_length=k, max_length=MAX_ALIGNED_LENGTH)
 
 
 # reading options `reference build` takes that the reference of classify/cluster (-r TABLE) is not read with

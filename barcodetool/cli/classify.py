@@ -14,8 +14,7 @@ from ..io import ReadOptions, ReadStats, read_barcodes
 from ..io.interrupts import signals_held
 from ..model.weights import check_model_outputs
 from ..reference import ReferenceIndex, is_reference_file
-from ..search.identity import MAX_ALIGNED_LENGTH
-from ._common import (INPUT_FIX, REFERENCE_FIX, Context, check_paths, device_options,
+from ._common import (INPUT_FIX, REFERENCE_FIX, Context, aligned_read_options, check_paths, device_options,
                       handle_errors, inference_model_option, log, log_model, log_reference, open_reference_index,
                       output, read_options, reference_format_option, renamed_option, requested_compute)
 
@@ -84,8 +83,7 @@ def classify_command(obj: Context, queries: str, reference: str, output_path: st
     index, model, torch_device = _index_and_model(obj, reference, model_name, options, reference_format,
                                                   device, threads, read_options.skip_invalid)
     check_model_outputs(model, output_path)
-    read_options = read_options.replace(min_length=model.tokenizer.config.k if model is not None else 1,
-                                        max_length=MAX_ALIGNED_LENGTH)
+    read_options = aligned_read_options(read_options, model.tokenizer.config.k if model is not None else 1)
     stats = ReadStats(path=queries)
     records = obj.read_summary(read_barcodes(queries, read_options, stats=stats), stats)
     with obj.progress(None, "query", "classify") as bar, output(output_path) as handle:

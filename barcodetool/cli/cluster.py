@@ -11,8 +11,7 @@ from ..cluster import FULL_LINKAGE_LIMIT, ClusterOptions, cluster_records, write
 from ..io import ReadOptions, ReadStats, read_barcodes
 from ..model.runtime import resolve_device
 from ..model.weights import asks_for_default, check_model_outputs, default_model_name
-from ..search.identity import MAX_ALIGNED_LENGTH
-from ._common import (INPUT_FIX, REFERENCE_FIX, Context, check_paths, device_options,
+from ._common import (INPUT_FIX, REFERENCE_FIX, Context, aligned_read_options, check_paths, device_options,
                       handle_errors, inference_model_option, log, log_model, open_reference_index, output,
                       read_options, reference_format_option, requested_compute, write_json)
 
@@ -58,8 +57,7 @@ def cluster_command(obj: Context, input_path: str, output_path: str, reference: 
     log_model(model, torch_device)
     index = (open_reference_index(obj, reference, model, options.batch_size, reference_format,
                                   read_options.skip_invalid) if reference else None)
-    read_options = read_options.replace(min_length=model.tokenizer.config.k,
-                                        max_length=MAX_ALIGNED_LENGTH)
+    read_options = aligned_read_options(read_options, model.tokenizer.config.k)
     stats = ReadStats(path=input_path)
     records = list(read_barcodes(input_path, read_options, stats=stats))
     log.info(stats.summary())

@@ -14,8 +14,7 @@ from ..model.weights import check_model_outputs
 from ..reference import BuildOptions, ReferenceIndex, add_records, build_reference, merge_indexes
 from ..reference.decide import IDENTITY_CANDIDATES_WIDE, IDENTITY_WIDEN_SCORED, widen_parts
 from ..taxonomy import RANKS
-from ..search.identity import MAX_ALIGNED_LENGTH
-from ._common import (INPUT_FIX, Context, check_paths, device_options, handle_errors,
+from ._common import (INPUT_FIX, Context, aligned_read_options, check_paths, device_options, handle_errors,
                       inference_model_option, log, log_model, log_reference, output_name, read_options,
                       refuse_binary_terminal, renamed_option, requested_compute)
 
@@ -109,7 +108,7 @@ def reference_build(obj: Context, ref: str, output: str, model_name: str, device
                                                     compute=requested_compute(), onnx=False)
     check_model_outputs(model, output)
     log_model(model, torch_device)
-    read_options = read_options.replace(min_length=model.tokenizer.config.k, max_length=MAX_ALIGNED_LENGTH)
+    read_options = aligned_read_options(read_options, model.tokenizer.config.k)
     stats = ReadStats(path=ref)
     with obj.progress(None, "barcode", "embed") as bar:
         index = build_reference(read_barcodes(ref, read_options, stats=stats), model, options,
@@ -155,7 +154,7 @@ def reference_add(obj: Context, index_path: str, records_path: str, output: str,
     index.check_model(model, source=index_path)
     check_model_outputs(model, output)
     log_model(model, torch_device)
-    read_options = read_options.replace(min_length=model.tokenizer.config.k, max_length=MAX_ALIGNED_LENGTH)
+    read_options = aligned_read_options(read_options, model.tokenizer.config.k)
     stats = ReadStats(path=records_path)
     with obj.progress(None, "barcode", "embed") as bar:
         grown = add_records(index, read_barcodes(records_path, read_options, stats=stats), model,

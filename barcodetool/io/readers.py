@@ -257,21 +257,16 @@ def _checked(records: Iterator[tuple[str, str, dict, str | None, str | None, dic
             text = "".join((record_id, *taxonomy.values(), bin_uri or "")) if taxonomy or bin_uri else record_id
             if not text.isprintable() and control(text):
                 invalid = _control_error(record_id, taxonomy, bin_uri, display)
+            sequence = raw.translate(_CLEAN).strip("N")
+            if invalid is None and max_length is not None and len(sequence) > max_length:
+                # (a contig or a mitochondrial genome: aligned whole against each candidate, one such record took
+                # minutes, and a signal waited for the array operation to end)
+                invalid = InputError(f"the sequence is {len(sequence):,} nt long, longer than a COI barcode or gene "
+                                     f"(at most {max_length:,} nt here)", path=display, record=record_id,
+                                     fix="cut the COI region out of it, or use --skip-invalid to skip such records")
         if invalid is not None:
             if not skip_invalid:
                 raise invalid
-            stats.skipped_invalid += 1
-            if len(stats.invalid_ids) < _SHOWN_INVALID:
-                stats.invalid_ids.append(_shown(record_id))
-            continue
-        sequence = raw.translate(_CLEAN).strip("N")
-        if max_length is not None and len(sequence) > max_length:
-            # (a contig or a mitochondrial genome: aligned whole against each candidate, one such record took
-            # minutes, and a signal waited for the array operation to end)
-            if not skip_invalid:
-                raise InputError(f"the sequence is {len(sequence):,} nt long, longer than a COI barcode or gene "
-                                 f"(at most {max_length:,} nt here)", path=display, record=record_id,
-                                 fix="cut the COI region out of it, or use --skip-invalid to skip such records")
             stats.skipped_invalid += 1
             if len(stats.invalid_ids) < _SHOWN_INVALID:
                 stats.invalid_ids.append(_shown(record_id))
